@@ -1,0 +1,1 @@
+"""The Label Studio ML backend: HTTP protocol, webhook, Redis state, RQ jobs, CLI."""

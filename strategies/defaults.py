@@ -1,0 +1,43 @@
+"""Every algorithm default in one place, named after the papers' symbols (see ALGORITHMS.md)."""
+
+# §1 kNN graph and k-reciprocal Jaccard similarity (Zhong et al. 2017; SpCL defaults)
+KNN_K = 30
+EXACT_KNN_MAX = 50_000  # exact IndexFlatIP up to this many points, approximate above
+APPROXIMATE_INDEX = "hnsw"  # or "ivf"
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 16
+K1 = 30
+K2 = 6
+
+# §2 clustering
+DBSCAN_EPS = 0.6
+DBSCAN_MIN_SAMPLES = 4
+
+# §3 constraints / §4 NP3
+CONTRADICTION_POLICY = "ml_wins"  # or "cl_wins", "latest_wins"
+EXACT_COLOURING_MAX_NODES = 15
+
+# §5 AAS (seed 001)
+AAS_EPSILON = 0.6  # ε: mixture weight of U_os (eq. 6)
+AAS_K_MAX = 5  # k_max: nearest other medoids per medoid
+AAS_S_MIN = 0.3  # s_min: minimum (Jaccard) similarity of a U_os pair
+AAS_EXACT_MEDOID_MAX = 2_000  # regions larger than this use the point nearest the mean
+AAS_BUDGET_FRACTION = 0.0002  # 0.02% of all n(n-1)/2 pairs per cycle
+
+# §6 uncertainty + diversity (seed 000)
+UNC_TAU = 0.05
+UNC_LAMBDA_U = 0.5
+UNC_LAMBDA_D = 0.5
+UNC_NEAR_DUPLICATE = 0.95
+UNC_TOP_IDENTITIES = 3  # pairs per selected unit: its representatives of the top identities
+
+# §7 calibration of P(same)
+CALIBRATION_MIN_LABELS = 6
+
+# §8 training
+CONTRAST_TEMPERATURE = 0.05
+MEMORY_MOMENTUM = 0.2
+UA_ALPHA = 0.1  # α: uncertainty regulariser weight (seed 004)
+GM_BETA = 0.5  # β: group-wise matching loss weight (seed 004)
+GM_HARD_NEGATIVES = 4  # K

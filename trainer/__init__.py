@@ -1,0 +1,1 @@
+"""Torch side: encoders, embedding extraction, adapter training, model versions, the retraining cycle."""
