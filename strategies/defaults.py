@@ -54,3 +54,14 @@ ADAPTER_HIDDEN_DIM = 512
 VIEW_NOISE = 0.01  # std of the Gaussian noise that makes the second "view" of a frozen feature
 VIEW_DROPOUT = 0.1  # feature dropout of the second view
 # --- end §8 training ---
+
+# --- trainer: encoders, extraction, model registry (issue 4, trainer/encoders.py etc.) ---
+OPEN_CLIP_DEFAULT_MODEL = "ViT-B-32"
+OPEN_CLIP_DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_ENCODER_SPEC = f"open_clip:{OPEN_CLIP_DEFAULT_MODEL}:{OPEN_CLIP_DEFAULT_PRETRAINED}"
+ENCODER_REDUCED_PRECISION_MIN_COSINE = 0.998  # bf16/fp16 used only if it agrees this well with fp32
+ENCODER_PROBE_IMAGES = 4  # synthetic images in the precision probe batch
+ENCODER_CONNECT_TIMEOUT = 3.0  # seconds to decide that weights cannot be downloaded (fail fast offline)
+EXTRACTION_BATCH_SIZE = 64
+REGISTRY_STALE_TMP_SECONDS = 3600  # a temp version dir from another host older than this is abandoned
+# --- end trainer: encoders ---
