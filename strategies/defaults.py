@@ -65,3 +65,11 @@ ENCODER_CONNECT_TIMEOUT = 3.0  # seconds to decide that weights cannot be downlo
 EXTRACTION_BATCH_SIZE = 64
 REGISTRY_STALE_TMP_SECONDS = 3600  # a temp version dir from another host older than this is abandoned
 # --- end trainer: encoders ---
+
+# --- §1-2 kNN / Jaccard / FINCH implementation knobs (strategies/knn.py, jaccard.py, clustering.py) ---
+HNSW_EF_CONSTRUCTION = 80  # HNSW build beam; raised to k when k is larger
+IVF_NLIST_PER_SQRT_N = 4  # IVF lists = 4·sqrt(n) (capped so every list gets >= 39 training points)
+IVF_TRAIN_PER_LIST = 64  # k-means training sample = 64 points per list (faiss recommends 39-256)
+NORM_TOLERANCE = 1e-2  # |‖x‖ - 1| above this is rejected as "not L2-normalised" (float16 rounding passes)
+FINCH_CANDIDATES = 8  # neighbours fetched per point before the exact first-neighbour / tie rule
+JACCARD_EDGE_CHUNK = 500_000  # kNN edges per vectorised Σmin block (bounds peak memory)
