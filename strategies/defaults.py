@@ -73,3 +73,11 @@ IVF_TRAIN_PER_LIST = 64  # k-means training sample = 64 points per list (faiss r
 NORM_TOLERANCE = 1e-2  # |‖x‖ - 1| above this is rejected as "not L2-normalised" (float16 rounding passes)
 FINCH_CANDIDATES = 8  # neighbours fetched per point before the exact first-neighbour / tie rule
 JACCARD_EDGE_CHUNK = 500_000  # kNN edges per vectorised Σmin block (bounds peak memory)
+
+# --- §3-4 constraints / NP3, §7 calibration, §9 metrics: implementation knobs (issue 2, second half) ---
+CALIBRATION_METHOD = "logistic"  # or "isotonic": how P(same) is fitted on the labelled pairs
+CALIBRATION_PRIOR_CENTER = 0.5  # cosine at which the prior curve says P(same) = 0.5 (before min_labels)
+CALIBRATION_PRIOR_SLOPE = 10.0  # steepness of the prior logistic on cosine
+CALIBRATION_LOGISTIC_C = 100.0  # inverse L2 strength of the logistic fit (weak: sims live in [-1, 1])
+METRICS_CHUNK_ELEMENTS = 4_000_000  # query x gallery distances held at once by retrieval_metrics
+# --- end constraints / NP3 / calibration / metrics ---
