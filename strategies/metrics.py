@@ -1,0 +1,206 @@
+"""Re-ID evaluation (ALGORITHMS.md §9): retrieval mAP / CMC / mINP and clustering agreement.
+
+Retrieval follows the Market-1501 protocol: per query a stable sort of the gallery by distance,
+same-identity-same-camera gallery items dropped when cameras are known, queries with no positive
+left skipped and counted. Work is chunked over queries so memory stays bounded by
+``chunk_elements`` distances, whatever the gallery size. Clustering scores treat a predicted -1 as a
+singleton, so an outlier never counts as agreeing with anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from strategies.defaults import METRICS_CHUNK_ELEMENTS
+
+__all__ = ["RetrievalMetrics", "adjusted_rand", "pairwise_prf", "retrieval_metrics"]
+
+
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """mAP, CMC and mINP in [0, 1] over the ``n_queries`` evaluated queries (``n_skipped`` had no positive).
+
+    When every query is skipped the scores are NaN: there is nothing to average.
+    """
+
+    mAP: float
+    cmc: dict[int, float]
+    mINP: float
+    n_queries: int
+    n_skipped: int
+
+
+def retrieval_metrics(
+    query_features: np.ndarray,
+    gallery_features: np.ndarray,
+    query_ids: np.ndarray | Sequence[int],
+    gallery_ids: np.ndarray | Sequence[int],
+    query_cameras: np.ndarray | Sequence[int] | None = None,
+    gallery_cameras: np.ndarray | Sequence[int] | None = None,
+    ranks: Sequence[int] = (1, 5, 10),
+    *,
+    exclude_self: bool = False,
+    chunk_elements: int = METRICS_CHUNK_ELEMENTS,
+) -> RetrievalMetrics:
+    """Rank the gallery for every query by cosine distance (features L2-normalised) and score it.
+
+    ``exclude_self=True`` is for the pool-evaluates-itself setting (query k *is* gallery item k, same
+    length): each query's own row is dropped from its ranking even when no cameras are given.
+    """
+    q = _check_features(query_features, "query_features")
+    g = _check_features(gallery_features, "gallery_features")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"gallery_features: dimension {g.shape[1]} differs from query_features dimension {q.shape[1]}"
+        )
+    qid = _check_vector(query_ids, q.shape[0], "query_ids")
+    gid = _check_vector(gallery_ids, g.shape[0], "gallery_ids")
+    if (query_cameras is None) != (gallery_cameras is None):
+        raise ValueError("query_cameras, gallery_cameras: give both or neither")
+    qcam = None if query_cameras is None else _check_vector(query_cameras, q.shape[0], "query_cameras")
+    gcam = None if gallery_cameras is None else _check_vector(gallery_cameras, g.shape[0], "gallery_cameras")
+    rank_list = _check_ranks(ranks)
+    if exclude_self and q.shape[0] != g.shape[0]:
+        raise ValueError("exclude_self: query and gallery must be the same rows (equal lengths)")
+    if (
+        isinstance(chunk_elements, bool)
+        or not isinstance(chunk_elements, int | np.integer)
+        or chunk_elements < 1
+    ):
+        raise ValueError(f"chunk_elements: must be a positive int, got {chunk_elements!r}")
+
+    n_gallery = g.shape[0]
+    chunk = max(1, int(chunk_elements) // max(n_gallery, 1))
+    ap_sum = inp_sum = 0.0
+    hits = np.zeros(len(rank_list), dtype=np.int64)
+    n_eval = n_skipped = 0
+    thresholds = np.asarray(rank_list, dtype=np.int64)
+    for start in range(0, q.shape[0], chunk):
+        stop = min(start + chunk, q.shape[0])
+        distance = 1.0 - q[start:stop].astype(np.float64) @ g.T.astype(np.float64)
+        order = np.argsort(distance, axis=1, kind="mergesort")  # stable: ties keep gallery order
+        same_id = gid[order] == qid[start:stop, None]
+        valid = np.ones_like(same_id)
+        if qcam is not None and gcam is not None:
+            valid &= ~(same_id & (gcam[order] == qcam[start:stop, None]))
+        if exclude_self:
+            valid &= order != np.arange(start, stop)[:, None]
+        positive = same_id & valid
+        n_pos = positive.sum(axis=1)
+        evaluated = n_pos > 0
+        n_skipped += int(np.count_nonzero(~evaluated))
+        if not evaluated.any():
+            continue
+        positive, valid, n_pos = positive[evaluated], valid[evaluated], n_pos[evaluated]
+        rank = np.cumsum(valid, axis=1)  # 1-based rank among the kept gallery items
+        hits_so_far = np.cumsum(positive, axis=1)
+        precision = np.where(positive, hits_so_far / np.maximum(rank, 1), 0.0)
+        ap_sum += float((precision.sum(axis=1) / n_pos).sum())
+        first_col = np.argmax(positive, axis=1)
+        last_col = positive.shape[1] - 1 - np.argmax(positive[:, ::-1], axis=1)
+        rows = np.arange(positive.shape[0])
+        first_rank = rank[rows, first_col]
+        last_rank = rank[rows, last_col]
+        inp_sum += float((n_pos / last_rank).sum())
+        hits += (first_rank[:, None] <= thresholds[None, :]).sum(axis=0)
+        n_eval += int(positive.shape[0])
+
+    if n_eval == 0:
+        nan = float("nan")
+        return RetrievalMetrics(nan, {k: nan for k in rank_list}, nan, 0, n_skipped)
+    cmc = {k: float(h) / n_eval for k, h in zip(rank_list, hits.tolist(), strict=True)}
+    return RetrievalMetrics(ap_sum / n_eval, cmc, inp_sum / n_eval, n_eval, n_skipped)
+
+
+def pairwise_prf(
+    pred: np.ndarray | Sequence[int], truth: np.ndarray | Sequence[int]
+) -> tuple[float, float, float]:
+    """Pairwise precision, recall, F1 of a clustering, from contingency counts (never O(n^2) pairs).
+
+    A pair is predicted positive when both items share a predicted label (-1 = singleton, in both
+    arrays). Conventions for empty sets: no predicted pair -> precision 1.0 (no false positive); no
+    true pair -> recall 1.0; F1 is 0 when precision + recall is 0.
+    """
+    p, t = _check_pair(pred, truth)
+    tp = _pairs_within(_joint(p, t))
+    pred_pairs = _pairs_within(p)
+    true_pairs = _pairs_within(t)
+    precision = tp / pred_pairs if pred_pairs else 1.0
+    recall = tp / true_pairs if true_pairs else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return float(precision), float(recall), float(f1)
+
+
+def adjusted_rand(pred: np.ndarray | Sequence[int], truth: np.ndarray | Sequence[int]) -> float:
+    """Adjusted Rand index with -1 read as a singleton (in both arrays)."""
+    p, t = _check_pair(pred, truth)
+    return float(adjusted_rand_score(t, p))
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_features(features: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(features)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty (n, d) array, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contains NaN or infinity")
+    return arr
+
+
+def _check_vector(values: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
+    return arr
+
+
+def _check_ranks(ranks: Sequence[int]) -> list[int]:
+    try:
+        out = [int(k) for k in ranks]
+    except (TypeError, ValueError):
+        raise ValueError(f"ranks: expected a sequence of positive ints, got {ranks!r}") from None
+    if not out or any(k < 1 for k in out) or any(int(k) != k for k in ranks):
+        raise ValueError(f"ranks: expected a non-empty sequence of positive ints, got {ranks!r}")
+    return sorted(set(out))
+
+
+def _check_pair(
+    pred: np.ndarray | Sequence[int], truth: np.ndarray | Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    p, t = np.asarray(pred), np.asarray(truth)
+    for arr, name in ((p, "pred"), (t, "truth")):
+        if arr.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D label array, got shape {arr.shape}")
+        if arr.size and arr.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected integer labels, got dtype {arr.dtype}")
+    if p.shape != t.shape:
+        raise ValueError(f"truth: length {t.shape[0]} differs from pred length {p.shape[0]}")
+    if p.size == 0:
+        raise ValueError("pred: empty label array")
+    return _singletons(p.astype(np.int64)), _singletons(t.astype(np.int64))
+
+
+def _singletons(labels: np.ndarray) -> np.ndarray:
+    """-1 -> a fresh id per item, so outliers never pair with anything."""
+    out = labels.copy()
+    outliers = np.flatnonzero(out < 0)
+    if outliers.size:
+        out[outliers] = int(out.max(initial=-1)) + 1 + np.arange(outliers.size)
+    return out
+
+
+def _joint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One id per (a, b) contingency cell."""
+    _, cells = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    return cells.reshape(-1)
+
+
+def _pairs_within(labels: np.ndarray) -> int:
+    counts = np.unique(labels, return_counts=True)[1].astype(np.int64)
+    return int((counts * (counts - 1) // 2).sum())
