@@ -1,0 +1,178 @@
+"""Evaluation protocol of the simulator: an identity-disjoint pool/test split and the metrics on it.
+
+Protocol (documented in benchmarks/results/simulate.md):
+- Identities (not images) are split: a fraction `test_fraction` goes to a held-out test set, the rest
+  is the *pool* the active learner sees and the oracle labels. No test identity is ever annotated.
+- Only identities that can be matched go to test: >= 2 images, and when cameras exist, >= 2 cameras.
+- Retrieval (ALGORITHMS.md §9) on the test identities:
+  * with cameras (Market protocol): one query per (identity, camera), drawn at random; the gallery is
+    every other test image; same-identity-same-camera gallery items are ignored per query;
+  * without cameras: every test image queries all test images (leave-one-out); the query itself,
+    and its tracklet-mates when tracklets exist, are ignored (passed as the "camera" exclusion group).
+  mAP, CMC Rank-1/5/10 and mINP; queries with no positive left are skipped and counted.
+- Clustering quality on the pool: pairwise precision/recall/F1 and ARI of the (NP3-refined)
+  pseudo-labels against the truth; -1 (outlier) counts as a singleton.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from trainer.simulate.datasets import SimulationDataset
+
+RANKS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices into the dataset (all sorted); groups are the per-query exclusion ids."""
+
+    pool: np.ndarray
+    test: np.ndarray
+    query: np.ndarray
+    gallery: np.ndarray
+    query_groups: np.ndarray
+    gallery_groups: np.ndarray
+    group_kind: str  # "camera" | "tracklet" | "image"
+    random_state: int | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n_pool": int(self.pool.size),
+            "n_test": int(self.test.size),
+            "n_queries": int(self.query.size),
+            "n_gallery": int(self.gallery.size),
+            "exclusion_group": self.group_kind,
+            "random_state": self.random_state,
+        }
+
+
+def split_identities(
+    dataset: SimulationDataset, *, test_fraction: float = 0.5, random_state: int | None = 0
+) -> Split:
+    """Identity-disjoint pool/test split plus query/gallery rows inside test (see module docstring)."""
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction: must be in (0, 1), got {test_fraction}")
+    labels = dataset.labels
+    rng = np.random.default_rng(random_state)
+    identities = np.unique(labels)
+    counts = np.bincount(labels, minlength=int(identities.max()) + 1)
+    eligible = counts[identities] >= 2
+    if dataset.cameras is not None:
+        n_cams = np.array([np.unique(dataset.cameras[labels == c]).size for c in identities])
+        eligible &= n_cams >= 2
+    candidates = identities[eligible]
+    n_test = round(float(test_fraction) * identities.size)
+    n_test = min(max(n_test, 1), candidates.size, identities.size - 2)
+    if n_test < 1:
+        raise ValueError(
+            "dataset: cannot split — need at least 3 identities, of which one has >= 2 images"
+            + (" seen by >= 2 cameras" if dataset.cameras is not None else "")
+        )
+    test_ids = np.sort(rng.choice(candidates, size=n_test, replace=False))
+    is_test = np.isin(labels, test_ids)
+    pool = np.flatnonzero(~is_test)
+    test = np.flatnonzero(is_test)
+
+    if dataset.cameras is not None:
+        cams = dataset.cameras
+        query_rows: list[int] = []
+        for ident in test_ids:
+            rows = test[labels[test] == ident]
+            for cam in np.unique(cams[rows]):
+                cam_rows = rows[cams[rows] == cam]
+                query_rows.append(int(rng.choice(cam_rows)))
+        query = np.sort(np.asarray(query_rows, dtype=np.int64))
+        gallery = np.setdiff1d(test, query)
+        return Split(pool, test, query, gallery, cams[query], cams[gallery], "camera", random_state)
+    if dataset.tracklets is not None:
+        groups = dataset.tracklets
+        return Split(pool, test, test, test, groups[test], groups[test], "tracklet", random_state)
+    rows = np.arange(dataset.n, dtype=np.int64)
+    return Split(pool, test, test, test, rows[test], rows[test], "image", random_state)
+
+
+def retrieval_scores(embeddings: np.ndarray, dataset: SimulationDataset, split: Split) -> dict[str, float]:
+    """mAP / CMC / mINP of held-out queries against the gallery, with `embeddings` for all rows."""
+    from strategies.metrics import retrieval_metrics
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != dataset.n:
+        raise ValueError(f"embeddings: expected shape ({dataset.n}, d), got {emb.shape}")
+    res = retrieval_metrics(
+        emb[split.query],
+        emb[split.gallery],
+        dataset.labels[split.query],
+        dataset.labels[split.gallery],
+        query_cameras=split.query_groups,
+        gallery_cameras=split.gallery_groups,
+        ranks=RANKS,
+    )
+    out: dict[str, float] = {"mAP": float(res.mAP), "mINP": float(res.mINP)}
+    for r in RANKS:
+        out[f"rank{r}"] = float(res.cmc[r])
+    out["n_queries"] = int(res.n_queries)
+    out["n_skipped"] = int(res.n_skipped)
+    return out
+
+
+def clustering_scores(pseudo_labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Pairwise P/R/F1 and ARI of predicted pool labels (-1 = singleton) against the truth."""
+    from strategies.metrics import adjusted_rand, pairwise_prf
+
+    pred = np.asarray(pseudo_labels)
+    true = np.asarray(truth)
+    if pred.shape != true.shape:
+        raise ValueError(f"pseudo_labels: shape {pred.shape} does not match the pool's {true.shape}")
+    p, r, f1 = pairwise_prf(pred, true)
+    n_clusters = int(np.unique(pred[pred >= 0]).size)
+    return {
+        "pairwise_precision": float(p),
+        "pairwise_recall": float(r),
+        "pairwise_f1": float(f1),
+        "ari": float(adjusted_rand(pred, true)),
+        "n_clusters": n_clusters,
+        "n_outliers": int(np.sum(pred < 0)),
+    }
+
+
+def evaluate(
+    embeddings: np.ndarray,
+    pool_pseudo_labels: np.ndarray,
+    dataset: SimulationDataset,
+    split: Split,
+) -> dict[str, float]:
+    """Both halves of the protocol in one flat dict (what results.json stores per cycle and seed)."""
+    return {
+        **retrieval_scores(embeddings, dataset, split),
+        **clustering_scores(pool_pseudo_labels, dataset.labels[split.pool]),
+    }
+
+
+def unsupervised_pseudo_labels(
+    features: np.ndarray,
+    *,
+    k1: int | None = None,
+    k2: int | None = None,
+    eps: float | None = None,
+    min_samples: int | None = None,
+) -> np.ndarray:
+    """DBSCAN over k-reciprocal Jaccard distances (the pipeline's pseudo-labels with no constraints)."""
+    from strategies.clustering import DBSCANClusterer
+    from strategies.jaccard import jaccard_distance
+
+    from strategies import defaults
+
+    dist = jaccard_distance(
+        np.asarray(features, dtype=np.float32),
+        k1=min(defaults.K1 if k1 is None else k1, features.shape[0] - 1),
+        k2=min(defaults.K2 if k2 is None else k2, defaults.K1 if k1 is None else k1, features.shape[0] - 1),
+    )
+    clusterer = DBSCANClusterer(
+        eps=defaults.DBSCAN_EPS if eps is None else eps,
+        min_samples=defaults.DBSCAN_MIN_SAMPLES if min_samples is None else min_samples,
+    )
+    return np.asarray(clusterer.fit_predict(dist))

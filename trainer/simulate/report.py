@@ -1,0 +1,254 @@
+"""Aggregate per-seed cycle records into results.json, the papers' summary numbers, and PNG curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Per-cycle fields aggregated as mean/std over seeds (everything numeric a cycle record carries).
+CURVE_FIELDS = (
+    "pairs_annotated",
+    "pairs_annotated_pct",
+    "pairs_constrained",
+    "identities_touched",
+    "pairs_by_transitivity",
+    "pairs_by_transitivity_new",
+    "answers_same",
+    "answers_unsure",
+    "answers_wrong",
+    "contradictions",
+    "shortfall",
+    "mAP",
+    "rank1",
+    "rank5",
+    "rank10",
+    "mINP",
+    "pairwise_precision",
+    "pairwise_recall",
+    "pairwise_f1",
+    "ari",
+    "n_clusters",
+    "wall_s",
+)
+PLOT_METRICS = (
+    ("mAP", "mAP"),
+    ("rank1", "Rank-1"),
+    ("mINP", "mINP"),
+    ("pairwise_f1", "pairwise F1 (pool)"),
+    ("ari", "ARI (pool)"),
+    ("pairs_by_transitivity", "pairs answered by transitivity"),
+)
+SKYLINE_FRACTION = 0.95
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    arr = np.asarray(
+        [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float
+    )
+    if arr.size == 0:
+        return {"mean": None, "std": None}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0))}
+
+
+def aggregate_runs(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """runs[seed][cycle] -> per cycle {"cycle", field: {"mean", "std"}} (seeds may stop early)."""
+    if not runs:
+        raise ValueError("runs: need at least one seed's records")
+    n_cycles = max(len(r) for r in runs)
+    out: list[dict[str, Any]] = []
+    for c in range(n_cycles):
+        recs = [r[c] for r in runs if len(r) > c]
+        row: dict[str, Any] = {"cycle": c, "n_seeds": len(recs)}
+        for f in CURVE_FIELDS:
+            vals = [rec[f] for rec in recs if f in rec]
+            if vals:
+                row[f] = _mean_std(vals)
+        out.append(row)
+    return out
+
+
+def aggregate_reference(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean/std of the baseline or skyline evaluations over seeds."""
+    keys = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float))})
+    return {k: _mean_std([r[k] for r in records if k in r]) for k in keys}
+
+
+def _mean(row: dict[str, Any], field: str) -> float | None:
+    cell = row.get(field)
+    return None if cell is None else cell.get("mean")
+
+
+def pairs_to_reach(
+    curve: Sequence[dict[str, Any]], per_seed: Sequence[Sequence[dict[str, Any]]], target_map: float | None
+) -> dict[str, Any]:
+    """Pairs (and identities) needed to reach `target_map` — on the mean curve and seed by seed.
+
+    The mean-curve answer is the first cycle whose mean mAP >= target, with the pairs count linearly
+    interpolated between that cycle and the previous one (reported both ways: `cycle`, `pairs_at_cycle`,
+    `pairs_interpolated`). Per seed: the first cycle reaching it, and how many seeds ever did.
+    """
+    result: dict[str, Any] = {
+        "target_mAP": target_map,
+        "reached": False,
+        "cycle": None,
+        "pairs_at_cycle": None,
+        "pairs_interpolated": None,
+        "identities_at_cycle": None,
+        "seeds_reached": 0,
+        "n_seeds": len(per_seed),
+        "pairs_per_seed": [],
+    }
+    if target_map is None:
+        return result
+    prev_pairs, prev_map = None, None
+    for row in curve:
+        m, p = _mean(row, "mAP"), _mean(row, "pairs_annotated")
+        if m is None or p is None:
+            continue
+        if m >= target_map:
+            interp = p
+            if prev_map is not None and prev_pairs is not None and m > prev_map:
+                interp = prev_pairs + (target_map - prev_map) / (m - prev_map) * (p - prev_pairs)
+            result.update(
+                reached=True,
+                cycle=row["cycle"],
+                pairs_at_cycle=p,
+                pairs_interpolated=float(interp),
+                identities_at_cycle=_mean(row, "identities_touched"),
+            )
+            break
+        prev_pairs, prev_map = p, m
+    for seed_rows in per_seed:
+        hit = next((r for r in seed_rows if r.get("mAP") is not None and r["mAP"] >= target_map), None)
+        result["pairs_per_seed"].append(None if hit is None else hit["pairs_annotated"])
+    result["seeds_reached"] = sum(v is not None for v in result["pairs_per_seed"])
+    return result
+
+
+def value_at_pairs(curve: Sequence[dict[str, Any]], pairs: float | None, field: str = "mAP") -> float | None:
+    """Mean `field` linearly interpolated at `pairs` annotated pairs along the mean curve.
+
+    Beyond the curve's last point the last value is returned (the strategy spent less: it cannot do
+    better by spending nothing more); before the first point, the first value.
+    """
+    if pairs is None:
+        return None
+    xs = [_mean(r, "pairs_annotated") for r in curve]
+    ys = [_mean(r, field) for r in curve]
+    pts = [(x, y) for x, y in zip(xs, ys, strict=False) if x is not None and y is not None]
+    if not pts:
+        return None
+    pts.sort()
+    x_arr = np.asarray([p[0] for p in pts])
+    y_arr = np.asarray([p[1] for p in pts])
+    return float(np.interp(float(pairs), x_arr, y_arr))
+
+
+def summarise(
+    strategies: dict[str, dict[str, Any]], skyline: dict[str, Any] | None, reference_strategy: str = "aas"
+) -> dict[str, Any]:
+    """The two papers' summary numbers.
+
+    - seed 000: pairs (and identities touched) needed to reach 95% of the skyline mAP, per strategy;
+    - seed 001: the mAP each strategy has at the number of pairs AAS actually used (AAS may spend less
+      than its budget: it takes all of its candidate set when that is smaller).
+    """
+    sky_map = None if skyline is None else skyline.get("mAP", {}).get("mean")
+    target = None if sky_map is None else SKYLINE_FRACTION * sky_map
+    summary: dict[str, Any] = {
+        "skyline_mAP": sky_map,
+        "target_fraction": SKYLINE_FRACTION,
+        "target_mAP": target,
+        "reach_target": {},
+        "reference_strategy": None,
+        "reference_pairs": None,
+        "reference_pairs_pct": None,
+        "mAP_at_reference_pairs": {},
+    }
+    for name, block in strategies.items():
+        summary["reach_target"][name] = pairs_to_reach(block["curve"], block["per_seed"], target)
+    ref = reference_strategy if reference_strategy in strategies else None
+    if ref is not None:
+        last = strategies[ref]["curve"][-1]
+        summary.update(
+            reference_strategy=ref,
+            reference_pairs=_mean(last, "pairs_annotated"),
+            reference_pairs_pct=_mean(last, "pairs_annotated_pct"),
+        )
+        for name, block in strategies.items():
+            summary["mAP_at_reference_pairs"][name] = value_at_pairs(
+                block["curve"], summary["reference_pairs"]
+            )
+    return summary
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(results: dict[str, Any], path: str | Path) -> Path:
+    """Atomic write (temp + rename): a crash never leaves a half results.json behind."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=_json_default, allow_nan=False))
+    os.replace(tmp, p)
+    return p
+
+
+def plot_curves(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """One PNG grid of every curve (mean ± std band over seeds), baseline and skyline as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    baseline = results.get("baseline") or {}
+    skyline = results.get("skyline") or {}
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    for ax, (field, title) in zip(axes.ravel(), PLOT_METRICS, strict=False):
+        for name, block in results["strategies"].items():
+            curve = block["curve"]
+            xs = np.asarray([_mean(r, "pairs_annotated") or 0.0 for r in curve])
+            ys = np.asarray(
+                [np.nan if _mean(r, field) is None else _mean(r, field) for r in curve], dtype=float
+            )
+            sd = np.asarray([(r.get(field) or {}).get("std") or 0.0 for r in curve], dtype=float)
+            (line,) = ax.plot(xs, ys, marker="o", ms=3, label=name)
+            ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+        for ref, style, label in (
+            (baseline, "--", "baseline (frozen)"),
+            (skyline, ":", "skyline (all labels)"),
+        ):
+            val = (ref.get(field) or {}).get("mean") if isinstance(ref.get(field), dict) else None
+            if val is not None:
+                ax.axhline(val, color="grey" if style == "--" else "black", ls=style, lw=1, label=label)
+        if field == "mAP" and results.get("summary", {}).get("target_mAP") is not None:
+            ax.axhline(results["summary"]["target_mAP"], color="red", ls="-.", lw=0.8, label="95% of skyline")
+        ax.set_title(title)
+        ax.set_xlabel("pairs annotated (cumulative)")
+        ax.grid(alpha=0.3)
+    axes.ravel()[0].legend(fontsize=8, loc="lower right")
+    ds = results.get("dataset", {}).get("name", "")
+    fig.suptitle(f"reid-al simulate — {ds}: mean ± std over {len(results['config']['seeds'])} seed(s)")
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,392 @@
+"""The offline active-learning loop: strategies × seeds × cycles on one dataset, then the report.
+
+One run (strategy, seed) on the pool (rows of the split's pool, renumbered 0..n_pool-1):
+
+    cycle 0: run_cycle with no constraints (unsupervised adapter on pseudo-labels) -> evaluate
+    cycle c: the oracle answers the previous cycle's proposals (at most `budget`) -> constraints
+             -> run_cycle (NP3 pseudo-labels, warm-started adapter training, re-embed, next proposals)
+             -> evaluate
+
+The adapter of every cycle is saved to a throw-away `ModelRegistry`, which is how the warm start works
+in production too, and is applied to the held-out test features for retrieval.
+
+"Pairs answered by transitivity" (per cycle, cumulative): the number of unordered pool pairs whose
+answer the constraint graph implies (SAME inside one must-link component, DIFFERENT across two
+components joined by a cannot-link) minus the pairs that carry a human answer themselves. Computed from
+component sizes (Σ C(s, 2) + Σ over cannot-linked component pairs s_a·s_b), never O(n²); a cannot-link
+inside a component (a contradiction) implies nothing. `pairs_by_transitivity_new` is its increase in
+that cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strategies import defaults
+from trainer.simulate.datasets import SimulationDataset
+from trainer.simulate.oracle import Answer, Oracle
+from trainer.simulate.protocol import Split, evaluate, split_identities, unsupervised_pseudo_labels
+from trainer.simulate.report import aggregate_reference, aggregate_runs, summarise
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRATEGIES = ("aas", "uncertainty", "random")
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_CYCLES = 5
+
+
+@dataclass
+class SimulationConfig:
+    """Everything a simulation needs besides the dataset; defaults reproduce the AAS schedule."""
+
+    strategies: Sequence[str] = DEFAULT_STRATEGIES
+    seeds: Sequence[int] = DEFAULT_SEEDS
+    n_cycles: int = DEFAULT_CYCLES
+    budget: int | None = None  # absolute pairs per cycle; None -> budget_fraction
+    budget_fraction: float | None = defaults.AAS_BUDGET_FRACTION  # of all n_pool(n_pool-1)/2 pairs
+    min_budget: int = 1
+    noise_rate: float = 0.0
+    unsure_rate: float = 0.0
+    test_fraction: float = 0.5
+    split_seed: int = 0
+    strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_params: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    cycle_params: dict[str, Any] = field(default_factory=dict)  # CycleConfig overrides
+    skyline: bool = True
+
+    def validate(self) -> None:
+        if not self.strategies:
+            raise ValueError("strategies: need at least one strategy")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies: duplicates in {list(self.strategies)}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed")
+        if int(self.n_cycles) < 1:
+            raise ValueError(f"n_cycles: need at least 1, got {self.n_cycles}")
+        if self.budget is None and self.budget_fraction is None:
+            raise ValueError("budget: give an absolute budget or a budget_fraction")
+        if self.budget is not None and int(self.budget) < 1:
+            raise ValueError(f"budget: must be >= 1 pair per cycle, got {self.budget}")
+        if self.budget_fraction is not None and not 0.0 < float(self.budget_fraction) <= 1.0:
+            raise ValueError(f"budget_fraction: must be in (0, 1], got {self.budget_fraction}")
+        for name in ("noise_rate", "unsure_rate"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+
+    def budget_for(self, n_pool: int) -> int:
+        """Pairs per cycle: the absolute budget, or the fraction of all pool pairs (at least min_budget)."""
+        if self.budget is not None:
+            return int(self.budget)
+        total = n_pool * (n_pool - 1) // 2
+        return max(int(self.min_budget), round(float(self.budget_fraction or 0.0) * total))
+
+
+def transitivity_counts(graph: Any, n: int) -> dict[str, int]:
+    """Implied pairs from component sizes (see module docstring); `graph` is a ConstraintGraph."""
+    comp = graph.component_labels(n)
+    sizes = np.bincount(comp)
+    implied_same = int(np.sum(sizes * (sizes - 1) // 2))
+    cl_components: set[tuple[int, int]] = set()
+    for c in graph.cannot_links():
+        a, b = int(comp[c.i]), int(comp[c.j])
+        if a != b:
+            cl_components.add((min(a, b), max(a, b)))
+    implied_diff = int(sum(int(sizes[a]) * int(sizes[b]) for a, b in cl_components))
+    direct = {c.pair for c in graph}
+    direct_resolved = sum(
+        1
+        for i, j in direct
+        if comp[i] == comp[j] or (min(comp[i], comp[j]), max(comp[i], comp[j])) in cl_components
+    )
+    return {
+        "implied_same": implied_same,
+        "implied_different": implied_diff,
+        "pairs_constrained": len(direct),
+        "pairs_by_transitivity": implied_same + implied_diff - direct_resolved,
+    }
+
+
+@dataclass
+class _Pool:
+    features: np.ndarray
+    labels: np.ndarray
+    cameras: np.ndarray | None
+    tracklets: np.ndarray | None
+
+
+def _pool_of(dataset: SimulationDataset, split: Split) -> _Pool:
+    rows = split.pool
+    return _Pool(
+        features=np.ascontiguousarray(dataset.features[rows]),
+        labels=dataset.labels[rows],
+        cameras=None if dataset.cameras is None else dataset.cameras[rows],
+        tracklets=None if dataset.tracklets is None else dataset.tracklets[rows],
+    )
+
+
+class Simulation:
+    """Runs the loop for every (strategy, seed) and returns the results dict written to results.json."""
+
+    def __init__(self, config: SimulationConfig | None = None, *, work_dir: str | Path | None = None) -> None:
+        self.config = config
+        self.work_dir = work_dir
+
+    # ------------------------------------------------------------------ helpers
+    def _train_config(self, seed: int) -> Any:
+        from trainer.adapter import TrainConfig
+
+        params = dict(self._cfg.train_params)
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"train_params: unknown TrainConfig field(s) {unknown}; known: {sorted(names)}")
+        if "seed" in names and "seed" not in params:
+            params["seed"] = seed
+        return TrainConfig(**params)
+
+    def _cycle_config(self, strategy: str, budget: int, seed: int, cycle: int) -> Any:
+        from trainer.cycle import CycleConfig
+
+        params = dict(self._cfg.cycle_params)
+        names = {f.name for f in dataclasses.fields(CycleConfig)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"cycle_params: unknown CycleConfig field(s) {unknown}; known: {sorted(names)}")
+        return CycleConfig(
+            strategy=strategy,
+            budget=budget,
+            strategy_params=dict(self._cfg.strategy_params.get(strategy, {})),
+            train=self._train_config(seed),
+            random_state=int(seed) * 1000 + cycle,
+            **params,
+        )
+
+    @staticmethod
+    def _embed_all(registry: Any, version: str | None, features: np.ndarray) -> np.ndarray:
+        """The current adapter applied to every row (pool and test); frozen features when none exists."""
+        from trainer.adapter import apply_adapter
+
+        if registry is None or version is None:
+            return features
+        state = registry.load(version).adapter_state
+        if state is None:
+            return features
+        return np.asarray(apply_adapter(state, features), dtype=np.float32)
+
+    # ------------------------------------------------------------------ references
+    def _baseline(self, dataset: SimulationDataset, split: Split, pool: _Pool) -> dict[str, Any]:
+        """Frozen encoder, no labels: retrieval on raw features, DBSCAN pseudo-labels on the pool."""
+        labels = unsupervised_pseudo_labels(pool.features)
+        return evaluate(dataset.features, labels, dataset, split)
+
+    def _skyline(self, dataset: SimulationDataset, split: Split, pool: _Pool, seed: int) -> dict[str, Any]:
+        """Adapter trained with every pool label: pseudo-labels = truth, a must-link spanning chain per
+        identity and a cannot-link from each identity to its nearest other identity; trained for as many
+        warm-started rounds as an active-learning run gets (n_cycles + 1)."""
+        from trainer.adapter import apply_adapter, train_adapter
+
+        t0 = time.perf_counter()
+        labels = pool.labels
+        ml: list[tuple[int, int]] = []
+        reps: list[int] = []
+        ids = np.unique(labels)
+        for ident in ids:
+            rows = np.flatnonzero(labels == ident)
+            reps.append(int(rows[0]))
+            ml.extend((int(a), int(b)) for a, b in itertools.pairwise(rows))
+        centroids = np.vstack([pool.features[labels == ident].mean(axis=0) for ident in ids])
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        sims = centroids @ centroids.T
+        np.fill_diagonal(sims, -np.inf)
+        nearest = np.argmax(sims, axis=1)
+        cl = sorted({(min(reps[a], reps[b]), max(reps[a], reps[b])) for a, b in enumerate(nearest)})
+        ml_arr = np.asarray(ml, dtype=np.int64).reshape(-1, 2)
+        cl_arr = np.asarray(cl, dtype=np.int64).reshape(-1, 2)
+        state = None
+        config = self._train_config(seed)
+        for _ in range(int(self._cfg.n_cycles) + 1):
+            res = train_adapter(
+                pool.features, labels, ml_arr, cl_arr, config, init_state=state, cameras=pool.cameras
+            )
+            state = res.adapter_state
+        emb = np.asarray(apply_adapter(state, dataset.features), dtype=np.float32)
+        out = evaluate(emb, labels, dataset, split)
+        out["wall_s"] = time.perf_counter() - t0
+        return out
+
+    # ------------------------------------------------------------------ one run
+    def _run_one(
+        self,
+        strategy: str,
+        seed: int,
+        dataset: SimulationDataset,
+        split: Split,
+        pool: _Pool,
+        budget: int,
+        root: Path,
+        tick: Callable[[str], None],
+    ) -> list[dict[str, Any]]:
+        from strategies.constraints import ConstraintGraph, ConstraintKind
+        from trainer.cycle import run_cycle
+        from trainer.registry import ModelRegistry
+
+        cfg = self._cfg
+        n_pool = pool.features.shape[0]
+        total_pairs = n_pool * (n_pool - 1) // 2
+        graph = ConstraintGraph()
+        oracle = Oracle(
+            pool.labels, noise_rate=cfg.noise_rate, unsure_rate=cfg.unsure_rate, random_state=seed
+        )
+        registry = ModelRegistry(root, f"{strategy}-seed{seed}")
+        touched: set[int] = set()
+        counters = {"asked": 0, "same": 0, "unsure": 0, "wrong": 0}
+        records: list[dict[str, Any]] = []
+        prev_transitive = 0
+        proposals: list[Any] = []
+        for cycle in range(int(cfg.n_cycles) + 1):
+            t0 = time.perf_counter()
+            shortfall = 0
+            if cycle > 0:
+                asked = proposals[:budget]
+                shortfall = budget - len(asked)
+                for k, prop in enumerate(asked):
+                    ans = oracle.answer(prop.i, prop.j)
+                    counters["asked"] += 1
+                    touched.update((int(pool.labels[ans.i]), int(pool.labels[ans.j])))
+                    graph.mark_asked(ans.i, ans.j)
+                    if ans.answer is Answer.UNSURE:
+                        counters["unsure"] += 1
+                        continue
+                    counters["wrong"] += int(ans.wrong)
+                    counters["same"] += int(ans.answer is Answer.SAME)
+                    kind = (
+                        ConstraintKind.MUST_LINK if ans.answer is Answer.SAME else ConstraintKind.CANNOT_LINK
+                    )
+                    graph.add(f"sim-c{cycle}-{k}", ans.i, ans.j, kind)
+            result = run_cycle(
+                pool.features,
+                graph,
+                self._cycle_config(strategy, budget, seed, cycle),
+                registry=registry,
+                cameras=pool.cameras,
+                tracklets=pool.tracklets,
+            )
+            proposals = list(result.proposals)
+            emb = self._embed_all(registry, result.version, dataset.features)
+            scores = evaluate(emb, np.asarray(result.pseudo_labels), dataset, split)
+            trans = transitivity_counts(graph, n_pool)
+            rec: dict[str, Any] = {
+                "cycle": cycle,
+                "pairs_annotated": counters["asked"],
+                "pairs_annotated_pct": 100.0 * counters["asked"] / total_pairs,
+                "pairs_constrained": trans["pairs_constrained"],
+                "identities_touched": len(touched),
+                "pairs_by_transitivity": trans["pairs_by_transitivity"],
+                "pairs_by_transitivity_new": trans["pairs_by_transitivity"] - prev_transitive,
+                "answers_same": counters["same"],
+                "answers_unsure": counters["unsure"],
+                "answers_wrong": counters["wrong"],
+                "contradictions": len(graph.contradictions()),
+                "shortfall": shortfall,
+                "next_proposals": len(proposals),
+                **scores,
+                "wall_s": time.perf_counter() - t0,
+                "cycle_timings": {k: float(v) for k, v in dict(result.timings).items()},
+            }
+            prev_transitive = trans["pairs_by_transitivity"]
+            records.append(rec)
+            tick(f"{strategy} seed {seed} cycle {cycle}: mAP {scores['mAP']:.3f} pairs {counters['asked']}")
+        return records
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, dataset: SimulationDataset, *, progress: bool = False) -> dict[str, Any]:
+        """Run every strategy × seed and return the results dict (see report.py for its fields)."""
+        self._cfg = self.config or SimulationConfig()
+        cfg = self._cfg
+        cfg.validate()
+        from strategies.samplers import available_samplers
+
+        known = set(available_samplers())
+        unknown = [s for s in cfg.strategies if s not in known]
+        if unknown:
+            raise ValueError(f"strategies: unknown {unknown}; available: {sorted(known)}")
+        t_start = time.perf_counter()
+        split = split_identities(dataset, test_fraction=cfg.test_fraction, random_state=cfg.split_seed)
+        pool = _pool_of(dataset, split)
+        n_pool = pool.features.shape[0]
+        budget = cfg.budget_for(n_pool)
+        total = len(cfg.strategies) * len(cfg.seeds) * (int(cfg.n_cycles) + 1)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="simulate", unit="cycle")
+
+        def tick(msg: str) -> None:
+            if bar is not None:
+                bar.set_postfix_str(msg, refresh=False)
+                bar.update(1)
+            else:
+                log.info(msg)
+
+        baseline = self._baseline(dataset, split, pool)
+        with tempfile.TemporaryDirectory(prefix="reid-al-sim-", dir=self.work_dir) as tmp:
+            root = Path(tmp)
+            skylines = [self._skyline(dataset, split, pool, s) for s in cfg.seeds] if cfg.skyline else []
+            strategies: dict[str, dict[str, Any]] = {}
+            for strategy in cfg.strategies:
+                per_seed = [
+                    self._run_one(strategy, int(s), dataset, split, pool, budget, root, tick)
+                    for s in cfg.seeds
+                ]
+                strategies[strategy] = {"curve": aggregate_runs(per_seed), "per_seed": per_seed}
+        if bar is not None:
+            bar.close()
+        skyline = aggregate_reference(skylines) if skylines else None
+        results: dict[str, Any] = {
+            "dataset": dataset.summary(),
+            "split": split.summary(),
+            "config": {
+                "strategies": list(cfg.strategies),
+                "seeds": [int(s) for s in cfg.seeds],
+                "n_cycles": int(cfg.n_cycles),
+                "budget_per_cycle": budget,
+                "budget_per_cycle_pct": 100.0 * budget / (n_pool * (n_pool - 1) // 2),
+                "budget_fraction": cfg.budget_fraction if cfg.budget is None else None,
+                "all_pool_pairs": n_pool * (n_pool - 1) // 2,
+                "noise_rate": cfg.noise_rate,
+                "unsure_rate": cfg.unsure_rate,
+                "test_fraction": cfg.test_fraction,
+                "split_seed": cfg.split_seed,
+                "strategy_params": cfg.strategy_params,
+                "train_params": cfg.train_params,
+                "cycle_params": cfg.cycle_params,
+            },
+            "baseline": aggregate_reference([baseline]),
+            "skyline": skyline,
+            "strategies": strategies,
+        }
+        results["summary"] = summarise(strategies, skyline)
+        results["wall_s"] = time.perf_counter() - t_start
+        return results
+
+
+def run_simulation(
+    dataset: SimulationDataset,
+    config: SimulationConfig | None = None,
+    *,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Functional shortcut for `Simulation(config, work_dir=...).run(dataset, progress=...)`."""
+    return Simulation(config, work_dir=work_dir).run(dataset, progress=progress)
