@@ -72,7 +72,16 @@ IVF_NLIST_PER_SQRT_N = 4  # IVF lists = 4·sqrt(n) (capped so every list gets >=
 IVF_TRAIN_PER_LIST = 64  # k-means training sample = 64 points per list (faiss recommends 39-256)
 NORM_TOLERANCE = 1e-2  # |‖x‖ - 1| above this is rejected as "not L2-normalised" (float16 rounding passes)
 FINCH_CANDIDATES = 8  # neighbours fetched per point before the exact first-neighbour / tie rule
-JACCARD_EDGE_CHUNK = 500_000  # kNN edges per vectorised Σmin block (bounds peak memory)
+JACCARD_DOT_CHUNK = 125_000  # R* entries outside the kNN graph whose dot products are gathered at once
+JACCARD_DENSE_BLOCK = 1 << 24  # cells of the dense row buffer for Σmin on edges (128 MB in float64)
+
+# --- §5-7 samplers: implementation knobs (strategies/samplers/, issue 3) ---
+RANDOM_MAX_DRAWS_FACTOR = 20  # random: draws per wanted pair before the exact row-scan fallback
+RANDOM_MIN_DRAWS = 10_000  # random: never give up rejection sampling before this many draws
+UNC_UNCERTAINTY = "entropy"  # or "margin", "spread": the identity-uncertainty measure u_i
+UNC_LAMBDA_TEXT = 0.5  # weight of the text/image ranking disagreement added to u_i
+UNC_SEGMENT_SECONDS = 60.0  # time-segment length of the one-pick-per-(camera, segment) cap
+# --- end samplers ---
 
 # --- §3-4 constraints / NP3, §7 calibration, §9 metrics: implementation knobs (issue 2, second half) ---
 CALIBRATION_METHOD = "logistic"  # or "isotonic": how P(same) is fitted on the labelled pairs

@@ -1,0 +1,685 @@
+"""Ambiguity-Aware Sampling (seed 001 §3.1 A-D, Alg. 1; ALGORITHMS.md §5).
+
+Two clusterings, A = DBSCAN on the Jaccard distance and B = a FINCH level, both refined by NP3 with the
+constraints so far, disagree where the embedding is ambiguous. Their partial overlaps (0 < IoU < 1)
+chain into regions of uncertainty S_1..S_M. Pairs across regions (medoid pairs, U_os) probe
+over-segmentation; the closest cross pair of two clusters of one method that the other method joins
+(U_us) probes under-segmentation. The pool is sampled without replacement from the mixture
+P(Y) = ε P(Y|U_os) + (1 - ε) P(Y|U_us) (eq. 4-6), or taken whole when it is smaller than the budget.
+
+Every step is a pure function over label arrays (testable with hand-made labels); ``AASSampler`` wires
+them to the kNN graph, Jaccard distance, DBSCAN, FINCH and NP3 modules.
+
+No region of uncertainty means the two views agree everywhere: the result is empty with
+``shortfall == budget`` ("rely on base training this cycle"), not ``PoolExhaustedError`` (which means
+candidates existed but every one is already asked or implied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from strategies.defaults import (
+    AAS_EPSILON,
+    AAS_EXACT_MEDOID_MAX,
+    AAS_K_MAX,
+    AAS_S_MIN,
+    CONTRADICTION_POLICY,
+)
+from strategies.samplers.base import (
+    BLOCK_ELEMENTS,
+    PairSampler,
+    PoolExhaustedError,
+    SamplingContext,
+    SamplingResult,
+    complete_context,
+    make_proposals,
+    register_sampler,
+    rng_from,
+    unresolved_mask,
+)
+
+if TYPE_CHECKING:
+    from strategies.constraints import ConstraintGraph
+
+__all__ = [
+    "POOL_NAMES",
+    "AASPool",
+    "AASSampler",
+    "aas_pool",
+    "aas_probabilities",
+    "efraimidis_spirakis",
+    "outlier_status",
+    "overseg_pairs",
+    "region_medoids",
+    "singletonize",
+    "uncertainty_regions",
+    "underseg_pairs",
+]
+
+# pool codes: 0 = U_os, 1..3 = U_us by DBSCAN status of the two ends (β1 inlier-inlier, β2 inlier-outlier,
+# β3 outlier-outlier)
+POOL_NAMES = ("U_os", "U_us:beta1", "U_us:beta2", "U_us:beta3")
+
+
+@dataclass
+class AASPool:
+    """The sampling pool U = U_os ∪ U_us as parallel arrays (one entry per pair, i < j).
+
+    ``code`` indexes POOL_NAMES; ``region`` is the region of a U_us pair (for U_os: the region of the
+    medoid ``i``); ``sim`` is the eq. 4 similarity of a U_os pair (0 for U_us); ``joined_by`` is, for a
+    U_us pair, 0 when A (DBSCAN) co-clusters it and 1 when B (FINCH) does. ``inconsistent_counts`` is
+    (M, 3): |Ĩ_k| per region and pair type (β1..β3), the ρ weights' input.
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    code: np.ndarray
+    region: np.ndarray
+    sim: np.ndarray
+    joined_by: np.ndarray
+    regions: np.ndarray
+    n_regions: int
+    medoids: np.ndarray
+    inconsistent_counts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.i.size)
+
+    def subset(self, mask: np.ndarray) -> AASPool:
+        return AASPool(
+            self.i[mask],
+            self.j[mask],
+            self.code[mask],
+            self.region[mask],
+            self.sim[mask],
+            self.joined_by[mask],
+            self.regions,
+            self.n_regions,
+            self.medoids,
+            self.inconsistent_counts,
+        )
+
+    def sizes(self) -> dict[str, int]:
+        out = {name: int((self.code == c).sum()) for c, name in enumerate(POOL_NAMES)}
+        out["U"] = len(self)
+        out["regions"] = self.n_regions
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A. regions of uncertainty
+# --------------------------------------------------------------------------------------------------
+
+
+def singletonize(labels: np.ndarray) -> np.ndarray:
+    """Dense cluster ids 0..c-1 where every -1 (outlier) becomes its own singleton cluster."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
+    lab = lab.astype(np.int64)
+    out = np.empty_like(lab)
+    neg = lab < 0
+    _, dense = np.unique(lab[~neg], return_inverse=True)
+    out[~neg] = dense
+    base = int(dense.max()) + 1 if dense.size else 0
+    out[neg] = base + np.arange(int(neg.sum()), dtype=np.int64)
+    return out
+
+
+def uncertainty_regions(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, int]:
+    """Region id per point (-1 outside every region) and the number of regions M.
+
+    Nodes are the clusters of A and B (each -1 its own singleton), edges the cluster pairs with
+    0 < IoU < 1; a region is a connected component with at least one edge. Regions are numbered in
+    order of their smallest point.
+    """
+    a = singletonize(labels_a)
+    b = singletonize(labels_b)
+    if a.shape != b.shape:
+        raise ValueError(f"labels_a and labels_b must have the same shape, got {a.shape} and {b.shape}")
+    n = a.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    na = int(a.max()) + 1
+    nb = int(b.max()) + 1
+    cells, counts = np.unique(a * nb + b, return_counts=True)
+    ca, cb = cells // nb, cells % nb
+    size_a = np.bincount(a, minlength=na)
+    size_b = np.bincount(b, minlength=nb)
+    partial = ~((counts == size_a[ca]) & (counts == size_b[cb]))  # counts > 0 always, so IoU > 0
+    ea, eb = ca[partial], cb[partial] + na
+    graph = coo_matrix((np.ones(ea.size), (ea, eb)), shape=(na + nb, na + nb))
+    _, comp = connected_components(graph, directed=False)
+    has_edge = np.zeros(comp.max() + 1, dtype=bool)
+    has_edge[comp[ea]] = True
+    point_comp = comp[a]
+    inside = has_edge[point_comp]
+    regions = np.full(n, -1, dtype=np.int64)
+    if inside.any():
+        # renumber by first point so that region ids do not depend on label values
+        first = np.full(comp.max() + 1, n, dtype=np.int64)
+        np.minimum.at(first, point_comp[inside], np.flatnonzero(inside))
+        used = np.flatnonzero(first < n)
+        rank = np.empty(comp.max() + 1, dtype=np.int64)
+        rank[used[np.argsort(first[used], kind="stable")]] = np.arange(used.size)
+        regions[inside] = rank[point_comp[inside]]
+        return regions, int(used.size)
+    return regions, 0
+
+
+def outlier_status(dbscan_labels: np.ndarray, refined_a: np.ndarray) -> np.ndarray:
+    """DBSCAN outlier mask after refinement: -1 in the refined labels, or a DBSCAN outlier that NP3
+    left alone as a singleton (an outlier that an ML merged into a cluster is an inlier now)."""
+    raw = np.asarray(dbscan_labels)
+    ref = np.asarray(refined_a)
+    dense = singletonize(ref)
+    size = np.bincount(dense)[dense]
+    return (ref < 0) | ((raw < 0) & (size == 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# B. U_os: medoid pairs across regions
+# --------------------------------------------------------------------------------------------------
+
+
+def _sq_norms(features: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", features, features, dtype=np.float64)
+
+
+def region_medoids(
+    features: np.ndarray, regions: np.ndarray, n_regions: int, *, exact_max: int = AAS_EXACT_MEDOID_MAX
+) -> np.ndarray:
+    """Medoid row per region: least total Euclidean distance to the region (ties: lowest row); for a
+    region larger than ``exact_max``, the point nearest the region mean (O(m) instead of O(m²))."""
+    medoids = np.full(n_regions, -1, dtype=np.int64)
+    if n_regions == 0:
+        return medoids
+    x = np.asarray(features, dtype=np.float64)
+    order = np.argsort(regions, kind="stable")
+    starts = np.searchsorted(regions[order], np.arange(n_regions))
+    ends = np.searchsorted(regions[order], np.arange(n_regions), side="right")
+    for r in range(n_regions):
+        members = order[starts[r] : ends[r]]
+        xm = x[members]
+        if members.size <= exact_max:
+            sq = _sq_norms(xm)
+            d2 = sq[:, None] + sq[None, :] - 2.0 * (xm @ xm.T)
+            total = np.sqrt(np.maximum(d2, 0.0)).sum(axis=1)
+            medoids[r] = members[int(np.argmin(total))]
+        else:
+            centre = xm.mean(axis=0)
+            medoids[r] = members[int(np.argmin(((xm - centre) ** 2).sum(axis=1)))]
+    return medoids
+
+
+def overseg_pairs(
+    features: np.ndarray,
+    medoids: np.ndarray,
+    *,
+    jaccard: csr_matrix | None = None,
+    k_max: int = AAS_K_MAX,
+    s_min: float = AAS_S_MIN,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U_os: for each medoid, its k_max nearest other medoids by sim (ties by cosine, then row), kept
+    when sim >= s_min. sim = Jaccard similarity 1 - d_J (0 off the Jaccard graph's edges) when
+    ``jaccard`` is given, else cosine. Returns (pos_a, pos_b, sim) with positions into ``medoids``,
+    each unordered pair once."""
+    m = medoids.size
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
+    if m < 2 or k_max < 1:
+        return empty
+    x = np.asarray(features)
+    mx = x[medoids]
+    cand_r: list[np.ndarray] = []
+    cand_c: list[np.ndarray] = []
+    if jaccard is not None:
+        # Jaccard edges among medoids, read straight from the CSR arrays (explicit zeros are edges)
+        pos = np.full(jaccard.shape[0], -1, dtype=np.int64)
+        pos[medoids] = np.arange(m)
+        indptr = jaccard.indptr
+        lens = (indptr[medoids + 1] - indptr[medoids]).astype(np.int64)
+        offsets = np.repeat(np.cumsum(lens) - lens, lens)
+        flat = np.repeat(indptr[medoids].astype(np.int64), lens) + (np.arange(int(lens.sum())) - offsets)
+        rows = np.repeat(np.arange(m), lens)
+        cols = pos[jaccard.indices[flat]]
+        keep = (cols >= 0) & (cols != rows)
+        cand_r.append(rows[keep])
+        cand_c.append(cols[keep])
+        jac_sim = 1.0 - np.asarray(jaccard.data[flat][keep], dtype=np.float64)
+    if jaccard is None or s_min <= 0:
+        # cosine-nearest medoids: all sim candidates when sim is cosine; the sim-0 (non-edge) candidates
+        # when s_min <= 0 lets them qualify. k_max + (edges in the row) covers the top k_max non-edges.
+        extra = k_max + (int(np.bincount(cand_r[0], minlength=m).max()) if cand_r and cand_r[0].size else 0)
+        extra = min(extra, m - 1)
+        step = max(1, BLOCK_ELEMENTS // m)
+        for start in range(0, m, step):
+            cos = mx[start : start + step] @ mx.T
+            rr = np.arange(cos.shape[0])
+            cos[rr, start + rr] = -np.inf
+            top = (
+                np.argpartition(-cos, extra - 1, axis=1)[:, :extra] if extra < m else np.argsort(-cos, axis=1)
+            )
+            cand_r.append(np.repeat(start + rr, top.shape[1]))
+            cand_c.append(top.reshape(-1))
+    r = np.concatenate(cand_r)
+    c = np.concatenate(cand_c)
+    keys = np.unique(r * m + c)
+    r, c = keys // m, keys % m
+    cos = np.einsum("ij,ij->i", mx[r], mx[c]).astype(np.float64)
+    if jaccard is not None:
+        # look each candidate's Jaccard similarity up among the edges (0 when it is no edge)
+        sim = np.zeros(r.size)
+        ekeys = cand_r[0] * m + cand_c[0]
+        if ekeys.size:
+            eorder = np.argsort(ekeys)
+            loc = np.minimum(np.searchsorted(ekeys[eorder], keys), ekeys.size - 1)
+            hit = ekeys[eorder][loc] == keys
+            sim[hit] = jac_sim[eorder[loc[hit]]]
+    else:
+        sim = cos
+    # rank inside each row by (sim desc, cosine desc, column asc) and keep the first k_max
+    order = np.lexsort((c, -cos, -sim, r))
+    r, c, sim = r[order], c[order], sim[order]
+    row_start = np.searchsorted(r, r, side="left")
+    rank = np.arange(r.size) - row_start
+    keep = (rank < k_max) & (sim >= s_min)
+    a, b, s = np.minimum(r[keep], c[keep]), np.maximum(r[keep], c[keep]), sim[keep]
+    if a.size == 0:
+        return empty
+    _, first = np.unique(a * m + b, return_index=True)
+    return a[first], b[first], s[first]
+
+
+# --------------------------------------------------------------------------------------------------
+# C. U_us: closest cross pairs of clusters that the other method joins
+# --------------------------------------------------------------------------------------------------
+
+
+def _closest_cross_pairs(
+    x: np.ndarray, sq: np.ndarray, members: list[np.ndarray], c1: np.ndarray, c2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """argmin Euclidean distance over members[c1[t]] x members[c2[t]] for each t (eq. 2), in blocks.
+    Ties: the first row of the larger cluster, then the first column."""
+    u = np.empty(c1.size, dtype=np.int64)
+    v = np.empty(c1.size, dtype=np.int64)
+    sizes = np.array([members[c].size for c in range(len(members))], dtype=np.int64)
+    single = (sizes[c1] == 1) & (sizes[c2] == 1)
+    if single.any():
+        u[single] = [members[c][0] for c in c1[single]]
+        v[single] = [members[c][0] for c in c2[single]]
+    rest = np.flatnonzero(~single)
+    if rest.size == 0:
+        return u, v
+    # orient each cluster pair so that the big side is the row side, then group by it
+    big = np.where(sizes[c1[rest]] >= sizes[c2[rest]], c1[rest], c2[rest])
+    small = np.where(sizes[c1[rest]] >= sizes[c2[rest]], c2[rest], c1[rest])
+    swapped = sizes[c1[rest]] < sizes[c2[rest]]
+    order = np.lexsort((small, big))
+    rest, big, small, swapped = rest[order], big[order], small[order], swapped[order]
+    bounds = np.flatnonzero(np.diff(big)) + 1
+    for grp in np.split(np.arange(rest.size), bounds):
+        rows = members[big[grp[0]]]
+        partner_members = [members[s] for s in small[grp]]
+        seg_len = np.array([p.size for p in partner_members], dtype=np.int64)
+        cols = np.concatenate(partner_members)
+        seg = np.repeat(np.arange(grp.size), seg_len)
+        best_d = np.full(cols.size, np.inf)
+        best_r = np.zeros(cols.size, dtype=np.int64)
+        row_step = max(1, BLOCK_ELEMENTS // max(1, cols.size))
+        col_step = max(1, BLOCK_ELEMENTS // max(1, min(rows.size, row_step)))
+        for rs in range(0, rows.size, row_step):
+            rblock = rows[rs : rs + row_step]
+            for cs in range(0, cols.size, col_step):
+                cblock = cols[cs : cs + col_step]
+                d2 = sq[rblock][:, None] + sq[cblock][None, :] - 2.0 * (x[rblock] @ x[cblock].T)
+                arg = np.argmin(d2, axis=0)
+                val = d2[arg, np.arange(cblock.size)]
+                better = val < best_d[cs : cs + cblock.size]
+                best_d[cs : cs + cblock.size][better] = val[better]
+                best_r[cs : cs + cblock.size][better] = rows[rs + arg[better]]
+        # per partner segment: the column with the least distance (first on ties)
+        pick = np.lexsort((np.arange(cols.size), best_d, seg))
+        first = pick[np.searchsorted(seg[pick], np.arange(grp.size))]
+        uu, vv = best_r[first], cols[first]
+        sw = swapped[grp]
+        u[rest[grp]] = np.where(sw, vv, uu)
+        v[rest[grp]] = np.where(sw, uu, vv)
+    return u, v
+
+
+def _cluster_members(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
+    return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)]
+
+
+def _type_counts(groups: np.ndarray, outlier: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups, 3) co-clustered pairs per type in each group: β1 C(in,2), β2 in·out, β3 C(out,2)."""
+    n_out = np.bincount(groups, weights=outlier.astype(np.float64), minlength=n_groups)
+    n_all = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    n_in = n_all - n_out
+    return np.stack([n_in * (n_in - 1) / 2, n_in * n_out, n_out * (n_out - 1) / 2], axis=1)
+
+
+def underseg_pairs(
+    features: np.ndarray,
+    labels_a: np.ndarray,
+    labels_b: np.ndarray,
+    regions: np.ndarray,
+    n_regions: int,
+    outlier: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """U_us = ∪_k Ĩ_k ∩ P_k (eq. 1-3).
+
+    For each method ζ and each cluster g of the other method η, every two ζ-clusters meeting g give a
+    candidate; its closest cross pair is in Ĩ_k exactly when η co-clusters its two ends (ζ never does).
+    Cluster pairs that share no η-cluster cannot contribute, so they are never enumerated.
+    Returns (i, j, region, type 0..2, joined_by 0=A/1=B, |Ĩ_k| counts (M, 3)).
+    """
+    x = np.asarray(features, dtype=np.float64)
+    sq = _sq_norms(x)
+    a = singletonize(labels_a)
+    b = singletonize(labels_b)
+    outlier = np.asarray(outlier, dtype=bool)
+    inside = regions >= 0
+    out_i: list[np.ndarray] = []
+    out_j: list[np.ndarray] = []
+    out_by: list[np.ndarray] = []
+    for by, (zeta, eta) in enumerate(((a, b), (b, a))):
+        # the pair's ends are split by ζ and joined by η; "joined_by" names η (0 = A, 1 = B)
+        joined = 1 - by
+        nz = int(zeta.max()) + 1
+        cells = np.unique(eta[inside] * nz + zeta[inside])
+        ge, cz = cells // nz, cells % nz
+        bounds = np.flatnonzero(np.diff(ge)) + 1
+        pa: list[np.ndarray] = []
+        pb: list[np.ndarray] = []
+        for grp in np.split(np.arange(cells.size), bounds):
+            if grp.size < 2:
+                continue
+            t1, t2 = np.triu_indices(grp.size, 1)
+            pa.append(cz[grp][t1])
+            pb.append(cz[grp][t2])
+        if not pa:
+            continue
+        keys = np.unique(np.concatenate(pa) * nz + np.concatenate(pb))
+        c1, c2 = keys // nz, keys % nz
+        members = _cluster_members(zeta, nz)
+        u, v = _closest_cross_pairs(x, sq, members, c1, c2)
+        keep = eta[u] == eta[v]
+        out_i.append(np.minimum(u[keep], v[keep]))
+        out_j.append(np.maximum(u[keep], v[keep]))
+        out_by.append(np.full(int(keep.sum()), joined, dtype=np.int64))
+    counts = np.zeros((n_regions, 3))
+    if n_regions:
+        # |Ĩ_k| per type = |A+| + |B+| - 2 |A+ ∩ B+|, all counted in closed form per cluster / cell
+        ra = np.zeros(int(a.max()) + 1, dtype=np.int64)
+        ra[a] = regions
+        rb = np.zeros(int(b.max()) + 1, dtype=np.int64)
+        rb[b] = regions
+        na = int(a.max()) + 1
+        cell_ids, cell_of = np.unique(a * (int(b.max()) + 1) + b, return_inverse=True)
+        rc = np.zeros(cell_ids.size, dtype=np.int64)
+        rc[cell_of] = regions
+        for groups, reg, size in ((a, ra, na), (b, rb, rb.size), (cell_of, rc, cell_ids.size)):
+            tc = _type_counts(groups, outlier, size)
+            ok = reg >= 0
+            sign = -2.0 if groups is cell_of else 1.0
+            np.add.at(counts, reg[ok], sign * tc[ok])
+        counts = np.rint(counts)
+    if not out_i:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, z, z, counts
+    i = np.concatenate(out_i)
+    j = np.concatenate(out_j)
+    by = np.concatenate(out_by)
+    n = x.shape[0]
+    _, first = np.unique(i * n + j, return_index=True)
+    first = np.sort(first)
+    i, j, by = i[first], j[first], by[first]
+    kind = outlier[i].astype(np.int64) + outlier[j].astype(np.int64)
+    return i, j, regions[i], kind, by, counts
+
+
+# --------------------------------------------------------------------------------------------------
+# the pool and its distribution
+# --------------------------------------------------------------------------------------------------
+
+
+def aas_pool(
+    features: np.ndarray,
+    labels_a: np.ndarray,
+    labels_b: np.ndarray,
+    *,
+    outlier: np.ndarray | None = None,
+    jaccard: csr_matrix | None = None,
+    k_max: int = AAS_K_MAX,
+    s_min: float = AAS_S_MIN,
+    exact_medoid_max: int = AAS_EXACT_MEDOID_MAX,
+) -> AASPool:
+    """Regions, U_os and U_us from two label arrays (A = DBSCAN with -1 outliers, B = FINCH).
+
+    ``outlier`` defaults to ``labels_a == -1``. ``features`` may be any real vectors (the worked
+    example of ALGORITHMS.md uses 1-D points); distances are Euclidean, which on unit vectors ranks
+    pairs exactly as cosine does.
+    """
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ValueError(f"features must be 2-D (n, d), got shape {x.shape}")
+    la = np.asarray(labels_a)
+    lb = np.asarray(labels_b)
+    if la.shape != (x.shape[0],) or lb.shape != (x.shape[0],):
+        raise ValueError(
+            f"labels_a and labels_b must have shape ({x.shape[0]},), got {la.shape} and {lb.shape}"
+        )
+    outlier = (la < 0) if outlier is None else np.asarray(outlier, dtype=bool)
+    if outlier.shape != la.shape:
+        raise ValueError(f"outlier must have shape {la.shape}, got {outlier.shape}")
+    regions, m = uncertainty_regions(la, lb)
+    medoids = region_medoids(x, regions, m, exact_max=exact_medoid_max)
+    pa, pb, sim = overseg_pairs(x, medoids, jaccard=jaccard, k_max=k_max, s_min=s_min)
+    os_i = np.minimum(medoids[pa], medoids[pb])
+    os_j = np.maximum(medoids[pa], medoids[pb])
+    us_i, us_j, us_reg, us_kind, us_by, counts = underseg_pairs(x, la, lb, regions, m, outlier)
+    n_os = os_i.size
+    return AASPool(
+        i=np.concatenate([os_i, us_i]).astype(np.int64),
+        j=np.concatenate([os_j, us_j]).astype(np.int64),
+        code=np.concatenate([np.zeros(n_os, dtype=np.int64), us_kind + 1]),
+        region=np.concatenate([regions[os_i] if n_os else np.zeros(0, dtype=np.int64), us_reg]),
+        sim=np.concatenate([sim, np.zeros(us_i.size)]),
+        joined_by=np.concatenate([np.full(n_os, -1, dtype=np.int64), us_by]),
+        regions=regions,
+        n_regions=m,
+        medoids=medoids,
+        inconsistent_counts=counts,
+    )
+
+
+def aas_probabilities(pool: AASPool, epsilon: float = AAS_EPSILON) -> np.ndarray:
+    """P(Y) of eq. 6 over the pool's pairs.
+
+    P(Y|U_os) = sim / Σ sim (eq. 4; uniform if every sim is 0). P(Y|U_us) = π_type ρ_region|type
+    ω_pair (eq. 5) with π uniform over the types present, ρ ∝ log(1 + |Ĩ_k of the type|) over the
+    regions that have such pairs, ω uniform. If one pool is empty all mass goes to the other.
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    p = np.zeros(len(pool))
+    is_os = pool.code == 0
+    if is_os.any():
+        w = np.maximum(pool.sim[is_os], 0.0)
+        p_os = w / w.sum() if w.sum() > 0 else np.full(w.size, 1.0 / w.size)
+    else:
+        p_os = np.zeros(0)
+    p_us = np.zeros(len(pool))
+    types = [t for t in (1, 2, 3) if (pool.code == t).any()]
+    for t in types:
+        sel = np.flatnonzero(pool.code == t)
+        regs, n_pairs = np.unique(pool.region[sel], return_counts=True)
+        rho = np.log1p(np.maximum(pool.inconsistent_counts[regs, t - 1], 1.0))
+        rho = rho / rho.sum()
+        pos = np.searchsorted(regs, pool.region[sel])
+        p_us[sel] = (1.0 / len(types)) * rho[pos] / n_pairs[pos]
+    has_os, has_us = bool(is_os.any()), bool(types)
+    eps = epsilon if (has_os and has_us) else (1.0 if has_os else 0.0)
+    p[is_os] = eps * p_os
+    p[~is_os] = (1.0 - eps) * p_us[~is_os]
+    return p
+
+
+def efraimidis_spirakis(weights: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``m`` draws without replacement with probability ∝ weights (keys u^(1/w)), best key
+    first; zero weights only fill in after every positive weight."""
+    w = np.asarray(weights, dtype=np.float64)
+    u = rng.random(w.size)
+    with np.errstate(divide="ignore"):
+        keys = np.where(w > 0, np.log(np.maximum(u, 1e-300)) / np.where(w > 0, w, 1.0), -np.inf)
+    order = np.lexsort((np.arange(w.size), -keys))
+    return order[:m]
+
+
+# --------------------------------------------------------------------------------------------------
+# the sampler
+# --------------------------------------------------------------------------------------------------
+
+
+@register_sampler
+class AASSampler(PairSampler):
+    """AAS with the paper's symbols: ``epsilon`` (ε, eq. 6), ``k_max`` and ``s_min`` (U_os).
+
+    ``exact_medoid_max``: regions above this size use the point nearest the mean as medoid;
+    ``contradiction_policy``: NP3's policy; ``refine``: apply NP3 to both clusterings (the paper does).
+    """
+
+    name: ClassVar[str] = "aas"
+
+    def __init__(
+        self,
+        epsilon: float = AAS_EPSILON,
+        k_max: int = AAS_K_MAX,
+        s_min: float = AAS_S_MIN,
+        exact_medoid_max: int = AAS_EXACT_MEDOID_MAX,
+        contradiction_policy: str = CONTRADICTION_POLICY,
+        refine: bool = True,
+        random_state: int | None = 0,
+    ) -> None:
+        self.epsilon = epsilon
+        self.k_max = k_max
+        self.s_min = s_min
+        self.exact_medoid_max = exact_medoid_max
+        self.contradiction_policy = contradiction_policy
+        self.refine = refine
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        if not 0.0 <= float(self.epsilon) <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if isinstance(self.k_max, bool) or not isinstance(self.k_max, int) or self.k_max < 1:
+            raise ValueError(f"k_max must be a positive int, got {self.k_max!r}")
+        if not -1.0 <= float(self.s_min) <= 1.0:
+            raise ValueError(f"s_min must be in [-1, 1], got {self.s_min}")
+        if self.exact_medoid_max < 1:
+            raise ValueError(f"exact_medoid_max must be >= 1, got {self.exact_medoid_max}")
+
+    def clusterings(
+        self, features: np.ndarray, constraints: ConstraintGraph, context: SamplingContext
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(A, B, outlier mask): DBSCAN and the matching FINCH level, each refined by NP3."""
+        from strategies.clustering import select_finch_level
+
+        dbscan = np.asarray(context.dbscan_labels)
+        n_target = int(np.unique(dbscan[dbscan >= 0]).size)
+        level = select_finch_level(context.finch, n_target)
+        finch = np.asarray(context.finch.partitions[level])
+        a, b = dbscan, finch
+        if self.refine and len(constraints) > 0:
+            from strategies.np3 import NP3
+
+            seed = 0 if self.random_state is None else self.random_state
+            np3 = NP3(contradiction_policy=self.contradiction_policy, random_state=seed)
+            a = np.asarray(np3.refine(dbscan, features, constraints).labels)
+            b = np.asarray(np3.refine(finch, features, constraints).labels)
+        return a, b, outlier_status(dbscan, a)
+
+    def _propose(
+        self,
+        features: np.ndarray,
+        constraints: ConstraintGraph,
+        budget: int,
+        *,
+        cameras: np.ndarray | None,
+        tracklets: np.ndarray | None,
+        text_embeddings: np.ndarray | None,
+        timestamps: np.ndarray | None,
+        context: SamplingContext,
+    ) -> SamplingResult:
+        self._check_params()
+        rng = rng_from(self.random_state)
+        ctx = complete_context(features, constraints, context, random_state=self.random_state)
+        a, b, outlier = self.clusterings(features, constraints, ctx)
+        pool = aas_pool(
+            features,
+            a,
+            b,
+            outlier=outlier,
+            jaccard=ctx.jaccard,
+            k_max=self.k_max,
+            s_min=self.s_min,
+            exact_medoid_max=self.exact_medoid_max,
+        )
+        sizes = pool.sizes()
+        if pool.n_regions == 0 or len(pool) == 0:
+            # the two views agree (or disagree only where no pair is informative): rely on base training
+            return SamplingResult(proposals=[], shortfall=budget, pool_sizes=sizes)
+        open_pool = pool.subset(unresolved_mask(constraints, pool.i, pool.j))
+        sizes["U_open"] = len(open_pool)
+        if len(open_pool) == 0:
+            raise PoolExhaustedError(
+                f"aas: all {len(pool)} pairs of the pool are already asked or implied (pool sizes {sizes})"
+            )
+        prob = aas_probabilities(open_pool, self.epsilon)
+        if len(open_pool) <= budget:
+            chosen = np.arange(len(open_pool))
+        else:
+            chosen = efraimidis_spirakis(prob, budget, rng)
+        # priority: rank of P(Y) in the whole open pool, normalised to (0, 1]; best = 1
+        order = np.lexsort((open_pool.j, open_pool.i, -prob))
+        rank = np.empty(len(open_pool), dtype=np.int64)
+        rank[order] = np.arange(len(open_pool))
+        priority = 1.0 - rank / len(open_pool)
+        pairs = list(zip(open_pool.i[chosen].tolist(), open_pool.j[chosen].tolist(), strict=True))
+        pools = [POOL_NAMES[c] for c in open_pool.code[chosen]]
+        reasons = [_reason(open_pool, t, prob[t]) for t in chosen]
+        proposals = make_proposals(
+            pairs,
+            priority[chosen],
+            pools,
+            reasons,
+            strategy=self.name,
+            features=features,
+            calibrator=ctx.calibrator,
+        )
+        return SamplingResult(
+            proposals=proposals, shortfall=max(0, budget - len(proposals)), pool_sizes=sizes
+        )
+
+
+def _reason(pool: AASPool, t: int, p: float) -> str:
+    code = int(pool.code[t])
+    if code == 0:
+        return (
+            f"over-segmentation: medoids of two uncertain regions, similarity {pool.sim[t]:.3f}, P(Y)={p:.2e}"
+        )
+    joined, split = ("DBSCAN", "FINCH") if pool.joined_by[t] == 0 else ("FINCH", "DBSCAN")
+    kind = ("inlier-inlier", "inlier-outlier", "outlier-outlier")[code - 1]
+    return (
+        f"under-segmentation in region {int(pool.region[t])}: {joined} joins, {split} splits "
+        f"({kind}, closest cross pair), P(Y)={p:.2e}"
+    )

@@ -1,0 +1,142 @@
+"""Core-set baseline (ALGORITHMS.md §7; Sener & Savarese 2018): k-centre greedy on images.
+
+Each step picks the image farthest from every centre (labelled images plus earlier picks) and pairs it
+with its nearest centre, i.e. the labelled (or already chosen) image whose answer tells whether the
+new region of the space is a known identity. Memory is O(n): one running min-distance per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from strategies.samplers.base import (
+    PairSampler,
+    SamplingContext,
+    SamplingResult,
+    complete_context,
+    finish,
+    labelled_items,
+    make_proposals,
+    max_similarity_to,
+    register_sampler,
+    rng_from,
+    take_unresolved,
+)
+
+if TYPE_CHECKING:
+    from strategies.constraints import ConstraintGraph
+
+__all__ = ["CoresetSampler", "k_center_greedy"]
+
+
+def k_center_greedy(
+    features: np.ndarray,
+    initial: np.ndarray | None = None,
+    *,
+    exclude: np.ndarray | None = None,
+    random_state: int | None = 0,
+) -> Iterator[tuple[int, float]]:
+    """Yield ``(row, coverage distance)`` picks of k-centre greedy, lazily, until no row is left.
+
+    Distance is the cosine distance halved, (1 - s) / 2 in [0, 1]. ``initial`` is a boolean mask of
+    the starting centres; with none, the first pick is a seeded uniform draw (reported distance 1.0).
+    ``exclude`` masks rows that may never be picked (but still count as candidates for nothing).
+    Ties go to the lowest row. The caller consumes as many picks as it needs.
+    """
+    n = features.shape[0]
+    initial = np.zeros(n, dtype=bool) if initial is None else np.asarray(initial, dtype=bool)
+    available = ~initial
+    if exclude is not None:
+        available &= ~np.asarray(exclude, dtype=bool)
+    if initial.any():
+        best, _ = max_similarity_to(features, features[initial])
+        dist = (1.0 - best.astype(np.float64)) / 2.0
+    else:
+        dist = None
+    while available.any():
+        if dist is None:
+            candidates = np.flatnonzero(available)
+            pick = int(candidates[rng_from(random_state).integers(candidates.size)])
+            score = 1.0
+            dist = np.full(n, np.inf)
+        else:
+            masked = np.where(available, dist, -np.inf)
+            pick = int(np.argmax(masked))
+            score = float(np.clip(masked[pick], 0.0, 1.0))
+        available[pick] = False
+        yield pick, score
+        dist = np.minimum(dist, (1.0 - (features @ features[pick]).astype(np.float64)) / 2.0)
+
+
+@register_sampler
+class CoresetSampler(PairSampler):
+    """k-centre greedy images, each paired with its nearest centre; priority = coverage distance."""
+
+    name: ClassVar[str] = "coreset"
+
+    def __init__(self, random_state: int | None = 0) -> None:
+        self.random_state = random_state
+
+    def _propose(
+        self,
+        features: np.ndarray,
+        constraints: ConstraintGraph,
+        budget: int,
+        *,
+        cameras: np.ndarray | None,
+        tracklets: np.ndarray | None,
+        text_embeddings: np.ndarray | None,
+        timestamps: np.ndarray | None,
+        context: SamplingContext,
+    ) -> SamplingResult:
+        rng_from(self.random_state)  # validates random_state up front
+        n = features.shape[0]
+        labelled = labelled_items(constraints, n)
+        centres: list[int] = np.flatnonzero(labelled).tolist()
+        pairs: list[tuple[int, int]] = []
+        priorities: list[float] = []
+        reasons: list[str] = []
+        picks = 0
+        for pick, score in k_center_greedy(features, labelled, random_state=self.random_state):
+            picks += 1
+            partner = _nearest_unresolved(features, pick, centres, constraints)
+            centres.append(pick)
+            if partner is None:
+                continue
+            pairs.append((min(pick, partner), max(pick, partner)))
+            priorities.append(score)
+            reasons.append(
+                f"k-centre pick {pick} (coverage distance {score:.3f}) vs nearest centre {partner}"
+            )
+            if len(pairs) >= budget:
+                break
+        ctx = complete_context(features, constraints, context, need=("calibrator",))
+        proposals = make_proposals(
+            pairs,
+            np.asarray(priorities),
+            ["coreset"] * len(pairs),
+            reasons,
+            strategy=self.name,
+            features=features,
+            calibrator=ctx.calibrator,
+        )
+        pool_sizes = {"labelled": int(labelled.sum()), "candidates": int(n - labelled.sum()), "picks": picks}
+        return finish(proposals, budget, pool_sizes, what="coreset")
+
+
+def _nearest_unresolved(
+    features: np.ndarray, pick: int, centres: list[int], constraints: ConstraintGraph
+) -> int | None:
+    """Most similar centre whose pair with ``pick`` is still open; with no centre yet (cold start),
+    the most similar image overall."""
+    pool = np.asarray(centres, dtype=np.int64) if centres else np.arange(features.shape[0], dtype=np.int64)
+    pool = pool[pool != pick]
+    if pool.size == 0:
+        return None
+    sims = features[pool] @ features[pick]
+    order = pool[np.lexsort((pool, -sims))]
+    ok = take_unresolved(np.full(order.size, pick, dtype=np.int64), order, constraints, 1)
+    return int(order[ok[0]]) if ok.size else None

@@ -1,0 +1,513 @@
+"""Uncertainty + diversity batch sampler (seed 000 §2.3-2.4; ALGORITHMS.md §6).
+
+Units are tracklets (renormalised mean of their frames) when given, else images. For an unlabelled
+unit i, S_i(c) = max cosine to the labelled members of identity c (ML components of the labelled
+images); u_i = normalised entropy of softmax_c(S_i(c)/τ) (or margin / spread). Coverage
+d_i = (1 - max cosine to labelled ∪ batch) / 2 is updated after every pick, which is the redundancy
+control; the greedy batch takes the best a_i = λ_u u_i + λ_d d_i, skipping near-duplicates of a batch
+member and, optionally, a second pick from one (camera, time segment). With nothing labelled it is
+k-centre greedy from a seeded random start. Each picked unit becomes pairs with the most similar
+labelled representative of each of its top identities: the answers that decide its identity.
+
+Memory: O(n) per-unit arrays plus one (block x L) similarity block; n x n is never formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from strategies.defaults import (
+    UNC_LAMBDA_D,
+    UNC_LAMBDA_TEXT,
+    UNC_LAMBDA_U,
+    UNC_NEAR_DUPLICATE,
+    UNC_SEGMENT_SECONDS,
+    UNC_TAU,
+    UNC_TOP_IDENTITIES,
+    UNC_UNCERTAINTY,
+)
+from strategies.samplers.base import (
+    PairSampler,
+    SamplingContext,
+    SamplingResult,
+    block_rows,
+    complete_context,
+    finish,
+    labelled_items,
+    make_proposals,
+    register_sampler,
+    rng_from,
+    take_unresolved,
+)
+
+if TYPE_CHECKING:
+    from strategies.constraints import ConstraintGraph
+
+__all__ = [
+    "UNCERTAINTY_MEASURES",
+    "UncertaintySampler",
+    "UnitSelection",
+    "identity_uncertainty",
+    "make_units",
+]
+
+UNCERTAINTY_MEASURES = ("entropy", "margin", "spread")
+
+
+@dataclass
+class Units:
+    """Selection units: ``of_item`` maps each image to its unit; ``features`` are unit unit-vectors;
+    ``rep`` is the image that stands for the unit in a pair (the frame nearest the unit mean)."""
+
+    of_item: np.ndarray
+    features: np.ndarray
+    rep: np.ndarray
+    members: list[np.ndarray]
+
+
+@dataclass
+class UnitSelection:
+    """Units in pick order with their acquisition score a_i (d_i alone at cold start), uncertainty u_i
+    and coverage d_i at pick time, plus what was skipped and why."""
+
+    units: np.ndarray
+    scores: np.ndarray
+    uncertainty: np.ndarray
+    coverage: np.ndarray
+    rep: np.ndarray
+    skipped_near_duplicate: int
+    skipped_segment: int
+    skipped_no_pair: int
+    cold_start: bool
+
+
+def make_units(features: np.ndarray, tracklets: np.ndarray | None) -> Units:
+    """One unit per tracklet (ids < 0, None or "" mean "no tracklet": the image is its own unit)."""
+    n = features.shape[0]
+    if tracklets is None:
+        idx = np.arange(n, dtype=np.int64)
+        return Units(idx, features, idx.copy(), [idx[t : t + 1] for t in range(n)])
+    keys = np.asarray(tracklets, dtype=object)
+    none = np.array([k is None or k == "" or (isinstance(k, (int, np.integer)) and k < 0) for k in keys])
+    str_keys = np.array([f"t:{k}" for k in keys], dtype=object)
+    str_keys[none] = [f"i:{t}" for t in np.flatnonzero(none)]
+    _, first, of_item = np.unique(str_keys, return_index=True, return_inverse=True)
+    # number units by first image so that unit order follows image order
+    order = np.argsort(first, kind="stable")
+    remap = np.empty(order.size, dtype=np.int64)
+    remap[order] = np.arange(order.size)
+    of_item = remap[of_item.reshape(-1)]
+    n_units = order.size
+    sums = np.zeros((n_units, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, of_item, features)
+    norms = np.linalg.norm(sums, axis=1)
+    norms[norms == 0] = 1.0
+    unit_features = (sums / norms[:, None]).astype(np.float32)
+    sort = np.argsort(of_item, kind="stable")
+    bounds = np.searchsorted(of_item[sort], np.arange(n_units + 1))
+    members = [sort[bounds[u] : bounds[u + 1]] for u in range(n_units)]
+    rep = np.array([m[int(np.argmax(features[m] @ unit_features[u]))] for u, m in enumerate(members)])
+    return Units(of_item, unit_features, rep.astype(np.int64), members)
+
+
+def identity_uncertainty(
+    identity_sims: np.ndarray, *, tau: float = UNC_TAU, measure: str = UNC_UNCERTAINTY
+) -> np.ndarray:
+    """u in [0, 1] per row of S (rows = units, columns = identities).
+
+    entropy: H(softmax(S/τ)) / log C; margin: 1 - (p_1 - p_2) of that softmax; spread:
+    1 - (max_c S - mean_c S) / 2, i.e. how little the best identity stands out. With fewer than two
+    identities nothing is ambiguous: u = 0.
+    """
+    if measure not in UNCERTAINTY_MEASURES:
+        raise ValueError(f"measure must be one of {UNCERTAINTY_MEASURES}, got {measure!r}")
+    s = np.asarray(identity_sims, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"identity_sims must be 2-D (units, identities), got shape {s.shape}")
+    if s.shape[1] < 2:
+        return np.zeros(s.shape[0])
+    if measure == "spread":
+        return np.clip(1.0 - (s.max(axis=1) - s.mean(axis=1)) / 2.0, 0.0, 1.0)
+    p = _softmax(s / tau)
+    if measure == "entropy":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+        return np.clip(h / np.log(s.shape[1]), 0.0, 1.0)
+    top2 = -np.partition(-p, 1, axis=1)[:, :2]
+    return np.clip(1.0 - (top2[:, 0] - top2[:, 1]), 0.0, 1.0)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@register_sampler
+class UncertaintySampler(PairSampler):
+    """Greedy batch by a_i = λ_u u_i + λ_d d_i with near-duplicate and (camera, time segment) control.
+
+    Parameters keep the paper-facing names: ``tau`` (τ), ``lambda_u``, ``lambda_d``, ``near_duplicate``
+    (cosine at which two picks count as the same view), ``top_identities`` (pairs per unit),
+    ``uncertainty`` ("entropy" | "margin" | "spread"), ``lambda_text`` (weight of the image/text
+    ranking disagreement added to u_i when ``text_embeddings`` are given), ``one_per_segment`` with
+    ``segment_seconds`` (cap of one pick per (camera, time segment); needs ``cameras``; the segment is
+    ``floor(timestamp / segment_seconds)`` when ``timestamps`` are given, else the camera alone).
+    """
+
+    name: ClassVar[str] = "uncertainty"
+
+    def __init__(
+        self,
+        tau: float = UNC_TAU,
+        lambda_u: float = UNC_LAMBDA_U,
+        lambda_d: float = UNC_LAMBDA_D,
+        near_duplicate: float = UNC_NEAR_DUPLICATE,
+        top_identities: int = UNC_TOP_IDENTITIES,
+        uncertainty: str = UNC_UNCERTAINTY,
+        lambda_text: float = UNC_LAMBDA_TEXT,
+        one_per_segment: bool = False,
+        segment_seconds: float = UNC_SEGMENT_SECONDS,
+        random_state: int | None = 0,
+    ) -> None:
+        self.tau = tau
+        self.lambda_u = lambda_u
+        self.lambda_d = lambda_d
+        self.near_duplicate = near_duplicate
+        self.top_identities = top_identities
+        self.uncertainty = uncertainty
+        self.lambda_text = lambda_text
+        self.one_per_segment = one_per_segment
+        self.segment_seconds = segment_seconds
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.lambda_u < 0 or self.lambda_d < 0 or self.lambda_u + self.lambda_d <= 0:
+            raise ValueError(
+                f"lambda_u and lambda_d must be >= 0, sum > 0; got {self.lambda_u}, {self.lambda_d}"
+            )
+        if not -1.0 <= self.near_duplicate <= 1.0:
+            raise ValueError(f"near_duplicate must be a cosine in [-1, 1], got {self.near_duplicate}")
+        if (
+            isinstance(self.top_identities, bool)
+            or not isinstance(self.top_identities, int)
+            or self.top_identities < 1
+        ):
+            raise ValueError(f"top_identities must be a positive int, got {self.top_identities!r}")
+        if self.uncertainty not in UNCERTAINTY_MEASURES:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MEASURES}, got {self.uncertainty!r}")
+        if self.lambda_text < 0:
+            raise ValueError(f"lambda_text must be >= 0, got {self.lambda_text}")
+        if not self.segment_seconds > 0:
+            raise ValueError(f"segment_seconds must be > 0, got {self.segment_seconds}")
+        rng_from(self.random_state)
+
+    # ------------------------------------------------------------------ public pieces
+    def select_units(
+        self,
+        embeddings: np.ndarray,
+        constraints: ConstraintGraph,
+        n_units: int,
+        *,
+        cameras: np.ndarray | None = None,
+        tracklets: np.ndarray | None = None,
+        text_embeddings: np.ndarray | None = None,
+        timestamps: np.ndarray | None = None,
+    ) -> UnitSelection:
+        """The greedy batch of up to ``n_units`` units alone (no pairs): what the pairs are built from."""
+        from strategies.samplers.base import check_constraints, check_embeddings
+
+        features = check_embeddings(embeddings)
+        check_constraints(constraints, features.shape[0])
+        if isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units < 1:
+            raise ValueError(f"n_units must be a positive int, got {n_units!r}")
+        text = None
+        if text_embeddings is not None:
+            text = check_embeddings(text_embeddings, name="text_embeddings", allow_zero_rows=True)
+        self._check_params()
+        units = make_units(features, tracklets)
+        selection, _ = self._greedy(
+            features, units, constraints, int(n_units), cameras, timestamps, text, pair_budget=None
+        )
+        return selection
+
+    # ------------------------------------------------------------------ work
+    def _propose(
+        self,
+        features: np.ndarray,
+        constraints: ConstraintGraph,
+        budget: int,
+        *,
+        cameras: np.ndarray | None,
+        tracklets: np.ndarray | None,
+        text_embeddings: np.ndarray | None,
+        timestamps: np.ndarray | None,
+        context: SamplingContext,
+    ) -> SamplingResult:
+        self._check_params()
+        units = make_units(features, tracklets)
+        selection, picked = self._greedy(
+            features,
+            units,
+            constraints,
+            len(units.rep),
+            cameras,
+            timestamps,
+            text_embeddings,
+            pair_budget=budget,
+        )
+        pairs: list[tuple[int, int]] = []
+        priorities: list[float] = []
+        reasons: list[str] = []
+        total = 1.0 if selection.cold_start else self.lambda_u + self.lambda_d
+        for t, unit_pairs in enumerate(picked):
+            for pair, why in unit_pairs:
+                if len(pairs) >= budget:
+                    break
+                pairs.append(pair)
+                priorities.append(float(np.clip(selection.scores[t] / total, 0.0, 1.0)))
+                reasons.append(
+                    f"unit {int(selection.units[t])}: a={selection.scores[t]:.3f} "
+                    f"(u={selection.uncertainty[t]:.3f}, d={selection.coverage[t]:.3f}); {why}"
+                )
+        ctx = complete_context(features, constraints, context, need=("calibrator",))
+        proposals = make_proposals(
+            pairs,
+            np.asarray(priorities),
+            ["uncertainty"] * len(pairs),
+            reasons,
+            strategy=self.name,
+            features=features,
+            calibrator=ctx.calibrator,
+        )
+        pool_sizes = {
+            "units": len(units.rep),
+            "selected_units": len(selection.units),
+            "skipped_near_duplicate": selection.skipped_near_duplicate,
+            "skipped_segment": selection.skipped_segment,
+            "skipped_no_pair": selection.skipped_no_pair,
+        }
+        return finish(proposals, budget, pool_sizes, what="uncertainty")
+
+    def _greedy(
+        self,
+        features: np.ndarray,
+        units: Units,
+        constraints: ConstraintGraph,
+        max_units: int,
+        cameras: np.ndarray | None,
+        timestamps: np.ndarray | None,
+        text: np.ndarray | None,
+        *,
+        pair_budget: int | None,
+    ) -> tuple[UnitSelection, list[list[tuple[tuple[int, int], str]]]]:
+        n = features.shape[0]
+        uf = units.features
+        n_units = uf.shape[0]
+        labelled_img = labelled_items(constraints, n)
+        unit_labelled = np.zeros(n_units, dtype=bool)
+        unit_labelled[units.of_item[labelled_img]] = True
+        lab_rows = np.flatnonzero(labelled_img)
+        comp = constraints.component_labels(n)[lab_rows] if lab_rows.size else np.zeros(0, dtype=np.int64)
+        # labelled images sorted by identity, so per-identity maxima are one reduceat per block
+        order = np.lexsort((lab_rows, comp))
+        lab_rows, comp = lab_rows[order], comp[order]
+        id_start = np.flatnonzero(np.r_[True, comp[1:] != comp[:-1]]) if comp.size else np.zeros(0, np.int64)
+        n_ids = id_start.size
+        cold = n_ids == 0
+
+        # u_i and the initial coverage max over the labelled images, in blocks of units
+        u = np.zeros(n_units)
+        cover = np.full(n_units, -np.inf)
+        if not cold:
+            lab_x = features[lab_rows]
+            unit_text = None
+            if text is not None and self.lambda_text > 0:
+                unit_text = _unit_text(text, units)
+                lab_t = text[lab_rows]
+                lab_has_text = np.linalg.norm(lab_t, axis=1) > 0
+            step = block_rows(lab_rows.size)
+            for start in range(0, n_units, step):
+                sims = uf[start : start + step] @ lab_x.T
+                cover[start : start + step] = sims.max(axis=1)
+                s_id = np.maximum.reduceat(sims, id_start, axis=1)
+                ub = identity_uncertainty(s_id, tau=self.tau, measure=self.uncertainty)
+                if unit_text is not None:
+                    ub = self._add_text_term(
+                        ub, s_id, unit_text[start : start + step], lab_t, lab_has_text, id_start
+                    )
+                u[start : start + step] = ub
+        batch_max = np.full(n_units, -np.inf)
+        available = ~unit_labelled
+        unit_cam, unit_seg = _unit_segments(units, cameras, timestamps, self.segment_seconds)
+        used_segments: set[tuple[object, object]] = set()
+        rng = rng_from(self.random_state)
+
+        picks: list[int] = []
+        scores: list[float] = []
+        us: list[float] = []
+        ds: list[float] = []
+        picked_pairs: list[list[tuple[tuple[int, int], str]]] = []
+        skipped = {"dup": 0, "seg": 0, "pair": 0}
+        n_pairs = 0
+        while available.any() and len(picks) < max_units:
+            if pair_budget is not None and n_pairs >= pair_budget:
+                break
+            coverage = (1.0 - np.maximum(cover, batch_max)) / 2.0
+            if cold and not picks:
+                cand = np.flatnonzero(available)
+                pick = int(cand[rng.integers(cand.size)])
+                d_pick, score = 1.0, 1.0
+            else:
+                # cold start: coverage only (k-centre greedy); else a_i = λ_u u_i + λ_d d_i
+                d_all = np.nan_to_num(coverage, posinf=1.0)
+                a = d_all if cold else self.lambda_u * u + self.lambda_d * d_all
+                a = np.where(available, a, -np.inf)
+                pick = int(np.argmax(a))
+                score = float(a[pick])
+                d_pick = float(np.clip(coverage[pick], 0.0, 1.0))
+            available[pick] = False
+            if batch_max[pick] >= self.near_duplicate:
+                skipped["dup"] += 1
+                continue
+            if self.one_per_segment and unit_cam is not None:
+                key = (unit_cam[pick], unit_seg[pick])
+                if key in used_segments:
+                    skipped["seg"] += 1
+                    continue
+            if pair_budget is not None:
+                unit_pairs = self._pairs_for(
+                    pick, features, units, constraints, lab_rows, comp, id_start, picks
+                )
+                if not unit_pairs:
+                    skipped["pair"] += 1
+                    continue
+                picked_pairs.append(unit_pairs)
+                n_pairs += len(unit_pairs)
+            if self.one_per_segment and unit_cam is not None:
+                used_segments.add((unit_cam[pick], unit_seg[pick]))
+            picks.append(pick)
+            scores.append(float(score))
+            us.append(0.0 if cold else float(u[pick]))
+            ds.append(d_pick)
+            batch_max = np.maximum(batch_max, uf @ uf[pick])
+        selection = UnitSelection(
+            units=np.asarray(picks, dtype=np.int64),
+            scores=np.asarray(scores),
+            uncertainty=np.asarray(us),
+            coverage=np.asarray(ds),
+            rep=units.rep[np.asarray(picks, dtype=np.int64)],
+            skipped_near_duplicate=skipped["dup"],
+            skipped_segment=skipped["seg"],
+            skipped_no_pair=skipped["pair"],
+            cold_start=cold,
+        )
+        return selection, picked_pairs
+
+    def _add_text_term(
+        self,
+        u: np.ndarray,
+        s_id: np.ndarray,
+        unit_text: np.ndarray,
+        lab_t: np.ndarray,
+        lab_has_text: np.ndarray,
+        id_start: np.ndarray,
+    ) -> np.ndarray:
+        """u <- (u + λ_text v) / (1 + λ_text) for units with text, where v is the total-variation
+        distance between softmax(S/τ) from images and softmax(T/τ) from texts over the identities
+        that have text: 0 when both modalities rank identities alike, 1 when they disagree fully."""
+        has = np.linalg.norm(unit_text, axis=1) > 0
+        t_sims = unit_text @ lab_t.T
+        t_sims[:, ~lab_has_text] = -np.inf
+        t_id = np.maximum.reduceat(t_sims, id_start, axis=1)
+        id_text = np.isfinite(t_id[0]) if t_id.shape[0] else np.zeros(0, dtype=bool)
+        if id_text.sum() < 2 or not has.any():
+            return u
+        p = _softmax(s_id[:, id_text] / self.tau)
+        q = _softmax(t_id[:, id_text] / self.tau)
+        v = 0.5 * np.abs(p - q).sum(axis=1)
+        out = u.copy()
+        out[has] = (u[has] + self.lambda_text * v[has]) / (1.0 + self.lambda_text)
+        return out
+
+    def _pairs_for(
+        self,
+        unit: int,
+        features: np.ndarray,
+        units: Units,
+        constraints: ConstraintGraph,
+        lab_rows: np.ndarray,
+        comp: np.ndarray,
+        id_start: np.ndarray,
+        earlier: list[int],
+    ) -> list[tuple[tuple[int, int], str]]:
+        """Pairs whose answers decide the unit's identity: its representative image with the most
+        similar open member of each of its top identities. Cold start: earlier picks are the provisional
+        identities, and the very first pick is paired with its nearest image outside its own unit."""
+        rep = int(units.rep[unit])
+        x = units.features[unit]
+        own = units.members[unit]
+        if lab_rows.size:
+            sims = features[lab_rows] @ x
+            id_best = np.maximum.reduceat(sims, id_start)
+            ranked_ids = np.lexsort((np.arange(id_best.size), -id_best))
+            id_end = np.r_[id_start[1:], lab_rows.size]
+            out: list[tuple[tuple[int, int], str]] = []
+            for c in ranked_ids:
+                if len(out) >= self.top_identities:
+                    break
+                rows = lab_rows[id_start[c] : id_end[c]]
+                rs = sims[id_start[c] : id_end[c]]
+                cand = rows[np.lexsort((rows, -rs))]
+                cand = cand[~np.isin(cand, own)]
+                ok = take_unresolved(np.full(cand.size, rep, dtype=np.int64), cand, constraints, 1)
+                if ok.size:
+                    j = int(cand[ok[0]])
+                    out.append(
+                        ((min(rep, j), max(rep, j)), f"vs labelled identity #{len(out) + 1} (image {j})")
+                    )
+            return out
+        if earlier:
+            reps = units.rep[np.asarray(earlier, dtype=np.int64)]
+            sims = features[reps] @ x
+            cand = reps[np.lexsort((reps, -sims))]
+            why = "vs earlier pick (provisional identity)"
+            limit = self.top_identities
+        else:
+            sims = features @ x
+            cand = np.argsort(-sims, kind="stable")
+            why = "first pick vs its nearest image"
+            limit = 1
+        cand = cand[~np.isin(cand, own)]
+        ok = take_unresolved(np.full(cand.size, rep, dtype=np.int64), cand, constraints, limit)
+        return [((min(rep, int(cand[t])), max(rep, int(cand[t]))), why) for t in ok]
+
+
+def _unit_text(text: np.ndarray, units: Units) -> np.ndarray:
+    """Renormalised mean text embedding per unit; zero rows (no text) stay zero."""
+    sums = np.zeros((len(units.rep), text.shape[1]), dtype=np.float64)
+    np.add.at(sums, units.of_item, text)
+    norms = np.linalg.norm(sums, axis=1)
+    out = np.zeros_like(sums)
+    ok = norms > 0
+    out[ok] = sums[ok] / norms[ok, None]
+    return out.astype(np.float32)
+
+
+def _unit_segments(
+    units: Units, cameras: np.ndarray | None, timestamps: np.ndarray | None, segment_seconds: float
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(camera, time segment) of each unit's representative image; segment 0 when no timestamps."""
+    if cameras is None:
+        return None, None
+    cam = np.asarray(cameras, dtype=object)[units.rep]
+    if timestamps is None:
+        return cam, np.zeros(cam.size, dtype=np.int64)
+    return cam, np.floor(np.asarray(timestamps, dtype=np.float64)[units.rep] / segment_seconds).astype(
+        np.int64
+    )
