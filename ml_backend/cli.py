@@ -1,0 +1,252 @@
+"""`reid-al`: serve | worker | ingest | sync | status | simulate.
+
+Why `serve` starts three processes: with no REDIS_URL the backend must work from one command, with
+the same topology as production: a real redis-server (embedded, data under MODEL_DIR/redis), one RQ
+worker process that trains, and gunicorn serving the protocol. With REDIS_URL, `serve` starts only
+the web server and training runs in separate `reid-al worker` processes (any number, any host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ml_backend.settings import Settings, SettingsError, settings_help_text
+
+log = logging.getLogger("reid_al")
+
+DESCRIPTION = "Active learning for re-identification, served as a Label Studio ML backend."
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reid-al", description=DESCRIPTION, epilog=settings_help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+
+    serve = sub.add_parser(
+        "serve", help="run the backend: web server (+ embedded Redis and an RQ worker without REDIS_URL)",
+        epilog=settings_help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--host", help="bind address (HOST)")
+    serve.add_argument("--port", type=int, help="port (PORT)")
+    serve.add_argument("--workers", type=int, help="gunicorn worker processes (WORKERS)")
+    serve.add_argument("--rq-workers", type=int, default=1,
+                       help="RQ worker processes started next to the embedded Redis (default 1)")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="start no RQ worker (with REDIS_URL none is started anyway)")
+    serve.add_argument("--dev-server", action="store_true",
+                       help="use Flask's development server instead of gunicorn")
+
+    worker = sub.add_parser("worker", help="run one RQ worker that executes cycles and embedding jobs",
+                            epilog=settings_help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--name", help="worker name (default: RQ's)")
+
+    ingest = sub.add_parser("ingest", help="register an image folder or a CSV/JSONL manifest for a project")
+    ingest.add_argument("source", help="folder (<root>/<identity?>/<image>) or manifest (.csv/.jsonl)")
+    ingest.add_argument("--project", required=True, help="Label Studio project id")
+    ingest.add_argument("--no-embed", action="store_true", help="register the pool without embedding it")
+    ingest.add_argument("--no-push", action="store_true", help="do not create initial tasks in Label Studio")
+
+    sync = sub.add_parser("sync", help="rebuild constraints from Label Studio's annotations")
+    sync.add_argument("--project", required=True, help="Label Studio project id")
+
+    status = sub.add_parser("status", help="show cycle/job status per project")
+    status.add_argument("--project", help="one project (default: all)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("simulate", help="offline active-learning simulator (arguments go to it; see --help)",
+                   add_help=False)
+    return parser
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = Settings.from_env()
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _redis(settings: Settings) -> Any:
+    from ml_backend.app import redis_from_settings
+
+    return redis_from_settings(settings)
+
+
+# --- serve -----------------------------------------------------------------------------------------------
+def _web_command(settings: Settings, dev_server: bool) -> list[str]:
+    from ml_backend.embedded import python_module_command
+
+    if not dev_server:
+        try:
+            import gunicorn  # noqa: F401
+        except ImportError:
+            dev_server = True
+    if dev_server:
+        return python_module_command("flask", "--app", "ml_backend.wsgi:app", "run", "--host", settings.host,
+                                     "--port", str(settings.port), "--no-reload")
+    return python_module_command(
+        "gunicorn", "--workers", str(settings.workers), "--threads", str(settings.threads),
+        "--bind", f"{settings.host}:{settings.port}", "--timeout", "120", "--graceful-timeout", "10",
+        "--log-level", settings.log_level.lower(), "--access-logfile", "-", "ml_backend.wsgi:app")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ml_backend.embedded import EmbeddedRedis, python_module_command, start_process, stop_process
+
+    settings = _settings(host=args.host, port=args.port, workers=args.workers)
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(settings.to_env())
+    server: EmbeddedRedis | None = None
+    children: list[tuple[str, Any]] = []
+    stopping = {"signal": None}
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stopping["signal"] = signum
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        if settings.embedded_redis:
+            server = EmbeddedRedis(settings.model_dir / "redis").start()
+            env["REDIS_URL"] = server.url
+            print(f"reid-al: embedded redis-server at {server.url} (data in {server.data_dir})", flush=True)
+            if not args.no_worker:
+                for n in range(max(0, args.rq_workers)):
+                    children.append((f"rq worker {n}", start_process(
+                        python_module_command("ml_backend.cli", "worker"), env=env)))
+        children.append(("web server", start_process(_web_command(settings, args.dev_server), env=env)))
+        print(f"reid-al: serving on http://{settings.host}:{settings.port} (MODEL_DIR={settings.model_dir})",
+              flush=True)
+        while stopping["signal"] is None:
+            for name, process in children:
+                if process.poll() is not None:
+                    print(f"reid-al: {name} exited with {process.returncode}; stopping",
+                          file=sys.stderr, flush=True)
+                    code = 1
+                    stopping["signal"] = -1
+                    break
+            time.sleep(0.2)
+    finally:
+        for _name, process in reversed(children):
+            stop_process(process, timeout=15)
+        if server is not None:
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("reid-al: stopped", flush=True)
+    return code
+
+
+# --- worker ----------------------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from rq import Queue, Worker
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redis = _redis(settings)
+    worker = Worker([Queue(settings.queue_name, connection=redis)], connection=redis, name=args.name)
+    worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
+    return 0
+
+
+# --- ingest / sync ---------------------------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ml_backend.ingest import ingest
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level)
+    report = ingest(args.source, project=args.project, settings=settings, embed=not args.no_embed,
+                    push=not args.no_push)
+    print(json.dumps(_jsonable(report), indent=2, default=str))
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from ml_backend.sync import sync
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level)
+    report = sync(project=args.project, settings=settings, redis=_redis(settings))
+    print(json.dumps(_jsonable(report), indent=2, default=str))
+    return 0
+
+
+def _jsonable(report: Any) -> Any:
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
+    if hasattr(report, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(report)
+    return report
+
+
+# --- status ----------------------------------------------------------------------------------------------
+def format_status(status: dict[str, Any]) -> str:
+    """Human-readable lines for `reid-al status`."""
+    lines = [f"queue {status['queue']}: {status['queue_depth']} job(s) waiting"]
+    if not status["projects"]:
+        lines.append("no project has state yet")
+    for p in status["projects"]:
+        cycle = p.get("cycle") or {}
+        last = p.get("last_cycle") or {}
+        lines.append(
+            f"project {p['project']}: version {p['current_version'] or '-'}; "
+            f"cycle {cycle.get('status', 'never run')}"
+            + (f" (job {p['active_job']}, {p['active_job_status']})" if p.get("active_job") else "")
+            + ("; rerun requested" if p.get("rerun_requested") else "")
+            + f"; {p['pending_constraints']} constraint change(s) since the last cycle")
+        if last:
+            lines.append(f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
+                         + (f" -> {last['version']}" if last.get("version") else "")
+                         + (f" error: {last['error']}" if last.get("error") else ""))
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ml_backend.queue import CycleQueue
+
+    settings = _settings()
+    queue = CycleQueue(_redis(settings), queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+    if args.project:
+        status = {"queue": queue.queue_name, "queue_depth": queue.depth(),
+                  "projects": [queue.status(args.project)]}
+    else:
+        status = queue.status_all()
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "ingest": cmd_ingest, "sync": cmd_sync,
+            "status": cmd_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from trainer.simulate import main as simulate_main
+
+        return int(simulate_main(argv[1:]) or 0)
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SettingsError as exc:
+        print(f"reid-al {args.command}: setting {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"reid-al {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

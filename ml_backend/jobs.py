@@ -1,0 +1,264 @@
+"""RQ job functions, run by `reid-al worker` processes (never by the web server).
+
+Why the shape: a cycle job takes the project's lock (two workers never run one project at once),
+reads the constraints as they are when it starts, runs the trainer's cycle, pushes the result to
+Label Studio, and in `finally` hands over to at most one coalesced follow-up. Inputs travel by
+reference (project id -> MODEL_DIR on shared storage, Redis), so a retried job redoes the same work
+and the idempotent push creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ml_backend.push import push_cycle
+from ml_backend.queue import CycleQueue
+from ml_backend.settings import Settings
+from ml_backend.state import ProjectState
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from ml_backend.pool import Pool
+
+log = logging.getLogger(__name__)
+
+FEATURES_DIR = "features"
+
+
+def _connection() -> Redis:
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("this function runs inside an RQ worker (no current job)")
+    return job.connection
+
+
+@dataclass
+class ProjectData:
+    """Frozen features in store row order plus the pool's side information aligned to those rows."""
+
+    ids: list[str]
+    features: np.ndarray
+    cameras: np.ndarray | None
+    tracklets: np.ndarray | None
+    pool: Pool | None
+
+    def row_of(self, image_id: str) -> int | None:
+        return self._rows.get(image_id)
+
+    def __post_init__(self) -> None:
+        self._rows = {image_id: row for row, image_id in enumerate(self.ids)}
+
+
+def _side_info(pool: Pool | None, ids: list[str], attr: str) -> np.ndarray | None:
+    if pool is None:
+        return None
+    values = []
+    for image_id in ids:
+        value = getattr(pool.item(image_id), attr) if image_id in pool else None
+        values.append(value)
+    if all(v is None for v in values):
+        return None
+    codes: dict[Any, int] = {}
+    return np.asarray([-1 if v is None else codes.setdefault(v, len(codes)) for v in values], dtype=np.int64)
+
+
+def load_project_data(settings: Settings, project: str, *, embed_missing: bool = True) -> ProjectData:
+    """The store's features; pool images not embedded yet are embedded first (resumable)."""
+    from ml_backend.pool import Pool
+    from trainer.store import EmbeddingStore
+
+    store = EmbeddingStore(settings.project_dir(project) / FEATURES_DIR)
+    pool = Pool.load(settings.model_dir, project) if Pool.exists(settings.model_dir, project) else None
+    if pool is not None and embed_missing:
+        missing = store.missing(item.id for item in pool.items)
+        if missing:
+            from trainer.encoders import encoder_from_spec
+            from trainer.extraction import extract_embeddings
+
+            encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None)
+            wanted = set(missing)
+            items = [(item.id, item.path) for item in pool.items if item.id in wanted]
+            report = extract_embeddings(encoder, items, store, progress=False)
+            log.info("project %s: embedded %d images (%d failed)", project, report.n_done, report.n_failed)
+            store.refresh()
+    ids = store.ids()
+    features = np.asarray(store.features(), dtype=np.float32)
+    return ProjectData(ids=ids, features=features, cameras=_side_info(pool, ids, "camera"),
+                       tracklets=_side_info(pool, ids, "tracklet"), pool=pool)
+
+
+def _url_resolver(settings: Settings, state: ProjectState, data: ProjectData) -> Any:
+    from ml_backend.pool import local_files_url
+
+    urls = state.image_urls()
+
+    def url_for(image_id: str) -> str | None:
+        if data.pool is not None and image_id in data.pool:
+            item = data.pool.item(image_id)
+            if item.url:
+                return item.url
+            if settings.document_root:
+                try:
+                    return local_files_url(item.path, settings.document_root)
+                except ValueError:
+                    return None
+            return None
+        return urls.get(image_id)
+
+    return url_for
+
+
+def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason: str = "",
+                      client: Any | None = None) -> dict[str, Any]:
+    """One cycle of `project` without the queue bookkeeping (the job wraps it; tests call it)."""
+    from trainer.cycle import CycleConfig, run_cycle
+
+    from trainer.registry import ModelRegistry
+
+    state = ProjectState(redis, project)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = load_project_data(settings, project)
+    timings["load_s"] = time.perf_counter() - t0
+    if len(data.ids) < 2:
+        raise RuntimeError(f"project {project}: {len(data.ids)} embedded image(s); ingest a pool first "
+                           f"(reid-al ingest <folder> --project {project})")
+    graph, unmapped = state.constraint_graph(data.row_of)
+    config = CycleConfig(strategy=settings.strategy, budget=settings.budget)
+    t1 = time.perf_counter()
+    result = run_cycle(data.features, graph, config, registry=ModelRegistry(settings.model_dir, project),
+                       cameras=data.cameras, tracklets=data.tracklets)
+    timings["cycle_s"] = time.perf_counter() - t1
+    version = str(result.version)
+    state.mark_embedded(data.ids)
+
+    # Constraints as they are now (answers may have arrived while training) decide what is implied.
+    graph_now, _ = state.constraint_graph(data.row_of, include_pending=False)
+    summary: dict[str, Any] = {
+        "project": state.project, "version": version, "reason": reason, "n_images": len(data.ids),
+        "n_constraints": len(graph), "unmapped_annotations": unmapped,
+        "contradictions": len(graph_now.contradictions()), "proposals": len(result.proposals),
+        "shortfall": int(getattr(result, "shortfall", 0) or 0),
+    }
+    if client is None and settings.label_studio_api_key:
+        from ml_backend.labelstudio import LabelStudioClient
+
+        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    if client is None:
+        log.warning("project %s: LABEL_STUDIO_API_KEY is not set: version %s is not pushed", project, version)
+        summary["push"] = None
+    else:
+        t2 = time.perf_counter()
+        meta = state.meta()
+        caption_for = ((lambda i: data.pool.item(i).text if i in data.pool else None)
+                       if data.pool is not None else None)
+        report = push_cycle(
+            client, state, project_id=int(project), version=version, proposals=list(result.proposals),
+            embeddings=np.asarray(result.embeddings, dtype=np.float32), image_ids=data.ids,
+            url_for=_url_resolver(settings, state, data), caption_for=caption_for,
+            calibrator=getattr(result, "calibrator", None), graph=graph_now,
+            from_name=meta.get("from_name", "answer"), to_name=meta.get("to_name", "image_a"))
+        timings["push_s"] = time.perf_counter() - t2
+        summary["push"] = report.to_dict()
+    state.add_version(version)
+    summary["timings"] = {**{k: round(v, 4) for k, v in timings.items()},
+                          **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()}}
+    return summary
+
+
+def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
+    """RQ entry point for one cycle of `project` (enqueued only through CycleQueue.request_cycle)."""
+    redis = _connection()
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level)
+    queue = CycleQueue(redis, queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+    state = ProjectState(redis, project)
+    token = uuid.uuid4().hex
+    queue.mark_running(state.project)
+    started = time.time()
+    locked = False
+    try:
+        locked = queue.acquire_lock(state.project, token)
+        if not locked:
+            raise RuntimeError(f"project {project}: another cycle held the lock for {queue.ttl} s")
+        pending = state.take_pending_constraints()
+        state.set_cycle_status(status="running", started_at=started, reason=reason, error=None,
+                               constraints_since_last=pending)
+        summary = run_project_cycle(settings, redis, state.project, reason=reason)
+        finished = time.time()
+        summary["duration_s"] = round(finished - started, 4)
+        summary["finished_at"] = finished
+        summary["status"] = "finished"
+        state.set_cycle_status(status="finished", finished_at=finished, version=summary["version"],
+                               contradictions=summary["contradictions"], duration_s=summary["duration_s"])
+        state.record_cycle(summary)
+        state.incr("cycles_finished")
+        return summary
+    except Exception as exc:
+        finished = time.time()
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("project %s: cycle failed: %s\n%s", project, error, traceback.format_exc())
+        state.set_cycle_status(status="failed", finished_at=finished, error=error)
+        state.record_cycle({"project": state.project, "status": "failed", "error": error, "reason": reason,
+                            "duration_s": round(finished - started, 4), "finished_at": finished})
+        state.incr("cycles_failed")
+        raise
+    finally:
+        if locked:
+            queue.release_lock(state.project, token)
+        queue.finish(state.project)
+
+
+def embed_job(project: str, items: list[dict[str, str]]) -> dict[str, Any]:
+    """Embed images of user-imported tasks into the project's store, so the next cycle can use them."""
+    from ml_backend.predict import DOWNLOADS_DIR, resolve_image
+    from trainer.encoders import encoder_from_spec
+    from trainer.extraction import extract_embeddings
+    from trainer.store import EmbeddingStore
+
+    redis = _connection()
+    settings = Settings.from_env()
+    state = ProjectState(redis, project)
+    store = EmbeddingStore(settings.project_dir(state.project) / FEATURES_DIR)
+    todo = [item for item in items if item["id"] not in store]
+    resolved: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+    for item in todo:
+        try:
+            path = resolve_image(item["url"], document_root=settings.document_root,
+                                 cache_dir=settings.project_dir(state.project) / DOWNLOADS_DIR,
+                                 label_studio_url=settings.label_studio_url,
+                                 api_key=settings.label_studio_api_key)
+            resolved.append((item["id"], str(path)))
+        except (ValueError, OSError) as exc:
+            failed.append((item["id"], str(exc)))
+    done = 0
+    if resolved:
+        encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None)
+        report = extract_embeddings(encoder, resolved, store, progress=False)
+        done = report.n_done
+        failed.extend(report.failures)
+    state.set_image_urls({item["id"]: item["url"] for item in items})
+    stored = [item["id"] for item in items if item["id"] in store]
+    state.mark_embedded(stored)
+    state.incr("images_embedded", done)
+    if failed:
+        state.incr("images_embed_failed", len(failed))
+        log.warning("project %s: %d images could not be embedded: %s", project, len(failed), failed[:5])
+    return {"project": state.project, "embedded": done, "already": len(items) - len(todo),
+            "failed": [list(f) for f in failed]}
+
+
+def features_dir(settings: Settings, project: str) -> Path:
+    return settings.project_dir(project) / FEATURES_DIR

@@ -1,0 +1,327 @@
+"""/predict: proposed choice, P(same) and an ordering score for each pair task.
+
+Why the score is 1 - priority: Label Studio's uncertainty ordering serves the LOWEST score first,
+and our samplers rank by priority (higher = more informative). Pairs the backend pushed itself
+carry the sampler's priority from the pair registry; any other pair is scored by how uncertain
+the current model is about it (P(same) near 0.5 = most informative). Images that users imported
+themselves are embedded on the fly, within a count and time bound, so one /predict call never
+blows Label Studio's 100 s timeout; what is left over is scored neutrally and queued for embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+
+from ml_backend.pairs import image_ids_of, pair_id
+from ml_backend.push import p_same_of, prediction_result, score_of, uncertainty_priority
+
+if TYPE_CHECKING:
+    from ml_backend.settings import Settings
+    from ml_backend.state import ProjectState
+
+log = logging.getLogger(__name__)
+
+UNSCORED = 1.0  # a pair we could not score this call is served after every scored one
+LOCAL_FILES_PREFIX = "/data/local-files/"
+FEATURES_DIR = "features"
+DOWNLOADS_DIR = "downloads"
+
+
+class PredictError(ValueError):
+    """Bad /predict input; `field` names the offending part of the request."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def label_names(label_config: str) -> tuple[str, str]:
+    """(from_name, to_name) of the first <Choices> tag of a Label Studio label config."""
+    if not isinstance(label_config, str) or not label_config.strip():
+        raise PredictError("label_config", "must be a non-empty XML string")
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as exc:
+        raise PredictError("label_config", f"not valid XML: {exc}") from None
+    for element in root.iter():
+        if element.tag == "Choices":
+            name, to_name = element.get("name"), element.get("toName")
+            if not name or not to_name:
+                raise PredictError("label_config", "<Choices> needs both name and toName")
+            return name, to_name.split(",")[0].strip()
+    raise PredictError("label_config", "has no <Choices> tag (expected the same/different/unsure choice)")
+
+
+def resolve_image(url: str, *, document_root: str = "", cache_dir: Path | None = None,
+                  label_studio_url: str = "", api_key: str = "", timeout: float = 10.0) -> Path:
+    """Where an image URL of a task lives on this machine (downloads http(s) and Label Studio uploads)."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"url must be a non-empty string, got {url!r}")
+    parsed = urlparse(url)
+    if url.startswith(LOCAL_FILES_PREFIX):
+        if not document_root:
+            raise ValueError(f"{url!r} is a local-files URL but REID_AL_DOCUMENT_ROOT is not set")
+        rel = parse_qs(parsed.query).get("d", [""])[0]
+        root = Path(document_root).resolve()
+        path = (root / unquote(rel)).resolve()
+        if root != path and root not in path.parents:
+            raise ValueError(f"{url!r} points outside REID_AL_DOCUMENT_ROOT")
+        return path
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("http", "https") or url.startswith("/data/"):
+        if cache_dir is None:
+            raise ValueError(f"cannot download {url!r}: no cache directory")
+        full = url if parsed.scheme else label_studio_url.rstrip("/") + url
+        suffix = Path(parsed.path).suffix[:8] or ".img"
+        target = cache_dir / (hashlib.sha1(full.encode()).hexdigest() + suffix)
+        if not target.exists():
+            import requests
+
+            headers = {"Authorization": f"Token {api_key}"} if api_key and not parsed.scheme else {}
+            response = requests.get(full, headers=headers, timeout=timeout)
+            response.raise_for_status()
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(target.suffix + f".{os.getpid()}.tmp")
+            tmp.write_bytes(response.content)
+            os.replace(tmp, target)
+        return target
+    if not parsed.scheme:
+        return Path(url)
+    raise ValueError(f"unsupported image URL scheme {parsed.scheme!r} in {url!r}")
+
+
+@dataclass
+class ServingModel:
+    """What /predict scores with: the current version's embeddings of every stored image."""
+
+    version: str
+    row_of: dict[str, int]
+    embeddings: np.ndarray
+    calibrator: Any | None = None
+    adapter_state: dict[str, Any] | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # on-the-fly embedded, adapted
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        row = self.row_of.get(image_id)
+        if row is not None:
+            return self.embeddings[row]
+        return self.extra.get(image_id)
+
+
+ModelLoader = Callable[["ProjectState"], "ServingModel | None"]
+Embedder = Callable[[list[Path]], np.ndarray]
+
+
+def load_serving_model(model_dir: Path, state: ProjectState) -> ServingModel | None:
+    """The newest registry version's embeddings (frozen store features before the first cycle),
+    with a P(same) calibrator fitted on the answers recorded so far. None: nothing embedded yet."""
+    from strategies.calibration import PSameCalibrator
+    from trainer.adapter import apply_adapter
+    from trainer.registry import ModelRegistry
+    from trainer.store import EmbeddingStore
+
+    store_dir = Path(model_dir) / state.project / FEATURES_DIR
+    if not store_dir.exists():
+        return None
+    store = EmbeddingStore(store_dir)
+    ids = store.ids()
+    if not ids:
+        return None
+    registry = ModelRegistry(model_dir, state.project)
+    version = registry.latest()
+    adapter_state = None
+    if version is None:
+        embeddings = apply_adapter(None, np.asarray(store.features()))
+        version = state.current_version() or "initial"
+    else:
+        loaded = registry.load(version)
+        adapter_state = loaded.adapter_state
+        embeddings = np.asarray(loaded.embeddings, dtype=np.float32)
+        if embeddings.shape[0] < len(ids):  # images stored after the cycle: run them through its adapter
+            extra = apply_adapter(adapter_state, np.asarray(store.features()[embeddings.shape[0]:]))
+            embeddings = np.vstack([embeddings, extra])
+    row_of = {image_id: row for row, image_id in enumerate(ids[: embeddings.shape[0]])}
+    sims, same = [], []
+    for record in state.annotations():
+        i, j = row_of.get(record["image_a"]), row_of.get(record["image_b"])
+        if i is not None and j is not None and record["answer"] in ("same", "different"):
+            sims.append(float(embeddings[i] @ embeddings[j]))
+            same.append(record["answer"] == "same")
+    calibrator = PSameCalibrator().fit(np.asarray(sims, dtype=np.float64), np.asarray(same, dtype=bool))
+    return ServingModel(version=version, row_of=row_of, embeddings=embeddings, calibrator=calibrator,
+                        adapter_state=adapter_state)
+
+
+class Predictor:
+    """Scores pair tasks for one process; caches the serving model per (project, version)."""
+
+    def __init__(self, settings: Settings, *, load_model: ModelLoader | None = None,
+                 embed_images: Embedder | None = None) -> None:
+        self.settings = settings
+        self._load_model = load_model or self._default_loader
+        self._embed_images = embed_images or self._default_embedder
+        self._models: dict[str, tuple[tuple[Any, ...], ServingModel | None]] = {}
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+
+    # --- model loading ---------------------------------------------------------------------------------
+    def _default_loader(self, state: ProjectState) -> ServingModel | None:
+        return load_serving_model(self.settings.model_dir, state)
+
+    def _default_embedder(self, paths: list[Path]) -> np.ndarray:
+        from PIL import Image
+
+        from trainer.encoders import encoder_from_spec
+
+        if self._encoder is None:
+            self._encoder = encoder_from_spec(self.settings.encoder,
+                                              checkpoint=self.settings.encoder_checkpoint or None)
+        images = []
+        for path in paths:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        return np.asarray(self._encoder.embed_pil(images).detach().cpu().numpy(), dtype=np.float32)
+
+    def model(self, state: ProjectState, cache_key: tuple[Any, ...] = ()) -> ServingModel | None:
+        """The serving model, reloaded when `cache_key` (e.g. the current version) changes."""
+        with self._lock:
+            cached = self._models.get(state.project)
+            if cached is not None and cached[0] == cache_key:
+                return cached[1]
+        model = self._load_model(state)
+        with self._lock:
+            self._models[state.project] = (cache_key, model)
+        return model
+
+    # --- predict ---------------------------------------------------------------------------------------
+    def predict(self, tasks: Sequence[Any], label_config: str | None, state: ProjectState,
+                *, on_missing: Callable[[list[dict[str, str]]], Any] | None = None) -> list[dict[str, Any]]:
+        """One prediction per task, same order (Label Studio's contract)."""
+        if not isinstance(tasks, Sequence) or isinstance(tasks, (str, bytes)):
+            raise PredictError("tasks", f"must be a list, got {type(tasks).__name__}")
+        meta = state.meta()
+        if label_config:
+            from_name, to_name = label_names(label_config)
+            if (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
+                state.set_meta(from_name=from_name, to_name=to_name)
+        else:
+            from_name, to_name = meta.get("from_name", "answer"), meta.get("to_name", "pair")
+        parsed: list[tuple[str, str, Mapping[str, Any]]] = []
+        for index, task in enumerate(tasks):
+            if not isinstance(task, Mapping):
+                raise PredictError(f"tasks[{index}]", "must be an object")
+            data = task.get("data")
+            if not isinstance(data, Mapping):
+                raise PredictError(f"tasks[{index}].data", "must be an object")
+            try:
+                a, b = image_ids_of(data)
+            except ValueError as exc:
+                raise PredictError(f"tasks[{index}].data", str(exc)) from None
+            parsed.append((a, b, data))
+
+        version = state.current_version()
+        # reload on a new version, and refit the calibrator as answers accumulate
+        model = self.model(state, (version, state.counters().get("pairs_asked", 0) // 25))
+        model_version = model.version if model is not None else (version or "initial")
+        if model is not None:
+            self._embed_missing(model, parsed, state, on_missing)
+
+        results: list[dict[str, Any]] = []
+        pending_rows: list[int] = []
+        vec_a: list[np.ndarray] = []
+        vec_b: list[np.ndarray] = []
+        for index, (a, b, _data) in enumerate(parsed):
+            record = state.pair(pair_id(a, b))
+            if (record is not None and record.get("model_version") == model_version
+                    and record.get("p_same") is not None and record.get("priority") is not None):
+                results.append(self._result(float(record["p_same"]), float(record["priority"]),
+                                            model_version, from_name, to_name))
+                continue
+            va = model.vector(a) if model is not None else None
+            vb = model.vector(b) if model is not None else None
+            if va is None or vb is None:
+                results.append({"result": [], "score": UNSCORED, "model_version": model_version})
+                continue
+            results.append({})
+            pending_rows.append(index)
+            vec_a.append(va)
+            vec_b.append(vb)
+        if pending_rows:
+            stacked = np.vstack([np.asarray(vec_a), np.asarray(vec_b)]).astype(np.float32)
+            n = len(pending_rows)
+            p = p_same_of(stacked, list(range(n)), list(range(n, 2 * n)), model.calibrator if model else None)
+            for index, value in zip(pending_rows, p, strict=True):
+                results[index] = self._result(float(value), uncertainty_priority(float(value)), model_version,
+                                              from_name, to_name)
+        state.incr("predictions_served", len(results))
+        return results
+
+    @staticmethod
+    def _result(p_same: float, priority: float, model_version: str, from_name: str,
+                to_name: str) -> dict[str, Any]:
+        return {"result": prediction_result(p_same, from_name, to_name), "score": score_of(priority),
+                "model_version": model_version, "p_same": round(p_same, 6)}
+
+    def _embed_missing(self, model: ServingModel, parsed: list[tuple[str, str, Mapping[str, Any]]],
+                       state: ProjectState,
+                       on_missing: Callable[[list[dict[str, str]]], Any] | None) -> None:
+        """Embed images not in the serving model, bounded by REID_AL_PREDICT_EMBED_MAX / _SECONDS."""
+        urls: dict[str, str] = {}
+        for a, b, data in parsed:
+            for image_id, key in ((a, "image_a"), (b, "image_b")):
+                if model.vector(image_id) is None and image_id not in urls:
+                    urls[image_id] = str(data.get(key) or image_id)
+        if not urls:
+            return
+        budget = self.settings.predict_embed_max
+        deadline = time.monotonic() + self.settings.predict_embed_seconds
+        todo = list(urls.items())
+        done: list[str] = []
+        cache_dir = self.settings.project_dir(state.project) / DOWNLOADS_DIR
+        batch = 4
+        while todo and len(done) < budget and time.monotonic() < deadline:
+            chunk, todo = todo[:min(batch, budget - len(done))], todo[min(batch, budget - len(done)):]
+            ids, paths = [], []
+            for image_id, url in chunk:
+                try:
+                    paths.append(resolve_image(
+                        url, document_root=self.settings.document_root, cache_dir=cache_dir,
+                        label_studio_url=self.settings.label_studio_url,
+                        api_key=self.settings.label_studio_api_key))
+                    ids.append(image_id)
+                except (ValueError, OSError) as exc:
+                    log.warning("project %s: cannot fetch image %s: %s", state.project, url, exc)
+                    state.incr("predict_embed_failed")
+            if not ids:
+                continue
+            try:
+                features = self._embed_images(paths)
+            except (OSError, ValueError) as exc:
+                log.warning("project %s: cannot embed %d images: %s", state.project, len(ids), exc)
+                state.incr("predict_embed_failed", len(ids))
+                continue
+            from trainer.adapter import apply_adapter
+
+            adapted = apply_adapter(model.adapter_state, features)
+            for image_id, vector in zip(ids, adapted, strict=True):
+                model.extra[image_id] = vector
+            done.extend(ids)
+        state.incr("predict_embedded", len(done))
+        left = [{"id": image_id, "url": url} for image_id, url in todo]
+        if left:
+            state.incr("predict_embed_deferred", len(left))
+            if on_missing is not None:
+                on_missing(left)

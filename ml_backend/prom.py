@@ -1,0 +1,129 @@
+"""GET /metrics in Prometheus text exposition format (0.0.4), from the counters kept in Redis.
+
+Why hand-written: a dozen gauges and counters need no client library, and the values live in Redis
+(shared by every gunicorn worker and RQ worker), not in one process's memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from ml_backend.state import ProjectState, list_projects
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from ml_backend.queue import CycleQueue
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+GLOBAL_COUNTERS_KEY = "reid-al:global:counters"
+
+
+def escape_label(value: str) -> str:
+    """Label values escape backslash, double quote and newline (exposition format spec)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{escape_label(str(v))}"' for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def format_value(value: float) -> str:
+    if value != value:  # NaN
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+class MetricFamily:
+    """One metric name with HELP/TYPE lines and any number of labelled samples."""
+
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        if kind not in ("counter", "gauge", "summary", "untyped"):
+            raise ValueError(f"kind must be counter, gauge, summary or untyped, got {kind!r}")
+        self.name = name
+        self.kind = kind
+        self.help_text = help_text
+        self.samples: list[tuple[str, dict[str, str], float]] = []
+
+    def add(self, value: float, suffix: str = "", **labels: str) -> MetricFamily:
+        self.samples.append((self.name + suffix, labels, float(value)))
+        return self
+
+    def render(self) -> str:
+        help_text = self.help_text.replace("\\", "\\\\").replace("\n", "\\n")
+        lines = [f"# HELP {self.name} {help_text}", f"# TYPE {self.name} {self.kind}"]
+        lines += [f"{name}{format_labels(labels)} {format_value(value)}" for name, labels,
+                  value in self.samples]
+        return "\n".join(lines)
+
+
+def render(families: Iterable[MetricFamily]) -> str:
+    return "\n".join(f.render() for f in families) + "\n"
+
+
+def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]:
+    """Every metric of every project that has state in this Redis."""
+    events = MetricFamily("reid_al_webhook_events_total", "counter", "Webhook events received, by action")
+    constraints = MetricFamily("reid_al_constraints", "gauge",
+                               "Recorded annotations by answer (same = must-link, different = cannot-link)")
+    asked = MetricFamily("reid_al_pairs_asked_total", "counter", "Pairs answered by an annotator")
+    saved = MetricFamily("reid_al_pairs_saved_total", "counter",
+                         "Open pair tasks retired because the constraints imply their answer")
+    pushed = MetricFamily("reid_al_pairs_pushed_total", "counter", "Pair tasks created in Label Studio")
+    conflicts = MetricFamily("reid_al_conflicts", "gauge",
+                             "Pairs on which annotators gave contradicting answers")
+    contradictions = MetricFamily("reid_al_contradictions", "gauge",
+                                  "Cannot-links inside a must-link component at the last cycle")
+    cycles = MetricFamily("reid_al_cycles_total", "counter", "Cycle requests by outcome")
+    duration = MetricFamily("reid_al_cycle_duration_seconds", "summary", "Duration of finished cycles")
+    last = MetricFamily("reid_al_last_cycle_duration_seconds", "gauge", "Duration of the last cycle")
+    pending = MetricFamily("reid_al_pending_constraints", "gauge", "Constraint changes since the last cycle")
+    running = MetricFamily("reid_al_cycle_running", "gauge", "1 while a cycle of the project runs")
+    depth = MetricFamily("reid_al_queue_depth", "gauge", "Jobs waiting in the RQ queue")
+
+    for raw_key, value in redis.hgetall(GLOBAL_COUNTERS_KEY).items():
+        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        if key.startswith("events:"):
+            events.add(int(value), "", project="", event=key.split(":", 1)[1])
+
+    for project in list_projects(redis):
+        state = ProjectState(redis, project)
+        counters = state.counters()
+        for key, value in sorted(counters.items()):
+            if key.startswith("events:"):
+                events.add(value, project=project, event=key.split(":", 1)[1])
+        for answer, count in state.constraint_counts().items():
+            constraints.add(count, project=project, answer=answer)
+        asked.add(counters.get("pairs_asked", 0), project=project)
+        saved.add(counters.get("pairs_saved", 0), project=project)
+        pushed.add(counters.get("pairs_pushed", 0), project=project)
+        conflicts.add(len(state.conflicts()), project=project)
+        status = state.cycle_status()
+        contradictions.add(int(status.get("contradictions", 0) or 0), project=project)
+        for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed"):
+            cycles.add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
+        total, count = state.cycle_seconds()
+        duration.add(total, "_sum", project=project).add(count, "_count", project=project)
+        history = state.cycles()
+        if history:
+            last.add(float(history[0].get("duration_s", 0.0)), project=project)
+        pending.add(state.pending_constraints(), project=project)
+        running.add(1 if status.get("status") == "running" else 0, project=project)
+
+    if queue is not None:
+        depth.add(queue.depth(), queue=queue.queue_name)
+    return [events, constraints, asked, saved, pushed, conflicts, contradictions, cycles, duration, last,
+            pending, running, depth]
+
+
+def render_metrics(redis: Redis, queue: CycleQueue | None = None) -> str:
+    """The full /metrics body."""
+    return render(collect(redis, queue))

@@ -1,0 +1,228 @@
+"""Push a finished cycle to Label Studio: new pair tasks, predictions, model version, view, retirements.
+
+Why each step: Label Studio orders tasks by prediction score only for predictions whose
+model_version equals the project's (LABEL_STUDIO.md), so every cycle imports predictions under its
+own new version and then PATCHes the project; re-importing under one version averages scores, so
+a retried push skips tasks it already scored. Task creation is keyed by the stable pair id, so a
+retried job creates no duplicate task. Open tasks whose answer the constraints now imply are
+deleted: no annotator is served a question the backend can already answer ("pairs saved").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ml_backend.pairs import pair_id, task_data
+from ml_backend.state import ProjectState
+
+if TYPE_CHECKING:
+    from strategies.constraints import ConstraintGraph
+
+log = logging.getLogger(__name__)
+
+VIEW_TITLE = "Most informative first"
+VIEW_ORDERING = ("tasks:predictions_score",)
+
+
+class LabelStudioLike(Protocol):
+    """The part of B's LabelStudioClient that a push uses."""
+
+    def task_ids_by_pair(self, pid: int) -> dict[str, int]: ...
+    def create_tasks(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]: ...
+    def iter_tasks(self, pid: int) -> Iterable[dict[str, Any]]: ...
+    def import_predictions(self, pid: int, predictions: list[dict[str, Any]]) -> Any: ...
+    def patch_project(self, pid: int, **fields: Any) -> Any: ...
+    def ensure_view(self, pid: int, title: str = ..., ordering: list[str] = ...) -> int: ...
+    def delete_tasks(self, pid: int, task_ids: list[int]) -> Any: ...
+
+
+@dataclass
+class PushReport:
+    """What one push changed in Label Studio."""
+
+    model_version: str
+    created: int = 0
+    existing: int = 0
+    implied_proposals: int = 0
+    unservable: int = 0
+    predictions: int = 0
+    rescored: int = 0
+    retired: int = 0
+    view_id: int | None = None
+    retired_task_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_of(priority: float) -> float:
+    """Label Studio serves the LOWEST score first, so the most informative pair gets the lowest score."""
+    return float(min(1.0, max(0.0, 1.0 - float(priority))))
+
+
+def uncertainty_priority(p_same: float) -> float:
+    """Priority of a pair the sampler did not rank this cycle: highest when P(same) is closest to 0.5."""
+    return float(1.0 - abs(2.0 * float(p_same) - 1.0))
+
+
+def prediction_result(p_same: float, from_name: str, to_name: str) -> list[dict[str, Any]]:
+    """The proposed choice as a Label Studio result list."""
+    choice = "same" if p_same >= 0.5 else "different"
+    return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [choice]}}]
+
+
+def p_same_of(embeddings: np.ndarray, rows_a: Sequence[int], rows_b: Sequence[int],
+              calibrator: Any | None) -> np.ndarray:
+    """Calibrated P(same) of row pairs; without a calibrator, cosine mapped linearly to [0, 1]."""
+    if len(rows_a) == 0:
+        return np.zeros(0, dtype=np.float64)
+    sims = np.einsum("ij,ij->i", embeddings[np.asarray(rows_a)],
+                     embeddings[np.asarray(rows_b)]).astype(np.float64)
+    if calibrator is not None:
+        return np.clip(np.asarray(calibrator.predict(sims), dtype=np.float64), 0.0, 1.0)
+    return np.clip((sims + 1.0) / 2.0, 0.0, 1.0)
+
+
+def version_id(version: Any) -> str:
+    """A registry version object or string -> the string Label Studio stores as model_version."""
+    if isinstance(version, str):
+        return version
+    for attr in ("version_id", "id", "name", "version"):
+        value = getattr(version, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    raise ValueError(f"cannot read a version id from {version!r}")
+
+
+def _is_open(task: Mapping[str, Any]) -> bool:
+    return not task.get("total_annotations") and not task.get("cancelled_annotations")
+
+
+def push_cycle(
+    client: LabelStudioLike,
+    state: ProjectState,
+    *,
+    project_id: int,
+    version: Any,
+    proposals: Sequence[Any],
+    embeddings: np.ndarray,
+    image_ids: Sequence[str],
+    url_for: Callable[[str], str | None],
+    caption_for: Callable[[str], str | None] | None = None,
+    calibrator: Any | None = None,
+    graph: ConstraintGraph | None = None,
+    from_name: str = "answer",
+    to_name: str = "pair",
+) -> PushReport:
+    """Push proposals of one cycle (rows into `image_ids`) and re-score/retire open tasks.
+
+    `graph` holds the constraints as they are now (read after the cycle, so answers that arrived
+    while it trained count): proposals it already answers are not pushed, and open tasks it answers
+    are retired. `url_for` returns None for an image Label Studio cannot show (it is not pushed).
+    """
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(image_ids):
+        raise ValueError(f"embeddings must have shape (len(image_ids), d), got {embeddings.shape} "
+                         f"for {len(image_ids)} ids")
+    model_version = version_id(version)
+    report = PushReport(model_version=model_version)
+    row_of = {image_id: row for row, image_id in enumerate(image_ids)}
+    caption_for = caption_for or (lambda _id: "")
+
+    # 1. new tasks, keyed by pair id (a retried push finds its own tasks and creates nothing)
+    existing = client.task_ids_by_pair(project_id)
+    new_tasks: list[dict[str, Any]] = []
+    new_meta: list[dict[str, Any]] = []
+    proposal_meta: dict[str, dict[str, Any]] = {}
+    for proposal in proposals:
+        i, j = int(proposal.i), int(proposal.j)
+        if graph is not None and graph.relation(i, j).name != "UNKNOWN":
+            report.implied_proposals += 1
+            continue
+        id_a, id_b = image_ids[i], image_ids[j]
+        pid = pair_id(id_a, id_b)
+        meta = {"p_same": float(proposal.p_same), "priority": float(proposal.priority),
+                "strategy": str(proposal.strategy), "pool": str(proposal.pool),
+                "reason": str(proposal.reason)}
+        proposal_meta[pid] = meta
+        if pid in existing:
+            report.existing += 1
+            state.register_pair(pid, id_a, id_b, task_id=int(existing[pid]), **meta)
+            continue
+        url_a, url_b = url_for(id_a), url_for(id_b)
+        if not url_a or not url_b:
+            report.unservable += 1
+            continue
+        new_tasks.append({"data": task_data(
+            id_a, id_b, url_a, url_b, caption_a=caption_for(id_a) or "", caption_b=caption_for(id_b) or "",
+            strategy=meta["strategy"], pool=meta["pool"], reason=meta["reason"])})
+        new_meta.append({"pair_id": pid, "id_a": id_a, "id_b": id_b, **meta})
+    if new_tasks:
+        task_ids = client.create_tasks(project_id, new_tasks)
+        if len(task_ids) != len(new_tasks):
+            raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for {len(new_tasks)} requested")
+        for task_id, meta in zip(task_ids, new_meta, strict=True):
+            extra = {k: v for k, v in meta.items() if k not in ("pair_id", "id_a", "id_b")}
+            state.register_pair(meta["pair_id"], meta["id_a"], meta["id_b"], task_id=int(task_id),
+                                model_version=model_version, status="open", **extra)
+        report.created = len(task_ids)
+
+    # 2. every open task: retire it if implied, else (re-)score it under the new version
+    open_tasks: list[tuple[int, str, int, int]] = []
+    retire: list[tuple[int, str]] = []
+    for task in client.iter_tasks(project_id):
+        data = task.get("data") or {}
+        id_a, id_b = data.get("id_a"), data.get("id_b")
+        if not _is_open(task) or id_a not in row_of or id_b not in row_of or id_a == id_b:
+            continue
+        pid = pair_id(id_a, id_b)
+        i, j = row_of[id_a], row_of[id_b]
+        if graph is not None and graph.relation(i, j).name != "UNKNOWN":
+            retire.append((int(task["id"]), pid))
+            continue
+        open_tasks.append((int(task["id"]), pid, i, j))
+
+    already = state.pushed_tasks(model_version)
+    todo = [t for t in open_tasks if t[0] not in already]
+    p_same = p_same_of(embeddings, [t[2] for t in todo], [t[3] for t in todo], calibrator)
+    predictions = []
+    for (task_id, pid, _i, _j), p in zip(todo, p_same, strict=True):
+        meta = proposal_meta.get(pid)
+        if meta is not None:
+            p_value, priority = meta["p_same"], meta["priority"]
+        else:
+            p_value, priority = float(p), uncertainty_priority(float(p))
+            report.rescored += 1
+        predictions.append({"task": task_id, "result": prediction_result(p_value, from_name, to_name),
+                            "score": score_of(priority), "model_version": model_version})
+        state.register_pair(pid, *sorted((image_ids[_i], image_ids[_j])), task_id=task_id,
+                            model_version=model_version, p_same=p_value, priority=priority)
+    if predictions:
+        client.import_predictions(project_id, predictions)
+        state.mark_pushed_tasks(model_version, [p["task"] for p in predictions])
+    report.predictions = len(predictions)
+
+    # 3. the project serves this version's scores, through a view ordered by score (created once)
+    client.patch_project(project_id, model_version=model_version)
+    view_id = state.meta().get("view_id")
+    if view_id is None:
+        view_id = client.ensure_view(project_id, title=VIEW_TITLE, ordering=list(VIEW_ORDERING))
+        state.set_meta(view_id=view_id)
+    report.view_id = view_id
+
+    # 4. retire tasks whose answer is implied: no annotator is served them again
+    if retire:
+        client.delete_tasks(project_id, [task_id for task_id, _pid in retire])
+        for _task_id, pid in retire:
+            state.set_pair_status(pid, "retired")
+        state.incr("pairs_saved", len(retire))
+    report.retired = len(retire)
+    report.retired_task_ids = [task_id for task_id, _pid in retire]
+    state.add_version(model_version)
+    state.incr("pairs_pushed", report.created)
+    log.info("project %s: pushed %s", state.project, report.to_dict())
+    return report

@@ -1,0 +1,261 @@
+"""Enqueueing cycles through RQ with per-project coalescing, and job status.
+
+Why coalescing: annotations arrive far faster than a cycle runs. One cycle job per project exists
+at a time; a request while it is queued is already covered by it (it will read the newest
+constraints when it starts); a request while it runs sets a "rerun" flag, and the finishing job
+enqueues exactly one follow-up. Both decisions are single Lua scripts, so no request is lost
+between "check" and "set" even with many web threads and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from ml_backend.settings import DEFAULT_JOB_TIMEOUT, DEFAULT_QUEUE_NAME
+from ml_backend.state import KEY_PREFIX, ProjectState, list_projects
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+log = logging.getLogger(__name__)
+
+CYCLE_JOB = "ml_backend.jobs.cycle_job"
+EMBED_JOB = "ml_backend.jobs.embed_job"
+CLAIM_GRACE = 30.0  # seconds between claiming a cycle and enqueueing its RQ job, at most
+_DEAD = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+# KEYS: active, running, rerun. ARGV: new job id, ttl.
+# Returns 'enqueue' (caller must enqueue ARGV[1]), 'queued' (a not-yet-started job covers it) or
+# 'coalesced' (the running job will enqueue one follow-up).
+_REQUEST_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return {'enqueue', ARGV[1]} end
+local active = redis.call('GET', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'queued', active} end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+return {'coalesced', active}
+"""
+
+# KEYS: active, running, rerun. ARGV: follow-up job id, ttl. Called by the job when it ends.
+_FINISH_LUA = """
+redis.call('DEL', KEYS[2])
+if redis.call('GETDEL', KEYS[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return ARGV[1]
+end
+redis.call('DEL', KEYS[1])
+return false
+"""
+
+# KEYS: active. ARGV: stale id, new id, ttl. Replace a dead job's claim (worker killed mid-cycle).
+_TAKEOVER_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lock. ARGV: token. Release only our own lock.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class CycleRequest:
+    """What a cycle request did: "enqueued", "queued" (already waiting) or "coalesced" (rerun flag)."""
+
+    project: str
+    outcome: str
+    job_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _claim(job_id: str) -> str:
+    """The value of the "active" key: job id and claim time (to tell a dead claim from a fresh one)."""
+    return f"{job_id}@{time.time():.3f}"
+
+
+def _job_of(claim: str) -> str:
+    return claim.rsplit("@", 1)[0]
+
+
+def _claimed_at(claim: str) -> float:
+    try:
+        return float(claim.rsplit("@", 1)[1])
+    except (IndexError, ValueError):
+        return 0.0
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class CycleQueue:
+    """RQ queue access for cycles and embedding jobs; coalescing keys live beside ProjectState's."""
+
+    def __init__(self, redis: Redis, *, queue_name: str = DEFAULT_QUEUE_NAME,
+                 job_timeout: int = DEFAULT_JOB_TIMEOUT) -> None:
+        if not queue_name:
+            raise ValueError("queue_name must not be empty")
+        if job_timeout < 1:
+            raise ValueError(f"job_timeout must be >= 1 second, got {job_timeout}")
+        self.redis = redis
+        self.queue_name = queue_name
+        self.job_timeout = job_timeout
+        self.queue = Queue(queue_name, connection=redis)
+        self._request = redis.register_script(_REQUEST_LUA)
+        self._finish = redis.register_script(_FINISH_LUA)
+        self._takeover = redis.register_script(_TAKEOVER_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
+
+    # --- keys ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _keys(project: str) -> list[str]:
+        base = f"{KEY_PREFIX}:{project}:cycle"
+        return [f"{base}:active", f"{base}:running", f"{base}:rerun"]
+
+    @staticmethod
+    def lock_key(project: str) -> str:
+        return f"{KEY_PREFIX}:{project}:cycle:lock"
+
+    @property
+    def ttl(self) -> int:
+        # The claim outlives the job's own timeout, so only a crashed worker can leave it behind.
+        return self.job_timeout + 60
+
+    # --- requests ------------------------------------------------------------------------------------
+    def request_cycle(self, project: str, *, reason: str = "") -> CycleRequest:
+        """Ask for a cycle of `project`; enqueues only when no cycle is queued or running."""
+        state = ProjectState(self.redis, project)
+        claim = _claim(f"cycle-{state.project}-{uuid.uuid4().hex[:12]}")
+        outcome, active = (_text(v) for v in self._request(keys=self._keys(state.project),
+                                                           args=[claim, self.ttl]))
+        # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over.
+        if (outcome != "enqueue" and active is not None and self._is_dead(active)
+                and self._takeover(keys=self._keys(state.project)[:1], args=[active, claim, self.ttl])):
+            log.warning("project %s: cycle job %s is dead, replacing it by %s", state.project,
+                        _job_of(active), _job_of(claim))
+            self.redis.delete(self._keys(state.project)[1])
+            outcome, active = "enqueue", claim
+        job_id = _job_of(active) if active is not None else None
+        if outcome == "enqueue":
+            assert job_id is not None
+            self._enqueue_cycle(state.project, job_id, reason)
+            state.set_cycle_status(status="queued", job_id=job_id, enqueued_at=time.time(), reason=reason)
+            state.touch()
+            state.incr("cycles_enqueued")
+            return CycleRequest(state.project, "enqueued", job_id)
+        state.incr(f"cycles_{outcome}")
+        log.info("project %s: cycle request (%s) %s into %s", state.project, reason, outcome, job_id)
+        return CycleRequest(state.project, str(outcome), job_id)
+
+    def _enqueue_cycle(self, project: str, job_id: str, reason: str) -> Job:
+        return self.queue.enqueue(
+            CYCLE_JOB, project, reason=reason, job_id=job_id, job_timeout=self.job_timeout,
+            result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+            description=f"reid-al cycle of project {project}",
+        )
+
+    def _is_dead(self, claim: str) -> bool:
+        """A claimed job that failed/finished/vanished. A fresh claim whose job is not enqueued yet
+        (the claimer is between SET and enqueue) is alive for CLAIM_GRACE seconds."""
+        try:
+            job = Job.fetch(_job_of(claim), connection=self.redis)
+        except NoSuchJobError:
+            return time.time() - _claimed_at(claim) > CLAIM_GRACE
+        status = job.get_status(refresh=True)
+        return status is None or status in _DEAD
+
+    def request_embedding(self, project: str, items: list[dict[str, str]]) -> str:
+        """Enqueue embedding of images that arrived with user-imported tasks; returns the job id."""
+        if not items:
+            raise ValueError("items must not be empty")
+        state = ProjectState(self.redis, project)
+        job = self.queue.enqueue(EMBED_JOB, state.project, items, job_timeout=self.job_timeout,
+                                 result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                                 description=f"reid-al embedding for project {state.project}")
+        state.incr("embed_jobs_enqueued")
+        return str(job.id)
+
+    # --- called by the cycle job -----------------------------------------------------------------------
+    def mark_running(self, project: str) -> None:
+        """The job started: from now on a request sets the rerun flag instead of being absorbed."""
+        self.redis.set(self._keys(project)[1], "1", ex=self.ttl)
+
+    def finish(self, project: str, *, enqueue_follow_up: bool = True) -> str | None:
+        """The job ended: enqueue exactly one follow-up if a request arrived while it ran."""
+        claim = _claim(f"cycle-{project}-{uuid.uuid4().hex[:12]}")
+        claimed = _text(self._finish(keys=self._keys(project), args=[claim, self.ttl]))
+        if claimed is None:
+            return None
+        result = _job_of(claimed)
+        if enqueue_follow_up:
+            self._enqueue_cycle(project, result, "coalesced follow-up")
+            state = ProjectState(self.redis, project)
+            state.set_cycle_status(status="queued", job_id=result, enqueued_at=time.time(),
+                                   reason="coalesced follow-up")
+            state.incr("cycles_follow_up")
+        return result
+
+    def acquire_lock(self, project: str, token: str, *, wait: float | None = None, poll: float = 0.5) -> bool:
+        """Per-project mutual exclusion (SET NX EX): two workers never run one project's cycle at once."""
+        deadline = time.monotonic() + (self.ttl if wait is None else wait)
+        while True:
+            if self.redis.set(self.lock_key(project), token, nx=True, ex=self.ttl):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+    def release_lock(self, project: str, token: str) -> bool:
+        return bool(self._release(keys=[self.lock_key(project)], args=[token]))
+
+    # --- status --------------------------------------------------------------------------------------
+    def depth(self) -> int:
+        return int(self.queue.count)
+
+    def status(self, project: str) -> dict[str, Any]:
+        """Everything `GET /status?project=P` and `reid-al status` show for one project."""
+        state = ProjectState(self.redis, project)
+        active_key, running_key, rerun_key = self._keys(state.project)
+        claim = _text(self.redis.get(active_key))
+        active = _job_of(claim) if claim is not None else None
+        job_status = None
+        if active is not None:
+            try:
+                fetched = Job.fetch(active, connection=self.redis).get_status(refresh=True)
+                job_status = str(getattr(fetched, "value", fetched))
+            except NoSuchJobError:
+                job_status = "missing"
+        cycles = state.cycles()
+        return {
+            "project": state.project,
+            "active_job": active,
+            "active_job_status": job_status,
+            "running": bool(self.redis.exists(running_key)),
+            "rerun_requested": bool(self.redis.exists(rerun_key)),
+            "pending_constraints": state.pending_constraints(),
+            "current_version": state.current_version(),
+            "cycle": state.cycle_status(),
+            "last_cycle": cycles[0] if cycles else None,
+            "n_cycles": len(cycles),
+            "queue_depth": self.depth(),
+        }
+
+    def status_all(self) -> dict[str, Any]:
+        return {"queue": self.queue_name, "queue_depth": self.depth(),
+                "projects": [self.status(p) for p in list_projects(self.redis)]}

@@ -1,0 +1,301 @@
+"""Label Studio webhook events -> recorded constraints and queued work, in milliseconds.
+
+Why so little happens here: Label Studio posts each event synchronously inside the annotator's own
+request, with a 1 s timeout and no retry. So the handler validates everything first (a bad event
+changes nothing), writes a few Redis keys, maybe enqueues, and returns. It never trains inline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ml_backend.pairs import image_ids_of, pair_id
+from ml_backend.state import ProjectState, StateError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from ml_backend.queue import CycleQueue
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("same", "different", "unsure")
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+# Events Label Studio sends that need no action here: acknowledged and counted, like unknown ones.
+IGNORED_EVENTS = ("PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "ANNOTATIONS_CREATED",
+                  "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED", "REVIEW_CREATED",
+                  "REVIEW_UPDATED", "REVIEWS_DELETED")
+
+
+class WebhookError(ValueError):
+    """A malformed event: HTTP `status` with a message naming the offending `field`."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bool = False) -> str:
+    """An annotation's `result` list -> "same", "different", "unsure" or "skip".
+
+    Reads `result[].value.choices` of the choices control named `from_name` (any choices control
+    when None). A cancelled (skipped) annotation, or one with no choice at all, is "skip": no
+    constraint, but the pair is not asked again. Shared with `reid-al sync` so both read answers alike.
+    """
+    if was_cancelled:
+        return "skip"
+    if not isinstance(result, list):
+        raise WebhookError("annotation.result", f"must be a list, got {type(result).__name__}")
+    found: list[str] = []
+    for index, item in enumerate(result):
+        if not isinstance(item, Mapping):
+            raise WebhookError(f"annotation.result[{index}]", "must be an object")
+        if item.get("type", "choices") != "choices":
+            continue
+        if from_name is not None and item.get("from_name") != from_name:
+            continue
+        value = item.get("value")
+        if not isinstance(value, Mapping) or not isinstance(value.get("choices"), list):
+            raise WebhookError(f"annotation.result[{index}].value.choices", "must be a list of choices")
+        found.extend(value["choices"])
+    if not found:
+        return "skip"
+    answers = {str(c).strip().lower() if isinstance(c, str) else c for c in found}
+    if len(answers) != 1:
+        raise WebhookError("annotation.result",
+                           f"expected exactly one choice, got {sorted(map(str, answers))}")
+    answer = answers.pop()
+    if answer not in CHOICES:
+        raise WebhookError("annotation.result", f"choice must be one of {', '.join(CHOICES)}, got {answer!r}")
+    return str(answer)
+
+
+def project_id_of(value: Any, field: str = "project") -> str:
+    """Label Studio sends `project` as a 50-key object, an int, or "<id>.<timestamp>" (/setup)."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+        field = f"{field}.id"
+    if isinstance(value, bool) or value is None:
+        raise WebhookError(field, "missing project id", status=400)
+    if isinstance(value, int):
+        if value < 0:
+            raise WebhookError(field, f"must be a positive integer, got {value}")
+        return str(value)
+    if isinstance(value, str):
+        head = value.strip().split(".", 1)[0]
+        if head.isdigit():
+            return head
+        if head and head.replace("-", "").replace("_", "").isalnum():
+            return head
+    raise WebhookError(field, f"must be a project id, got {value!r}")
+
+
+def _require(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+             field: str | None = None) -> Any:
+    field = field or key
+    if key not in payload:
+        raise WebhookError(field, "missing", status=400)
+    value = payload[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise WebhookError(field, f"must be {names}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class _AnnotationEvent:
+    annotation_id: int
+    task_id: int
+    image_a: str
+    image_b: str
+    answer: str
+    completed_by: int | str | None
+    updated_at: Any
+
+
+class WebhookHandler:
+    """Dispatch one parsed JSON event. `handle` returns the JSON answer or raises WebhookError."""
+
+    def __init__(self, redis: Redis, queue: CycleQueue | None, *, retrain_every: int,
+                 from_name: str | None = None) -> None:
+        if retrain_every < 1:
+            raise ValueError(f"retrain_every must be >= 1, got {retrain_every}")
+        self.redis = redis
+        self.queue = queue
+        self.retrain_every = retrain_every
+        self.from_name = from_name
+
+    def handle(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, Mapping):
+            raise WebhookError("body", f"must be a JSON object, got {type(payload).__name__}", status=400)
+        action = _require(payload, "action", str)
+        if action in ANNOTATION_EVENTS:
+            return self._annotation(action, payload)
+        if action == "ANNOTATIONS_DELETED":
+            return self._deleted(payload)
+        if action == "START_TRAINING":
+            project = project_id_of(payload.get("project"))
+            state = ProjectState(self.redis, project)
+            state.incr("events:START_TRAINING")
+            return {"status": "ok", "action": action, "project": project, **self._request_cycle(project,
+                                                                                                action)}
+        if action == "TASKS_CREATED":
+            return self._tasks_created(payload)
+        if action == "TASKS_DELETED":
+            return self._tasks_deleted(payload)
+        return self._ignored(action, payload)
+
+    # --- events --------------------------------------------------------------------------------------
+    def _ignored(self, action: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        known = action in IGNORED_EVENTS
+        try:
+            project: str | None = project_id_of(payload.get("project"))
+        except WebhookError:
+            project = None
+        counter = f"events:{action}" if known else "events:unknown"
+        if project is not None:
+            ProjectState(self.redis, project).incr(counter)
+        else:
+            self.redis.hincrby("reid-al:global:counters", counter, 1)
+        if known:
+            log.debug("webhook %s for project %s: nothing to do", action, project)
+        else:
+            log.warning("webhook: unknown event %r (project %s) acknowledged and ignored", action, project)
+        return {"status": "ignored", "action": action, "project": project, "known": known}
+
+    def _parse_annotation(self, payload: Mapping[str, Any], from_name: str | None) -> _AnnotationEvent:
+        annotation = _require(payload, "annotation", Mapping)
+        task = _require(payload, "task", Mapping)
+        annotation_id = _require(annotation, "id", int, "annotation.id")
+        task_id = _require(task, "id", int, "task.id")
+        data = _require(task, "data", Mapping, "task.data")
+        try:
+            image_a, image_b = image_ids_of(data)
+        except ValueError as exc:
+            raise WebhookError("task.data", str(exc)) from None
+        was_cancelled = annotation.get("was_cancelled", False)
+        if not isinstance(was_cancelled, bool):
+            raise WebhookError("annotation.was_cancelled",
+                               f"must be a boolean, got {type(was_cancelled).__name__}")
+        answer = parse_answer(annotation.get("result", []), from_name, was_cancelled=was_cancelled)
+        completed_by = annotation.get("completed_by")
+        if isinstance(completed_by, Mapping):
+            completed_by = completed_by.get("id")
+        if completed_by is not None and (isinstance(completed_by, bool)
+                                         or not isinstance(completed_by, (int, str))):
+            raise WebhookError("annotation.completed_by", f"must be a user id, got {completed_by!r}")
+        return _AnnotationEvent(annotation_id, task_id, image_a, image_b, answer, completed_by,
+                                annotation.get("updated_at") or annotation.get("created_at"))
+
+    def _annotation(self, action: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        project = project_id_of(payload.get("project"))
+        state = ProjectState(self.redis, project)
+        from_name = self.from_name or state.meta().get("from_name")
+        event = self._parse_annotation(payload, from_name)
+        try:
+            outcome = state.record_annotation(
+                event.annotation_id, task_id=event.task_id, image_a=event.image_a, image_b=event.image_b,
+                answer=event.answer, completed_by=event.completed_by, updated_at=event.updated_at)
+        except StateError as exc:
+            raise WebhookError(f"annotation.{exc.field}", str(exc).split(": ", 1)[1]) from None
+        state.incr(f"events:{action}")
+        body: dict[str, Any] = {"status": "ok", "action": action, "project": project,
+                                "annotation": event.annotation_id, "answer": event.answer, "outcome": outcome}
+        if outcome == "unchanged":
+            state.incr("events_unchanged")
+            return body
+        state.incr("pairs_asked" if outcome == "created" else "annotations_updated")
+        pid = pair_id(event.image_a, event.image_b)
+        if not state.redis.hexists(state.key("pairs"), pid):
+            state.register_pair(pid, event.image_a, event.image_b, task_id=event.task_id)
+        if event.answer in ("same", "different") or outcome == "updated":
+            pending = state.add_pending_constraints()
+            if pending >= self.retrain_every:
+                body.update(self._request_cycle(project, f"{pending} new constraints"))
+        return body
+
+    def _deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        project = project_id_of(payload.get("project"))
+        annotations = _require(payload, "annotations", list)
+        ids = []
+        for index, item in enumerate(annotations):
+            if not isinstance(item, Mapping):
+                raise WebhookError(f"annotations[{index}]", "must be an object with an id")
+            ids.append(_require(item, "id", int, f"annotations[{index}].id"))
+        state = ProjectState(self.redis, project)
+        removed = [i for i in ids if state.remove_annotation(i)]
+        state.incr("events:ANNOTATIONS_DELETED")
+        state.incr("annotations_deleted", len(removed))
+        body: dict[str, Any] = {"status": "ok", "action": "ANNOTATIONS_DELETED", "project": project,
+                                "removed": removed, "unknown": [i for i in ids if i not in removed]}
+        if removed:
+            pending = state.add_pending_constraints(len(removed))
+            if pending >= self.retrain_every:
+                body.update(self._request_cycle(project, f"{pending} changed constraints"))
+        return body
+
+    def _tasks_created(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        project = project_id_of(payload.get("project"))
+        tasks = _require(payload, "tasks", list)
+        parsed: list[tuple[int, str, str, Mapping[str, Any]]] = []
+        unusable = 0
+        for index, task in enumerate(tasks):
+            if not isinstance(task, Mapping):
+                raise WebhookError(f"tasks[{index}]", "must be an object")
+            task_id = _require(task, "id", int, f"tasks[{index}].id")
+            data = task.get("data")
+            try:
+                image_a, image_b = image_ids_of(data if isinstance(data, Mapping) else {})
+            except ValueError:
+                unusable += 1  # not a pair task: Label Studio already stored it, nothing for us to key
+                continue
+            parsed.append((task_id, image_a, image_b, data if isinstance(data, Mapping) else {}))
+        state = ProjectState(self.redis, project)
+        state.incr("events:TASKS_CREATED")
+        if unusable:
+            state.incr("tasks_unusable", unusable)
+            log.warning("project %s: %d created tasks carry no image pair and are ignored", project, unusable)
+        for task_id, image_a, image_b, _data in parsed:
+            pid = pair_id(image_a, image_b)
+            if state.pair_for_task(task_id) != pid:
+                state.register_pair(pid, image_a, image_b, task_id=task_id)
+        urls: dict[str, str] = {}
+        for _task_id, image_a, image_b, data in parsed:
+            urls.setdefault(image_a, str(data.get("image_a", image_a)))
+            urls.setdefault(image_b, str(data.get("image_b", image_b)))
+        missing = state.missing_embeddings(urls)
+        body: dict[str, Any] = {"status": "ok", "action": "TASKS_CREATED", "project": project,
+                                "tasks": len(parsed), "unusable": unusable,
+                                "missing_embeddings": len(missing)}
+        if missing and self.queue is not None:
+            body["embed_job"] = self.queue.request_embedding(project, [{"id": i,
+                                                                        "url": urls[i]} for i in missing])
+        return body
+
+    def _tasks_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        project = project_id_of(payload.get("project"))
+        tasks = _require(payload, "tasks", list)
+        task_ids = []
+        for index, task in enumerate(tasks):
+            if not isinstance(task, Mapping):
+                raise WebhookError(f"tasks[{index}]", "must be an object with an id")
+            task_ids.append(_require(task, "id", int, f"tasks[{index}].id"))
+        state = ProjectState(self.redis, project)
+        state.incr("events:TASKS_DELETED")
+        closed = 0
+        for task_id in task_ids:
+            pid = state.pair_for_task(task_id)
+            if pid is not None and (state.pair(pid) or {}).get("status") == "open":
+                closed += int(state.set_pair_status(pid, "deleted"))
+        return {"status": "ok", "action": "TASKS_DELETED", "project": project, "closed_pairs": closed}
+
+    def _request_cycle(self, project: str, reason: str) -> dict[str, Any]:
+        if self.queue is None:
+            return {"cycle": "no queue"}
+        request = self.queue.request_cycle(project, reason=reason)
+        return {"cycle": request.outcome, "job_id": request.job_id}
