@@ -1,0 +1,508 @@
+"""A small HTTP client for the Label Studio 1.23 REST API: the dozen calls the backend makes.
+
+Plain ``requests`` rather than ``label-studio-sdk``: the SDK pulls pandas, OpenCV and nltk for what is
+a handful of JSON calls. Every endpoint used here was checked against a running Label Studio 1.23.2
+(see tests/test_labelstudio.py, which drives a real one).
+
+Errors carry the HTTP status and the start of the response body so a failing push says *why*
+(e.g. "Absolute local path ... must be a subdirectory of LOCAL_FILES_DOCUMENT_ROOT").
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VIEW_TITLE = "Most informative first"
+DEFAULT_VIEW_ORDERING: tuple[str, ...] = ("tasks:predictions_score",)  # lowest score first
+PAGE_SIZE = 100
+BULK_CHUNK = 500  # tasks / predictions / ids per request: keeps each request well under LS's body limits
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_BODY_PREVIEW = 500
+
+
+class LabelStudioError(RuntimeError):
+    """A Label Studio call failed; ``status`` is None when no HTTP answer came back at all."""
+
+    def __init__(self, method: str, url: str, status: int | None, body: str) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.body = body
+        what = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"Label Studio {method} {url} -> {what}: {body[:_BODY_PREVIEW]}")
+
+
+class LabelStudioConnectionError(LabelStudioError):
+    """Label Studio could not be reached (after retries)."""
+
+
+class LabelStudioClient:
+    """Talks to one Label Studio instance with a legacy API token (``Authorization: Token <key>``).
+
+    Connection errors are retried (``retries`` times, exponential backoff from ``backoff`` seconds);
+    read timeouts and 502/503/504 only for GET, where a retry cannot create a duplicate.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 10,
+        retries: int = 3,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError("url must be the Label Studio base URL, e.g. http://localhost:8080; got empty")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url must be an http(s) URL such as http://localhost:8080, got {url!r}")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("api_key must be a non-empty Label Studio API token (LABEL_STUDIO_API_KEY)")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        if isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0:
+            raise ValueError(f"backoff must be a non-negative number of seconds, got {backoff!r}")
+        self.url = url.strip().rstrip("/")
+        self.api_key = api_key.strip()
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.session = session if session is not None else requests.Session()
+        self.session.headers.update({"Authorization": f"Token {self.api_key}", "Accept": "application/json"})
+
+    def __repr__(self) -> str:
+        return f"LabelStudioClient(url={self.url!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> LabelStudioClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        expected: Iterable[int] = (200, 201, 204),
+    ) -> requests.Response:
+        """One call with retries; raises LabelStudioError unless the status is in ``expected``."""
+        url = f"{self.url}/{path.lstrip('/')}"
+        method = method.upper()
+        expected = frozenset(expected)
+        idempotent = method in ("GET", "HEAD")
+        attempt = 0
+        while True:
+            try:
+                resp = self.session.request(method, url, params=params, json=json, timeout=self.timeout)
+            except requests.ConnectionError as exc:
+                # A refused/reset connection: the request (almost surely) never reached Django.
+                if attempt >= self.retries:
+                    raise LabelStudioConnectionError(
+                        method, url, None, f"{type(exc).__name__}: {exc}"
+                    ) from exc
+            except requests.Timeout as exc:
+                if not idempotent or attempt >= self.retries:
+                    raise LabelStudioConnectionError(
+                        method, url, None, f"timed out after {self.timeout:g}s ({exc})"
+                    ) from exc
+            else:
+                if resp.status_code in expected:
+                    return resp
+                if not (idempotent and resp.status_code in _RETRY_STATUSES and attempt < self.retries):
+                    raise LabelStudioError(method, url, resp.status_code, resp.text)
+            delay = self.backoff * (2**attempt)
+            attempt += 1
+            log.warning(
+                "Label Studio %s %s failed, retry %d/%d in %.1fs", method, url, attempt, self.retries, delay
+            )
+            time.sleep(delay)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request(method, path, **kwargs)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise LabelStudioError(
+                method, resp.url, resp.status_code, f"response is not JSON: {resp.text}"
+            ) from exc
+
+    # -- instance / projects -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: ``{"status": "UP"}`` once Label Studio is ready."""
+        return self._json("GET", "/health")
+
+    def current_user(self) -> dict[str, Any]:
+        """Whoever the token belongs to: a cheap way to tell a bad token (401) from a bad URL."""
+        return self._json("GET", "/api/current-user/whoami")
+
+    def get_project(self, pid: int | str) -> dict[str, Any]:
+        return self._json("GET", f"/api/projects/{_pid(pid)}")
+
+    def create_project(self, title: str, label_config: str, **fields: Any) -> dict[str, Any]:
+        if not isinstance(title, str) or len(title.strip()) < 3:
+            raise ValueError(
+                f"title must be a string of at least 3 characters (Label Studio's rule), got {title!r}"
+            )
+        if not isinstance(label_config, str) or "<View" not in label_config:
+            raise ValueError("label_config must be a Label Studio XML config string starting with <View>")
+        return self._json(
+            "POST", "/api/projects", json={"title": title, "label_config": label_config, **fields}
+        )
+
+    def patch_project(self, pid: int | str, **fields: Any) -> dict[str, Any]:
+        if not fields:
+            raise ValueError("patch_project needs at least one field to change, e.g. model_version='v3'")
+        return self._json("PATCH", f"/api/projects/{_pid(pid)}", json=fields)
+
+    def delete_project(self, pid: int | str) -> None:
+        self.request("DELETE", f"/api/projects/{_pid(pid)}")
+
+    # -- tasks ---------------------------------------------------------------------------------------
+
+    def create_tasks(self, pid: int | str, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Import tasks; returns the new task ids in input order.
+
+        Each task is ``{"data": {...}, "predictions": [...]?}``; a mapping without ``"data"`` is taken
+        to be the data itself. Inline predictions keep their ``model_version``.
+        """
+        project = _pid(pid)
+        payload = [_as_task(t, index=k) for k, t in enumerate(tasks)]
+        ids: list[int] = []
+        for chunk in _chunks(payload, BULK_CHUNK):
+            body = self._json(
+                "POST", f"/api/projects/{project}/import", params={"return_task_ids": "true"}, json=chunk
+            )
+            got = body.get("task_ids") if isinstance(body, dict) else None
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise LabelStudioError(
+                    "POST",
+                    f"{self.url}/api/projects/{project}/import",
+                    201,
+                    f"expected {len(chunk)} task ids in the answer, got {body!r}",
+                )
+            ids.extend(int(i) for i in got)
+        return ids
+
+    def get_task(self, task_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/api/tasks/{_int_id(task_id, 'task_id')}")
+
+    def iter_tasks(
+        self,
+        pid: int | str,
+        *,
+        view: int | None = None,
+        fields: str | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[dict[str, Any]]:
+        """Every task of the project (Data Manager listing, paginated).
+
+        Each task has ``id``, ``data``, ``total_annotations``, ``cancelled_annotations``,
+        ``total_predictions``; ``fields="all"`` adds the full ``annotations`` and ``predictions``.
+        With ``view`` the view's ordering/filters apply (e.g. lowest prediction score first).
+        """
+        project = _pid(pid)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive int, got {page_size!r}")
+        params: dict[str, Any] = {"project": project, "page_size": page_size}
+        if view is not None:
+            params["view"] = _int_id(view, "view")
+        if fields is not None:
+            params["fields"] = fields
+        page = 1
+        seen = 0
+        while True:
+            try:
+                body = self._json("GET", "/api/tasks", params={**params, "page": page})
+            except LabelStudioError as exc:
+                if exc.status == 404 and "Invalid page" in exc.body:
+                    return  # the listing shrank under us (tasks deleted while paging)
+                raise
+            tasks = body.get("tasks", []) if isinstance(body, dict) else []
+            yield from tasks
+            seen += len(tasks)
+            total = body.get("total", 0) if isinstance(body, dict) else 0
+            if not tasks or seen >= total:
+                return
+            page += 1
+
+    def task_ids_by_pair(self, pid: int | str) -> dict[str, int]:
+        """``data.pair_id`` -> task id, for idempotent pushes (the oldest task wins on a duplicate)."""
+        out: dict[str, int] = {}
+        for task in self.iter_tasks(pid):
+            pair = (task.get("data") or {}).get("pair_id")
+            if pair is None:
+                continue
+            tid = int(task["id"])
+            key = str(pair)
+            if key not in out or tid < out[key]:
+                out[key] = tid
+        return out
+
+    def delete_tasks(self, pid: int | str, task_ids: Iterable[int]) -> int:
+        """Delete tasks (Data Manager bulk action); returns how many Label Studio deleted."""
+        project = _pid(pid)
+        ids = [_int_id(t, "task_ids[]") for t in task_ids]
+        deleted = 0
+        for chunk in _chunks(ids, BULK_CHUNK):
+            body = self._json(
+                "POST",
+                "/api/dm/actions",
+                params={"id": "delete_tasks", "project": project},
+                json={"selectedItems": {"all": False, "included": chunk}},
+            )
+            deleted += int((body or {}).get("processed_items", 0))
+        return deleted
+
+    def get_next_task(self, pid: int | str, view: int | None = None) -> dict[str, Any] | None:
+        """The task Label Studio would serve this user next (None when the queue is empty).
+
+        Note that Label Studio locks the served task for this user (24 h).
+        """
+        params = {"view": _int_id(view, "view")} if view is not None else None
+        try:
+            return self._json("GET", f"/api/projects/{_pid(pid)}/next", params=params)
+        except LabelStudioError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- predictions and views -----------------------------------------------------------------------
+
+    def import_predictions(self, pid: int | str, predictions: Sequence[Mapping[str, Any]]) -> int:
+        """Bulk-create predictions ``{"task", "result", "score", "model_version"}``; returns the count.
+
+        Re-importing under the same model_version *adds* rows (Label Studio averages their scores),
+        so callers use a fresh model_version per retrain.
+        """
+        project = _pid(pid)
+        payload = []
+        for k, pred in enumerate(predictions):
+            if not isinstance(pred, Mapping):
+                raise TypeError(f"predictions[{k}] must be a dict, got {type(pred).__name__}")
+            for key in ("task", "result", "model_version"):
+                if key not in pred:
+                    raise ValueError(f"predictions[{k}] is missing {key!r}")
+            if not isinstance(pred["result"], list):
+                raise ValueError(f"predictions[{k}]['result'] must be a list of regions")
+            payload.append(dict(pred))
+        created = 0
+        for chunk in _chunks(payload, BULK_CHUNK):
+            body = self._json("POST", f"/api/projects/{project}/import/predictions", json=chunk)
+            created += int((body or {}).get("created", 0))
+        return created
+
+    def list_views(self, pid: int | str) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/dm/views", params={"project": _pid(pid)})
+
+    def ensure_view(
+        self,
+        pid: int | str,
+        title: str = DEFAULT_VIEW_TITLE,
+        ordering: Sequence[str] = DEFAULT_VIEW_ORDERING,
+    ) -> int:
+        """Id of the Data Manager view with this title, created (or its ordering fixed) if needed."""
+        project = _pid(pid)
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError("title must be a non-empty string")
+        if isinstance(ordering, str) or not all(isinstance(o, str) for o in ordering):
+            raise ValueError(
+                f"ordering must be a list of column names, e.g. ['tasks:predictions_score'], got {ordering!r}"
+            )
+        wanted = list(ordering)
+        for view in self.list_views(project):
+            data = view.get("data") or {}
+            if data.get("title") == title:
+                if list(data.get("ordering") or []) != wanted:
+                    self._json(
+                        "PATCH",
+                        f"/api/dm/views/{int(view['id'])}",
+                        json={"project": project, "data": {**data, "ordering": wanted}},
+                    )
+                return int(view["id"])
+        body = self._json(
+            "POST",
+            "/api/dm/views",
+            json={
+                "project": project,
+                "data": {"title": title, "ordering": wanted, "filters": {"conjunction": "and", "items": []}},
+            },
+        )
+        return int(body["id"])
+
+    # -- annotations ---------------------------------------------------------------------------------
+
+    def iter_annotations(self, pid: int | str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every annotation of the project, skipped ones (``was_cancelled``) included, with its task."""
+        for task in self.iter_tasks(pid, fields="all"):
+            for annotation in task.get("annotations") or []:
+                yield annotation, task
+
+    def create_annotation(
+        self, task_id: int, result: list[dict[str, Any]], *, was_cancelled: bool = False, **fields: Any
+    ) -> dict[str, Any]:
+        """What an annotator's "Submit" (or "Skip", with ``was_cancelled=True``) does."""
+        if not isinstance(result, list):
+            raise ValueError("result must be a list of regions")
+        body = {"result": result, "was_cancelled": bool(was_cancelled), **fields}
+        return self._json("POST", f"/api/tasks/{_int_id(task_id, 'task_id')}/annotations", json=body)
+
+    def update_annotation(self, annotation_id: int, **fields: Any) -> dict[str, Any]:
+        return self._json("PATCH", f"/api/annotations/{_int_id(annotation_id, 'annotation_id')}", json=fields)
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        self.request("DELETE", f"/api/annotations/{_int_id(annotation_id, 'annotation_id')}")
+
+    # -- ML backend, webhooks, storage ---------------------------------------------------------------
+
+    def list_ml_backends(self, pid: int | str) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/ml", params={"project": _pid(pid)})
+
+    def connect_ml_backend(
+        self,
+        pid: int | str,
+        url: str,
+        title: str,
+        *,
+        basic_auth_user: str | None = None,
+        basic_auth_pass: str | None = None,
+        is_interactive: bool = False,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Connect the backend at ``url`` to the project (idempotent by URL); returns the ML backend.
+
+        Label Studio checks ``/health`` and calls ``/setup`` while connecting, and creates a webhook to
+        ``<url>/webhook``. That webhook carries no credentials by default, so with basic auth we add
+        the ``Authorization`` header to it: otherwise every annotation event would get a 401.
+        """
+        project = _pid(pid)
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"url must be the backend's http(s) URL, got {url!r}")
+        if (basic_auth_user is None) != (basic_auth_pass is None):
+            raise ValueError("basic_auth_user and basic_auth_pass must be given together")
+        base = url.rstrip("/")
+        fields: dict[str, Any] = {"url": base, "title": title, "is_interactive": bool(is_interactive)}
+        if timeout is not None:
+            fields["timeout"] = float(timeout)
+        if basic_auth_user is not None:
+            fields.update(
+                auth_method="BASIC_AUTH", basic_auth_user=basic_auth_user, basic_auth_pass=basic_auth_pass
+            )
+        existing = [m for m in self.list_ml_backends(project) if str(m.get("url", "")).rstrip("/") == base]
+        if existing:
+            backend = self._json(
+                "PATCH", f"/api/ml/{int(existing[0]['id'])}", json={"project": project, **fields}
+            )
+        else:
+            backend = self._json("POST", "/api/ml", json={"project": project, **fields})
+        if basic_auth_user is not None:
+            token = base64.b64encode(f"{basic_auth_user}:{basic_auth_pass}".encode()).decode("ascii")
+            self.set_webhook_headers(project, f"{base}/webhook", {"Authorization": f"Basic {token}"})
+        return backend
+
+    def train(self, ml_backend_id: int) -> None:
+        """The UI's "Start training": Label Studio sends START_TRAINING to the backend's /webhook."""
+        self.request("POST", f"/api/ml/{_int_id(ml_backend_id, 'ml_backend_id')}/train")
+
+    def list_webhooks(self, pid: int | str) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/webhooks", params={"project": _pid(pid)})
+
+    def set_webhook_headers(self, pid: int | str, webhook_url: str, headers: Mapping[str, str]) -> int:
+        """Set extra headers on the project's webhooks that post to ``webhook_url``; returns how many."""
+        target = webhook_url.rstrip("/")
+        n = 0
+        for hook in self.list_webhooks(pid):
+            if str(hook.get("url", "")).rstrip("/") == target:
+                merged = {**(hook.get("headers") or {}), **headers}
+                self._json("PATCH", f"/api/webhooks/{int(hook['id'])}", json={"headers": merged})
+                n += 1
+        return n
+
+    def list_local_storages(self, pid: int | str) -> list[dict[str, Any]]:
+        return self._json("GET", "/api/storages/localfiles", params={"project": _pid(pid)})
+
+    def add_local_storage(
+        self, pid: int | str, path: str | Path, *, title: str | None = None
+    ) -> dict[str, Any]:
+        """Make sure a local-files storage for ``path`` exists (idempotent by path); returns it.
+
+        Label Studio serves ``/data/local-files/?d=...`` only for files under such a storage, and only
+        if ``path`` is inside its LOCAL_FILES_DOCUMENT_ROOT (it answers 400 otherwise).
+        """
+        project = _pid(pid)
+        wanted = str(Path(path).resolve())
+        for storage in self.list_local_storages(project):
+            if str(storage.get("path", "")).rstrip("/") == wanted.rstrip("/"):
+                return storage
+        body: dict[str, Any] = {"project": project, "path": wanted, "use_blob_urls": True}
+        if title is not None:
+            body["title"] = title
+        return self._json("POST", "/api/storages/localfiles", json=body)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _pid(pid: int | str) -> int:
+    """Project ids are ints in Label Studio and strings in our state; accept both, reject the rest."""
+    if isinstance(pid, bool):
+        raise TypeError("pid must be a Label Studio project id (int or digit string), got bool")
+    if isinstance(pid, int):
+        value = pid
+    elif isinstance(pid, str) and pid.strip().isdigit():
+        value = int(pid.strip())
+    else:
+        raise ValueError(f"pid must be a Label Studio project id (int or digit string), got {pid!r}")
+    if value < 1:
+        raise ValueError(f"pid must be positive, got {pid!r}")
+    return value
+
+
+def _int_id(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"{name} must be an int id, got {type(value).__name__}")
+    try:
+        out = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an int id, got {value!r}") from None
+    if out < 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return out
+
+
+def _as_task(task: Any, *, index: int) -> dict[str, Any]:
+    if not isinstance(task, Mapping):
+        raise TypeError(f"tasks[{index}] must be a dict, got {type(task).__name__}")
+    out = dict(task) if "data" in task else {"data": dict(task)}
+    if not isinstance(out["data"], Mapping) or not out["data"]:
+        raise ValueError(f"tasks[{index}]['data'] must be a non-empty dict")
+    return out
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

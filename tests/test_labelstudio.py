@@ -1,0 +1,389 @@
+"""LabelStudioClient: argument checks and retry policy locally, every endpoint against a real Label Studio."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import requests
+from PIL import Image
+
+from ml_backend.labelstudio import LabelStudioClient, LabelStudioConnectionError, LabelStudioError
+from ml_backend.pool import local_files_url
+
+pytest_plugins = ["e2e.label_studio"]
+
+CONFIG = """<View>
+  <View style="display: flex; gap: 1em">
+    <Image name="image_a" value="$image_a"/>
+    <Image name="image_b" value="$image_b"/>
+  </View>
+  <Choices name="answer" toName="image_a" choice="single" required="true">
+    <Choice value="same" hotkey="1"/>
+    <Choice value="different" hotkey="2"/>
+    <Choice value="unsure" hotkey="3"/>
+  </Choices>
+</View>"""
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def choice(value: str) -> list[dict[str, Any]]:
+    return [{"from_name": "answer", "to_name": "image_a", "type": "choices", "value": {"choices": [value]}}]
+
+
+def pair_task(k: int) -> dict[str, Any]:
+    return {"data": {"image_a": f"/a/{k}.png", "image_b": f"/b/{k}.png", "pair_id": f"pair-{k:04d}"}}
+
+
+# -- a scripted local HTTP server: retry policy without Label Studio ------------------------------------
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    script: ClassVar[list[tuple[int, str]]] = []
+    calls: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        type(self).calls.append((self.command, self.path, dict(self.headers)))
+        status, body = type(self).script.pop(0) if type(self).script else (200, "{}")
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
+    handler = type("Handler", (_Scripted,), {"script": [], "calls": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_constructor_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="url"):
+        LabelStudioClient("", "k")
+    with pytest.raises(ValueError, match="url"):
+        LabelStudioClient("localhost:8080", "k")
+    with pytest.raises(ValueError, match="api_key"):
+        LabelStudioClient("http://localhost:8080", " ")
+    with pytest.raises(ValueError, match="timeout"):
+        LabelStudioClient("http://localhost:8080", "k", timeout=0)
+    with pytest.raises(ValueError, match="retries"):
+        LabelStudioClient("http://localhost:8080", "k", retries=-1)
+    client = LabelStudioClient("http://localhost:8080/", "key")
+    assert client.url == "http://localhost:8080"
+    assert client.session.headers["Authorization"] == "Token key"
+
+
+def test_arguments_are_checked_before_any_request(scripted: tuple[str, type[_Scripted]]) -> None:
+    url, handler = scripted
+    client = LabelStudioClient(url, "k")
+    with pytest.raises(ValueError, match="pid"):
+        client.get_project("abc")
+    with pytest.raises(TypeError, match="pid"):
+        client.get_project(True)
+    with pytest.raises(ValueError, match="pid"):
+        client.create_tasks(0, [pair_task(1)])
+    with pytest.raises(TypeError, match=r"tasks\[1\]"):
+        client.create_tasks(1, [pair_task(0), "not a task"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"tasks\[0\]\['data'\]"):
+        client.create_tasks(1, [{"data": {}}])
+    with pytest.raises(ValueError, match=r"predictions\[0\] is missing 'model_version'"):
+        client.import_predictions(1, [{"task": 1, "result": []}])
+    with pytest.raises(ValueError, match="ordering"):
+        client.ensure_view(1, ordering="tasks:predictions_score")
+    with pytest.raises(ValueError, match="title"):
+        client.create_project("ab", CONFIG)
+    with pytest.raises(ValueError, match="basic_auth"):
+        client.connect_ml_backend(1, "http://x:9090", "t", basic_auth_user="u")
+    with pytest.raises(ValueError, match="patch_project"):
+        client.patch_project(1)
+    assert handler.calls == []
+
+
+def test_get_is_retried_on_503_then_succeeds(scripted: tuple[str, type[_Scripted]]) -> None:
+    url, handler = scripted
+    handler.script[:] = [(503, "busy"), (503, "busy"), (200, '{"status": "UP"}')]
+    client = LabelStudioClient(url, "k", retries=3, backoff=0)
+    assert client.health() == {"status": "UP"}
+    assert len(handler.calls) == 3
+
+
+def test_post_is_not_retried_on_server_error_and_error_names_status_and_body(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    handler.script[:] = [(503, '{"detail": "database is locked"}')]
+    client = LabelStudioClient(url, "k", retries=3, backoff=0)
+    with pytest.raises(LabelStudioError, match="database is locked") as info:
+        client.create_tasks(7, [pair_task(1)])
+    assert info.value.status == 503
+    assert "/api/projects/7/import" in str(info.value)
+    assert len(handler.calls) == 1  # a retried POST could create the tasks twice
+
+
+def test_import_answer_without_ids_is_an_error(scripted: tuple[str, type[_Scripted]]) -> None:
+    url, handler = scripted
+    handler.script[:] = [(201, '{"task_count": 1}')]
+    with pytest.raises(LabelStudioError, match="expected 1 task ids"):
+        LabelStudioClient(url, "k").create_tasks(1, [pair_task(1)])
+
+
+def test_connection_refused_is_retried_then_raises() -> None:
+    client = LabelStudioClient(f"http://127.0.0.1:{free_port()}", "k", retries=2, backoff=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(LabelStudioConnectionError) as info:
+        client.get_project(1)
+    assert info.value.status is None
+    assert time.monotonic() - t0 < 5
+
+
+# -- against a real Label Studio ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(ls_client: LabelStudioClient) -> Iterator[int]:
+    pid = int(ls_client.create_project("client test project", CONFIG)["id"])
+    try:
+        yield pid
+    finally:
+        ls_client.delete_project(pid)
+
+
+@pytest.mark.e2e
+def test_health_auth_and_project_crud(label_studio: Any, ls_client: LabelStudioClient, project: int) -> None:
+    assert ls_client.health()["status"] == "UP"
+    assert ls_client.current_user()["email"] == label_studio.username
+    assert ls_client.get_project(project)["title"] == "client test project"
+    patched = ls_client.patch_project(str(project), title="renamed project")
+    assert patched["title"] == "renamed project"
+    # Label Studio refuses a model_version nothing was predicted with: predictions first, then PATCH
+    with pytest.raises(LabelStudioError, match="model_version") as unknown_version:
+        ls_client.patch_project(project, model_version="never-predicted")
+    assert unknown_version.value.status == 400
+    with pytest.raises(LabelStudioError) as missing:
+        ls_client.get_project(999_999)
+    assert missing.value.status == 404
+    with pytest.raises(LabelStudioError) as unauthorised:
+        LabelStudioClient(label_studio.url, "0" * 40).get_project(project)
+    assert unauthorised.value.status == 401
+
+
+@pytest.mark.e2e
+def test_create_tasks_returns_ids_in_order_and_listing_pages(
+    ls_client: LabelStudioClient, project: int
+) -> None:
+    tasks = [pair_task(k) for k in range(130)]
+    ids = ls_client.create_tasks(project, tasks)
+    assert len(ids) == 130 and len(set(ids)) == 130
+    listed = list(ls_client.iter_tasks(project, page_size=40))  # 4 pages, the last one partial
+    assert len(listed) == 130
+    by_id = {t["id"]: t for t in listed}
+    for k, tid in enumerate(ids):
+        assert by_id[tid]["data"]["pair_id"] == f"pair-{k:04d}"
+        assert by_id[tid]["total_annotations"] == 0
+        assert by_id[tid]["total_predictions"] == 0
+    assert ls_client.task_ids_by_pair(project) == {f"pair-{k:04d}": tid for k, tid in enumerate(ids)}
+    # data given without the {"data": ...} wrapper is wrapped
+    [extra] = ls_client.create_tasks(project, [{"image_a": "/x.png", "image_b": "/y.png", "pair_id": "bare"}])
+    assert ls_client.get_task(extra)["data"]["pair_id"] == "bare"
+
+
+@pytest.mark.e2e
+def test_lowest_score_is_served_first_once_model_version_and_view_are_set(
+    ls_client: LabelStudioClient, project: int
+) -> None:
+    ids = ls_client.create_tasks(project, [pair_task(k) for k in range(4)])
+    scores = [0.7, 0.2, 0.9, 0.4]
+    preds = [
+        {"task": tid, "result": choice("same"), "score": s, "model_version": "m1"}
+        for tid, s in zip(ids, scores, strict=True)
+    ]
+    assert ls_client.import_predictions(project, preds) == 4
+    # a task created with an inline prediction keeps it (and its model_version)
+    [inline] = ls_client.create_tasks(
+        project,
+        [
+            {
+                **pair_task(9),
+                "predictions": [{"result": choice("different"), "score": 0.05, "model_version": "m1"}],
+            }
+        ],
+    )
+    ls_client.patch_project(project, model_version="m1")
+    view = ls_client.ensure_view(project)
+    assert ls_client.ensure_view(project) == view  # idempotent by title
+    assert [v["data"]["title"] for v in ls_client.list_views(project)].count("Most informative first") == 1
+    ordered = [t["id"] for t in ls_client.iter_tasks(project, view=view)]
+    assert ordered == [inline, ids[1], ids[3], ids[0], ids[2]]
+    served = ls_client.get_next_task(project, view=view)
+    assert served is not None and served["id"] == inline
+    # a changed ordering is repaired, not duplicated
+    assert ls_client.ensure_view(project, ordering=["-tasks:predictions_score"]) == view
+    assert next(t["id"] for t in ls_client.iter_tasks(project, view=view)) == ids[2]
+
+
+@pytest.mark.e2e
+def test_next_task_is_none_when_queue_is_empty(ls_client: LabelStudioClient, project: int) -> None:
+    assert ls_client.get_next_task(project) is None
+
+
+@pytest.mark.e2e
+def test_delete_tasks(ls_client: LabelStudioClient, project: int) -> None:
+    ids = ls_client.create_tasks(project, [pair_task(k) for k in range(5)])
+    assert ls_client.delete_tasks(project, ids[1:3]) == 2
+    assert ls_client.delete_tasks(project, []) == 0
+    assert sorted(t["id"] for t in ls_client.iter_tasks(project)) == [ids[0], ids[3], ids[4]]
+
+
+@pytest.mark.e2e
+def test_annotations_created_updated_skipped_deleted(ls_client: LabelStudioClient, project: int) -> None:
+    ids = ls_client.create_tasks(project, [pair_task(k) for k in range(3)])
+    a1 = ls_client.create_annotation(ids[0], choice("same"))
+    a2 = ls_client.create_annotation(ids[1], [], was_cancelled=True)
+    ls_client.update_annotation(a1["id"], result=choice("different"))
+    seen = {ann["id"]: (ann, task) for ann, task in ls_client.iter_annotations(project)}
+    assert set(seen) == {a1["id"], a2["id"]}
+    ann, task = seen[a1["id"]]
+    assert task["id"] == ids[0] and task["data"]["pair_id"] == "pair-0000"
+    assert ann["result"][0]["value"]["choices"] == ["different"]
+    assert ann["was_cancelled"] is False and ann["completed_by"] is not None
+    assert seen[a2["id"]][0]["was_cancelled"] is True and seen[a2["id"]][0]["result"] == []
+    ls_client.delete_annotation(a1["id"])
+    assert [a["id"] for a, _ in ls_client.iter_annotations(project)] == [a2["id"]]
+    with pytest.raises(LabelStudioError) as gone:
+        ls_client.delete_annotation(a1["id"])
+    assert gone.value.status == 404
+
+
+@pytest.mark.e2e
+def test_local_storage_is_idempotent_and_serves_local_files_urls(
+    label_studio: Any, ls_client: LabelStudioClient, project: int
+) -> None:
+    folder: Path = label_studio.document_root / "client-test"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "red one.png")
+    first = ls_client.add_local_storage(project, folder)
+    assert ls_client.add_local_storage(project, str(folder) + "/")["id"] == first["id"]
+    assert len(ls_client.list_local_storages(project)) == 1
+    url = local_files_url(folder / "red one.png", label_studio.document_root)
+    resp = requests.get(
+        label_studio.url + url, headers={"Authorization": f"Token {label_studio.token}"}, timeout=10
+    )
+    assert resp.status_code == 200 and resp.content[:4] == b"\x89PNG"
+    with pytest.raises(LabelStudioError, match="LOCAL_FILES_DOCUMENT_ROOT") as outside:
+        ls_client.add_local_storage(project, label_studio.data_dir)
+    assert outside.value.status == 400
+
+
+# -- connecting an ML backend: a recording stand-in on loopback (LS calls it over real HTTP) ----------
+
+
+class _Backend(BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, str | None, dict[str, Any] | None]]] = []
+
+    def _reply(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        type(self).seen.append((self.path, self.headers.get("Authorization"), None))
+        self._reply({"status": "UP", "model_class": "recorder"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        type(self).seen.append((self.path, self.headers.get("Authorization"), body))
+        self._reply({"model_version": "rec-0"} if self.path == "/setup" else {"status": "ok"})
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def recording_backend() -> Iterator[tuple[str, type[_Backend]]]:
+    handler = type("Recorder", (_Backend,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.e2e
+def test_connect_ml_backend_with_basic_auth_reaches_webhook_with_credentials(
+    ls_client: LabelStudioClient, project: int, recording_backend: tuple[str, type[_Backend]]
+) -> None:
+    url, handler = recording_backend
+    backend = ls_client.connect_ml_backend(
+        project, url, "reid-al", basic_auth_user="u", basic_auth_pass="p w"
+    )
+    assert backend["readable_state"] == "Connected"
+    again = ls_client.connect_ml_backend(
+        project, url + "/", "reid-al", basic_auth_user="u", basic_auth_pass="p w"
+    )
+    assert again["id"] == backend["id"] and len(ls_client.list_ml_backends(project)) == 1
+    expected_auth = "Basic " + base64.b64encode(b"u:p w").decode()
+    paths = [p for p, _, _ in handler.seen]
+    assert "/health" in paths and "/setup" in paths
+    setup_body = next(b for p, _, b in handler.seen if p == "/setup")
+    assert setup_body is not None and setup_body["project"].startswith(f"{project}.")
+    assert "<Choices" in setup_body["schema"]
+    hooks = ls_client.list_webhooks(project)
+    assert [h["url"] for h in hooks] == [url + "/webhook"]
+    assert hooks[0]["headers"]["Authorization"] == expected_auth
+    handler.seen.clear()
+    ls_client.train(backend["id"])
+    ls_client.create_tasks(project, [pair_task(1)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len([p for p, _, _ in handler.seen if p == "/webhook"]) < 2:
+        time.sleep(0.1)
+    hooks_seen = [(auth, body) for p, auth, body in handler.seen if p == "/webhook"]
+    actions = [body["action"] for _, body in hooks_seen if body]
+    assert "START_TRAINING" in actions and "TASKS_CREATED" in actions
+    assert all(auth == expected_auth for auth, _ in hooks_seen)
+    # every other call Label Studio made carried the credentials too
+    assert all(auth == expected_auth for _, auth, _ in handler.seen)
+
+
+@pytest.mark.e2e
+def test_connect_to_unreachable_backend_is_a_clear_error(ls_client: LabelStudioClient, project: int) -> None:
+    with pytest.raises(LabelStudioError, match="health check failed") as info:
+        ls_client.connect_ml_backend(project, f"http://127.0.0.1:{free_port()}", "dead")
+    assert info.value.status == 400
