@@ -5,8 +5,10 @@ Protocol (documented in benchmarks/results/simulate.md):
   is the *pool* the active learner sees and the oracle labels. No test identity is ever annotated.
 - Only identities that can be matched go to test: >= 2 images, and when cameras exist, >= 2 cameras.
 - Retrieval (ALGORITHMS.md §9) on the test identities:
-  * with cameras (Market protocol): one query per (identity, camera), drawn at random; the gallery is
-    every other test image; same-identity-same-camera gallery items are ignored per query;
+  * with cameras (Market protocol): one query per (identity, camera), drawn at random, kept only when
+    the gallery still holds an image of that identity from another camera (so no query is skipped by
+    construction); the gallery is every other test image; same-identity-same-camera gallery items are
+    ignored per query;
   * without cameras: every test image queries all test images (leave-one-out); the query itself,
     and its tracklet-mates when tracklets exist, are ignored (passed as the "camera" exclusion group).
   mAP, CMC Rank-1/5/10 and mINP; queries with no positive left are skipped and counted.
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from strategies import defaults
 from trainer.simulate.datasets import SimulationDataset
 
 RANKS = (1, 5, 10)
@@ -82,9 +85,16 @@ def split_identities(
         query_rows: list[int] = []
         for ident in test_ids:
             rows = test[labels[test] == ident]
-            for cam in np.unique(cams[rows]):
-                cam_rows = rows[cams[rows] == cam]
-                query_rows.append(int(rng.choice(cam_rows)))
+            left = set(rows.tolist())  # rows of this identity still in the gallery
+            chosen: list[int] = []
+            for cam in rng.permutation(np.unique(cams[rows])):
+                pick = int(rng.choice(rows[cams[rows] == cam]))
+                rest = left - {pick}
+                # only if every query of this identity keeps a cross-camera positive in the gallery
+                if all(any(cams[r] != cams[q] for r in rest) for q in [*chosen, pick]):
+                    chosen.append(pick)
+                    left = rest
+            query_rows.extend(chosen)
         query = np.sort(np.asarray(query_rows, dtype=np.int64))
         gallery = np.setdiff1d(test, query)
         return Split(pool, test, query, gallery, cams[query], cams[gallery], "camera", random_state)
@@ -163,8 +173,6 @@ def unsupervised_pseudo_labels(
     """DBSCAN over k-reciprocal Jaccard distances (the pipeline's pseudo-labels with no constraints)."""
     from strategies.clustering import DBSCANClusterer
     from strategies.jaccard import jaccard_distance
-
-    from strategies import defaults
 
     dist = jaccard_distance(
         np.asarray(features, dtype=np.float32),
