@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
@@ -100,7 +101,7 @@ class PSameCalibrator:
             raise ValueError("similarities: contains NaN or infinity")
         mode = getattr(self, "mode_", "prior")
         if mode == "isotonic":
-            return np.interp(x, self.thresholds_x_, self.thresholds_y_)
+            return np.asarray(np.interp(x, self.thresholds_x_, self.thresholds_y_), dtype=np.float64)
         if mode == "logistic":
             slope, intercept = self.slope_, self.intercept_
         else:
@@ -215,7 +216,7 @@ def _is_finite_number(value: object) -> bool:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+    return np.asarray(expit(z), dtype=np.float64)  # overflow-free and accurate in the tails
 
 
 def _logit(p: float) -> float:
