@@ -73,7 +73,7 @@ IVF_TRAIN_PER_LIST = 64  # k-means training sample = 64 points per list (faiss r
 NORM_TOLERANCE = 1e-2  # |‖x‖ - 1| above this is rejected as "not L2-normalised" (float16 rounding passes)
 FINCH_CANDIDATES = 8  # neighbours fetched per point before the exact first-neighbour / tie rule
 JACCARD_DOT_CHUNK = 125_000  # R* entries outside the kNN graph whose dot products are gathered at once
-JACCARD_DENSE_BLOCK = 1 << 24  # cells of the dense row buffer for Σmin on edges (128 MB in float64)
+JACCARD_BLOCK_WORK = 1 << 17  # V entries compared per vectorised Σmin block (keeps the block in cache)
 
 # --- §5-7 samplers: implementation knobs (strategies/samplers/, issue 3) ---
 RANDOM_MAX_DRAWS_FACTOR = 20  # random: draws per wanted pair before the exact row-scan fallback
