@@ -80,6 +80,8 @@ class Relation(str, Enum):
 
 def _as_node(value: object, name: str) -> int:
     """A node id is a non-negative int (numpy ints accepted, bools and floats refused)."""
+    if type(value) is int and value >= 0:  # the common case, kept cheap
+        return value
     if isinstance(value, bool | np.bool_):
         raise ValueError(f"{name}: node id must be an integer, got {value!r}")
     try:

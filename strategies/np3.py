@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from strategies.constraints import (
@@ -139,17 +139,19 @@ class NP3:
         # Feature sums and sizes of every ML group (unit) living in an impure cluster.
         units, unit_of_row = np.unique(comp[rows], return_inverse=True)
         unit_of_row = unit_of_row.reshape(-1)
-        by_unit = np.argsort(unit_of_row, kind="stable")
-        starts = np.searchsorted(unit_of_row[by_unit], np.arange(units.size))
-        unit_sums = np.add.reduceat(feats[rows[by_unit]].astype(np.float64), starts, axis=0)
+        membership = csr_matrix(
+            (np.ones(rows.size), (unit_of_row, np.arange(rows.size))), shape=(units.size, rows.size)
+        )
+        unit_sums = np.asarray(membership @ feats[rows].astype(np.float64))
         unit_sizes = np.bincount(unit_of_row, minlength=units.size)
+        unit_dirs = _normalise(unit_sums)
 
         for q, label in enumerate(impure):
             members = rows[row_start[q] : row_stop[q]]
             member_units = unit_of_row[row_start[q] : row_stop[q]]
             cls = cl_sorted[cl_start[q] : cl_stop[q]]
             cl_units = np.searchsorted(units, comp[cls])
-            sub_of_member = self._split_cluster(member_units, cl_units, unit_sums, unit_sizes)
+            sub_of_member = self._split_cluster(member_units, cl_units, unit_sums, unit_dirs, unit_sizes)
             self._relabel(work, lab_in, int(label), members, sub_of_member, fresh)
 
     def _split_cluster(
@@ -157,6 +159,7 @@ class NP3:
         member_units: np.ndarray,
         cl_units: np.ndarray,
         unit_sums: np.ndarray,
+        unit_dirs: np.ndarray,
         unit_sizes: np.ndarray,
     ) -> np.ndarray:
         """Sub-cluster index for every member of one impure cluster (steps 3a-3f)."""
@@ -166,46 +169,43 @@ class NP3:
         nodes, edges = np.unique(edge_local, return_inverse=True)
         edges = edges.reshape(-1, 2)
         n_nodes = nodes.size
-        sums = unit_sums[local_units]
-        sizes = unit_sizes[local_units]
+        node_sums = unit_sums[local_units[nodes]]  # only constrained groups need their sums
+        node_sizes = unit_sizes[local_units[nodes]]
 
-        # c. CL groups = connected components of the conflict graph
-        conflict = coo_matrix(
-            (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), (n_nodes,) * 2
-        )
-        n_groups, group_of_node = connected_components(conflict, directed=False)
+        # c. CL groups = connected components of the conflict graph (small: plain BFS beats scipy here)
         adjacency: list[set[int]] = [set() for _ in range(n_nodes)]
         for a, b in edges.tolist():
             adjacency[a].add(b)
             adjacency[b].add(a)
+        group_lists = _components_of(adjacency)
 
         # d. colour every CL group (exactly when small)
         groups = []
-        for g in range(n_groups):
-            group_nodes = np.flatnonzero(group_of_node == g)
-            position = {int(v): k for k, v in enumerate(group_nodes)}
-            local_adj = [{position[u] for u in adjacency[int(v)]} for v in group_nodes]
+        for g, members in enumerate(group_lists):
+            group_nodes = np.asarray(members, dtype=np.int64)
+            position = {v: k for k, v in enumerate(members)}
+            local_adj = [{position[u] for u in adjacency[v]} for v in members]
             colours = colour_graph(local_adj, exact_max_nodes=self.exact_colouring_max_nodes)
             n_colours = int(colours.max()) + 1
-            points = int(sizes[nodes[group_nodes]].sum())
+            points = int(node_sizes[group_nodes].sum())
             groups.append((g, group_nodes, colours, n_colours, points))
         # the group with the largest chromatic number defines the sub-clusters; the rest, largest first
         groups.sort(key=lambda t: (-t[3], -t[4], t[0]))
 
         node_sub = np.full(n_nodes, -1, dtype=np.int64)
         _, first_nodes, first_colours, n_first, _ = groups[0]
-        dim = sums.shape[1]
+        dim = node_sums.shape[1]
         sub_sums = np.zeros((n_first, dim), dtype=np.float64)
         for c in range(n_first):
             chosen = first_nodes[first_colours == c]
             node_sub[chosen] = c
-            sub_sums[c] = sums[nodes[chosen]].sum(axis=0)
+            sub_sums[c] = node_sums[chosen].sum(axis=0)
 
         # e. match the colour classes of every other group to the sub-clusters (Hungarian)
         for _, group_nodes, colours, n_colours, _ in groups[1:]:
             class_sums = np.zeros((n_colours, dim), dtype=np.float64)
             for c in range(n_colours):
-                class_sums[c] = sums[nodes[group_nodes[colours == c]]].sum(axis=0)
+                class_sums[c] = node_sums[group_nodes[colours == c]].sum(axis=0)
             cost = 1.0 - _normalise(class_sums) @ _normalise(sub_sums).T
             class_idx, sub_idx = linear_sum_assignment(cost)
             target = np.full(n_colours, -1, dtype=np.int64)
@@ -223,7 +223,7 @@ class NP3:
         unit_sub[nodes] = node_sub
         free = np.flatnonzero(unit_sub < 0)
         if free.size:
-            scores = _normalise(sums[free]) @ _normalise(sub_sums).T
+            scores = unit_dirs[local_units[free]] @ _normalise(sub_sums).T
             unit_sub[free] = np.argmax(scores, axis=1)
         return unit_sub[member_local]
 
@@ -259,7 +259,7 @@ def colour_graph(
         if v in nbrs:
             raise ValueError(f"adjacency: node {v} has a self-loop and cannot be coloured")
     colours = _dsatur(adjacency)
-    if n <= exact_max_nodes:
+    if n <= exact_max_nodes and int(colours.max()) + 1 > 2:  # 1 or 2 colours are already optimal
         best = colours
         lower = _greedy_clique_size(adjacency)
         k = int(best.max()) + 1
@@ -333,6 +333,26 @@ def _colour_with_at_most(adjacency: Sequence[set[int]], limit: int) -> np.ndarra
 
 
 # ---------------------------------------------------------------------- helpers
+def _components_of(adjacency: Sequence[set[int]]) -> list[list[int]]:
+    """Connected components as sorted node lists, ordered by their lowest node."""
+    seen = [False] * len(adjacency)
+    out = []
+    for start in range(len(adjacency)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, members = [start], []
+        while stack:
+            v = stack.pop()
+            members.append(v)
+            for u in adjacency[v]:
+                if not seen[u]:
+                    seen[u] = True
+                    stack.append(u)
+        out.append(sorted(members))
+    return out
+
+
 class _Counter:
     """Hands out fresh label ids."""
 
