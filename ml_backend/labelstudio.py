@@ -161,7 +161,7 @@ class LabelStudioClient:
         return self._json("GET", "/api/current-user/whoami")
 
     def get_project(self, pid: int | str) -> dict[str, Any]:
-        return self._json("GET", f"/api/projects/{_pid(pid)}")
+        return self._json("GET", f"/api/projects/{as_project_id(pid)}")
 
     def create_project(self, title: str, label_config: str, **fields: Any) -> dict[str, Any]:
         if not isinstance(title, str) or len(title.strip()) < 3:
@@ -177,10 +177,10 @@ class LabelStudioClient:
     def patch_project(self, pid: int | str, **fields: Any) -> dict[str, Any]:
         if not fields:
             raise ValueError("patch_project needs at least one field to change, e.g. model_version='v3'")
-        return self._json("PATCH", f"/api/projects/{_pid(pid)}", json=fields)
+        return self._json("PATCH", f"/api/projects/{as_project_id(pid)}", json=fields)
 
     def delete_project(self, pid: int | str) -> None:
-        self.request("DELETE", f"/api/projects/{_pid(pid)}")
+        self.request("DELETE", f"/api/projects/{as_project_id(pid)}")
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ class LabelStudioClient:
         Each task is ``{"data": {...}, "predictions": [...]?}``; a mapping without ``"data"`` is taken
         to be the data itself. Inline predictions keep their ``model_version``.
         """
-        project = _pid(pid)
+        project = as_project_id(pid)
         payload = [_as_task(t, index=k) for k, t in enumerate(tasks)]
         ids: list[int] = []
         for chunk in _chunks(payload, BULK_CHUNK):
@@ -225,7 +225,7 @@ class LabelStudioClient:
         ``total_predictions``; ``fields="all"`` adds the full ``annotations`` and ``predictions``.
         With ``view`` the view's ordering/filters apply (e.g. lowest prediction score first).
         """
-        project = _pid(pid)
+        project = as_project_id(pid)
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a positive int, got {page_size!r}")
         params: dict[str, Any] = {"project": project, "page_size": page_size}
@@ -265,7 +265,7 @@ class LabelStudioClient:
 
     def delete_tasks(self, pid: int | str, task_ids: Iterable[int]) -> int:
         """Delete tasks (Data Manager bulk action); returns how many Label Studio deleted."""
-        project = _pid(pid)
+        project = as_project_id(pid)
         ids = [_int_id(t, "task_ids[]") for t in task_ids]
         deleted = 0
         for chunk in _chunks(ids, BULK_CHUNK):
@@ -285,7 +285,7 @@ class LabelStudioClient:
         """
         params = {"view": _int_id(view, "view")} if view is not None else None
         try:
-            return self._json("GET", f"/api/projects/{_pid(pid)}/next", params=params)
+            return self._json("GET", f"/api/projects/{as_project_id(pid)}/next", params=params)
         except LabelStudioError as exc:
             if exc.status == 404:
                 return None
@@ -299,7 +299,7 @@ class LabelStudioClient:
         Re-importing under the same model_version *adds* rows (Label Studio averages their scores),
         so callers use a fresh model_version per retrain.
         """
-        project = _pid(pid)
+        project = as_project_id(pid)
         payload = []
         for k, pred in enumerate(predictions):
             if not isinstance(pred, Mapping):
@@ -317,7 +317,7 @@ class LabelStudioClient:
         return created
 
     def list_views(self, pid: int | str) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/dm/views", params={"project": _pid(pid)})
+        return self._json("GET", "/api/dm/views", params={"project": as_project_id(pid)})
 
     def ensure_view(
         self,
@@ -326,7 +326,7 @@ class LabelStudioClient:
         ordering: Sequence[str] = DEFAULT_VIEW_ORDERING,
     ) -> int:
         """Id of the Data Manager view with this title, created (or its ordering fixed) if needed."""
-        project = _pid(pid)
+        project = as_project_id(pid)
         if not isinstance(title, str) or not title.strip():
             raise ValueError("title must be a non-empty string")
         if isinstance(ordering, str) or not all(isinstance(o, str) for o in ordering):
@@ -380,7 +380,7 @@ class LabelStudioClient:
     # -- ML backend, webhooks, storage ---------------------------------------------------------------
 
     def list_ml_backends(self, pid: int | str) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/ml", params={"project": _pid(pid)})
+        return self._json("GET", "/api/ml", params={"project": as_project_id(pid)})
 
     def connect_ml_backend(
         self,
@@ -399,7 +399,7 @@ class LabelStudioClient:
         ``<url>/webhook``. That webhook carries no credentials by default, so with basic auth we add
         the ``Authorization`` header to it: otherwise every annotation event would get a 401.
         """
-        project = _pid(pid)
+        project = as_project_id(pid)
         if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"url must be the backend's http(s) URL, got {url!r}")
         if (basic_auth_user is None) != (basic_auth_pass is None):
@@ -429,7 +429,7 @@ class LabelStudioClient:
         self.request("POST", f"/api/ml/{_int_id(ml_backend_id, 'ml_backend_id')}/train")
 
     def list_webhooks(self, pid: int | str) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/webhooks", params={"project": _pid(pid)})
+        return self._json("GET", "/api/webhooks", params={"project": as_project_id(pid)})
 
     def set_webhook_headers(self, pid: int | str, webhook_url: str, headers: Mapping[str, str]) -> int:
         """Set extra headers on the project's webhooks that post to ``webhook_url``; returns how many."""
@@ -443,7 +443,7 @@ class LabelStudioClient:
         return n
 
     def list_local_storages(self, pid: int | str) -> list[dict[str, Any]]:
-        return self._json("GET", "/api/storages/localfiles", params={"project": _pid(pid)})
+        return self._json("GET", "/api/storages/localfiles", params={"project": as_project_id(pid)})
 
     def add_local_storage(
         self, pid: int | str, path: str | Path, *, title: str | None = None
@@ -453,7 +453,7 @@ class LabelStudioClient:
         Label Studio serves ``/data/local-files/?d=...`` only for files under such a storage, and only
         if ``path`` is inside its LOCAL_FILES_DOCUMENT_ROOT (it answers 400 otherwise).
         """
-        project = _pid(pid)
+        project = as_project_id(pid)
         wanted = str(Path(path).resolve())
         for storage in self.list_local_storages(project):
             if str(storage.get("path", "")).rstrip("/") == wanted.rstrip("/"):
@@ -467,7 +467,7 @@ class LabelStudioClient:
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def _pid(pid: int | str) -> int:
+def as_project_id(pid: int | str) -> int:
     """Project ids are ints in Label Studio and strings in our state; accept both, reject the rest."""
     if isinstance(pid, bool):
         raise TypeError("pid must be a Label Studio project id (int or digit string), got bool")

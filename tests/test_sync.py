@@ -1,0 +1,187 @@
+"""`sync`: Label Studio's annotations -> the backend's state, with a real Redis.
+
+The unit tests feed Label Studio-shaped task listings (the shape recorded from a real 1.23.2, see
+tests/test_labelstudio.py) through a small in-memory client; the e2e test syncs from a real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from helpers.redis_server import redis_client, redis_url  # noqa: F401
+
+from ml_backend.labelstudio import LabelStudioClient
+from ml_backend.pairs import pair_id, task_data
+from ml_backend.settings import Settings
+from ml_backend.state import ProjectState
+from ml_backend.sync import choices_control, sync
+
+pytest_plugins = ["e2e.label_studio"]
+
+LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "ml_backend" / "label_config.xml").read_text()
+PARSED = {"answer": {"type": "Choices", "to_name": ["image_a"], "labels": ["same", "different", "unsure"]}}
+
+
+def result(*choices: str, from_name: str = "answer") -> list[dict[str, Any]]:
+    return [
+        {"from_name": from_name, "to_name": "image_a", "type": "choices", "value": {"choices": list(choices)}}
+    ]
+
+
+def ann(
+    aid: int, res: list[dict[str, Any]], *, cancelled: bool = False, ts: str = "2026-01-01T00:00:00Z"
+) -> dict:
+    return {"id": aid, "result": res, "was_cancelled": cancelled, "completed_by": 1, "updated_at": ts}
+
+
+def pair(k: int, a: str, b: str, annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": k, "data": task_data(a, b, f"/u/{a}", f"/u/{b}"), "annotations": annotations}
+
+
+class ListingClient:
+    """Serves a fixed Label Studio task listing; records nothing, changes nothing."""
+
+    def __init__(self, tasks: list[dict[str, Any]], parsed: dict[str, Any] | None = None) -> None:
+        self.tasks = tasks
+        self.parsed = PARSED if parsed is None else parsed
+
+    def get_project(self, pid: int) -> dict[str, Any]:
+        return {"id": pid, "parsed_label_config": self.parsed}
+
+    def iter_tasks(self, pid: int, *, fields: str | None = None) -> Iterator[dict[str, Any]]:
+        assert fields == "all"
+        yield from self.tasks
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(model_dir=tmp_path / "models")
+
+
+def test_choices_control_reads_the_parsed_config() -> None:
+    assert choices_control({"parsed_label_config": PARSED}) == "answer"
+    two = {"answer": {"type": "Choices"}, "quality": {"type": "Choices"}, "box": {"type": "Labels"}}
+    assert choices_control({"parsed_label_config": two}) == "answer"
+    assert (
+        choices_control({"parsed_label_config": {"q": {"type": "Choices"}, "r": {"type": "Choices"}}}) is None
+    )
+    assert choices_control({"parsed_label_config": {"verdict": {"type": "Choices"}}}) == "verdict"
+    assert choices_control({}) is None
+
+
+def test_sync_records_every_answer_kind_and_reports_unreadable_ones(
+    redis_client: redis_lib.Redis,  # noqa: F811
+    settings: Settings,
+) -> None:
+    tasks = [
+        pair(1, "a", "b", [ann(11, result("same"))]),
+        pair(2, "a", "c", [ann(12, result("different")), ann(13, result("same"))]),  # two annotators disagree
+        pair(3, "b", "c", [ann(14, [], cancelled=True)]),
+        pair(4, "c", "d", [ann(15, result("unsure"))]),
+        pair(5, "d", "e", [ann(16, result("same", "different"))]),  # unreadable: two choices
+        pair(6, "e", "f", [ann(17, result("maybe"))]),  # unreadable: unknown choice
+        pair(7, "f", "g", []),  # open task
+        {"id": 8, "data": {"text": "not a pair"}, "annotations": [ann(18, result("same"))]},
+        pair(9, "g", "h", [ann(19, result("different", from_name="other") + result("same"))]),
+    ]
+    report = sync("5", settings, ListingClient(tasks), redis=redis_client)
+    assert report.from_name == "answer"
+    assert (report.tasks, report.pair_tasks, report.annotations) == (9, 8, 9)
+    assert report.answers == {"same": 3, "different": 1, "unsure": 1, "skip": 1}
+    assert report.added == 6 and report.removed == 0 and report.changed == 0
+    assert report.not_pair == 1
+    assert sorted(i["annotation_id"] for i in report.invalid) == [16, 17]
+    assert "exactly one choice" in report.invalid[0]["error"]
+    assert report.conflicts == 1
+    assert report.pairs_registered == 8
+    state = ProjectState(redis_client, "5")
+    stored = {r["annotation_id"]: r for r in state.annotations()}
+    assert stored["19"]["answer"] == "same"  # only the "answer" control counts
+    assert stored["11"]["pair_id"] == pair_id("a", "b") and stored["11"]["task_id"] == 1
+    assert stored["14"]["answer"] == "skip"
+    assert state.pending_constraints() == 6
+    assert {p["task_id"] for p in state.pairs().values()} == {1, 2, 3, 4, 5, 6, 7, 9}
+
+
+def test_sync_diffs_against_state_and_is_idempotent(
+    redis_client: redis_lib.Redis,  # noqa: F811
+    settings: Settings,
+) -> None:
+    state = ProjectState(redis_client, "5")
+    state.record_annotation(11, task_id=1, image_a="a", image_b="b", answer="different")  # LS now says same
+    state.record_annotation(99, task_id=9, image_a="x", image_b="y", answer="same")  # deleted in LS meanwhile
+    state.record_annotation(12, task_id=2, image_a="a", image_b="c", answer="different")
+    state.register_pair(pair_id("x", "y"), "x", "y", task_id=9)
+    tasks = [pair(1, "a", "b", [ann(11, result("same"))]), pair(2, "a", "c", [ann(12, result("different"))])]
+    first = sync(5, settings, ListingClient(tasks), redis=redis_client)
+    assert (first.added, first.changed, first.removed, first.unchanged) == (0, 1, 1, 1)
+    assert first.pairs_closed == 1 and state.pair(pair_id("x", "y"))["status"] == "deleted"
+    assert {r["annotation_id"]: r["answer"] for r in state.annotations()} == {"11": "same", "12": "different"}
+    second = sync(5, settings, ListingClient(tasks), redis=redis_client)
+    assert (second.added, second.changed, second.removed, second.unchanged) == (0, 0, 0, 2)
+    assert second.n_changes == 0
+
+
+def test_sync_requests_a_cycle_only_when_something_changed(
+    redis_client: redis_lib.Redis,  # noqa: F811
+    settings: Settings,
+) -> None:
+    tasks = [pair(1, "a", "b", [ann(11, result("same"))])]
+    report = sync(5, settings, ListingClient(tasks), redis=redis_client, request_cycle=True)
+    assert report.cycle is not None and report.cycle["outcome"] == "enqueued"
+    assert ProjectState(redis_client, "5").cycle_status()["status"] == "queued"
+    again = sync(5, settings, ListingClient(tasks), redis=redis_client, request_cycle=True)
+    assert again.cycle is None
+
+
+def test_sync_argument_errors_change_nothing(
+    redis_client: redis_lib.Redis,  # noqa: F811
+    settings: Settings,
+) -> None:
+    with pytest.raises(ValueError, match="pid"):
+        sync("abc", settings, ListingClient([]), redis=redis_client)
+    with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY"):
+        sync(5, replace(settings, label_studio_api_key=""), redis=redis_client)
+    assert redis_client.keys("reid-al:5:*") == []
+
+
+@pytest.mark.e2e
+def test_sync_from_a_real_label_studio(
+    ls_client: LabelStudioClient,
+    redis_client: redis_lib.Redis,  # noqa: F811
+    settings: Settings,
+) -> None:
+    project = int(ls_client.create_project("sync test project", LABEL_CONFIG)["id"])
+    try:
+        ids = ls_client.create_tasks(
+            project,
+            [
+                {"data": task_data(a, b, f"/u/{a}", f"/u/{b}")}
+                for a, b in [("a", "b"), ("b", "c"), ("c", "d")]
+            ],
+        )
+        same = ls_client.create_annotation(ids[0], result("same"))
+        skip = ls_client.create_annotation(ids[1], [], was_cancelled=True)
+        diff = ls_client.create_annotation(ids[2], result("different"))
+        report = sync(project, settings, ls_client, redis=redis_client)
+        assert report.from_name == "answer"
+        assert report.added == 3 and report.answers == {"same": 1, "different": 1, "unsure": 0, "skip": 1}
+        state = ProjectState(redis_client, str(project))
+        assert {r["annotation_id"] for r in state.annotations()} == {
+            str(same["id"]),
+            str(skip["id"]),
+            str(diff["id"]),
+        }
+        ls_client.delete_annotation(diff["id"])
+        ls_client.update_annotation(same["id"], result=result("different"))
+        report = sync(project, settings, ls_client, redis=redis_client)
+        assert (report.removed, report.changed, report.unchanged) == (1, 1, 1)
+        assert state.annotation(same["id"])["answer"] == "different"
+        assert state.annotation(diff["id"]) is None
+    finally:
+        ls_client.delete_project(project)
