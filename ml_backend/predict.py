@@ -78,9 +78,9 @@ def resolve_image(url: str, *, document_root: str = "", cache_dir: Path | None =
         path = (root / unquote(rel)).resolve()
         if root != path and root not in path.parents:
             raise ValueError(f"{url!r} points outside REID_AL_DOCUMENT_ROOT")
-        return path
+        return _existing(path, url)
     if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
+        return _existing(Path(unquote(parsed.path)), url)
     if parsed.scheme in ("http", "https") or url.startswith("/data/"):
         if cache_dir is None:
             raise ValueError(f"cannot download {url!r}: no cache directory")
@@ -99,8 +99,14 @@ def resolve_image(url: str, *, document_root: str = "", cache_dir: Path | None =
             os.replace(tmp, target)
         return target
     if not parsed.scheme:
-        return Path(url)
+        return _existing(Path(url), url)
     raise ValueError(f"unsupported image URL scheme {parsed.scheme!r} in {url!r}")
+
+
+def _existing(path: Path, url: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"image {url!r}: no file at {path}")
+    return path
 
 
 @dataclass
@@ -309,7 +315,7 @@ class Predictor:
                 continue
             try:
                 features = self._embed_images(paths)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RuntimeError) as exc:  # unreadable image, encoder unavailable
                 log.warning("project %s: cannot embed %d images: %s", state.project, len(ids), exc)
                 state.incr("predict_embed_failed", len(ids))
                 continue

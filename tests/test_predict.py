@@ -1,0 +1,174 @@
+"""/predict internals: label-config names, image URLs, scoring, the serving model, on-the-fly embedding."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from ml_backend.pairs import pair_id
+from ml_backend.predict import (
+    UNSCORED,
+    PredictError,
+    Predictor,
+    ServingModel,
+    label_names,
+    load_serving_model,
+    resolve_image,
+)
+from ml_backend.push import score_of, uncertainty_priority
+from ml_backend.settings import Settings
+from ml_backend.state import ProjectState
+
+pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_label_names_of_the_shipped_config() -> None:
+    assert label_names((REPO / "label_config.xml").read_text()) == ("answer", "image_a")
+    assert label_names('<View><Choices name="q" toName="i1,i2"/></View>') == ("q", "i1")
+
+
+def test_shipped_label_config_copies_are_identical() -> None:
+    assert (REPO / "label_config.xml").read_bytes() == (REPO / "ml_backend" / "label_config.xml").read_bytes()
+    text = (REPO / "label_config.xml").read_text()
+    for needle in ('value="same"', 'value="different"', 'value="unsure"', 'required="true"', 'hotkey="1"',
+                   "$image_a", "$image_b", "$caption_a", "$caption_b", "$id_a", "$id_b"):
+        assert needle in text
+
+
+@pytest.mark.parametrize(("config", "needle"), [("", "non-empty"), ("<View", "XML"),
+                                                ("<View><Image name='i' value='$i'/></View>", "no <Choices>"),
+                                                ('<View><Choices name="q"/></View>', "toName")])
+def test_label_names_errors(config: str, needle: str) -> None:
+    with pytest.raises(PredictError, match=needle) as info:
+        label_names(config)
+    assert info.value.field == "label_config"
+
+
+def test_resolve_image(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x y.jpg").write_bytes(b"img")
+    assert resolve_image("/data/local-files/?d=sub/x%20y.jpg", document_root=str(tmp_path)) == (
+        tmp_path / "sub" / "x y.jpg").resolve()
+    assert resolve_image(f"file://{tmp_path}/sub/x%20y.jpg") == tmp_path / "sub" / "x y.jpg"
+    assert resolve_image(str(tmp_path / "sub" / "x y.jpg")) == tmp_path / "sub" / "x y.jpg"
+    with pytest.raises(FileNotFoundError, match="no file"):
+        resolve_image("/data/local-files/?d=sub/missing.jpg", document_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no file"):
+        resolve_image("relative/a.png")
+    with pytest.raises(ValueError, match="REID_AL_DOCUMENT_ROOT"):
+        resolve_image("/data/local-files/?d=a.jpg")
+    with pytest.raises(ValueError, match="outside"):
+        resolve_image("/data/local-files/?d=../../etc/passwd", document_root=str(tmp_path))
+    with pytest.raises(ValueError, match="cache"):
+        resolve_image("http://example.invalid/a.jpg")
+    with pytest.raises(ValueError, match="scheme"):
+        resolve_image("ftp://h/a.jpg")
+
+
+def _model(_state: ProjectState) -> ServingModel:
+    emb = np.zeros((3, 2), dtype=np.float32)
+    emb[0] = [1, 0]
+    emb[1] = [0.6, 0.8]
+    emb[2] = [-1, 0]
+    return ServingModel(version="v0003-x", row_of={"a": 0, "b": 1, "c": 2}, embeddings=emb)
+
+
+def _task(a: str, b: str) -> dict:
+    return {"id": 1, "data": {"id_a": a, "id_b": b, "image_a": f"/{a}.jpg", "image_b": f"/{b}.jpg"}}
+
+
+def test_predict_scores_by_uncertainty_and_registry(redis_client: redis.Redis, tmp_path: Path) -> None:
+    state = ProjectState(redis_client, "3")
+    state.add_version("v0003-x")
+    state.register_pair(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.2, priority=0.95)
+    predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
+    results = predictor.predict([_task("a", "b"), _task("a", "c"), _task("a", "zz")], None, state)
+    p_ab = (0.6 + 1) / 2
+    assert results[0]["score"] == pytest.approx(score_of(uncertainty_priority(p_ab)))
+    assert results[0]["result"][0]["value"]["choices"] == ["same"]
+    assert results[1]["score"] == pytest.approx(0.05)  # the sampler's priority, from the pair registry
+    assert results[1]["result"][0]["value"]["choices"] == ["different"]
+    assert results[2] == {"result": [], "score": UNSCORED, "model_version": "v0003-x"}  # zz: no image file
+    assert {r["model_version"] for r in results} == {"v0003-x"}
+    assert results[0]["result"][0]["from_name"] == "answer"  # defaults before any label config was seen
+
+
+def test_predict_without_any_model(redis_client: redis.Redis, tmp_path: Path) -> None:
+    state = ProjectState(redis_client, "3")
+    predictor = Predictor(Settings(model_dir=tmp_path), load_model=lambda _s: None)
+    assert predictor.predict([_task("a", "b")], None, state) == [
+        {"result": [], "score": UNSCORED, "model_version": "initial"}]
+
+
+def test_on_the_fly_embedding_is_bounded(redis_client: redis.Redis, tmp_path: Path) -> None:
+    for name in "uvwxyz":
+        (tmp_path / f"{name}.jpg").write_bytes(b"img")
+    calls: list[int] = []
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        calls.append(len(paths))
+        return np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (len(paths), 1))
+
+    deferred: list[list[dict[str, str]]] = []
+    settings = Settings(model_dir=tmp_path, predict_embed_max=3, document_root=str(tmp_path))
+    predictor = Predictor(settings, load_model=_model, embed_images=embed)
+    tasks = [{"id": i, "data": {"id_a": a, "id_b": "a", "image_a": f"/data/local-files/?d={a}.jpg",
+                                "image_b": "/a.jpg"}} for i, a in enumerate("uvwxyz")]
+    state = ProjectState(redis_client, "3")
+    results = predictor.predict(tasks, None, state, on_missing=deferred.append)
+    assert sum(calls) == 3
+    scored = [r for r in results if r["result"]]
+    assert len(scored) == 3 and all(r["result"][0]["value"]["choices"] == ["same"] for r in scored)
+    assert [d["id"] for d in deferred[0]] == ["x", "y", "z"]
+    assert state.counters()["predict_embedded"] == 3 and state.counters()["predict_embed_deferred"] == 3
+
+
+def test_on_the_fly_embedding_respects_time(redis_client: redis.Redis, tmp_path: Path) -> None:
+    (tmp_path / "u.jpg").write_bytes(b"img")
+
+    def slow(paths: list[Path]) -> np.ndarray:
+        time.sleep(0.05)
+        return np.ones((len(paths), 2), dtype=np.float32)
+
+    settings = Settings(model_dir=tmp_path, predict_embed_seconds=0.0, document_root=str(tmp_path))
+    results = Predictor(settings, load_model=_model, embed_images=slow).predict(
+        [{"id": 1, "data": {"id_a": "u", "id_b": "a", "image_a": "/data/local-files/?d=u.jpg",
+                            "image_b": "/a.jpg"}}], None, ProjectState(redis_client, "3"))
+    assert results[0]["score"] == UNSCORED
+
+
+def test_load_serving_model_from_store_and_registry(redis_client: redis.Redis, tmp_path: Path) -> None:
+    from trainer.registry import ModelRegistry
+    from trainer.store import EmbeddingStore
+
+    state = ProjectState(redis_client, "3")
+    assert load_serving_model(tmp_path, state) is None
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(6, 4)).astype(np.float32)
+    store = EmbeddingStore(tmp_path / "3" / "features")
+    store.append([f"i{k}" for k in range(6)], feats, encoder="test")
+    frozen = load_serving_model(tmp_path, state)
+    assert frozen is not None and frozen.version == "initial" and frozen.embeddings.shape == (6, 4)
+    assert np.allclose(np.linalg.norm(frozen.embeddings, axis=1), 1.0, atol=1e-5)
+    registry = ModelRegistry(tmp_path, "3")
+    emb = feats[:5] / np.linalg.norm(feats[:5], axis=1, keepdims=True)
+    version = registry.save(embeddings=emb, adapter_state=None, config={}, metrics={})
+    served = load_serving_model(tmp_path, state)
+    assert served is not None and served.version == version
+    assert served.embeddings.shape == (6, 4)  # the 6th row, stored after the cycle, is appended
+    assert served.row_of["i5"] == 5 and served.calibrator is not None
+
+
+def test_predict_rejects_bad_tasks(redis_client: redis.Redis, tmp_path: Path) -> None:
+    predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
+    state = ProjectState(redis_client, "3")
+    for tasks, field in (("x", "tasks"), ([1], "tasks[0]"), ([{"data": 1}], "tasks[0].data")):
+        with pytest.raises(PredictError) as info:
+            predictor.predict(tasks, None, state)  # type: ignore[arg-type]
+        assert info.value.field == field

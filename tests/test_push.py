@@ -1,0 +1,180 @@
+"""push_cycle against an in-memory double of the Label Studio client (Label Studio is another process;
+the real client is tested against a real Label Studio in the e2e test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from ml_backend.pairs import pair_id
+from ml_backend.push import push_cycle, score_of, uncertainty_priority, version_id
+from ml_backend.state import ProjectState
+from strategies.constraints import ConstraintGraph, ConstraintKind
+
+pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
+
+
+@dataclass(frozen=True)
+class Proposal:
+    i: int
+    j: int
+    priority: float
+    p_same: float
+    strategy: str = "aas"
+    pool: str = "U_os"
+    reason: str = "test"
+
+
+class LabelStudioDouble:
+    """Keeps tasks, predictions, project fields and views in memory, like Label Studio would."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.predictions: list[dict[str, Any]] = []
+        self.project: dict[str, Any] = {}
+        self.views: dict[str, int] = {}
+        self.calls: list[str] = []
+        self._next = 100
+
+    def task_ids_by_pair(self, pid: int) -> dict[str, int]:
+        self.calls.append("task_ids_by_pair")
+        return {t["data"]["pair_id"]: tid for tid, t in self.tasks.items() if "pair_id" in t["data"]}
+
+    def create_tasks(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]:
+        self.calls.append("create_tasks")
+        ids = []
+        for task in tasks:
+            self._next += 1
+            self.tasks[self._next] = {"id": self._next, "data": dict(task["data"]), "total_annotations": 0,
+                                      "cancelled_annotations": 0}
+            ids.append(self._next)
+        return ids
+
+    def iter_tasks(self, pid: int) -> list[dict[str, Any]]:
+        return [dict(t) for t in self.tasks.values()]
+
+    def import_predictions(self, pid: int, predictions: list[dict[str, Any]]) -> None:
+        self.calls.append("import_predictions")
+        self.predictions.extend(predictions)
+
+    def patch_project(self, pid: int, **fields: Any) -> dict[str, Any]:
+        self.project.update(fields)
+        return self.project
+
+    def ensure_view(self, pid: int, title: str = "", ordering: list[str] | None = None) -> int:
+        self.calls.append("ensure_view")
+        return self.views.setdefault(title, len(self.views) + 1)
+
+    def delete_tasks(self, pid: int, task_ids: list[int]) -> None:
+        self.calls.append("delete_tasks")
+        for tid in task_ids:
+            self.tasks.pop(tid)
+
+
+IDS = ["a", "b", "c", "d", "e"]
+
+
+def embeddings() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def push(client: LabelStudioDouble, state: ProjectState, version: str, proposals: list[Proposal],
+         graph: ConstraintGraph | None = None) -> Any:
+    return push_cycle(client, state, project_id=3, version=version, proposals=proposals,
+                      embeddings=embeddings(),
+                      image_ids=IDS, url_for=lambda i: f"/data/local-files/?d={i}.jpg",
+                      caption_for=lambda i: f"cap {i}", graph=graph, from_name="answer", to_name="image_a")
+
+
+def test_first_push_creates_tasks_predictions_view_and_version(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    report = push(client, state, "v0001-x", [Proposal(0, 1, 0.9, 0.7), Proposal(2, 3, 0.2, 0.1)])
+    assert (report.created, report.predictions, report.rescored, report.retired) == (2, 2, 0, 0)
+    datas = sorted((t["data"] for t in client.tasks.values()), key=lambda d: d["id_a"])
+    assert datas[0] == {"image_a": "/data/local-files/?d=a.jpg", "image_b": "/data/local-files/?d=b.jpg",
+                        "id_a": "a", "id_b": "b", "pair_id": pair_id("a", "b"), "caption_a": "cap a",
+                        "caption_b": "cap b", "strategy": "aas", "pool": "U_os", "reason": "test"}
+    by_task = {p["task"]: p for p in client.predictions}
+    first = by_task[next(t for t, v in client.tasks.items() if v["data"]["id_a"] == "a")]
+    assert first["score"] == pytest.approx(0.1) and first["model_version"] == "v0001-x"
+    assert first["result"] == [{"from_name": "answer", "to_name": "image_a", "type": "choices",
+                                "value": {"choices": ["same"]}}]
+    assert min(client.predictions, key=lambda p: p["score"]) is first  # most informative served first
+    assert client.project == {"model_version": "v0001-x"}
+    assert report.view_id == 1 and state.versions() == ["v0001-x"]
+    assert state.pair(pair_id("a", "b"))["task_id"] in client.tasks
+
+
+def test_retried_push_creates_no_duplicates(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    proposals = [Proposal(0, 1, 0.9, 0.7), Proposal(2, 3, 0.2, 0.1)]
+    push(client, state, "v0001-x", proposals)
+    report = push(client, state, "v0001-x", proposals)
+    assert (report.created, report.existing, report.predictions) == (0, 2, 0)
+    assert len(client.tasks) == 2 and len(client.predictions) == 2
+    assert client.calls.count("ensure_view") == 1
+
+
+def test_next_version_rescores_open_tasks_and_retires_implied(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    push(client, state, "v0001-x", [Proposal(0, 1, 0.9, 0.7), Proposal(1, 2, 0.5, 0.5), Proposal(3, 4,
+                                                                                                 0.4, 0.4)])
+    answered = next(t for t in client.tasks.values() if t["data"]["id_a"] == "d")
+    answered["total_annotations"] = 1
+    graph = ConstraintGraph()
+    graph.add("1", 0, 2, ConstraintKind.MUST_LINK)
+    graph.add("2", 1, 2, ConstraintKind.MUST_LINK)  # implies (0, 1) same
+    report = push(client, state, "v0002-y", [Proposal(0, 2, 0.8, 0.8), Proposal(0, 3, 0.6, 0.3)], graph=graph)
+    assert report.implied_proposals == 1  # (0, 2) is already constrained
+    assert report.created == 1
+    assert report.retired == 2  # (a, b) implied same; (b, c) is itself constrained
+    assert {t["data"]["id_a"] + t["data"]["id_b"] for t in client.tasks.values()} == {"ad", "de"}
+    assert state.counters()["pairs_saved"] == 2
+    assert state.pair(pair_id("a", "b"))["status"] == "retired"
+    v2 = [p for p in client.predictions if p["model_version"] == "v0002-y"]
+    assert len(v2) == 1  # only the new open task; the answered one is not re-scored
+    assert client.project["model_version"] == "v0002-y"
+
+
+def test_open_tasks_from_users_are_rescored_by_uncertainty(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    client.create_tasks(3, [{"data": {"id_a": "c", "id_b": "e", "image_a": "/c", "image_b": "/e"}}])
+    report = push(client, state, "v0001-x", [])
+    assert (report.rescored, report.predictions) == (1, 1)
+    (pred,) = client.predictions
+    emb = embeddings()
+    p = (float(emb[2] @ emb[4]) + 1) / 2
+    assert pred["score"] == pytest.approx(score_of(uncertainty_priority(p)))
+
+
+def test_unservable_images_are_not_pushed(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    report = push_cycle(client, state, project_id=3, version="v1", proposals=[Proposal(0, 1, 0.5, 0.5)],
+                        embeddings=embeddings(), image_ids=IDS, url_for=lambda i: None)
+    assert report.unservable == 1 and not client.tasks
+
+
+def test_shape_mismatch_is_rejected(redis_client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="embeddings"):
+        push_cycle(LabelStudioDouble(), ProjectState(redis_client, "3"), project_id=3, version="v1",
+                   proposals=[],
+                   embeddings=np.zeros((2, 3), dtype=np.float32), image_ids=IDS, url_for=str)
+
+
+def test_helpers() -> None:
+    assert score_of(0.9) == pytest.approx(0.1) and score_of(2.0) == 0.0
+    assert uncertainty_priority(0.5) == 1.0 and uncertainty_priority(1.0) == 0.0
+    assert version_id("v1") == "v1"
+
+    class V:
+        version = "v9"
+
+    assert version_id(V()) == "v9"
+    with pytest.raises(ValueError, match="version"):
+        version_id(3)

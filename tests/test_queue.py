@@ -1,0 +1,116 @@
+"""Cycle coalescing, the per-project lock and job status, against a real Redis (no worker needed)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+from rq.job import Job
+
+from ml_backend.queue import CYCLE_JOB, CycleQueue, _claim
+from ml_backend.state import ProjectState
+
+pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
+
+
+@pytest.fixture()
+def queue(redis_client: redis.Redis) -> CycleQueue:
+    return CycleQueue(redis_client, queue_name="test-q", job_timeout=60)
+
+
+def test_one_job_while_queued(queue: CycleQueue) -> None:
+    first = queue.request_cycle("1", reason="a")
+    assert first.outcome == "enqueued"
+    assert [queue.request_cycle("1").outcome for _ in range(5)] == ["queued"] * 5
+    assert queue.depth() == 1
+    job = Job.fetch(first.job_id, connection=queue.redis)
+    assert job.func_name == CYCLE_JOB and job.args == ("1",) and job.kwargs == {"reason": "a"}
+    assert queue.request_cycle("2").outcome == "enqueued"  # projects are independent
+    assert queue.depth() == 2
+
+
+def test_requests_while_running_coalesce_into_exactly_one_follow_up(queue: CycleQueue) -> None:
+    first = queue.request_cycle("1")
+    queue.queue.empty()  # the worker "took" it
+    queue.mark_running("1")
+    outcomes = [queue.request_cycle("1").outcome for _ in range(4)]
+    assert outcomes == ["coalesced"] * 4
+    assert queue.status("1")["rerun_requested"] is True
+    follow = queue.finish("1")
+    assert follow is not None and follow != first.job_id
+    assert queue.depth() == 1
+    assert queue.status("1")["active_job"] == follow
+    assert queue.request_cycle("1").outcome == "queued"  # the follow-up has not started yet
+    queue.queue.empty()
+    queue.mark_running("1")
+    assert queue.finish("1") is None  # nothing arrived while it ran
+    assert queue.depth() == 0
+    assert queue.status("1")["active_job"] is None
+    assert queue.request_cycle("1").outcome == "enqueued"
+
+
+def test_concurrent_requests_enqueue_once(queue: CycleQueue, redis_url: str) -> None:
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def hit() -> None:
+        q = CycleQueue(redis.Redis.from_url(redis_url), queue_name="test-q", job_timeout=60)
+        for _ in range(10):
+            out = q.request_cycle("9").outcome
+            with lock:
+                outcomes.append(out)
+
+    threads = [threading.Thread(target=hit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("enqueued") == 1 and len(outcomes) == 40
+    assert queue.depth() == 1
+
+
+def test_dead_claim_is_taken_over(queue: CycleQueue) -> None:
+    first = queue.request_cycle("1")
+    Job.fetch(first.job_id, connection=queue.redis).delete()  # the job vanished (e.g. flushed)
+    queue.redis.set(queue._keys("1")[0], f"{first.job_id}@0.0")  # claimed long ago
+    second = queue.request_cycle("1")
+    assert second.outcome == "enqueued" and second.job_id != first.job_id
+
+
+def test_fresh_claim_without_job_is_not_taken_over(queue: CycleQueue) -> None:
+    queue.redis.set(queue._keys("1")[0], _claim("cycle-1-pending"))
+    assert queue.request_cycle("1").outcome == "queued"
+
+
+def test_lock_is_exclusive_and_owned(queue: CycleQueue) -> None:
+    assert queue.acquire_lock("1", "t1", wait=0)
+    assert not queue.acquire_lock("1", "t2", wait=0.2, poll=0.05)
+    assert not queue.release_lock("1", "t2")
+    assert queue.release_lock("1", "t1")
+    assert queue.acquire_lock("1", "t2", wait=0)
+
+
+def test_status_and_counters(queue: CycleQueue) -> None:
+    req = queue.request_cycle("4", reason="START_TRAINING")
+    status = queue.status("4")
+    assert status["active_job"] == req.job_id and status["active_job_status"] == "queued"
+    assert status["cycle"]["status"] == "queued" and status["queue_depth"] == 1
+    everything = queue.status_all()
+    assert [p["project"] for p in everything["projects"]] == ["4"]
+    assert ProjectState(queue.redis, "4").counters()["cycles_enqueued"] == 1
+
+
+def test_embedding_request(queue: CycleQueue) -> None:
+    job_id = queue.request_embedding("1", [{"id": "x", "url": "/u"}])
+    job = Job.fetch(job_id, connection=queue.redis)
+    assert job.args == ("1", [{"id": "x", "url": "/u"}])
+    with pytest.raises(ValueError, match="items"):
+        queue.request_embedding("1", [])
+
+
+def test_constructor_validates(redis_client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="queue_name"):
+        CycleQueue(redis_client, queue_name="")
+    with pytest.raises(ValueError, match="job_timeout"):
+        CycleQueue(redis_client, job_timeout=0)

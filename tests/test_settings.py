@@ -1,0 +1,85 @@
+"""Settings from the environment: defaults, conversion, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_backend.settings import SETTINGS_HELP, Settings, SettingsError, settings_help_text
+
+
+def test_defaults_from_empty_environment() -> None:
+    s = Settings.from_env({})
+    assert s.model_dir == Path("./model_dir")
+    assert s.port == 9090
+    assert s.redis_url == ""
+    assert s.embedded_redis
+    assert s.encoder == "open_clip:ViT-B-32:laion2b_s34b_b79k"
+    assert s.strategy == "aas"
+    assert not s.auth_enabled
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k", "MODEL_DIR": "/tmp/m",
+        "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "REDIS_URL": "redis://r:6379/1", "WORKERS": "3",
+        "THREADS": "4", "LOG_LEVEL": "debug", "PORT": "9191", "HOST": "127.0.0.1",
+        "REID_AL_ENCODER": "mobilenetv2",
+        "REID_AL_ENCODER_CHECKPOINT": "/w.pt", "REID_AL_STRATEGY": "random", "REID_AL_BUDGET": "7",
+        "REID_AL_RETRAIN_EVERY": "5", "REID_AL_MAX_BODY_BYTES": "2048", "REID_AL_PREDICT_EMBED_MAX": "0",
+        "REID_AL_PREDICT_EMBED_SECONDS": "1.5", "REID_AL_DOCUMENT_ROOT": "/data", "REID_AL_QUEUE": "q",
+        "REID_AL_JOB_TIMEOUT": "60",
+    }
+    s = Settings.from_env(env)
+    assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == ("http://ls:8080", "k",
+                                                                         Path("/tmp/m"))
+    assert (s.basic_auth_user, s.basic_auth_pass, s.auth_enabled) == ("u", "p", True)
+    assert (s.redis_url, s.embedded_redis) == ("redis://r:6379/1", False)
+    assert (s.workers, s.threads, s.log_level, s.port, s.host) == (3, 4, "DEBUG", 9191, "127.0.0.1")
+    assert (s.encoder, s.encoder_checkpoint, s.strategy, s.budget) == ("mobilenetv2", "/w.pt", "random", 7)
+    assert (s.retrain_every, s.max_body_bytes, s.predict_embed_max) == (5, 2048, 0)
+    assert (s.predict_embed_seconds, s.document_root, s.queue_name, s.job_timeout) == (1.5, "/data", "q", 60)
+    assert set(env) == {v for v, *_ in SETTINGS_HELP}
+    assert Settings.from_env(s.to_env()) == s
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("PORT", "abc", "integer"),
+        ("PORT", "70000", "between"),
+        ("WORKERS", "0", ">= 1"),
+        ("REID_AL_BUDGET", "-1", ">= 1"),
+        ("REID_AL_PREDICT_EMBED_SECONDS", "soon", "number"),
+        ("LOG_LEVEL", "LOUD", "one of"),
+        ("REDIS_URL", "localhost:6379", "redis://"),
+        ("REID_AL_MAX_BODY_BYTES", "10", ">= 1024"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str, needle: str) -> None:
+    with pytest.raises(SettingsError, match=variable) as info:
+        Settings.from_env({variable: value})
+    assert info.value.variable == variable
+    assert needle in str(info.value)
+
+
+def test_auth_user_without_password_is_rejected() -> None:
+    with pytest.raises(SettingsError, match="BASIC_AUTH"):
+        Settings.from_env({"BASIC_AUTH_USER": "u"})
+
+
+def test_empty_numeric_variable_means_default() -> None:
+    assert Settings.from_env({"PORT": ""}).port == 9090
+
+
+def test_help_text_lists_every_variable() -> None:
+    text = settings_help_text()
+    for variable, *_ in SETTINGS_HELP:
+        assert variable in text
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]

@@ -1,0 +1,197 @@
+"""ProjectState against a real Redis: idempotent, order-independent annotation records."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import redis
+
+from ml_backend.pairs import pair_id
+from ml_backend.state import ProjectState, StateError, list_projects, parse_timestamp
+from strategies.constraints import ConstraintKind, Relation
+
+pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
+
+ROWS = {"a": 0, "b": 1, "c": 2, "d": 3}
+
+
+def _state(client: redis.Redis, project: str = "7") -> ProjectState:
+    return ProjectState(client, project)
+
+
+def test_record_created_unchanged_updated(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    kw = {"task_id": 1, "image_a": "b", "image_b": "a", "answer": "same",
+          "updated_at": "2024-01-01T00:00:00Z"}
+    assert s.record_annotation(10, **kw) == "created"
+    assert s.record_annotation(10, **kw) == "unchanged"
+    assert s.record_annotation(10, **{**kw, "answer": "different",
+                                      "updated_at": "2024-01-02T00:00:00Z"}) == "updated"
+    (rec,) = s.annotations()
+    assert (rec["annotation_id"], rec["image_a"], rec["image_b"], rec["answer"]) == ("10", "a", "b",
+                                                                                     "different")
+    assert rec["pair_id"] == pair_id("a", "b")
+    assert list_projects(redis_client) == ["7"]
+
+
+def test_stale_update_is_ignored(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="different",
+                        updated_at="2024-01-02T00:00:00Z")
+    assert s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same",
+                               updated_at="2024-01-01T00:00:00Z") == "unchanged"
+    assert s.annotation(1)["answer"] == "different"
+
+
+def test_removed_annotation_is_not_resurrected_by_a_late_event(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same")
+    assert s.remove_annotation(1) is True
+    assert s.remove_annotation(1) is False
+    assert s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same") == "unchanged"
+    assert s.annotations() == []
+
+
+def _events() -> list[tuple[str, dict]]:
+    return [
+        ("record", {"annotation_id": 1, "task_id": 1, "image_a": "a", "image_b": "b", "answer": "same",
+                    "updated_at": 100.0}),
+        ("record", {"annotation_id": 1, "task_id": 1, "image_a": "a", "image_b": "b", "answer": "different",
+                    "updated_at": 200.0}),
+        ("record", {"annotation_id": 2, "task_id": 2, "image_a": "b", "image_b": "c", "answer": "same",
+                    "updated_at": 150.0}),
+        ("remove", {"annotation_id": 3}),
+        ("record", {"annotation_id": 3, "task_id": 3, "image_a": "c", "image_b": "d", "answer": "same",
+                    "updated_at": 120.0}),
+    ]
+
+
+def _apply(s: ProjectState, events: list[tuple[str, dict]]) -> None:
+    for kind, kw in events:
+        if kind == "record":
+            kw = dict(kw)
+            s.record_annotation(kw.pop("annotation_id"), **kw)
+        else:
+            s.remove_annotation(kw["annotation_id"])
+
+
+def test_duplicated_and_reordered_events_converge(redis_client: redis.Redis) -> None:
+    events = _events()
+    finals = set()
+    for n, order in enumerate(itertools.permutations(events)):
+        s = _state(redis_client, f"p{n}")
+        _apply(s, list(order) + list(order[:2]))  # plus duplicates
+        finals.add(json.dumps([(r["annotation_id"], r["answer"]) for r in s.annotations()]))
+    assert finals == {json.dumps([["2", "same"], ["1", "different"]])}
+
+
+def test_constraint_graph_maps_answers(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same")
+    s.record_annotation(2, task_id=2, image_a="b", image_b="c", answer="different")
+    s.record_annotation(3, task_id=3, image_a="c", image_b="d", answer="unsure")
+    s.record_annotation(4, task_id=4, image_a="a", image_b="zz", answer="same")
+    s.register_pair(pair_id("a", "d"), "a", "d", task_id=9)
+    graph, unmapped = s.constraint_graph(ROWS.get)
+    assert unmapped == 1
+    assert len(graph) == 2
+    assert [c.kind for c in graph.must_links()] == [ConstraintKind.MUST_LINK]
+    assert graph.relation(0, 2) is Relation.DIFFERENT
+    assert graph.was_asked(2, 3) and graph.was_asked(0, 3)
+    graph2, _ = s.constraint_graph(ROWS.get, include_pending=False)
+    assert not graph2.was_asked(0, 3)
+
+
+def test_two_annotators_disagreeing_is_a_conflict(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same", completed_by=1)
+    s.record_annotation(2, task_id=1, image_a="b", image_b="a", answer="different", completed_by=2)
+    (conflict,) = s.conflicts()
+    assert conflict["annotations"] == {"1": "same", "2": "different"}
+    assert len(s.annotations()) == 2  # both kept, nothing overwritten
+    graph, _ = s.constraint_graph(ROWS.get)
+    assert len(graph.contradictions()) == 1
+
+
+def test_replace_all_is_validated_before_writing(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same")
+    bad = [{"annotation_id": 5, "task_id": 5, "image_a": "a", "image_b": "c", "answer": "same"},
+           {"annotation_id": 6, "task_id": 6, "image_a": "a", "image_b": "c", "answer": "maybe"}]
+    with pytest.raises(StateError, match=r"records\[1\]\.answer"):
+        s.replace_all_annotations(bad)
+    assert [r["annotation_id"] for r in s.annotations()] == ["1"]
+    s.remove_annotation(1)
+    skip = {"annotation_id": 1, "task_id": 1, "image_a": "a", "image_b": "b", "answer": "skip"}
+    assert s.replace_all_annotations([bad[0], skip]) == 2
+    assert {r["annotation_id"]: r["answer"] for r in s.annotations()} == {"1": "skip", "5": "same"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"annotation_id": None}, "annotation_id"), ({"annotation_id": True}, "annotation_id"),
+     ({"task_id": "x"}, "task_id"), ({"image_a": ""}, "image_a"), ({"image_b": "a"}, "image_b"),
+     ({"answer": "yes"}, "answer"), ({"updated_at": "yesterday"}, "updated_at"), ({"completed_by": 1.5},
+                                                                                    "completed_by")],
+)
+def test_bad_records_name_the_argument_and_change_nothing(redis_client: redis.Redis, kwargs: dict,
+                                                          field: str) -> None:
+    s = _state(redis_client)
+    base = {"annotation_id": 1, "task_id": 1, "image_a": "a", "image_b": "b", "answer": "same"}
+    base.update(kwargs)
+    with pytest.raises(StateError) as info:
+        s.record_annotation(base.pop("annotation_id"), **base)
+    assert info.value.field == field
+    assert s.annotations() == []
+
+
+def test_bad_project_is_rejected(redis_client: redis.Redis) -> None:
+    for bad in ("", "a:b", "a b"):
+        with pytest.raises(StateError, match="project"):
+            ProjectState(redis_client, bad)
+
+
+def test_pair_registry(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    pid = pair_id("a", "b")
+    assert s.register_pair(pid, "b", "a", model_version="v1", p_same=0.4) is True
+    assert s.register_pair(pid, "a", "b", task_id=12) is False
+    rec = s.pair(pid)
+    assert (rec["task_id"], rec["model_version"], rec["p_same"], rec["status"]) == (12, "v1", 0.4, "open")
+    assert s.pair_for_task(12) == pid
+    assert s.set_pair_status(pid, "retired") and s.pairs()[pid]["status"] == "retired"
+    assert s.set_pair_status("nope", "retired") is False
+    with pytest.raises(StateError, match="pair_id"):
+        s.register_pair("0123", "a", "b")
+    with pytest.raises(StateError, match="status"):
+        s.set_pair_status(pid, "gone")
+
+
+def test_counters_pending_versions_cycles(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    assert s.incr("x") == 1 and s.incr("x", 4) == 5
+    assert s.counters() == {"x": 5}
+    assert s.add_pending_constraints() == 1 and s.add_pending_constraints(2) == 3
+    assert s.take_pending_constraints() == 3 and s.pending_constraints() == 0
+    s.add_version("v1")
+    s.add_version("v2")
+    s.add_version("v1")
+    assert s.versions() == ["v1", "v2"] and s.current_version() == "v2"
+    s.record_cycle({"status": "finished", "duration_s": 2.0})
+    s.record_cycle({"status": "failed", "duration_s": 1.0})
+    assert [c["status"] for c in s.cycles()] == ["failed", "finished"]
+    assert s.cycle_seconds() == (3.0, 2)
+    s.mark_embedded(["a", "b"])
+    assert s.missing_embeddings(["a", "c", "c"]) == ["c"]
+    s.mark_pushed_tasks("v2", [3, 4])
+    assert s.pushed_tasks("v2") == {3, 4}
+
+
+def test_parse_timestamp() -> None:
+    assert parse_timestamp("1970-01-01T00:00:10Z") == 10.0
+    assert parse_timestamp(5) == 5.0
+    assert parse_timestamp(None) is None
+    with pytest.raises(StateError, match="updated_at"):
+        parse_timestamp([1])

@@ -1,0 +1,216 @@
+"""Webhook events -> recorded answers and queued work; bad events change nothing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import redis
+
+from ml_backend.queue import CycleQueue
+from ml_backend.state import ProjectState
+from ml_backend.webhook import WebhookError, WebhookHandler, parse_answer, project_id_of
+
+pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
+
+
+def choice(value: str, from_name: str = "answer") -> list[dict[str, Any]]:
+    return [{"from_name": from_name, "to_name": "image_a", "type": "choices", "value": {"choices": [value]}}]
+
+
+def annotation_event(ann_id: int = 1, answer: str = "same", *, action: str = "ANNOTATION_CREATED",
+                     task_id: int = 11, a: str = "img-a", b: str = "img-b", cancelled: bool = False,
+                     updated_at: str = "2024-05-01T10:00:00.000000Z", project: Any = None) -> dict[str, Any]:
+    return {
+        "action": action,
+        "project": project if project is not None else {"id": 3, "title": "p", "label_config": "<View/>"},
+        "annotation": {"id": ann_id, "result": [] if cancelled else choice(answer),
+                       "was_cancelled": cancelled,
+                       "completed_by": 1, "task": task_id, "updated_at": updated_at},
+        "task": {"id": task_id, "data": {"id_a": a, "id_b": b, "image_a": f"/u/{a}.jpg",
+                                         "image_b": f"/u/{b}.jpg"}},
+    }
+
+
+@pytest.fixture()
+def handler(redis_client: redis.Redis) -> WebhookHandler:
+    return WebhookHandler(redis_client, CycleQueue(redis_client), retrain_every=3)
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key and its content, to prove that a rejected event changed nothing."""
+    out: dict[bytes, Any] = {}
+    for key in client.keys("*"):
+        kind = client.type(key)
+        out[key] = (client.hgetall(key) if kind == b"hash" else client.smembers(key) if kind == b"set"
+                    else client.lrange(key, 0,
+                                       -1) if kind == b"list" else client.get(key) if kind == b"string"
+                    else kind)
+    return out
+
+
+# --- parse_answer ----------------------------------------------------------------------------------------
+def test_parse_answer_choices() -> None:
+    assert parse_answer(choice("same")) == "same"
+    assert parse_answer(choice("Different")) == "different"
+    assert parse_answer(choice("unsure")) == "unsure"
+    assert parse_answer([]) == "skip"
+    assert parse_answer(choice("same"), was_cancelled=True) == "skip"
+    assert parse_answer(choice("same", "other"), "answer") == "skip"
+    assert parse_answer(choice("same", "other") + choice("different"), "answer") == "different"
+    assert parse_answer([{"type": "textarea", "value": {"text": ["x"]}}, *choice("same")]) == "same"
+
+
+@pytest.mark.parametrize(("result", "field"), [
+    ("same", "annotation.result"),
+    ([1], "annotation.result[0]"),
+    ([{"type": "choices", "value": {"choices": "same"}}], "annotation.result[0].value.choices"),
+    (choice("maybe"), "annotation.result"),
+    (choice("same") + choice("different"), "annotation.result"),
+])
+def test_parse_answer_errors(result: Any, field: str) -> None:
+    with pytest.raises(WebhookError) as info:
+        parse_answer(result)
+    assert info.value.field == field and info.value.status == 422
+
+
+def test_project_id_of() -> None:
+    assert project_id_of({"id": 3}) == "3"
+    assert project_id_of(4) == "4"
+    assert project_id_of("5.1700000000") == "5"
+    for bad, status in ((None, 400), ({"title": "x"}, 400), (True, 400), ("a b", 422), (-1, 422)):
+        with pytest.raises(WebhookError) as info:
+            project_id_of(bad)
+        assert info.value.status == status
+
+
+# --- events ----------------------------------------------------------------------------------------------
+def test_created_updated_deleted(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    state = ProjectState(redis_client, "3")
+    assert handler.handle(annotation_event(1, "same"))["outcome"] == "created"
+    assert handler.handle(annotation_event(1, "same"))["outcome"] == "unchanged"
+    body = handler.handle(annotation_event(1, "different", action="ANNOTATION_UPDATED",
+                                           updated_at="2024-05-01T11:00:00Z"))
+    assert body["outcome"] == "updated"
+    assert [r["answer"] for r in state.annotations()] == ["different"]
+    body = handler.handle({"action": "ANNOTATIONS_DELETED", "project": {"id": 3},
+                           "annotations": [{"id": 1}, {"id": 99}]})
+    assert body["removed"] == [1] and body["unknown"] == [99]
+    assert state.annotations() == []
+    counters = state.counters()
+    assert counters["events:ANNOTATION_CREATED"] == 2 and counters["events:ANNOTATIONS_DELETED"] == 1
+
+
+def test_skip_and_unsure_record_no_constraint_but_are_asked(handler: WebhookHandler,
+                                                              redis_client: redis.Redis) -> None:
+    handler.handle(annotation_event(1, cancelled=True, a="a", b="b"))
+    handler.handle(annotation_event(2, "unsure", a="c", b="d"))
+    state = ProjectState(redis_client, "3")
+    assert {r["answer"] for r in state.annotations()} == {"skip", "unsure"}
+    graph, unmapped = state.constraint_graph({"a": 0, "b": 1, "c": 2, "d": 3}.get)
+    assert len(graph) == 0 and unmapped == 0
+    assert graph.was_asked(0, 1) and graph.was_asked(2, 3)
+    assert state.pending_constraints() == 0
+
+
+def test_every_n_constraints_enqueues_one_cycle(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    bodies = [handler.handle(annotation_event(i, "same", a=f"x{i}", b=f"y{i}")) for i in range(1, 6)]
+    assert [b.get("cycle") for b in bodies] == [None, None, "enqueued", "queued", "queued"]
+    assert CycleQueue(redis_client).depth() == 1
+
+
+def test_start_training_enqueues_and_coalesces(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    first = handler.handle({"action": "START_TRAINING", "project": {"id": 3}})
+    second = handler.handle({"action": "START_TRAINING", "project": {"id": 3}})
+    assert first["cycle"] == "enqueued" and second["cycle"] == "queued"
+    assert second["job_id"] == first["job_id"]
+    assert CycleQueue(redis_client).depth() == 1
+
+
+def test_tasks_created_registers_pairs_and_enqueues_embedding(handler: WebhookHandler,
+                                                                redis_client: redis.Redis) -> None:
+    state = ProjectState(redis_client, "3")
+    state.mark_embedded(["e1", "e2"])
+    body = handler.handle({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [
+        {"id": 1, "data": {"id_a": "e1", "id_b": "e2", "image_a": "/1", "image_b": "/2"}},
+        {"id": 2, "data": {"image_a": "http://h/new.jpg", "image_b": "/2"}},
+        {"id": 3, "data": {"text": "not a pair"}},
+    ]})
+    assert (body["tasks"], body["unusable"], body["missing_embeddings"]) == (2, 1, 2)
+    assert body["embed_job"]
+    assert state.pair_for_task(1) is not None and state.pair_for_task(2) is not None
+    body = handler.handle({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [
+        {"id": 1, "data": {"id_a": "e1", "id_b": "e2", "image_a": "/1", "image_b": "/2"}}]})
+    assert body["missing_embeddings"] == 0 and "embed_job" not in body
+
+
+def test_tasks_deleted_closes_pairs(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    handler.handle({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [
+        {"id": 1, "data": {"id_a": "e1", "id_b": "e2", "image_a": "/1", "image_b": "/2"}}]})
+    body = handler.handle({"action": "TASKS_DELETED", "project": {"id": 3}, "tasks": [{"id": 1}, {"id": 5}]})
+    assert body["closed_pairs"] == 1
+    assert next(iter(ProjectState(redis_client, "3").pairs().values()))["status"] == "deleted"
+
+
+def test_unknown_and_ignored_events_are_acknowledged_and_counted(handler: WebhookHandler,
+                                                                  redis_client: redis.Redis) -> None:
+    assert handler.handle({"action": "SOMETHING_NEW", "project": {"id": 3}})["status"] == "ignored"
+    assert handler.handle({"action": "PROJECT_UPDATED", "project": {"id": 3}})["known"] is True
+    assert handler.handle({"action": "WHATEVER"})["project"] is None
+    counters = ProjectState(redis_client, "3").counters()
+    assert counters["events:unknown"] == 1 and counters["events:PROJECT_UPDATED"] == 1
+    assert redis_client.hget("reid-al:global:counters", "events:unknown") == b"1"
+
+
+BAD_EVENTS: list[tuple[Any, str, int]] = [
+    ([], "body", 400),
+    ({}, "action", 400),
+    ({"action": 5}, "action", 422),
+    ({**annotation_event(), "project": None}, "project", 400),
+    ({k: v for k, v in annotation_event().items() if k != "annotation"}, "annotation", 400),
+    ({**annotation_event(), "annotation": "x"}, "annotation", 422),
+    ({**annotation_event(), "task": {"data": {}}}, "task.id", 400),
+    ({**annotation_event(), "task": {"id": "7", "data": {}}}, "task.id", 422),
+    ({**annotation_event(), "task": {"id": 7, "data": {"id_a": "x"}}}, "task.data", 422),
+    ({**annotation_event(), "task": {"id": 7}}, "task.data", 400),
+    ({"action": "ANNOTATIONS_DELETED", "project": {"id": 3}}, "annotations", 400),
+    ({"action": "ANNOTATIONS_DELETED", "project": {"id": 3}, "annotations": [{"id": 1}, {"id": "2"}]},
+     "annotations[1].id", 422),
+    ({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": {"id": 1}}, "tasks", 422),
+    ({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [{"data": {}}]}, "tasks[0].id", 400),
+]
+
+
+def _with(event: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    event = copy.deepcopy(event)
+    target = event
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return event
+
+
+BAD_EVENTS += [
+    (_with(annotation_event(), ["annotation", "id"], "1"), "annotation.id", 422),
+    (_with(annotation_event(), ["annotation", "was_cancelled"], "no"), "annotation.was_cancelled", 422),
+    (_with(annotation_event(), ["annotation", "result"], choice("perhaps")), "annotation.result", 422),
+    (_with(annotation_event(), ["annotation", "completed_by"], [1]), "annotation.completed_by", 422),
+    (_with(annotation_event(), ["annotation", "updated_at"], "not a date"), "annotation.updated_at", 422),
+]
+
+
+@pytest.mark.parametrize(("event", "field", "status"), BAD_EVENTS)
+def test_bad_events_are_rejected_without_state_change(handler: WebhookHandler, redis_client: redis.Redis,
+                                                      event: Any, field: str, status: int) -> None:
+    handler.handle(annotation_event(50, "same", a="keep-a", b="keep-b"))
+    before = snapshot(redis_client)
+    with pytest.raises(WebhookError) as info:
+        handler.handle(event)
+    assert (info.value.field, info.value.status) == (field, status)
+    assert snapshot(redis_client) == before
+
+
+def test_retrain_every_must_be_positive(redis_client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="retrain_every"):
+        WebhookHandler(redis_client, None, retrain_every=0)
