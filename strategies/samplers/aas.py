@@ -622,7 +622,13 @@ class AASSampler(PairSampler):
     ) -> SamplingResult:
         self._check_params()
         rng = rng_from(self.random_state)
-        ctx = complete_context(features, constraints, context, random_state=self.random_state)
+        ctx = complete_context(
+            features,
+            constraints,
+            context,
+            need=("jaccard", "dbscan_labels", "finch", "calibrator"),
+            random_state=self.random_state,
+        )
         a, b, outlier = self.clusterings(features, constraints, ctx)
         pool = aas_pool(
             features,

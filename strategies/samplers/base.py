@@ -322,11 +322,14 @@ def complete_context(
     if unknown:
         raise ValueError(f"need has unknown fields {sorted(unknown)}")
     seed = 0 if random_state is None else int(random_state)
-    if ("knn" in need or "jaccard" in need) and ctx.knn is None:
+    need_jaccard = ctx.jaccard is None and (
+        "jaccard" in need or ("dbscan_labels" in need and ctx.dbscan_labels is None)
+    )
+    if ("knn" in need or need_jaccard) and ctx.knn is None:
         from strategies.knn import build_knn
 
         ctx.knn = build_knn(features, min(defaults.KNN_K, n), random_state=seed)
-    if ("jaccard" in need or "dbscan_labels" in need) and ctx.jaccard is None:
+    if need_jaccard:
         from strategies.jaccard import jaccard_distance
 
         k1 = min(defaults.K1, n - 1)

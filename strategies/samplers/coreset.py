@@ -100,13 +100,15 @@ class CoresetSampler(PairSampler):
         priorities: list[float] = []
         reasons: list[str] = []
         picks = 0
+        taken: set[tuple[int, int]] = set()
         for pick, score in k_center_greedy(features, labelled, random_state=self.random_state):
             picks += 1
-            partner = _nearest_unresolved(features, pick, centres, constraints)
+            partner = _nearest_unresolved(features, pick, centres, constraints, taken)
             centres.append(pick)
             if partner is None:
                 continue
             pairs.append((min(pick, partner), max(pick, partner)))
+            taken.add(pairs[-1])
             priorities.append(score)
             reasons.append(
                 f"k-centre pick {pick} (coverage distance {score:.3f}) vs nearest centre {partner}"
@@ -128,12 +130,18 @@ class CoresetSampler(PairSampler):
 
 
 def _nearest_unresolved(
-    features: np.ndarray, pick: int, centres: list[int], constraints: ConstraintGraph
+    features: np.ndarray,
+    pick: int,
+    centres: list[int],
+    constraints: ConstraintGraph,
+    taken: set[tuple[int, int]],
 ) -> int | None:
-    """Most similar centre whose pair with ``pick`` is still open; with no centre yet (cold start),
-    the most similar image overall."""
+    """Most similar centre whose pair with ``pick`` is still open and not already in this batch; with
+    no centre yet (cold start), the most similar image overall."""
     pool = np.asarray(centres, dtype=np.int64) if centres else np.arange(features.shape[0], dtype=np.int64)
     pool = pool[pool != pick]
+    if taken:
+        pool = pool[[(min(pick, int(c)), max(pick, int(c))) not in taken for c in pool]]
     if pool.size == 0:
         return None
     sims = features[pool] @ features[pick]

@@ -355,6 +355,7 @@ class UncertaintySampler(PairSampler):
         picked_pairs: list[list[tuple[tuple[int, int], str]]] = []
         skipped = {"dup": 0, "seg": 0, "pair": 0}
         n_pairs = 0
+        taken: set[tuple[int, int]] = set()  # pairs already in this batch (cold start can meet one twice)
         while available.any() and len(picks) < max_units:
             if pair_budget is not None and n_pairs >= pair_budget:
                 break
@@ -381,13 +382,13 @@ class UncertaintySampler(PairSampler):
                     skipped["seg"] += 1
                     continue
             if pair_budget is not None:
-                unit_pairs = self._pairs_for(
-                    pick, features, units, constraints, lab_rows, comp, id_start, picks
-                )
+                unit_pairs = self._pairs_for(pick, features, units, constraints, lab_rows, id_start, picks)
+                unit_pairs = [pw for pw in unit_pairs if pw[0] not in taken]
                 if not unit_pairs:
                     skipped["pair"] += 1
                     continue
                 picked_pairs.append(unit_pairs)
+                taken.update(pw[0] for pw in unit_pairs)
                 n_pairs += len(unit_pairs)
             if self.one_per_segment and unit_cam is not None:
                 used_segments.add((unit_cam[pick], unit_seg[pick]))
@@ -442,7 +443,6 @@ class UncertaintySampler(PairSampler):
         units: Units,
         constraints: ConstraintGraph,
         lab_rows: np.ndarray,
-        comp: np.ndarray,
         id_start: np.ndarray,
         earlier: list[int],
     ) -> list[tuple[tuple[int, int], str]]:

@@ -1,0 +1,204 @@
+"""Uncertainty + diversity sampler (ALGORITHMS.md §6)."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from strategies.constraints import ConstraintGraph
+from strategies.samplers import PoolExhaustedError, UncertaintySampler, make_sampler
+from strategies.samplers.coreset import k_center_greedy
+from strategies.samplers.uncertainty import identity_uncertainty, make_units
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _labelled_graph() -> ConstraintGraph:
+    """Identities {0,1} and {2,3} (must-links), told apart by a cannot-link."""
+    g = ConstraintGraph()
+    g.add("m1", 0, 1, "must_link")
+    g.add("m2", 2, 3, "must_link")
+    g.add("c1", 1, 2, "cannot_link")
+    return g
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def test_entropy_is_one_for_a_tie_and_near_zero_for_a_clear_winner() -> None:
+    s = np.array([[0.8, 0.8, 0.8], [0.9, 0.1, 0.0]])
+    u = identity_uncertainty(s, tau=0.05, measure="entropy")
+    assert u[0] == pytest.approx(1.0)
+    assert u[1] < 1e-5
+
+
+def test_margin_and_spread_measures() -> None:
+    s = np.array([[0.5, 0.5], [1.0, -1.0]])
+    assert identity_uncertainty(s, measure="margin").tolist() == pytest.approx([1.0, 0.0], abs=1e-9)
+    assert identity_uncertainty(s, measure="spread").tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_uncertainty_is_zero_with_fewer_than_two_identities_and_checks_the_measure() -> None:
+    assert identity_uncertainty(np.ones((3, 1))).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="measure"):
+        identity_uncertainty(np.ones((2, 2)), measure="variance")
+
+
+def test_units_are_renormalised_tracklet_means() -> None:
+    x = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.2]]))
+    units = make_units(x, np.array([7, 7, -1, 3]))
+    assert units.of_item.tolist() == [0, 0, 1, 2]
+    assert np.allclose(units.features[0], _unit(np.array([[1.0, 1.0]]))[0], atol=1e-6)
+    assert np.allclose(np.linalg.norm(units.features, axis=1), 1.0)
+    assert units.rep[1] == 2 and units.rep[2] == 3
+
+
+# ----------------------------------------------------------------------------- selection behaviour
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_cold_start_equals_k_center_greedy(seed: int) -> None:
+    x = _unit(np.random.default_rng(seed).normal(size=(40, 6)))  # no near-duplicates at d=6
+    sel = UncertaintySampler(random_state=seed).select_units(x, ConstraintGraph(), 10)
+    assert sel.cold_start
+    expected = [p for p, _ in islice(k_center_greedy(x, random_state=seed), 10)]
+    assert sel.units.tolist() == expected
+
+
+def test_near_duplicates_are_never_both_selected() -> None:
+    rng = np.random.default_rng(1)
+    base = _unit(rng.normal(size=(10, 8)))
+    dups = _unit(base + 0.01 * rng.normal(size=base.shape))  # cos >= 0.99 to their originals
+    x = np.concatenate([base, dups])
+    g = ConstraintGraph()
+    g.add("c", 0, 1, "cannot_link")
+    for lam_d in (0.0, 0.5):  # with lambda_d = 0 only the duplicate rule keeps them apart
+        sel = UncertaintySampler(lambda_d=lam_d, lambda_u=1.0).select_units(x, g, 18)
+        picked = x[sel.units]
+        sims = picked @ picked.T
+        np.fill_diagonal(sims, -1.0)
+        assert sims.max() < 0.95
+        assert sel.skipped_near_duplicate > 0
+
+
+def test_warm_start_prefers_units_between_identities() -> None:
+    # identity A around e1, identity B around e2; unit 4 lies halfway, unit 5 sits on A
+    x = _unit(
+        np.array(
+            [
+                [1.0, 0.0, 0.0],
+                [0.99, 0.05, 0.0],
+                [0.0, 1.0, 0.0],
+                [0.05, 0.99, 0.0],
+                [0.7, 0.7, 0.1],
+                [0.98, 0.02, 0.1],
+            ]
+        )
+    )
+    sel = UncertaintySampler(lambda_u=1.0, lambda_d=0.0).select_units(x, _labelled_graph(), 1)
+    assert sel.units.tolist() == [4]
+    assert sel.uncertainty[0] > 0.9
+
+
+def test_coverage_updates_as_the_batch_grows() -> None:
+    rng = np.random.default_rng(2)
+    x = _unit(rng.normal(size=(60, 5)))
+    g = _labelled_graph()
+    sel = UncertaintySampler(lambda_u=0.0, lambda_d=1.0).select_units(x, g, 6)
+    # pure coverage with labelled centres = k-centre greedy from the labelled rows
+    initial = np.zeros(60, dtype=bool)
+    initial[[0, 1, 2, 3]] = True
+    assert sel.units.tolist() == [p for p, _ in islice(k_center_greedy(x, initial), 6)]
+    assert all(a >= b - 1e-9 for a, b in zip(sel.coverage, sel.coverage[1:], strict=False))
+
+
+def test_pairs_target_the_top_identities_of_each_unit() -> None:
+    x = _unit(
+        np.array([[1.0, 0.0, 0.0], [0.99, 0.05, 0.0], [0.0, 1.0, 0.0], [0.05, 0.99, 0.0], [0.7, 0.7, 0.1]])
+    )
+    result = UncertaintySampler(top_identities=2).select(x, _labelled_graph(), 2)
+    best_a = max((0, 1), key=lambda r: float(x[4] @ x[r]))
+    best_b = max((2, 3), key=lambda r: float(x[4] @ x[r]))
+    first = best_a if x[4] @ x[best_a] >= x[4] @ x[best_b] else best_b  # identity rank = similarity
+    second = best_b if first == best_a else best_a
+    assert result.pairs() == [(first, 4), (second, 4)]
+    assert {p.pool for p in result.proposals} == {"uncertainty"}
+    assert result.proposals[0].priority == result.proposals[1].priority
+
+
+def test_one_pick_per_camera_segment() -> None:
+    rng = np.random.default_rng(3)
+    x = _unit(rng.normal(size=(30, 6)))
+    cams = np.array(["c1", "c2"] * 15)
+    times = np.repeat([0.0, 100.0, 200.0], 10)
+    s = UncertaintySampler(one_per_segment=True, segment_seconds=60.0)
+    sel = s.select_units(x, _labelled_graph(), 30, cameras=cams, timestamps=times)
+    keys = [(cams[r], int(times[r] // 60)) for r in sel.rep]
+    assert len(keys) == len(set(keys))
+    assert len(keys) <= 6 and sel.skipped_segment > 0
+
+
+def test_tracklets_are_selected_as_units_and_never_paired_with_themselves() -> None:
+    rng = np.random.default_rng(4)
+    x = _unit(rng.normal(size=(24, 6)))
+    tracklets = np.repeat(np.arange(8), 3)
+    g = ConstraintGraph()
+    g.add("c", 0, 3, "cannot_link")  # tracklets 0 and 1 are labelled
+    result = UncertaintySampler().select(x, g, 6, tracklets=tracklets)
+    for i, j in result.pairs():
+        assert tracklets[i] != tracklets[j]
+        assert tracklets[i] in (0, 1) or tracklets[j] in (0, 1)
+
+
+def test_text_term_raises_uncertainty_where_modalities_disagree() -> None:
+    x = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05], [1.0, -0.05]]))
+    text = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]))  # unit 2's text says B
+    g = ConstraintGraph()
+    g.add("c", 0, 1, "cannot_link")
+    s = UncertaintySampler(lambda_u=1.0, lambda_d=0.0, lambda_text=1.0)
+    with_text = s.select_units(x, g, 2, text_embeddings=text)
+    assert with_text.units.tolist()[0] == 2
+    assert with_text.uncertainty[0] > 0.4
+    no_text = UncertaintySampler(lambda_u=1.0, lambda_d=0.0).select_units(x, g, 2)
+    assert max(no_text.uncertainty) < 0.1
+
+
+def test_determinism_and_exhaustion() -> None:
+    x = _unit(np.random.default_rng(5).normal(size=(20, 4)))
+    a = UncertaintySampler(random_state=1).select(x, ConstraintGraph(), 7)
+    b = UncertaintySampler(random_state=1).select(x, ConstraintGraph(), 7)
+    assert a.proposals == b.proposals
+    assert len(a.proposals) == 7
+    g = ConstraintGraph()
+    for k in range(1, 4):
+        g.add(f"m{k}", 0, k, "must_link")
+    with pytest.raises(PoolExhaustedError, match="uncertainty"):
+        UncertaintySampler().select(x[:4], g, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"tau": 0.0}, "tau"),
+        ({"lambda_u": -1.0}, "lambda_u"),
+        ({"near_duplicate": 2.0}, "near_duplicate"),
+        ({"top_identities": 0}, "top_identities"),
+        ({"uncertainty": "variance"}, "uncertainty"),
+        ({"lambda_text": -0.1}, "lambda_text"),
+        ({"segment_seconds": 0.0}, "segment_seconds"),
+    ],
+)
+def test_parameter_validation_names_the_parameter(kwargs: dict, name: str) -> None:
+    x = _unit(np.random.default_rng(6).normal(size=(6, 3)))
+    with pytest.raises(ValueError, match=name):
+        make_sampler("uncertainty", **kwargs).select(x, ConstraintGraph(), 2)
+
+
+def test_select_units_rejects_a_bad_count() -> None:
+    x = _unit(np.random.default_rng(6).normal(size=(6, 3)))
+    with pytest.raises(ValueError, match="n_units"):
+        UncertaintySampler().select_units(x, ConstraintGraph(), 0)
