@@ -175,7 +175,7 @@ class Encoder(ABC):
             raise ValueError(f"batch must have shape (n, 3, H, W), got {tuple(batch.shape)}")
         if batch.shape[0] == 0:
             return torch.empty((0, self.dim), dtype=torch.float32)
-        with torch.inference_mode():
+        with torch.no_grad():
             x = batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
             feats = self._forward_images(x).float()
             return F.normalize(feats, dim=1).cpu()
@@ -245,7 +245,7 @@ class OpenClipEncoder(Encoder):
         if len(texts) == 0:
             return torch.empty((0, self.dim), dtype=torch.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode():
+        with torch.no_grad():
             return F.normalize(self.model.encode_text(tokens).float(), dim=1).cpu()
 
 
@@ -302,7 +302,7 @@ def _choose_precision(
         candidate = precision
     dtype = _DTYPES[candidate]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             ref = F.normalize(forward(model, probe.to(device)).float(), dim=1)
             reduced = copy.deepcopy(model).to(dtype)
             out = F.normalize(forward(reduced, probe.to(device, dtype)).float(), dim=1)
@@ -498,7 +498,7 @@ def _build_open_clip(name: str, params: Mapping[str, Any], device: torch.device,
     probe = torch.stack([preprocess(im) for im in probe_images()])
     model, dtype, note = _choose_precision(model, lambda m, x: m.encode_image(x), probe, precision, device,
                                            min_cosine)
-    with torch.inference_mode():
+    with torch.no_grad():
         dim = int(model.encode_image(probe[:1].to(device, dtype)).shape[1])
     if name == "open_clip":
         spec_name = f"open_clip:{model_name}:{suffix}" + ("+custom_cfg" if model_cfg else "")
