@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
 
+from strategies.clustering import FinchResult
 from strategies.constraints import ConstraintGraph
 from strategies.samplers import AASSampler, PoolExhaustedError, SamplingContext, make_sampler
 from strategies.samplers.aas import (
@@ -270,14 +271,6 @@ def test_efraimidis_spirakis_is_seeded_without_replacement_and_proportional() ->
 # ----------------------------------------------------------------------------- the sampler
 
 
-class _Finch:
-    """A FinchResult stand-in with one partition (the contract's fields)."""
-
-    def __init__(self, partition: np.ndarray) -> None:
-        self.partitions = [np.asarray(partition)]
-        self.n_clusters = [int(np.unique(partition).size)]
-
-
 def _context(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> SamplingContext:
     n = x.shape[0]
     sims = x @ x.T
@@ -286,7 +279,7 @@ def _context(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> SamplingContext:
     jac = csr_matrix((dist[rows, cols], (rows, cols)), shape=(n, n))
     from strategies.calibration import PSameCalibrator
 
-    return SamplingContext(jaccard=jac, dbscan_labels=a, finch=_Finch(b), calibrator=PSameCalibrator())
+    return SamplingContext(jaccard=jac, dbscan_labels=a, finch=FinchResult([np.asarray(b)], [int(np.unique(b).size)]), calibrator=PSameCalibrator())
 
 
 def _two_merged_identities() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,7 +329,7 @@ def test_sampler_samples_budget_without_replacement_deterministically() -> None:
     b = ids.copy()
     b[b % 3 == 0] = 99  # FINCH merges others
     ctx = _context(x, a, b)
-    s = AASSampler(random_state=3)
+    s = AASSampler(random_state=3, s_min=0.0)  # with the cosine-like Jaccard stand-in, every medoid pair
     r1 = s.select(x, ConstraintGraph(), 4, context=ctx)
     r2 = s.select(x, ConstraintGraph(), 4, context=ctx)
     assert r1.pairs() == r2.pairs()
@@ -378,3 +371,20 @@ def test_pool_pairs_are_normalised_and_unique() -> None:
     assert all(i < j for i, j in pairs)
     assert len(set(pairs)) == len(pairs)
     assert set(pairs) <= set(combinations(range(9), 2))
+
+
+def test_sampler_end_to_end_computes_graph_clusterings_and_np3_itself() -> None:
+    rng = np.random.default_rng(21)
+    centres = [rng.normal(size=16) for _ in range(15)]
+    x, ids = _blobs(centres, per=12, spread=0.35, seed=22)
+    g = ConstraintGraph()
+    g.add("m", 0, 1, "must_link")
+    g.add("c", 0, 12, "cannot_link")
+    result = AASSampler(random_state=1).select(x, g, 20)
+    assert len(result.proposals) <= 20
+    assert result.shortfall == 20 - len(result.proposals)
+    assert result.pool_sizes["regions"] >= 0
+    for p in result.proposals:
+        assert not g.is_resolved(p.i, p.j)
+    again = AASSampler(random_state=1).select(x, g, 20)
+    assert again.proposals == result.proposals

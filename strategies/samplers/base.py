@@ -345,7 +345,8 @@ def complete_context(
     if "finch" in need and ctx.finch is None:
         from strategies.clustering import FINCH
 
-        ctx.finch = FINCH(random_state=seed).fit(features)
+        knn = ctx.knn if ctx.knn is not None and np.asarray(ctx.knn.indices).shape[1] >= 2 else None
+        ctx.finch = FINCH(random_state=seed).fit(features, knn=knn)
     if "calibrator" in need and ctx.calibrator is None:
         ctx.calibrator = fit_calibrator(features, constraints)
     return ctx
