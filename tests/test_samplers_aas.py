@@ -279,7 +279,12 @@ def _context(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> SamplingContext:
     jac = csr_matrix((dist[rows, cols], (rows, cols)), shape=(n, n))
     from strategies.calibration import PSameCalibrator
 
-    return SamplingContext(jaccard=jac, dbscan_labels=a, finch=FinchResult([np.asarray(b)], [int(np.unique(b).size)]), calibrator=PSameCalibrator())
+    return SamplingContext(
+        jaccard=jac,
+        dbscan_labels=a,
+        finch=FinchResult([np.asarray(b)], [int(np.unique(b).size)]),
+        calibrator=PSameCalibrator(),
+    )
 
 
 def _two_merged_identities() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -376,7 +381,7 @@ def test_pool_pairs_are_normalised_and_unique() -> None:
 def test_sampler_end_to_end_computes_graph_clusterings_and_np3_itself() -> None:
     rng = np.random.default_rng(21)
     centres = [rng.normal(size=16) for _ in range(15)]
-    x, ids = _blobs(centres, per=12, spread=0.35, seed=22)
+    x, _ids = _blobs(centres, per=12, spread=0.35, seed=22)
     g = ConstraintGraph()
     g.add("m", 0, 1, "must_link")
     g.add("c", 0, 12, "cannot_link")
