@@ -121,6 +121,23 @@ def test_matches_brute_force_on_random_data(cameras: bool, chunk_elements: int) 
     assert m.cmc == pytest.approx(cmc)
 
 
+@pytest.mark.parametrize("cameras", [False, True])
+def test_matches_brute_force_with_many_exact_ties(cameras: bool) -> None:
+    # the gallery repeats 4 distinct vectors: nearly every distance is tied, ranks follow gallery order
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(4, 3))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    g = base[rng.integers(0, 4, 40)].astype(np.float32)
+    q = base[rng.integers(0, 4, 12)].astype(np.float32)
+    qid, gid = rng.integers(0, 3, 12), rng.integers(0, 3, 40)
+    qcam, gcam = (rng.integers(0, 2, 12), rng.integers(0, 2, 40)) if cameras else (None, None)
+    m = retrieval_metrics(q, g, qid, gid, qcam, gcam, ranks=(1, 2, 7))
+    mAP, cmc, mINP, n, skipped = brute_force_metrics(q, g, qid, gid, qcam, gcam, (1, 2, 7))
+    assert (m.n_queries, m.n_skipped) == (n, skipped)
+    assert m.mAP == pytest.approx(mAP) and m.mINP == pytest.approx(mINP)
+    assert m.cmc == pytest.approx(cmc)
+
+
 def test_retrieval_rejects_bad_input_naming_the_argument() -> None:
     q, g = at_angles(0, 10), at_angles(20, 30, 40)
     with pytest.raises(ValueError, match="query_ids"):
