@@ -43,8 +43,9 @@ class NP3Result:
 class NP3:
     """Non-parametric, plug-and-play constrained refinement of pseudo-labels.
 
-    NP3 is deterministic (ties break towards lower indices); ``random_state`` is kept for the
-    estimator contract shared by every strategy and recorded with the result's provenance.
+    NP3 draws no random numbers (ties break towards lower indices), so ``random_state`` only keeps
+    the estimator contract shared by every strategy. ``features`` are L2-normalised rows: cosine
+    similarity (a dot product) drives centroid matching and the ``cl_wins`` choice of edge to cut.
     """
 
     def __init__(
