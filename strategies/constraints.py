@@ -158,6 +158,18 @@ class EffectiveConstraints:
     contradictions: tuple[Contradiction, ...] = field(default=())  # as listed by contradictions()
 
 
+@dataclass(frozen=True)
+class _LookupTables:
+    """Sorted arrays behind `ConstraintGraph.resolved_mask`."""
+
+    node_keys: np.ndarray  # nodes of the union-find ...
+    node_roots: np.ndarray  # ... and their roots
+    handle_keys: np.ndarray  # roots with cannot-links ...
+    handle_values: np.ndarray  # ... and their adjacency handles
+    cannot_link_keys: np.ndarray  # (handle << 32 | handle) of cannot-linked components
+    known_keys: np.ndarray  # (i << 32 | j) of asked or constrained pairs
+
+
 class _LinkIndex:
     """Union-find over must-links plus cannot-link adjacency between components.
 
@@ -253,6 +265,7 @@ class ConstraintGraph:
         self._pair_count: dict[tuple[int, int], int] = {}
         self._index = _LinkIndex()
         self._dirty = False  # a removal invalidated the union-find; rebuilt on the next query
+        self._tables: _LookupTables | None = None  # resolved_mask's arrays, dropped on every edit
 
     # ------------------------------------------------------------------ editing
     def add(self, annotation_id: str | int, i: int, j: int, kind: ConstraintKind | str) -> Constraint:
@@ -269,6 +282,7 @@ class ConstraintGraph:
             self.remove(key)
         self._constraints[key] = constraint
         self._pair_count[constraint.pair] = self._pair_count.get(constraint.pair, 0) + 1
+        self._tables = None
         if not self._dirty:
             self._apply(constraint, self._index)
         return constraint
@@ -288,11 +302,15 @@ class ConstraintGraph:
         else:
             del self._pair_count[constraint.pair]
         self._dirty = True
+        self._tables = None
         return True
 
     def mark_asked(self, i: int, j: int) -> None:
         """A pair served to a human (pending, skipped or "unsure"): never propose it again."""
-        self._asked[_as_pair(i, j)] = None
+        pair = _as_pair(i, j)
+        if pair not in self._asked:
+            self._asked[pair] = None
+            self._tables = None
 
     # ------------------------------------------------------------------ queries
     def get(self, annotation_id: str | int) -> Constraint | None:
@@ -338,37 +356,27 @@ class ConstraintGraph:
         return self.was_asked(i, j) or self.relation(i, j) is not Relation.UNKNOWN
 
     def resolved_mask(self, pairs: np.ndarray | Iterable[tuple[int, int]]) -> np.ndarray:
-        """Vectorised `is_resolved` over an (k, 2) array of pairs (any order within a pair)."""
+        """Vectorised `is_resolved` over an (k, 2) array of pairs (any order within a pair).
+
+        The lookup tables are built once per state of the graph and reused until the next edit, so
+        a sampler can check a long candidate list chunk by chunk cheaply.
+        """
         arr = _as_pair_array(pairs, "pairs")
         if arr.shape[0] == 0:
             return np.zeros(0, dtype=bool)
         if np.any(arr[:, 0] == arr[:, 1]):
             raise ValueError("pairs: a pair needs two distinct nodes (found i == j)")
         arr = np.sort(arr, axis=1)
-        index = self._fresh_index()
-        roots = _map_nodes(arr, index.parent, index.find)
+        snap = self._lookup_tables()
+        roots = _lookup(snap.node_keys, snap.node_roots, arr, default=arr)
         resolved = roots[:, 0] == roots[:, 1]
-        # DIFFERENT: encode handle pairs of cannot-linked components
-        handles = np.full(roots.shape, -1, dtype=np.int64)
-        if index.handle:
-            hk = np.fromiter(index.handle.keys(), dtype=np.int64, count=len(index.handle))
-            hv = np.fromiter(index.handle.values(), dtype=np.int64, count=len(index.handle))
-            order = np.argsort(hk)
-            hk, hv = hk[order], hv[order]
-            pos = np.clip(np.searchsorted(hk, roots), 0, len(hk) - 1)
-            found = hk[pos] == roots
-            handles[found] = hv[pos[found]]
-            cl_keys = np.array(
-                [_key(a, b) for a, nbrs in index.adj.items() for b in nbrs if a != b], dtype=np.int64
-            )
-            has = (handles[:, 0] >= 0) & (handles[:, 1] >= 0)
-            if cl_keys.size and has.any():
-                query = _key_array(handles[has, 0], handles[has, 1])
-                resolved[np.flatnonzero(has)[np.isin(query, cl_keys)]] = True
-        known = list(self._asked) + list(self._pair_count)
-        if known:
-            known_keys = _key_array(*np.asarray(known, dtype=np.int64).T)
-            resolved |= np.isin(_key_array(arr[:, 0], arr[:, 1]), known_keys)
+        handles = _lookup(snap.handle_keys, snap.handle_values, roots, default=np.full_like(roots, -1))
+        has = (handles[:, 0] >= 0) & (handles[:, 1] >= 0)
+        if snap.cannot_link_keys.size and has.any():
+            query = _key_array(handles[has, 0], handles[has, 1])
+            resolved[np.flatnonzero(has)[_contains(snap.cannot_link_keys, query)]] = True
+        if snap.known_keys.size:
+            resolved |= _contains(snap.known_keys, _key_array(arr[:, 0], arr[:, 1]))
         return resolved
 
     def component_labels(self, n: int) -> np.ndarray:
@@ -492,6 +500,33 @@ class ConstraintGraph:
         return f"ConstraintGraph(must_links={n_ml}, cannot_links={n_cl}, asked={n_asked})"
 
     # ------------------------------------------------------------------ internals
+    def _lookup_tables(self) -> _LookupTables:
+        if self._tables is None:
+            index = self._fresh_index()
+            node_keys = np.fromiter(index.parent.keys(), dtype=np.int64, count=len(index.parent))
+            node_roots = np.fromiter(
+                (index.find(int(k)) for k in node_keys), dtype=np.int64, count=len(node_keys)
+            )
+            handle_keys = np.fromiter(index.handle.keys(), dtype=np.int64, count=len(index.handle))
+            handle_values = np.fromiter(index.handle.values(), dtype=np.int64, count=len(index.handle))
+            cannot_link_keys = np.array(
+                [_key(a, b) for a, nbrs in index.adj.items() for b in nbrs if a != b], dtype=np.int64
+            )
+            known = list(self._asked) + list(self._pair_count)
+            known_keys = (
+                _key_array(*np.asarray(known, dtype=np.int64).T) if known else np.zeros(0, dtype=np.int64)
+            )
+            o1, o2 = np.argsort(node_keys), np.argsort(handle_keys)
+            self._tables = _LookupTables(
+                node_keys[o1],
+                node_roots[o1],
+                handle_keys[o2],
+                handle_values[o2],
+                np.unique(cannot_link_keys),
+                np.unique(known_keys),
+            )
+        return self._tables
+
     @staticmethod
     def _apply(constraint: Constraint, index: _LinkIndex) -> None:
         if constraint.kind is ConstraintKind.MUST_LINK:
@@ -587,19 +622,20 @@ def _as_pair_array(pairs: np.ndarray | Iterable[tuple[int, int]], name: str) -> 
     return arr
 
 
-def _map_nodes(arr: np.ndarray, parent: dict[int, int], find: Callable[[int], int]) -> np.ndarray:
-    """Root of every entry of arr (nodes outside the union-find are their own root)."""
-    roots = arr.copy()
-    if not parent:
-        return roots
-    keys = np.fromiter(parent.keys(), dtype=np.int64, count=len(parent))
-    vals = np.fromiter((find(int(k)) for k in keys), dtype=np.int64, count=len(keys))
-    order = np.argsort(keys)
-    keys, vals = keys[order], vals[order]
-    pos = np.clip(np.searchsorted(keys, arr), 0, len(keys) - 1)
-    found = keys[pos] == arr
-    roots[found] = vals[pos[found]]
-    return roots
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """values[k] where keys[k] == query (keys sorted), else default."""
+    out = default.copy()
+    if keys.size == 0:
+        return out
+    pos = np.clip(np.searchsorted(keys, query), 0, keys.size - 1)
+    found = keys[pos] == query
+    out[found] = values[pos[found]]
+    return out
+
+
+def _contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    pos = np.clip(np.searchsorted(sorted_keys, query), 0, sorted_keys.size - 1)
+    return sorted_keys[pos] == query
 
 
 def _components(ml: np.ndarray, n: int) -> np.ndarray:
