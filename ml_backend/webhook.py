@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.pairs import image_ids_of, pair_id
+from ml_backend.prom import GLOBAL_COUNTERS_KEY
 from ml_backend.state import ProjectState, StateError
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class WebhookHandler:
         if project is not None:
             ProjectState(self.redis, project).incr(counter)
         else:
-            self.redis.hincrby("reid-al:global:counters", counter, 1)
+            self.redis.hincrby(GLOBAL_COUNTERS_KEY, counter, 1)
         if known:
             log.debug("webhook %s for project %s: nothing to do", action, project)
         else:
