@@ -26,7 +26,7 @@ from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
 pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 N_IDENTITIES, PER_IDENTITY, DIM = 8, 6, 32
