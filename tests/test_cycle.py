@@ -1,0 +1,244 @@
+"""run_cycle end to end on synthetic pools: sampler invariants, registry versions, warm start, edge cases."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from strategies.constraints import ConstraintGraph, Relation
+from trainer.adapter import TrainConfig, apply_adapter
+from trainer.cycle import CycleConfig, CycleResult, run_cycle
+from trainer.registry import ModelRegistry
+
+D = 32
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The test machine is shared: one thread avoids OpenMP spinning against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pool() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    cam_vectors = rng.normal(size=(3, D))
+    cam_vectors /= np.linalg.norm(cam_vectors, axis=1, keepdims=True)
+    centres = rng.normal(size=(30, D))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    ids = np.repeat(np.arange(30), 10)
+    cams = rng.integers(0, 3, size=ids.size)
+    x = centres[ids] + cam_vectors[cams] + 0.5 * rng.normal(size=(ids.size, D)) / np.sqrt(D)
+    return {"x": x.astype(np.float32), "ids": ids, "cams": cams}
+
+
+def answered_graph(ids: np.ndarray, n_answers: int, seed: int = 0) -> ConstraintGraph:
+    """Simulated annotator: some same-identity pairs (ML), some random pairs (mostly CL), a few asked."""
+    rng = np.random.default_rng(seed)
+    graph = ConstraintGraph()
+    for k in range(n_answers):
+        if k % 2 == 0:
+            members = np.flatnonzero(ids == rng.integers(ids.max() + 1))
+            i, j = rng.choice(members, size=2, replace=False)
+        else:
+            i, j = rng.choice(ids.size, size=2, replace=False)
+        graph.add(f"a{k}", int(i), int(j), "must_link" if ids[i] == ids[j] else "cannot_link")
+    graph.mark_asked(5, 6)
+    graph.mark_asked(100, 250)
+    return graph
+
+
+def cycle_config(**overrides: object) -> CycleConfig:
+    train = TrainConfig(epochs=2, batch_size=64, hidden_dim=32, device="cpu")
+    params: dict[str, object] = {"budget": 15, "train": train}
+    params.update(overrides)
+    return CycleConfig(**params)  # type: ignore[arg-type]
+
+
+def assert_sampler_invariants(result: CycleResult, graph: ConstraintGraph, budget: int) -> None:
+    pairs = [(p.i, p.j) for p in result.proposals]
+    assert len(pairs) <= budget
+    assert len(set(pairs)) == len(pairs)
+    for i, j in pairs:
+        assert 0 <= i < j < result.embeddings.shape[0]
+        assert not graph.was_asked(i, j)
+        assert graph.relation(i, j) is Relation.UNKNOWN
+    assert result.shortfall == budget - len(pairs)
+
+
+def assert_labels_respect_constraints(labels: np.ndarray, graph: ConstraintGraph) -> None:
+    for c in graph.must_links():
+        assert labels[c.i] == labels[c.j] and labels[c.i] >= 0
+    for c in graph.cannot_links():
+        assert labels[c.i] != labels[c.j] or labels[c.i] < 0
+
+
+@pytest.mark.parametrize("strategy", ["aas", "uncertainty", "random", "coreset", "margin"])
+def test_run_cycle_end_to_end_with_registry(
+    pool: dict[str, np.ndarray], tmp_path: Path, strategy: str
+) -> None:
+    graph = answered_graph(pool["ids"], 24)
+    registry = ModelRegistry(tmp_path, "proj")
+    lines: list[str] = []
+    result = run_cycle(
+        pool["x"], graph, cycle_config(strategy=strategy), registry=registry, cameras=pool["cams"],
+        log=lines.append,
+    )
+    assert_sampler_invariants(result, graph, 15)
+    assert len(result.proposals) > 0
+    assert all(p.strategy == strategy for p in result.proposals)
+    assert_labels_respect_constraints(result.pseudo_labels, graph)
+    m = result.metrics
+    assert m["trained"] == 1 and m["warm_start"] == 0 and m["exhausted"] == 0
+    assert m["n_constraints"] == 24 and m["pairs_proposed"] == len(result.proposals)
+    assert m["n_clusters"] >= 2 and m["n_outliers"] == int((result.pseudo_labels < 0).sum())
+    assert {"loss_first", "loss_last", "loss_cluster", "loss_pair", "loss_ua", "loss_gm"} <= set(m)
+    stages = {"load", "embed", "cluster", "train", "reembed", "recluster", "calibrate", "sample", "save"}
+    stages.add("total")
+    assert set(result.timings) == stages and all(v >= 0 for v in result.timings.values())
+    assert result.calibrator["mode"] in ("prior", "logistic")
+    assert any("saved version" in line for line in lines)
+
+    assert result.version is not None and registry.latest() == result.version
+    saved = registry.load(result.version)
+    np.testing.assert_allclose(np.asarray(saved.embeddings), result.embeddings, atol=1e-6)
+    np.testing.assert_allclose(apply_adapter(saved.adapter_state, pool["x"]), result.embeddings, atol=1e-5)
+    np.testing.assert_array_equal(np.load(io.BytesIO(saved.extra["pseudo_labels.npy"])), result.pseudo_labels)
+    assert json.loads(saved.extra["calibrator.json"]) == result.calibrator
+    assert [(p["i"], p["j"]) for p in json.loads(saved.extra["proposals.json"])] == [
+        (p.i, p.j) for p in result.proposals
+    ]
+    assert saved.metrics["pairs_proposed"] == len(result.proposals)
+    assert saved.config["strategy"] == strategy and saved.config["train"]["epochs"] == 2
+
+
+def test_second_cycle_warm_starts_from_the_saved_adapter(pool: dict[str, np.ndarray], tmp_path: Path) -> None:
+    graph = answered_graph(pool["ids"], 20)
+    registry = ModelRegistry(tmp_path, "proj")
+    first = run_cycle(pool["x"], graph, cycle_config(), registry=registry, cameras=pool["cams"])
+    for k, p in enumerate(first.proposals):  # the annotator answers the proposals
+        ids = pool["ids"]
+        graph.add(f"b{k}", p.i, p.j, "must_link" if ids[p.i] == ids[p.j] else "cannot_link")
+    # training off: the cycle must reproduce the first cycle's embedding from the loaded adapter
+    no_train = cycle_config(train_when_fewer_than=10)
+    second = run_cycle(pool["x"], graph, no_train, registry=registry, cameras=pool["cams"])
+    assert second.previous_version == first.version and second.version != first.version
+    assert second.metrics["warm_start"] == 1 and second.metrics["trained"] == 0
+    assert second.metrics["skipped_pool_size"] == 1
+    np.testing.assert_allclose(second.embeddings, first.embeddings, atol=1e-5)
+    assert_sampler_invariants(second, graph, 15)
+    third = run_cycle(pool["x"], graph, cycle_config(), registry=registry, cameras=pool["cams"])
+    assert third.previous_version == second.version and third.metrics["trained"] == 1
+    assert registry.latest() == third.version and len(registry.list()) == 3
+
+
+def test_cold_start_trains_on_pseudo_labels_or_skips(pool: dict[str, np.ndarray]) -> None:
+    empty = ConstraintGraph()
+    trained = run_cycle(pool["x"], empty, cycle_config(strategy="uncertainty"))
+    assert trained.metrics["trained"] == 1 and trained.metrics["n_constraints"] == 0
+    assert "loss_pair" in trained.metrics and trained.metrics["loss_pair"] == 0.0
+    assert trained.version is None and len(trained.proposals) > 0
+    skipped = run_cycle(pool["x"], None, cycle_config(strategy="uncertainty", cold_start="skip"))
+    assert skipped.metrics["trained"] == 0 and skipped.metrics["skipped_cold_start"] == 1
+    normalised = pool["x"] / np.linalg.norm(pool["x"], axis=1, keepdims=True)
+    np.testing.assert_allclose(skipped.embeddings, normalised, atol=1e-6)
+    assert skipped.train_result is None and trained.train_result is not None
+
+
+def test_fewer_than_two_clusters_skips_training(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    blob = (np.ones(D) + 0.01 * rng.normal(size=(60, D))).astype(np.float32)  # one tight cluster
+    result = run_cycle(blob, ConstraintGraph(), cycle_config(strategy="random"),
+                       registry=ModelRegistry(tmp_path, "blob"))
+    assert result.metrics["n_clusters_before"] < 2
+    assert result.metrics["skipped_few_clusters"] == 1 and result.metrics["trained"] == 0
+    assert result.version is not None and len(result.proposals) == 15
+    assert ModelRegistry(tmp_path, "blob").load().adapter_state is None
+
+
+def test_exhausted_pool_returns_no_proposals(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).normal(size=(5, D)).astype(np.float32)
+    graph = ConstraintGraph()
+    for i in range(5):
+        for j in range(i + 1, 5):
+            graph.mark_asked(i, j)
+    registry = ModelRegistry(tmp_path, "tiny")
+    result = run_cycle(x, graph, cycle_config(strategy="random", budget=3), registry=registry)
+    assert result.proposals == [] and result.shortfall == 3
+    assert result.metrics["exhausted"] == 1 and result.metrics["pairs_proposed"] == 0
+    assert result.version == registry.latest()
+
+
+def test_cycle_is_deterministic_and_accepts_constraint_json(pool: dict[str, np.ndarray]) -> None:
+    graph = answered_graph(pool["ids"], 16, seed=3)
+    a = run_cycle(pool["x"], graph, cycle_config(), cameras=pool["cams"])
+    b = run_cycle(pool["x"], graph.to_json(), cycle_config(), cameras=pool["cams"])
+    assert [(p.i, p.j) for p in a.proposals] == [(p.i, p.j) for p in b.proposals]
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.pseudo_labels, b.pseudo_labels)
+
+
+def test_contradictions_are_counted_not_fatal(pool: dict[str, np.ndarray]) -> None:
+    graph = ConstraintGraph()
+    graph.add("m1", 0, 1, "must_link")
+    graph.add("m2", 1, 2, "must_link")
+    graph.add("c1", 0, 2, "cannot_link")  # contradicts the ML path 0-1-2
+    result = run_cycle(pool["x"], graph, cycle_config(strategy="random"))
+    assert result.metrics["contradictions"] == 1
+    labels = result.pseudo_labels
+    assert labels[0] == labels[1] == labels[2]  # ml_wins keeps the must-links
+
+
+def test_run_cycle_rejects_bad_input(pool: dict[str, np.ndarray], tmp_path: Path) -> None:
+    x = pool["x"]
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        run_cycle(x[:1], None, cycle_config())
+    with pytest.raises(ValueError, match="features"):
+        run_cycle(x[0], None, cycle_config())
+    far = ConstraintGraph()
+    far.add("x", 0, 10_000, "must_link")
+    with pytest.raises(ValueError, match="constraints"):
+        run_cycle(x, far, cycle_config())
+    with pytest.raises(TypeError, match="constraints"):
+        run_cycle(x, [(0, 1)], cycle_config())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cameras"):
+        run_cycle(x, None, cycle_config(), cameras=np.zeros(3))
+    with pytest.raises(ValueError, match="text_features"):
+        run_cycle(x, None, cycle_config(), text_features=np.zeros(x.shape[0]))
+    with pytest.raises(TypeError, match="config"):
+        run_cycle(x, None, {"budget": 3})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="log"):
+        run_cycle(x, None, cycle_config(), log=42)  # type: ignore[arg-type]
+    registry = ModelRegistry(tmp_path, "dims")
+    run_cycle(x, None, cycle_config(strategy="random"), registry=registry)
+    with pytest.raises(ValueError, match="registry version"):
+        run_cycle(np.hstack([x, x]), None, cycle_config(), registry=registry)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("strategy", "oracle"),
+        ("budget", 0),
+        ("contradiction_policy", "coin_flip"),
+        ("k1", 0),
+        ("eps", 0.0),
+        ("min_samples", 0),
+        ("train_when_fewer_than", 0),
+        ("cold_start", "wait"),
+        ("train", {"epochs": 1}),
+        ("strategy_params", [1, 2]),
+    ],
+)
+def test_cycle_config_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        CycleConfig(**{field: value})  # type: ignore[arg-type]
