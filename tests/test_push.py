@@ -4,6 +4,7 @@ the real client is tested against a real Label Studio in the e2e test)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,3 +179,47 @@ def test_helpers() -> None:
     assert version_id(V()) == "v9"
     with pytest.raises(ValueError, match="version"):
         version_id(3)
+
+
+@pytest.mark.slow
+def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_client: redis.Redis,
+                                                                         tmp_path: Path) -> None:
+    """The worker's glue: real trainer cycle on a small store + pool -> push through the client."""
+    from ml_backend.jobs import run_project_cycle
+    from ml_backend.pool import Pool, PoolItem
+    from ml_backend.settings import Settings
+    from trainer.store import EmbeddingStore
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 16))
+    feats = np.repeat(centres, 5, axis=0) + 0.3 * rng.normal(size=(30, 16))
+    feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
+    ids = [f"im{k:02d}" for k in range(30)]
+    EmbeddingStore(tmp_path / "3" / "features").append(ids, feats, encoder="synthetic")
+    Pool([PoolItem(id=i, path=f"/imgs/{i}.jpg", url=f"/data/local-files/?d={i}.jpg", text=f"t{i}")
+          for i in ids]).save(tmp_path, "3")
+    settings = Settings(model_dir=tmp_path, budget=8, strategy="uncertainty")
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    state.set_meta(from_name="answer", to_name="image_a")
+
+    first = run_project_cycle(settings, redis_client, "3", client=client)
+    version = first["version"]
+    assert first["push"]["created"] == len(client.tasks) > 0
+    assert client.project["model_version"] == version and state.versions() == [version]
+    assert {p["model_version"] for p in client.predictions} == {version}
+    task = next(iter(client.tasks.values()))
+    assert task["data"]["image_a"] == f"/data/local-files/?d={task['data']['id_a']}.jpg"
+    assert task["data"]["caption_a"] == f"t{task['data']['id_a']}"
+
+    # Two answers that imply the open task's pair: it must be retired by the next cycle's push.
+    a, b = task["data"]["id_a"], task["data"]["id_b"]
+    c = next(i for i in ids if i not in (a, b))
+    state.record_annotation(901, task_id=None, image_a=a, image_b=c, answer="same")
+    state.record_annotation(902, task_id=None, image_a=c, image_b=b, answer="different")
+    second = run_project_cycle(settings, redis_client, "3", client=client)
+    assert second["version"] != version and state.versions() == [version, second["version"]]
+    assert task["id"] not in client.tasks and second["push"]["retired"] >= 1
+    assert state.counters()["pairs_saved"] >= 1
+    pair_ids = [t["data"]["pair_id"] for t in client.tasks.values()]
+    assert len(pair_ids) == len(set(pair_ids))  # no duplicate pair task across cycles
+    assert client.calls.count("ensure_view") == 1
