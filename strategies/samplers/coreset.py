@@ -20,6 +20,7 @@ from strategies.samplers.base import (
     finish,
     labelled_items,
     make_proposals,
+    matvec,
     max_similarity_to,
     register_sampler,
     rng_from,
@@ -68,7 +69,7 @@ def k_center_greedy(
             score = float(np.clip(masked[pick], 0.0, 1.0))
         available[pick] = False
         yield pick, score
-        dist = np.minimum(dist, (1.0 - (features @ features[pick]).astype(np.float64)) / 2.0)
+        dist = np.minimum(dist, (1.0 - matvec(features, features[pick]).astype(np.float64)) / 2.0)
 
 
 @register_sampler
@@ -100,7 +101,7 @@ class CoresetSampler(PairSampler):
         priorities: list[float] = []
         reasons: list[str] = []
         picks = 0
-        taken: set[tuple[int, int]] = set()
+        taken: dict[int, set[int]] = {}  # partners already paired with a row in this batch
         for pick, score in k_center_greedy(features, labelled, random_state=self.random_state):
             picks += 1
             partner = _nearest_unresolved(features, pick, centres, constraints, taken)
@@ -108,7 +109,8 @@ class CoresetSampler(PairSampler):
             if partner is None:
                 continue
             pairs.append((min(pick, partner), max(pick, partner)))
-            taken.add(pairs[-1])
+            taken.setdefault(pick, set()).add(partner)
+            taken.setdefault(partner, set()).add(pick)
             priorities.append(score)
             reasons.append(
                 f"k-centre pick {pick} (coverage distance {score:.3f}) vs nearest centre {partner}"
@@ -134,17 +136,17 @@ def _nearest_unresolved(
     pick: int,
     centres: list[int],
     constraints: ConstraintGraph,
-    taken: set[tuple[int, int]],
+    taken: dict[int, set[int]],
 ) -> int | None:
     """Most similar centre whose pair with ``pick`` is still open and not already in this batch; with
     no centre yet (cold start), the most similar image overall."""
     pool = np.asarray(centres, dtype=np.int64) if centres else np.arange(features.shape[0], dtype=np.int64)
     pool = pool[pool != pick]
-    if taken:
-        pool = pool[[(min(pick, int(c)), max(pick, int(c))) not in taken for c in pool]]
+    if pick in taken:
+        pool = pool[~np.isin(pool, np.fromiter(taken[pick], dtype=np.int64))]
     if pool.size == 0:
         return None
-    sims = features[pool] @ features[pick]
+    sims = matvec(features[pool], features[pick])
     order = pool[np.lexsort((pool, -sims))]
     ok = take_unresolved(np.full(order.size, pick, dtype=np.int64), order, constraints, 1)
     return int(order[ok[0]]) if ok.size else None

@@ -38,6 +38,7 @@ from strategies.samplers.base import (
     finish,
     labelled_items,
     make_proposals,
+    matvec,
     register_sampler,
     rng_from,
     take_unresolved,
@@ -109,7 +110,10 @@ def make_units(features: np.ndarray, tracklets: np.ndarray | None) -> Units:
     sort = np.argsort(of_item, kind="stable")
     bounds = np.searchsorted(of_item[sort], np.arange(n_units + 1))
     members = [sort[bounds[u] : bounds[u + 1]] for u in range(n_units)]
-    rep = np.array([m[int(np.argmax(features[m] @ unit_features[u]))] for u, m in enumerate(members)])
+    # representative frame: the member most similar to the unit mean (ties: lowest row)
+    closeness = np.einsum("ij,ij->i", features, unit_features[of_item])
+    best = np.lexsort((np.arange(n), -closeness, of_item))
+    rep = best[np.searchsorted(of_item[best], np.arange(n_units))]
     return Units(of_item, unit_features, rep.astype(np.int64), members)
 
 
@@ -396,7 +400,7 @@ class UncertaintySampler(PairSampler):
             scores.append(float(score))
             us.append(0.0 if cold else float(u[pick]))
             ds.append(d_pick)
-            batch_max = np.maximum(batch_max, uf @ uf[pick])
+            batch_max = np.maximum(batch_max, matvec(uf, uf[pick]))
         selection = UnitSelection(
             units=np.asarray(picks, dtype=np.int64),
             scores=np.asarray(scores),
@@ -453,7 +457,7 @@ class UncertaintySampler(PairSampler):
         x = units.features[unit]
         own = units.members[unit]
         if lab_rows.size:
-            sims = features[lab_rows] @ x
+            sims = matvec(features[lab_rows], x)
             id_best = np.maximum.reduceat(sims, id_start)
             ranked_ids = np.lexsort((np.arange(id_best.size), -id_best))
             id_end = np.r_[id_start[1:], lab_rows.size]
@@ -474,12 +478,12 @@ class UncertaintySampler(PairSampler):
             return out
         if earlier:
             reps = units.rep[np.asarray(earlier, dtype=np.int64)]
-            sims = features[reps] @ x
+            sims = matvec(features[reps], x)
             cand = reps[np.lexsort((reps, -sims))]
             why = "vs earlier pick (provisional identity)"
             limit = self.top_identities
         else:
-            sims = features @ x
+            sims = matvec(features, x)
             cand = np.argsort(-sims, kind="stable")
             why = "first pick vs its nearest image"
             limit = 1
