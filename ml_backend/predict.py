@@ -326,8 +326,9 @@ class Predictor:
                 model.extra[image_id] = vector
             done.extend(ids)
         state.incr("predict_embedded", len(done))
-        left = [{"id": image_id, "url": url} for image_id, url in todo]
-        if left:
-            state.incr("predict_embed_deferred", len(left))
-            if on_missing is not None:
-                on_missing(left)
+        if todo:
+            state.incr("predict_embed_deferred", len(todo))
+        # Every image seen here (embedded now or not) is stored by a worker job, once, for the next cycle.
+        claimed = state.claim_embedding(urls)
+        if claimed and on_missing is not None:
+            on_missing([{"id": image_id, "url": urls[image_id]} for image_id in claimed])

@@ -377,6 +377,16 @@ class ProjectState:
         return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                 for k, v in self.redis.hgetall(self.key("image_urls")).items()}
 
+    def claim_embedding(self, image_ids: Iterable[str]) -> list[str]:
+        """The ids among `image_ids` whose embedding nobody requested yet (each is requested once)."""
+        ids = list(dict.fromkeys(image_ids))
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for image_id in ids:
+            pipe.sadd(self.key("embed_requested"), image_id)
+        return [i for i, added in zip(ids, pipe.execute(), strict=True) if added]
+
     # --- counters ------------------------------------------------------------------------------------
     def incr(self, name: str, by: int = 1) -> int:
         return int(self.redis.hincrby(self.key("counters"), name, by))

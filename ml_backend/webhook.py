@@ -273,9 +273,10 @@ class WebhookHandler:
         body: dict[str, Any] = {"status": "ok", "action": "TASKS_CREATED", "project": project,
                                 "tasks": len(parsed), "unusable": unusable,
                                 "missing_embeddings": len(missing)}
-        if missing and self.queue is not None:
-            body["embed_job"] = self.queue.request_embedding(project, [{"id": i,
-                                                                        "url": urls[i]} for i in missing])
+        claimed = state.claim_embedding(missing) if self.queue is not None else []
+        if claimed and self.queue is not None:
+            items = [{"id": i, "url": urls[i]} for i in claimed]
+            body["embed_job"] = self.queue.request_embedding(project, items)
         return body
 
     def _tasks_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -125,8 +125,12 @@ def test_on_the_fly_embedding_is_bounded(redis_client: redis.Redis, tmp_path: Pa
     assert sum(calls) == 3
     scored = [r for r in results if r["result"]]
     assert len(scored) == 3 and all(r["result"][0]["value"]["choices"] == ["same"] for r in scored)
-    assert [d["id"] for d in deferred[0]] == ["x", "y", "z"]
+    assert [d["id"] for d in deferred[0]] == list("uvwxyz")  # all queued for storing, once
     assert state.counters()["predict_embedded"] == 3 and state.counters()["predict_embed_deferred"] == 3
+    again = predictor.predict(tasks, None, state, on_missing=deferred.append)
+    assert len(deferred) == 1
+    assert all(r["result"] for r in again)  # the next 3 embedded now; the first 3 cached in the process
+    assert sum(calls) == 6
 
 
 def test_on_the_fly_embedding_respects_time(redis_client: redis.Redis, tmp_path: Path) -> None:

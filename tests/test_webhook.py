@@ -214,3 +214,11 @@ def test_bad_events_are_rejected_without_state_change(handler: WebhookHandler, r
 def test_retrain_every_must_be_positive(redis_client: redis.Redis) -> None:
     with pytest.raises(ValueError, match="retrain_every"):
         WebhookHandler(redis_client, None, retrain_every=0)
+
+
+def test_embedding_of_an_image_is_requested_once(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    payload = {"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [
+        {"id": 1, "data": {"image_a": "http://h/1.jpg", "image_b": "http://h/2.jpg"}}]}
+    assert "embed_job" in handler.handle(payload)
+    assert "embed_job" not in handler.handle(payload)
+    assert CycleQueue(redis_client).depth() == 1
