@@ -1,0 +1,180 @@
+"""`ingest`: pool file, real embeddings (mobilenetv2, offline), URLs/storages, and the first cycle."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis as redis_lib
+from helpers.redis_server import redis_client, redis_url  # noqa: F401
+from PIL import Image
+from rq import Queue
+
+from ml_backend.ingest import attach_urls, ingest, running_redis, storage_dirs
+from ml_backend.labelstudio import LabelStudioClient
+from ml_backend.pool import Pool, PoolItem
+from ml_backend.settings import Settings
+from ml_backend.state import ProjectState
+from trainer.store import EmbeddingStore
+
+pytest_plugins = ["e2e.label_studio"]
+
+LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "ml_backend" / "label_config.xml").read_text()
+
+
+def make_images(
+    root: Path, identities: int, per_identity: int, *, start: int = 0, seed: int = 0
+) -> list[Path]:
+    """Tiny crops: one colour per identity plus noise, so the encoder sees distinct images."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for ident in range(identities):
+        colour = np.array([(ident * 67) % 256, (ident * 131 + 40) % 256, (ident * 29 + 90) % 256])
+        for k in range(start, start + per_identity):
+            pixels = np.clip(colour + rng.normal(0, 25, (24, 16, 3)), 0, 255).astype(np.uint8)
+            path = root / f"id{ident:02d}" / f"{k:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(model_dir=tmp_path / "models", encoder="mobilenetv2", label_studio_api_key="")
+
+
+def test_ingest_folder_embeds_once_and_appends_new_images(tmp_path: Path, settings: Settings) -> None:
+    images = tmp_path / "images"
+    make_images(images, 2, 3)
+    first = ingest(images, "4", settings, push=False, progress=False, num_workers=0)
+    assert (first.n_source, first.n_new, first.n_pool, first.embedded, first.already_embedded) == (
+        6,
+        6,
+        6,
+        6,
+        0,
+    )
+    assert first.failures == [] and first.cycle is None
+    pool = Pool.load(settings.model_dir, "4")
+    assert pool.ids[:2] == ["id00/000.png", "id00/001.png"] and pool.item("id01/002.png").identity == "id01"
+    store = EmbeddingStore(settings.model_dir / "4" / "features")
+    assert sorted(store.ids()) == sorted(pool.ids) and store.encoder == "mobilenetv2"
+    feats = store.features()
+    assert feats.shape[0] == 6 and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
+
+    make_images(images, 3, 1, start=3, seed=1)  # three new images, one of them a new identity
+    (images / "broken").mkdir()
+    (images / "broken" / "x.png").write_bytes(b"not a png")
+    second = ingest(images, 4, settings, push=False, progress=False, num_workers=0)
+    assert (second.n_new, second.n_pool, second.embedded, second.already_embedded) == (4, 10, 3, 6)
+    assert [i for i, _ in second.failures] == ["broken/x.png"]
+    assert any("could not be embedded" in w for w in second.warnings)
+    assert Pool.load(settings.model_dir, "4").ids[:6] == pool.ids  # rows of earlier images never move
+
+
+def test_ingest_manifest_without_embedding_or_push(tmp_path: Path, settings: Settings) -> None:
+    [a, b] = make_images(tmp_path / "imgs", 1, 2)
+    manifest = tmp_path / "pool.csv"
+    manifest.write_text(f"image,camera,text\n{a},c1,red coat\n{b},c2,\n")
+    report = ingest(manifest, "9", settings, embed=False, progress=False)
+    assert report.n_pool == 2 and report.embedded == 0
+    assert not (settings.model_dir / "9" / "features").exists()
+    assert Pool.load(settings.model_dir, "9").item("imgs/id00/000.png").text == "red coat"
+    assert any("LABEL_STUDIO_API_KEY is not set" in w for w in report.warnings)
+    assert any("REID_AL_DOCUMENT_ROOT is not set" in w for w in report.warnings)
+    assert report.n_without_url == 2
+
+
+def test_ingest_bad_arguments_write_nothing(tmp_path: Path, settings: Settings) -> None:
+    with pytest.raises(FileNotFoundError, match="neither a folder"):
+        ingest(tmp_path / "missing", "4", settings, progress=False)
+    with pytest.raises(ValueError, match="pid"):
+        ingest(tmp_path, "my-project", settings, progress=False)
+    assert not settings.model_dir.exists()
+
+
+def test_urls_follow_the_document_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    inside = make_images(root / "set1", 1, 1)[0]
+    outside = make_images(tmp_path / "elsewhere", 1, 1)[0]
+    pool = Pool(
+        [
+            PoolItem("in", str(inside)),
+            PoolItem("out", str(outside)),
+            PoolItem("cdn", str(outside), url="http://cdn/x.png"),
+        ]
+    )
+    with_urls, missing = attach_urls(pool, root)
+    assert missing == 1
+    assert with_urls.url_for("in") == "/data/local-files/?d=set1/id00/000.png"
+    assert with_urls.url_for("cdn") == "http://cdn/x.png"
+    assert attach_urls(pool, None)[1] == 2
+
+
+def test_storage_dirs(tmp_path: Path) -> None:
+    root = tmp_path
+
+    def items(*rels: str) -> list[PoolItem]:
+        return [PoolItem(r, str(root / r), url="/data/local-files/?d=" + r) for r in rels]
+
+    assert storage_dirs(items("set/a/1.png", "set/b/2.png"), root) == (["set"], 0)
+    assert storage_dirs(items("set/a/1.png", "set/a/2.png"), root) == (["set/a"], 0)
+    assert storage_dirs(items("s1/a/1.png", "s2/2.png"), root) == (["s1", "s2"], 0)
+    assert storage_dirs(items("s1/a/1.png", "top.png"), root) == (["s1"], 1)
+    assert storage_dirs([PoolItem("x", str(root / "x.png"), url="http://cdn/x.png")], root) == ([], 0)
+
+
+def test_running_redis(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    base = Settings(model_dir=tmp_path / "models")
+    assert running_redis(base) is None  # nothing running, no REDIS_URL
+    (base.model_dir / "redis").mkdir(parents=True)
+    (base.model_dir / "redis" / "redis.url").write_text("redis://127.0.0.1:1/0\n")
+    assert running_redis(base) is None  # a URL file left behind by a backend that is gone
+    with pytest.raises(ConnectionError, match="REDIS_URL"):
+        running_redis(replace(base, redis_url="redis://127.0.0.1:1/0"))
+    live = running_redis(replace(base, redis_url=redis_url))
+    assert live is not None and live.ping()
+
+
+@pytest.mark.e2e
+def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
+    label_studio: object,
+    ls_client: LabelStudioClient,
+    redis_client: redis_lib.Redis,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    document_root: Path = label_studio.document_root  # type: ignore[attr-defined]
+    images = document_root / "ingest-test"
+    make_images(images / "cam", 2, 2)
+    make_images(images, 1, 1, start=9)  # a second folder (id00/009.png) under the same dataset folder
+    project = int(ls_client.create_project("ingest test project", LABEL_CONFIG)["id"])
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        encoder="mobilenetv2",
+        label_studio_url=label_studio.url,  # type: ignore[attr-defined]
+        label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
+        document_root=str(document_root),
+    )
+    try:
+        report = ingest(images, project, settings, client=ls_client, redis=redis_client, progress=False)
+        assert report.n_pool == 5 and report.n_without_url == 0 and report.embedded == 5
+        assert report.storages == [str(images.resolve())]
+        assert [s["path"] for s in ls_client.list_local_storages(project)] == [str(images.resolve())]
+        assert report.cycle is not None and report.cycle["mode"] == "queued"
+        assert report.cycle["outcome"] == "enqueued"
+        queue = Queue(settings.queue_name, connection=redis_client)
+        assert queue.job_ids == [report.cycle["job_id"]]
+        assert ProjectState(redis_client, str(project)).cycle_status()["status"] == "queued"
+        # re-ingesting is idempotent in Label Studio too, and the queued cycle absorbs the request
+        again = ingest(images, project, settings, client=ls_client, redis=redis_client, progress=False)
+        assert again.n_new == 0 and again.embedded == 0 and len(ls_client.list_local_storages(project)) == 1
+        assert again.cycle is not None and again.cycle["outcome"] != "enqueued"
+        assert len(queue.job_ids) == 1
+        with pytest.raises(ValueError, match="has no project"):
+            ingest(images, 999_999, settings, client=ls_client, redis=redis_client, progress=False)
+        assert not (settings.model_dir / "999999").exists()  # checked before anything is written
+    finally:
+        ls_client.delete_project(project)
