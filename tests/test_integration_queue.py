@@ -63,7 +63,9 @@ def env(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> Iterator[d
     queue_name = f"it-{uuid.uuid4().hex[:8]}"
     values = {"REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "model"), "REID_AL_QUEUE": queue_name,
               "REID_AL_RETRAIN_EVERY": "2", "REID_AL_BUDGET": "6", "REID_AL_STRATEGY": "aas",
-              "LABEL_STUDIO_API_KEY": "", "LOG_LEVEL": "INFO", "REID_AL_ENCODER": "mobilenetv2"}
+              "LABEL_STUDIO_API_KEY": "", "LOG_LEVEL": "INFO", "REID_AL_ENCODER": "mobilenetv2",
+              "REID_AL_DOCUMENT_ROOT": str(tmp_path / "docroot")}
+    (tmp_path / "docroot").mkdir()
     yield values
 
 
@@ -180,3 +182,37 @@ def test_duplicated_and_reordered_events_give_the_same_final_constraints(
     c5, c6 = ProjectState(redis_client, "5").cycles()[0], ProjectState(redis_client, "6").cycles()[0]
     assert c5["status"] == c6["status"] == "finished"
     assert c5["n_constraints"] == c6["n_constraints"] == 3
+
+
+def test_user_imported_pairs_are_embedded_by_the_worker(
+        env: dict[str, str], redis_client: redis.Redis, worker: subprocess.Popen[bytes],
+        tmp_path: Path) -> None:
+    """TASKS_CREATED with images the store lacks -> one embed job -> rows in the store (mobilenetv2)."""
+    from PIL import Image
+
+    from trainer.store import EmbeddingStore
+
+    root = Path(env["REID_AL_DOCUMENT_ROOT"])
+    rng = np.random.default_rng(0)
+    for name in ("p1.png", "p2.png", "p3.png"):
+        Image.fromarray(rng.integers(0, 255, size=(48, 32, 3), dtype=np.uint8)).save(root / name)
+    http = app_client(env, redis_client)
+    tasks = [{"id": 1, "data": {"image_a": "/data/local-files/?d=p1.png",
+                                "image_b": "/data/local-files/?d=p2.png"}},
+             {"id": 2, "data": {"image_a": "/data/local-files/?d=p2.png",
+                                "image_b": "/data/local-files/?d=p3.png"},
+              "meta": {}},
+             {"id": 3, "data": {"image_a": "/data/local-files/?d=p1.png",
+                                "image_b": "/data/local-files/?d=gone.png"}}]
+    body = http.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 8}, "tasks": tasks}).json
+    assert body["missing_embeddings"] == 4 and body["embed_job"]
+    state = ProjectState(redis_client, "8")
+    log = tmp_path / "worker.log"
+    wait_for(lambda: state.counters().get("images_embedded",
+                                          0) + state.counters().get("images_embed_failed", 0)
+             >= 4, "the embedding job", worker, log)
+    store = EmbeddingStore(Path(env["MODEL_DIR"]) / "8" / "features")
+    urls = [f"/data/local-files/?d=p{k}.png" for k in (1, 2, 3)]
+    assert sorted(store.ids()) == sorted(urls) and store.dim is not None
+    assert state.missing_embeddings(urls) == []
+    assert state.counters()["images_embed_failed"] == 1  # gone.png: reported, not fatal
