@@ -176,3 +176,31 @@ def test_predict_rejects_bad_tasks(redis_client: redis.Redis, tmp_path: Path) ->
         with pytest.raises(PredictError) as info:
             predictor.predict(tasks, None, state)  # type: ignore[arg-type]
         assert info.value.field == field
+
+
+@pytest.mark.slow
+def test_predict_embeds_a_new_image_with_the_real_encoder(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Frozen store features from mobilenetv2 (offline weights) + one image Label Studio imported."""
+    from PIL import Image
+
+    from trainer.encoders import encoder_from_spec
+    from trainer.extraction import extract_embeddings
+    from trainer.store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(4):
+        path = tmp_path / f"im{k}.png"
+        Image.fromarray(rng.integers(0, 255, size=(40, 24, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    store = EmbeddingStore(tmp_path / "3" / "features")
+    extract_embeddings(encoder_from_spec("mobilenetv2"), [(f"im{k}", paths[k]) for k in range(3)], store,
+                       batch_size=4, num_workers=0, progress=False)
+    settings = Settings(model_dir=tmp_path, encoder="mobilenetv2", document_root=str(tmp_path))
+    state = ProjectState(redis_client, "3")
+    new = "/data/local-files/?d=im3.png"
+    task = {"id": 1, "data": {"id_a": "im0", "id_b": new, "image_a": "/data/local-files/?d=im0.png",
+                              "image_b": new}}
+    (result,) = Predictor(settings).predict([task], None, state)
+    assert result["result"] and 0.0 <= result["score"] <= 1.0 and result["model_version"] == "initial"
+    assert state.counters()["predict_embedded"] == 1
