@@ -37,6 +37,8 @@ from strategies.defaults import (
 from strategies.knn import KnnGraph, _check_int, build_knn, check_features
 
 _RESCORE_ROWS = 1024  # rows per float64 rescoring block: bounds the (rows, candidates, d) gather
+# float32 cosines of unit vectors are accurate to ~1e-6; closer calls than this are re-decided in float64
+_NEAR_TIE = 1e-4
 
 
 class DBSCANClusterer:
@@ -124,13 +126,19 @@ class FINCH:
         self.n_threads = n_threads
         self.n_candidates = n_candidates
 
-    def _first_neighbours(self, vectors: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
-        """κ_i = argmin over j != i of clip(1 - cos, 0, 2), ties to the lowest j, among faiss candidates."""
+    def _first_neighbours(
+        self, vectors: np.ndarray, candidates: np.ndarray | None = None, sims: np.ndarray | None = None
+    ) -> np.ndarray:
+        """κ_i = argmin over j != i of clip(1 - cos, 0, 2), ties to the lowest j, among faiss candidates.
+
+        faiss's float32 order is trusted where the best candidate leads the next by a clear margin;
+        near-ties (and cosines that clip to distance 0) are re-decided on float64 cosines.
+        """
         m = vectors.shape[0]
         if m == 1:
             return np.zeros(1, dtype=np.int64)
         unit = _unit(vectors)
-        if candidates is None:
+        if candidates is None or sims is None:
             graph = build_knn(
                 unit.astype(np.float32),
                 min(m, self.n_candidates + 1),
@@ -140,14 +148,18 @@ class FINCH:
                 random_state=self.random_state,
                 n_threads=self.n_threads,
             )
-            candidates = graph.indices[:, 1:]
-        first = np.empty(m, dtype=np.int64)
-        for start in range(0, m, _RESCORE_ROWS):
-            block = candidates[start : start + _RESCORE_ROWS]
-            cos = np.einsum("id,ikd->ik", unit[start : start + block.shape[0]], unit[block])
-            dist = np.clip(1.0 - cos, 0.0, 2.0)
+            candidates, sims = graph.indices[:, 1:], graph.similarities[:, 1:]
+        first = candidates[:, 0].copy()
+        ambiguous = sims[:, 0] >= 1.0 - _NEAR_TIE
+        if candidates.shape[1] > 1:
+            ambiguous |= sims[:, 0] - sims[:, 1] <= _NEAR_TIE
+        rows = np.flatnonzero(ambiguous)
+        for start in range(0, rows.size, _RESCORE_ROWS):
+            r = rows[start : start + _RESCORE_ROWS]
+            block = candidates[r]
+            dist = np.clip(1.0 - np.einsum("id,ikd->ik", unit[r], unit[block]), 0.0, 2.0)
             best = np.lexsort((block, dist), axis=-1)[:, 0]
-            first[start : start + block.shape[0]] = block[np.arange(block.shape[0]), best]
+            first[r] = block[np.arange(r.size), best]
         return first
 
     def fit(self, features: np.ndarray, knn: KnnGraph | None = None) -> FinchResult:
@@ -160,7 +172,7 @@ class FINCH:
         if zero.size:
             raise ValueError(f"features row {int(zero[0])} is all zeros: its cosine similarity is undefined")
         n = data.shape[0]
-        candidates = None
+        candidates = sims = None
         if knn is not None:
             if not isinstance(knn, KnnGraph):
                 raise ValueError(f"knn must be a KnnGraph, got {type(knn).__name__}")
@@ -168,9 +180,10 @@ class FINCH:
                 raise ValueError(f"knn has {knn.n} rows but features has {n}")
             if knn.k < 2 and n > 1:
                 raise ValueError(f"knn needs at least 2 columns (self + one neighbour), got k={knn.k}")
-            candidates = knn.indices[:, 1:]
+            candidates = knn.indices[:, 1 : 1 + self.n_candidates]
+            sims = knn.similarities[:, 1 : 1 + self.n_candidates]
 
-        labels, count = _components(self._first_neighbours(data, candidates))
+        labels, count = _components(self._first_neighbours(data, candidates, sims))
         partitions, n_clusters = [labels], [count]
         while count > 1:
             # un-normalised means of the original rows over the current clusters (as finch-clust)

@@ -67,7 +67,7 @@ REGISTRY_STALE_TMP_SECONDS = 3600  # a temp version dir from another host older 
 # --- end trainer: encoders ---
 
 # --- §1-2 kNN / Jaccard / FINCH implementation knobs (strategies/knn.py, jaccard.py, clustering.py) ---
-HNSW_EF_CONSTRUCTION = 80  # HNSW build beam; raised to k when k is larger
+HNSW_EF_CONSTRUCTION = 200  # HNSW build beam (80 gave recall@30 0.86 at 10k, 200 gave 0.98); >= k
 IVF_NLIST_PER_SQRT_N = 4  # IVF lists = 4·sqrt(n) (capped so every list gets >= 39 training points)
 IVF_TRAIN_PER_LIST = 64  # k-means training sample = 64 points per list (faiss recommends 39-256)
 NORM_TOLERANCE = 1e-2  # |‖x‖ - 1| above this is rejected as "not L2-normalised" (float16 rounding passes)
