@@ -205,6 +205,9 @@ def format_status(status: dict[str, Any]) -> str:
             + (f" (job {p['active_job']}, {p['active_job_status']})" if p.get("active_job") else "")
             + ("; rerun requested" if p.get("rerun_requested") else "")
             + f"; {p['pending_constraints']} constraint change(s) since the last cycle")
+        if p.get("conflicts"):
+            lines.append(f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
+                         + ", ".join(c["pair_id"] for c in p["conflicts"][:5]))
         if last:
             lines.append(f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
                          + (f" -> {last['version']}" if last.get("version") else "")

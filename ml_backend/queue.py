@@ -249,6 +249,7 @@ class CycleQueue:
             "running": bool(self.redis.exists(running_key)),
             "rerun_requested": bool(self.redis.exists(rerun_key)),
             "pending_constraints": state.pending_constraints(),
+            "conflicts": state.conflicts(),
             "current_version": state.current_version(),
             "cycle": state.cycle_status(),
             "last_cycle": cycles[0] if cycles else None,

@@ -96,6 +96,11 @@ def test_status_and_counters(queue: CycleQueue) -> None:
     status = queue.status("4")
     assert status["active_job"] == req.job_id and status["active_job_status"] == "queued"
     assert status["cycle"]["status"] == "queued" and status["queue_depth"] == 1
+    assert status["conflicts"] == []
+    state = ProjectState(queue.redis, "4")
+    state.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same", completed_by=1)
+    state.record_annotation(2, task_id=1, image_a="a", image_b="b", answer="different", completed_by=2)
+    assert queue.status("4")["conflicts"][0]["annotations"] == {"1": "same", "2": "different"}
     everything = queue.status_all()
     assert [p["project"] for p in everything["projects"]] == ["4"]
     assert ProjectState(queue.redis, "4").counters()["cycles_enqueued"] == 1
