@@ -44,13 +44,13 @@ GM_HARD_NEGATIVES = 4  # K
 
 # --- §8 training: adapter, losses and the retraining cycle (trainer/adapter.py, trainer/cycle.py) ---
 PAIR_MARGIN = 0.3  # cannot-link pairs are pushed below this cosine similarity
-TRAIN_EPOCHS = 10
+TRAIN_EPOCHS = 5
 TRAIN_BATCH_SIZE = 256  # rows per step: half anchors, half their sampled partners
 TRAIN_LR = 1e-3
 TRAIN_WEIGHT_DECAY = 1e-4
-TRAIN_STEPS_PER_EPOCH_MAX = 200  # SpCL-style fixed iterations: caps the cost per cycle on large pools
+TRAIN_STEPS_PER_EPOCH_MAX = 100  # SpCL-style fixed iterations: caps the CPU cost per cycle on large pools
 TRAIN_PAIRS_PER_BATCH = 64  # human ML/CL pairs drawn into every step
-ADAPTER_HIDDEN_DIM = 512
+ADAPTER_HIDDEN_DIM = 256
 VIEW_NOISE = 0.01  # std of the Gaussian noise that makes the second "view" of a frozen feature
 VIEW_DROPOUT = 0.1  # feature dropout of the second view
 # --- end §8 training ---
