@@ -13,6 +13,7 @@ from strategies.constraints import ConstraintGraph
 from strategies.samplers import AASSampler, PoolExhaustedError, SamplingContext, make_sampler
 from strategies.samplers.aas import (
     POOL_NAMES,
+    aas_budget,
     aas_pool,
     aas_probabilities,
     efraimidis_spirakis,
@@ -393,3 +394,12 @@ def test_sampler_end_to_end_computes_graph_clusterings_and_np3_itself() -> None:
         assert not g.is_resolved(p.i, p.j)
     again = AASSampler(random_state=1).select(x, g, 20)
     assert again.proposals == result.proposals
+
+
+def test_aas_budget_is_the_paper_fraction_of_all_pairs() -> None:
+    assert aas_budget(10_000) == round(0.0002 * 10_000 * 9_999 / 2)
+    assert aas_budget(3) == 1
+    with pytest.raises(ValueError, match="n_items"):
+        aas_budget(1)
+    with pytest.raises(ValueError, match="fraction"):
+        aas_budget(100, 0.0)

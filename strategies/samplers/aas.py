@@ -25,6 +25,7 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from strategies.defaults import (
+    AAS_BUDGET_FRACTION,
     AAS_EPSILON,
     AAS_EXACT_MEDOID_MAX,
     AAS_K_MAX,
@@ -51,6 +52,7 @@ __all__ = [
     "POOL_NAMES",
     "AASPool",
     "AASSampler",
+    "aas_budget",
     "aas_pool",
     "aas_probabilities",
     "efraimidis_spirakis",
@@ -543,6 +545,15 @@ def efraimidis_spirakis(weights: np.ndarray, m: int, rng: np.random.Generator) -
         keys = np.where(w > 0, np.log(np.maximum(u, 1e-300)) / np.where(w > 0, w, 1.0), -np.inf)
     order = np.lexsort((np.arange(w.size), -keys))
     return order[:m]
+
+
+def aas_budget(n_items: int, fraction: float = AAS_BUDGET_FRACTION) -> int:
+    """The paper's per-cycle budget: ``fraction`` (0.02%) of all n(n-1)/2 pairs, at least 1."""
+    if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or n_items < 2:
+        raise ValueError(f"n_items must be an int >= 2, got {n_items!r}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return max(1, round(fraction * n_items * (n_items - 1) / 2))
 
 
 # --------------------------------------------------------------------------------------------------
