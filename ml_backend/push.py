@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ml_backend.pairs import pair_id, task_data
+from ml_backend.pairs import image_ids_of, pair_id, task_data
 from ml_backend.state import ProjectState
 
 if TYPE_CHECKING:
@@ -175,9 +175,11 @@ def push_cycle(
     open_tasks: list[tuple[int, str, int, int]] = []
     retire: list[tuple[int, str]] = []
     for task in client.iter_tasks(project_id):
-        data = task.get("data") or {}
-        id_a, id_b = data.get("id_a"), data.get("id_b")
-        if not _is_open(task) or id_a not in row_of or id_b not in row_of or id_a == id_b:
+        try:  # user-imported pairs carry only URLs: those are their image ids (see pairs.image_ids_of)
+            id_a, id_b = image_ids_of(task.get("data") or {})
+        except ValueError:
+            continue
+        if not _is_open(task) or id_a not in row_of or id_b not in row_of:
             continue
         pid = pair_id(id_a, id_b)
         i, j = row_of[id_a], row_of[id_b]

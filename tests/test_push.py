@@ -154,6 +154,18 @@ def test_open_tasks_from_users_are_rescored_by_uncertainty(redis_client: redis.R
     assert pred["score"] == pytest.approx(score_of(uncertainty_priority(p)))
 
 
+def test_user_imported_tasks_with_urls_only_are_rescored_once_embedded(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    client.create_tasks(3, [{"data": {"image_a": "http://h/x.jpg", "image_b": "/data/local-files/?d=y.jpg"}},
+                            {"data": {"image_a": "http://h/x.jpg", "image_b": "http://h/unknown.jpg"}},
+                            {"data": {"text": "not a pair"}}])
+    ids = ["a", "b", "c", "http://h/x.jpg", "/data/local-files/?d=y.jpg"]
+    report = push_cycle(client, state, project_id=3, version="v1", proposals=[], embeddings=embeddings(),
+                        image_ids=ids, url_for=lambda i: None)
+    assert (report.rescored, report.predictions) == (1, 1)
+    assert client.predictions[0]["task"] == 101
+
+
 def test_unservable_images_are_not_pushed(redis_client: redis.Redis) -> None:
     client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
     report = push_cycle(client, state, project_id=3, version="v1", proposals=[Proposal(0, 1, 0.5, 0.5)],
