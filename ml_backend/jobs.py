@@ -197,15 +197,14 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
     token = uuid.uuid4().hex
     queue.mark_running(state.project)
     started = time.time()
-    locked = False
     try:
-        locked = queue.acquire_lock(state.project, token)
-        if not locked:
+        if not queue.acquire_lock(state.project, token):
             raise RuntimeError(f"project {project}: another cycle held the lock for {queue.ttl} s")
-        pending = state.take_pending_constraints()
-        state.set_cycle_status(status="running", started_at=started, reason=reason, error=None,
-                               constraints_since_last=pending)
-        summary = run_project_cycle(settings, redis, state.project, reason=reason)
+        with queue.hold_lock(state.project, token):
+            pending = state.take_pending_constraints()
+            state.set_cycle_status(status="running", started_at=started, reason=reason, error=None,
+                                   constraints_since_last=pending)
+            summary = run_project_cycle(settings, redis, state.project, reason=reason)
         finished = time.time()
         summary["duration_s"] = round(finished - started, 4)
         summary["finished_at"] = finished
@@ -225,8 +224,6 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
         state.incr("cycles_failed")
         raise
     finally:
-        if locked:
-            queue.release_lock(state.project, token)
         queue.finish(state.project)
 
 

@@ -9,9 +9,12 @@ between "check" and "set" even with many web threads and workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CYCLE_JOB = "ml_backend.jobs.cycle_job"
 EMBED_JOB = "ml_backend.jobs.embed_job"
+LOCK_TTL = 60  # seconds a cycle lock outlives its holder's last heartbeat
 CLAIM_GRACE = 30.0  # seconds between claiming a cycle and enqueueing its RQ job, at most
 _DEAD = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
@@ -60,6 +64,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
   return 1
 end
+return 0
+"""
+
+# KEYS: lock. ARGV: token, ttl. Extend only our own lock (the running job's heartbeat).
+_EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -108,19 +118,23 @@ class CycleQueue:
     """RQ queue access for cycles and embedding jobs; coalescing keys live beside ProjectState's."""
 
     def __init__(self, redis: Redis, *, queue_name: str = DEFAULT_QUEUE_NAME,
-                 job_timeout: int = DEFAULT_JOB_TIMEOUT) -> None:
+                 job_timeout: int = DEFAULT_JOB_TIMEOUT, lock_ttl: int = LOCK_TTL) -> None:
         if not queue_name:
             raise ValueError("queue_name must not be empty")
         if job_timeout < 1:
             raise ValueError(f"job_timeout must be >= 1 second, got {job_timeout}")
+        if lock_ttl < 1:
+            raise ValueError(f"lock_ttl must be >= 1 second, got {lock_ttl}")
         self.redis = redis
         self.queue_name = queue_name
         self.job_timeout = job_timeout
+        self.lock_ttl = lock_ttl
         self.queue = Queue(queue_name, connection=redis)
         self._request = redis.register_script(_REQUEST_LUA)
         self._finish = redis.register_script(_FINISH_LUA)
         self._takeover = redis.register_script(_TAKEOVER_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._extend = redis.register_script(_EXTEND_LUA)
 
     # --- keys ----------------------------------------------------------------------------------------
     @staticmethod
@@ -212,17 +226,46 @@ class CycleQueue:
         return result
 
     def acquire_lock(self, project: str, token: str, *, wait: float | None = None, poll: float = 0.5) -> bool:
-        """Per-project mutual exclusion (SET NX EX): two workers never run one project's cycle at once."""
+        """Per-project mutual exclusion (SET NX EX): two workers never run one project's cycle at once.
+
+        The lock lives `lock_ttl` seconds unless its holder extends it (`hold_lock`), so a worker
+        killed mid-cycle blocks the project for at most that long. Waits up to `wait` (default: the
+        job timeout) for a holder to finish.
+        """
         deadline = time.monotonic() + (self.ttl if wait is None else wait)
         while True:
-            if self.redis.set(self.lock_key(project), token, nx=True, ex=self.ttl):
+            if self.redis.set(self.lock_key(project), token, nx=True, ex=self.lock_ttl):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(poll)
 
+    def extend_lock(self, project: str, token: str) -> bool:
+        """Renew our lock for another `lock_ttl` seconds; False when it is no longer ours."""
+        return bool(self._extend(keys=[self.lock_key(project)], args=[token, self.lock_ttl]))
+
     def release_lock(self, project: str, token: str) -> bool:
         return bool(self._release(keys=[self.lock_key(project)], args=[token]))
+
+    @contextlib.contextmanager
+    def hold_lock(self, project: str, token: str) -> Iterator[None]:
+        """Keep an acquired lock alive from a heartbeat thread; release it on exit."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lock_ttl / 3):
+                if not self.extend_lock(project, token):
+                    log.error("project %s: lost the cycle lock (expired); another cycle may start", project)
+                    return
+
+        thread = threading.Thread(target=beat, name=f"reid-al-lock-{project}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            self.release_lock(project, token)
 
     # --- status --------------------------------------------------------------------------------------
     def depth(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -91,6 +92,18 @@ def test_lock_is_exclusive_and_owned(queue: CycleQueue) -> None:
     assert queue.acquire_lock("1", "t2", wait=0)
 
 
+def test_lock_expires_without_heartbeat_and_lives_with_it(redis_client: redis.Redis) -> None:
+    q = CycleQueue(redis_client, queue_name="test-q", lock_ttl=1)
+    assert q.acquire_lock("1", "dead-worker", wait=0)
+    assert q.acquire_lock("1", "next", wait=3, poll=0.1)  # the dead holder's lock expired
+    with q.hold_lock("1", "next"):
+        time.sleep(1.6)  # longer than lock_ttl: the heartbeat keeps it
+        assert redis_client.get(q.lock_key("1")) == b"next"
+        assert not q.acquire_lock("1", "other", wait=0)
+    assert redis_client.get(q.lock_key("1")) is None  # released on exit
+    assert not q.extend_lock("1", "next")
+
+
 def test_status_and_counters(queue: CycleQueue) -> None:
     req = queue.request_cycle("4", reason="START_TRAINING")
     status = queue.status("4")
@@ -119,3 +132,5 @@ def test_constructor_validates(redis_client: redis.Redis) -> None:
         CycleQueue(redis_client, queue_name="")
     with pytest.raises(ValueError, match="job_timeout"):
         CycleQueue(redis_client, job_timeout=0)
+    with pytest.raises(ValueError, match="lock_ttl"):
+        CycleQueue(redis_client, lock_ttl=0)
