@@ -192,6 +192,10 @@ class CycleQueue:
         except NoSuchJobError:
             return time.time() - _claimed_at(claim) > CLAIM_GRACE
         status = job.get_status(refresh=True)
+        if status == JobStatus.STARTED and job.worker_name:
+            # A worker killed mid-job leaves its job "started" until RQ's cleanup; its own key expires
+            # with its heartbeat (worker_ttl), so a missing worker key means nobody runs the job.
+            return not self.redis.exists(f"rq:worker:{job.worker_name}")
         return status is None or status in _DEAD
 
     def request_embedding(self, project: str, items: list[dict[str, str]]) -> str:

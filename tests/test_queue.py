@@ -79,6 +79,24 @@ def test_dead_claim_is_taken_over(queue: CycleQueue) -> None:
     assert second.outcome == "enqueued" and second.job_id != first.job_id
 
 
+def test_started_job_of_a_vanished_worker_is_taken_over(queue: CycleQueue) -> None:
+    from rq.job import JobStatus
+
+    first = queue.request_cycle("1")
+    queue.queue.remove(first.job_id)  # a worker took it
+    job = Job.fetch(first.job_id, connection=queue.redis)
+    job.worker_name = "alive"
+    job.save()
+    job.set_status(JobStatus.STARTED)
+    queue.redis.set("rq:worker:alive", "1")
+    assert queue.request_cycle("1").outcome == "queued"  # a live worker's job is left alone
+    job.worker_name = "ghost"  # no key rq:worker:ghost: the worker died with the job
+    job.save()
+    second = queue.request_cycle("1")
+    assert second.outcome == "enqueued" and second.job_id != first.job_id
+    assert queue.depth() == 1
+
+
 def test_fresh_claim_without_job_is_not_taken_over(queue: CycleQueue) -> None:
     queue.redis.set(queue._keys("1")[0], _claim("cycle-1-pending"))
     assert queue.request_cycle("1").outcome == "queued"
