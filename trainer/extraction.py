@@ -75,13 +75,18 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def load_rgb(path: str | os.PathLike[str], *, draft_size: int | None = None) -> Image.Image:
     """Decode an image file fully (first frame of animations, EXIF orientation applied) as RGB.
 
+    ``draft_size``: the encoder's input side. JPEGs are then decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) whose both sides stay >= it: a 4000x3000 camera-trap photo decodes ~10x faster
+    for a 224 px model, while crops smaller than 2x the input are decoded exactly as without it.
     Raises whatever PIL raises for unreadable/truncated files; callers decide what to do.
     """
     with Image.open(path) as im:
         im.seek(0)
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (draft_size, draft_size))
         im.load()
         oriented = ImageOps.exif_transpose(im)
         return to_rgb(oriented if oriented is not None else im).copy()
@@ -91,10 +96,14 @@ class _ImageFiles(Dataset):
     """(id, path) pairs -> (id, tensor | None, failure reason | None); decoding happens in workers."""
 
     def __init__(
-        self, items: Sequence[tuple[str, str]], preprocess: Callable[[Image.Image], torch.Tensor]
+        self,
+        items: Sequence[tuple[str, str]],
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        draft_size: int | None = None,
     ) -> None:
         self.items = items
         self.preprocess = preprocess
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,7 +111,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor | None, str | None]:
         image_id, path = self.items[index]
         try:
-            tensor = self.preprocess(load_rgb(path))
+            tensor = self.preprocess(load_rgb(path, draft_size=self.draft_size))
         except Exception as exc:  # a bad file must never kill the job: it is reported instead
             return image_id, None, f"{type(exc).__name__}: {exc}"
         return image_id, tensor, None
@@ -219,7 +228,7 @@ def extract_embeddings(
     n_batches = -(-len(todo) // batch_size)
     workers = auto_num_workers(n_batches) if num_workers is None else int(num_workers)
     loader = DataLoader(
-        _ImageFiles(todo, encoder.preprocess),
+        _ImageFiles(todo, encoder.preprocess, getattr(encoder, "input_size", None)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

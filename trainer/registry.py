@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from strategies.defaults import REGISTRY_STALE_TMP_SECONDS
 
@@ -193,6 +192,8 @@ class ModelRegistry:
         embeddings = np.load(emb_path, mmap_mode="r") if int(meta.get("n_rows", 0)) else np.load(emb_path)
         adapter_state = None
         if meta.get("has_adapter"):
+            import torch  # lazily: readers that only need embeddings/metrics never pay torch's import
+
             adapter_state = torch.load(path / ADAPTER_FILE, map_location="cpu", weights_only=True)
         extra = {}
         for name in meta.get("extra", []):
@@ -281,6 +282,8 @@ class ModelRegistry:
             np.save(tmp / EMBEDDINGS_FILE, emb)
             _fsync_file(tmp / EMBEDDINGS_FILE)
             if adapter_state is not None:
+                import torch
+
                 torch.save(dict(adapter_state), tmp / ADAPTER_FILE)
                 _fsync_file(tmp / ADAPTER_FILE)
             _write_json(tmp / CONFIG_FILE, dict(config), "config")
