@@ -389,7 +389,11 @@ class ProjectState:
 
     # --- counters ------------------------------------------------------------------------------------
     def incr(self, name: str, by: int = 1) -> int:
-        return int(self.redis.hincrby(self.key("counters"), name, by))
+        """Increment a counter (and list the project, so /metrics shows it)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.key("counters"), name, by)
+        pipe.sadd(PROJECTS_KEY, self.project)
+        return int(pipe.execute()[0])
 
     def counters(self) -> dict[str, int]:
         return {(k.decode() if isinstance(k, bytes) else k): int(v)
