@@ -120,8 +120,10 @@ def test_serve_runs_redis_worker_and_web_server_and_stops_cleanly(tmp_path: Path
         url = (tmp_path / "model" / "redis" / "redis.url").read_text().strip()
         client = redis.Redis.from_url(url)
         assert ProjectState(client, "1").annotations()[0]["answer"] == "different"
-        workers = client.smembers("rq:workers")
-        assert len(workers) == 1  # the RQ worker process registered itself
+        deadline = time.monotonic() + 60
+        while not client.smembers("rq:workers") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(client.smembers("rq:workers")) == 1  # the RQ worker process registered itself
         client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
