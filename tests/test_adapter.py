@@ -159,16 +159,16 @@ def test_resolve_device() -> None:
 def test_training_lowers_loss_and_raises_held_out_map(split: dict[str, np.ndarray]) -> None:
     ml = ml_pairs_across_cameras(split["idtr"], split["camtr"])
     result = train_adapter(
-        split["xtr"], split["idtr"], ml, [], small_config(), cameras=split["camtr"]
+        split["xtr"], split["idtr"], ml, [], small_config(epochs=12), cameras=split["camtr"]
     )
     assert isinstance(result, TrainResult)
-    assert len(result.losses_per_epoch) == 6 and result.steps > 0 and result.seconds > 0
-    assert result.losses_per_epoch[-1] < 0.6 * result.losses_per_epoch[0]
+    assert len(result.losses_per_epoch) == 12 and result.steps > 0 and result.seconds > 0
+    assert result.losses_per_epoch[-1] < 0.5 * result.losses_per_epoch[0]
     assert set(result.terms_per_epoch[0]) == {"cluster", "pair", "ua", "gm", "total"}
     frozen = held_out_map(split["xte"], split["idte"], split["camte"])
     adapted = held_out_map(apply_adapter(result.adapter_state, split["xte"]), split["idte"], split["camte"])
     assert frozen < 0.85
-    assert adapted > frozen + 0.1
+    assert adapted > frozen + 0.2
 
 
 def test_seeded_runs_are_bit_identical(split: dict[str, np.ndarray]) -> None:

@@ -463,7 +463,9 @@ def train_adapter(
 
     ``pseudo_labels``: NP3-refined cluster ids per row, ``-1`` = outlier. ``ml_pairs``/``cl_pairs``: human
     must-link / cannot-link row pairs. ``cameras``: optional camera id per row, used to prefer
-    cross-camera co-cluster partners. A fixed ``config.seed`` gives bit-identical results on CPU.
+    cross-camera co-cluster partners. ``init_state``: a previous :meth:`Adapter.to_state` to continue
+    from (its architecture wins over ``config.adapter`` / ``config.hidden_dim``). A fixed ``config.seed``
+    gives bit-identical results on CPU (same thread count).
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
