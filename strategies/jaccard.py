@@ -63,8 +63,10 @@ def _encodings(x: np.ndarray, knn: KnnGraph, r_star: sp.csr_matrix) -> sp.csr_ma
     sims = np.empty(missing.nnz, dtype=np.float64)
     step = JACCARD_DOT_CHUNK  # bounds the gathered (step, d) blocks
     for start in range(0, missing.nnz, step):
-        r, c = missing.row[start : start + step], missing.col[start : start + step]
-        sims[start : start + r.size] = np.einsum("ij,ij->i", x[r], x[c], dtype=np.float64)
+        # int64 indices: numpy's fancy indexing is several times slower with int32
+        r = missing.row[start : start + step].astype(np.int64)
+        c = missing.col[start : start + step].astype(np.int64)
+        sims[start : start + r.size] = np.einsum("ij,ij->i", x[r], x[c])  # float32, like the kNN sims
     extra = sp.csr_matrix((np.exp(2.0 * sims - 2.0), (missing.row, missing.col)), shape=(n, n))
     v = (known + extra).tocsr()
     return sp.diags(1.0 / np.asarray(v.sum(axis=1)).ravel()) @ v
@@ -88,7 +90,9 @@ def _edge_intersections(v: sp.csr_matrix, ei: np.ndarray, ej: np.ndarray) -> np.
     buffer in one gather. Each edge costs |V_j| element operations; no sparse merge, no row copies.
     """
     n = v.shape[0]
-    lengths = np.diff(v.indptr)
+    # int64 index arrays: numpy's gathers run several times faster with them than with int32
+    indptr, indices, data = v.indptr.astype(np.int64), v.indices.astype(np.int64), v.data
+    lengths = np.diff(indptr)
     inter = np.zeros(ei.size, dtype=np.float64)
     bounds = np.searchsorted(ei, np.arange(n + 1))  # edges of row i: bounds[i]:bounds[i + 1]
     work = np.zeros(n + 1, dtype=np.int64)
@@ -100,21 +104,21 @@ def _edge_intersections(v: sp.csr_matrix, ei: np.ndarray, ej: np.ndarray) -> np.
         b = min(b, n)
         e0, e1 = bounds[a], bounds[b]
         if e0 < e1:
-            lo, hi = v.indptr[a], v.indptr[b]
-            own_cols = v.indices[lo:hi]
+            lo, hi = indptr[a], indptr[b]
+            own_cols = indices[lo:hi]
             cols = np.unique(own_cols)
             width = cols.size + 1  # the last column stays 0: "column not in any row of the block"
             slot[cols] = np.arange(cols.size)
             dense = np.zeros((b - a) * width, dtype=np.float64)
-            dense[np.repeat(np.arange(b - a), lengths[a:b]) * width + slot[own_cols]] = v.data[lo:hi]
+            dense[np.repeat(np.arange(b - a), lengths[a:b]) * width + slot[own_cols]] = data[lo:hi]
             rows_j = ej[e0:e1]
             seg = lengths[rows_j]
             ends = np.cumsum(seg)
             # positions of the entries of every V_j, concatenated edge after edge
-            pos = np.arange(ends[-1]) + np.repeat(v.indptr[rows_j] - (ends - seg), seg)
-            local = slot[v.indices[pos]]
+            pos = np.arange(ends[-1]) + np.repeat(indptr[rows_j] - (ends - seg), seg)
+            local = slot[indices[pos]]
             local[local < 0] = cols.size
-            mins = np.minimum(dense[np.repeat(ei[e0:e1] - a, seg) * width + local], v.data[pos])
+            mins = np.minimum(dense[np.repeat(ei[e0:e1] - a, seg) * width + local], data[pos])
             inter[e0:e1] = np.add.reduceat(mins, ends - seg)
             slot[cols] = -1
         a = b
