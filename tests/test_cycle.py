@@ -242,3 +242,16 @@ def test_run_cycle_rejects_bad_input(pool: dict[str, np.ndarray], tmp_path: Path
 def test_cycle_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         CycleConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_text_features_and_tracklets_reach_the_sampler(pool: dict[str, np.ndarray]) -> None:
+    rng = np.random.default_rng(5)
+    text = rng.normal(size=(pool["x"].shape[0], 16)).astype(np.float32)
+    tracklets = np.arange(pool["x"].shape[0]) // 2  # pairs of frames
+    graph = answered_graph(pool["ids"], 10, seed=4)
+    config = cycle_config(strategy="uncertainty", cold_start="skip", train_when_fewer_than=10)
+    result = run_cycle(pool["x"], graph, config, text_features=text, tracklets=tracklets)
+    assert_sampler_invariants(result, graph, 15)
+    assert len(result.proposals) > 0
+    with pytest.raises(ValueError, match="tracklets"):
+        run_cycle(pool["x"], graph, config, tracklets=tracklets[:-1])
