@@ -264,7 +264,6 @@ def test_load_dataset_dispatch_and_errors(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_folder_with_real_mobilenetv2(tmp_path: Path) -> None:
-    pytest.importorskip("trainer.extraction")
     root = _make_folder(tmp_path / "imgs", {"a": 2, "b": 2})
     ds = load_image_folder(root, encoder="mobilenetv2", cache_dir=tmp_path / "cache")
     assert ds.features.shape == (4, 1280)

@@ -214,13 +214,12 @@ def test_cli_rejects_bad_input_with_exit_2(tmp_path: Path, capsys: pytest.Captur
 
 
 # ------------------------------------------------------------------------------------------ end to end
-FAST_TRAIN = {"epochs": 2}
+FAST_TRAIN = {"epochs": 1, "hidden_dim": 32, "batch_size": 64, "max_steps_per_epoch": 4}
 STRATEGIES = ("aas", "random")
 
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    pytest.importorskip("trainer.cycle")
     ds = make_synthetic(**TINY)
     config = SimulationConfig(
         strategies=STRATEGIES, seeds=(0, 1), n_cycles=2, budget=15, train_params=FAST_TRAIN
@@ -270,11 +269,18 @@ def test_tiny_simulation_honours_budget_and_counts(tiny_results: dict[str, Any])
 
 
 def test_noisy_oracle_contradictions_are_counted(tmp_path: Path) -> None:
-    pytest.importorskip("trainer.cycle")
     # few identities, many pairs, a very noisy annotator: must-link chains crossing a cannot-link
     ds = make_synthetic(**{**TINY, "n_identities": 12, "min_images": 6})
-    config = SimulationConfig(strategies=("random",), seeds=(0,), n_cycles=2, budget=60, noise_rate=0.4,
-                              unsure_rate=0.1, train_params=FAST_TRAIN, skyline=False)  # fmt: skip
+    config = SimulationConfig(
+        strategies=("random",),
+        seeds=(0,),
+        n_cycles=2,
+        budget=60,
+        noise_rate=0.4,
+        unsure_rate=0.1,
+        train_params=FAST_TRAIN,
+        skyline=False,
+    )
     r = Simulation(config, work_dir=tmp_path).run(ds)
     last = r["strategies"]["random"]["per_seed"][0][-1]
     assert last["answers_wrong"] > 0 and last["answers_unsure"] > 0
@@ -283,15 +289,43 @@ def test_noisy_oracle_contradictions_are_counted(tmp_path: Path) -> None:
     assert r["skyline"] is None and r["summary"]["target_mAP"] is None
 
 
+def test_no_labels_control_annotates_nothing(tmp_path: Path) -> None:
+    ds = make_synthetic(**{**TINY, "n_identities": 16})
+    config = SimulationConfig(
+        strategies=("none",), seeds=(0,), n_cycles=2, budget=10, train_params=FAST_TRAIN, skyline=False
+    )
+    rows = Simulation(config, work_dir=tmp_path).run(ds)["strategies"]["none"]["per_seed"][0]
+    assert [r["pairs_annotated"] for r in rows] == [0, 0, 0]
+    assert all(r["pairs_constrained"] == 0 and r["shortfall"] == 0 for r in rows)
+
+
+def test_torch_threads_restored_after_run(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    ds = make_synthetic(**{**TINY, "n_identities": 12})
+    config = SimulationConfig(
+        strategies=("random",),
+        seeds=(0,),
+        n_cycles=1,
+        budget=3,
+        train_params=FAST_TRAIN,
+        skyline=False,
+        torch_threads=1,
+    )
+    Simulation(config, work_dir=tmp_path).run(ds)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="torch_threads"):
+        SimulationConfig(torch_threads=0).validate()
+
+
 def test_unknown_strategy_rejected(tmp_path: Path) -> None:
-    pytest.importorskip("strategies.samplers")
     ds = make_synthetic(**TINY)
     with pytest.raises(ValueError, match="strategies: unknown"):
         run_simulation(ds, SimulationConfig(strategies=("oracle-magic",), budget=5), work_dir=tmp_path)
 
 
 def test_cli_end_to_end_writes_results_and_plot(tmp_path: Path) -> None:
-    pytest.importorskip("trainer.cycle")
     npz = save_npz(make_synthetic(**{**TINY, "n_identities": 16}), tmp_path / "d.npz")
     out = tmp_path / "out"
     argv = ["--dataset", "npz", "--path", str(npz), "--out", str(out)]
@@ -306,6 +340,8 @@ def test_cli_end_to_end_writes_results_and_plot(tmp_path: Path) -> None:
         "5",
         "--train",
         "epochs=1",
+        "--train",
+        "max_steps_per_epoch=2",
         "--no-skyline",
         "--no-progress",
     ]

@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=VALUE",
         help="CycleConfig override, repeatable (e.g. eps=0.5)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads while simulating (default 1: small adapters train faster single-threaded)",
+    )
     p.add_argument("--no-skyline", action="store_true", help="skip the all-labels skyline")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -166,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (0 ok, 2 bad arguments or input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("trainer.simulate").setLevel(logging.INFO)  # our progress lines, not faiss's chatter
     if args.dataset in ("npz", "folder") and not args.path:
         parser.error(f"--dataset {args.dataset} needs --path")
     config = SimulationConfig(
@@ -185,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         train_params=_key_values(args.train, "--train"),
         cycle_params=_key_values(args.cycle_param, "--cycle-param"),
         skyline=not args.no_skyline,
+        torch_threads=args.threads,
     )
     try:
         config.validate()

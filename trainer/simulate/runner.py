@@ -16,6 +16,8 @@ components joined by a cannot-link) minus the pairs that carry a human answer th
 component sizes (Σ C(s, 2) + Σ over cannot-linked component pairs s_a·s_b), never O(n²); a cannot-link
 inside a component (a contradiction) implies nothing. `pairs_by_transitivity_new` is its increase in
 that cycle.
+
+The strategy name "none" is a control: every cycle runs, nobody answers (0 pairs annotated).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ from trainer.simulate.report import aggregate_reference, aggregate_runs, summari
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRATEGIES = ("aas", "uncertainty", "random")
+DEFAULT_STRATEGIES = ("aas", "uncertainty", "random", "none")
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_CYCLES = 5
+# Control "strategy": the same cycles (pseudo-labels, warm-started training) with nobody answering, so
+# the curves separate what the labels bring from what more unsupervised training rounds bring.
+NO_LABELS = "none"
 
 
 @dataclass
@@ -63,6 +68,10 @@ class SimulationConfig:
     train_params: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
     cycle_params: dict[str, Any] = field(default_factory=dict)  # CycleConfig overrides
     skyline: bool = True
+    # Threads for torch during the run (restored afterwards). The simulator trains many small adapters:
+    # at this size intra-op parallelism costs more than it gives, and on a shared, loaded machine two
+    # spinning threads made a cycle's training 10-15x slower than one (measured, see simulate.md).
+    torch_threads: int | None = 1
 
     def validate(self) -> None:
         if not self.strategies:
@@ -82,6 +91,8 @@ class SimulationConfig:
         for name in ("noise_rate", "unsure_rate"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.torch_threads is not None and int(self.torch_threads) < 1:
+            raise ValueError(f"torch_threads: must be >= 1 or None, got {self.torch_threads}")
 
     def budget_for(self, n_pool: int) -> int:
         """Pairs per cycle: the absolute budget, or the fraction of all pool pairs (at least min_budget)."""
@@ -162,6 +173,8 @@ class Simulation:
         unknown = sorted(set(params) - names)
         if unknown:
             raise ValueError(f"cycle_params: unknown CycleConfig field(s) {unknown}; known: {sorted(names)}")
+        if strategy == NO_LABELS:  # the control runs a cheap sampler whose proposals nobody answers
+            strategy, budget = "random", 1
         return CycleConfig(
             strategy=strategy,
             budget=budget,
@@ -257,8 +270,8 @@ class Simulation:
             t0 = time.perf_counter()
             shortfall = 0
             if cycle > 0:
-                asked = proposals[:budget]
-                shortfall = budget - len(asked)
+                asked = [] if strategy == NO_LABELS else proposals[:budget]
+                shortfall = 0 if strategy == NO_LABELS else budget - len(asked)
                 for k, prop in enumerate(asked):
                     ans = oracle.answer(prop.i, prop.j)
                     counters["asked"] += 1
@@ -312,11 +325,22 @@ class Simulation:
     def run(self, dataset: SimulationDataset, *, progress: bool = False) -> dict[str, Any]:
         """Run every strategy × seed and return the results dict (see report.py for its fields)."""
         self._cfg = self.config or SimulationConfig()
+        self._cfg.validate()
+        import torch
+
+        threads = torch.get_num_threads()
+        if self._cfg.torch_threads is not None:
+            torch.set_num_threads(int(self._cfg.torch_threads))
+        try:
+            return self._run(dataset, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, dataset: SimulationDataset, *, progress: bool) -> dict[str, Any]:
         cfg = self._cfg
-        cfg.validate()
         from strategies.samplers import available_samplers
 
-        known = set(available_samplers())
+        known = {*available_samplers(), NO_LABELS}
         unknown = [s for s in cfg.strategies if s not in known]
         if unknown:
             raise ValueError(f"strategies: unknown {unknown}; available: {sorted(known)}")
@@ -371,6 +395,7 @@ class Simulation:
                 "strategy_params": cfg.strategy_params,
                 "train_params": cfg.train_params,
                 "cycle_params": cfg.cycle_params,
+                "torch_threads": cfg.torch_threads,
             },
             "baseline": aggregate_reference([baseline]),
             "skyline": skyline,
