@@ -297,3 +297,23 @@ def test_non_finite_features_are_reported_not_stored(tmp_path: Path, tiny: Encod
     report = extract_embeddings(tiny, items, store, batch_size=3, num_workers=0, progress=False)
     assert report.failures == [("id001", "non-finite features")]
     assert store.ids() == ["id000", "id002"]
+
+
+def test_a_failing_store_write_stops_the_run_with_earlier_batches_kept(
+    tmp_path: Path, tiny: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _write_pool(tmp_path / "imgs", 9)
+    store = EmbeddingStore(tmp_path / "s")
+    real = store.append
+    calls: list[int] = []
+
+    def flaky(ids: list[str], feats: np.ndarray, *, encoder: str | None = None) -> None:
+        calls.append(len(ids))
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        real(ids, feats, encoder=encoder)
+
+    monkeypatch.setattr(store, "append", flaky)
+    with pytest.raises(OSError, match="No space left"):
+        extract_embeddings(tiny, items, store, batch_size=3, num_workers=0, progress=False)
+    assert EmbeddingStore(tmp_path / "s").ids() == [i for i, _ in items[:3]]
