@@ -54,6 +54,7 @@ class PushReport:
     rescored: int = 0
     retired: int = 0
     view_id: int | None = None
+    model_version_set: bool = False
     retired_task_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,8 +209,15 @@ def push_cycle(
         state.mark_pushed_tasks(model_version, [p["task"] for p in predictions])
     report.predictions = len(predictions)
 
-    # 3. the project serves this version's scores, through a view ordered by score (created once)
-    client.patch_project(project_id, model_version=model_version)
+    # 3. the project serves this version's scores, through a view ordered by score (created once).
+    # Label Studio rejects a model_version that no prediction carries (and no connected backend is
+    # titled): with no open task to score, the project keeps its version; nothing is left to order.
+    if predictions or already:
+        client.patch_project(project_id, model_version=model_version)
+        report.model_version_set = True
+    else:
+        log.info("project %s: no open task to score under %s; project model_version unchanged",
+                 state.project, model_version)
     view_id = state.meta().get("view_id")
     if view_id is None:
         view_id = client.ensure_view(project_id, title=VIEW_TITLE, ordering=list(VIEW_ORDERING))

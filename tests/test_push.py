@@ -63,6 +63,10 @@ class LabelStudioDouble:
         self.predictions.extend(predictions)
 
     def patch_project(self, pid: int, **fields: Any) -> dict[str, Any]:
+        version = fields.get("model_version")
+        if version and not any(p["model_version"] == version for p in self.predictions):
+            # Label Studio 1.23: "Model version doesn't exist either as live model or as static predictions."
+            raise RuntimeError(f"HTTP 400: model_version {version!r} has no prediction")
         self.project.update(fields)
         return self.project
 
@@ -164,6 +168,17 @@ def test_user_imported_tasks_with_urls_only_are_rescored_once_embedded(redis_cli
                         image_ids=ids, url_for=lambda i: None)
     assert (report.rescored, report.predictions) == (1, 1)
     assert client.predictions[0]["task"] == 101
+
+
+def test_nothing_open_to_score_leaves_the_project_version(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    push(client, state, "v0001-x", [Proposal(0, 1, 0.9, 0.7)])
+    for task in client.tasks.values():
+        task["total_annotations"] = 1  # everything answered, and the sampler found nothing new
+    report = push(client, state, "v0002-y", [])
+    assert (report.predictions, report.model_version_set) == (0, False)
+    assert client.project["model_version"] == "v0001-x"
+    assert state.versions() == ["v0001-x", "v0002-y"]
 
 
 def test_unservable_images_are_not_pushed(redis_client: redis.Redis) -> None:
