@@ -236,3 +236,20 @@ def test_meta_json_is_the_completeness_marker(tmp_path: Path) -> None:
     version = _save(reg)
     meta = json.loads((tmp_path / "p" / version / "meta.json").read_text())
     assert meta["version"] == version and meta["n_rows"] == 5 and meta["dim"] == 4 and meta["has_adapter"]
+
+
+def test_prune_keeps_the_newest_and_the_latest_pointer(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path, "p")
+    versions = [_save(reg, seed=s) for s in range(5)]
+    held = reg.load(versions[1])  # a reader that memory-mapped an old version keeps working
+    (tmp_path / "p" / LATEST_FILE).write_text(versions[0] + "\n")  # e.g. a rollback
+    removed = reg.prune(keep=2)
+    assert removed == versions[1:3]
+    assert [i.version for i in reg.list()] == [versions[0], *versions[3:]]
+    assert reg.latest() == versions[0]
+    np.testing.assert_array_equal(held.embeddings, _emb(seed=1))
+    assert not [p for p in (tmp_path / "p").iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert reg.prune(keep=10) == []
+    with pytest.raises(ValueError, match="keep must be an int >= 1"):
+        reg.prune(keep=0)
+    assert ModelRegistry(tmp_path, "empty").prune(keep=1) == []

@@ -276,7 +276,7 @@ class ModelRegistry:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.clean_stale_temp_dirs()
-        tmp = self.root / f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self._temp_dir_name()
         tmp.mkdir()
         try:
             np.save(tmp / EMBEDDINGS_FILE, emb)
@@ -304,6 +304,37 @@ class ModelRegistry:
             raise
         log.info("saved model version %s/%s (%d x %d)", self.project, version, *emb.shape)
         return version
+
+    def _temp_dir_name(self) -> Path:
+        # host + pid let clean_stale_temp_dirs tell a dead writer's leftovers from a live one's
+        return self.root / f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` versions (never the one ``latest`` names); returns them.
+
+        Every version holds a full copy of the embeddings, so long-running projects need this. A version
+        is first renamed to a temp name (atomic: readers see it complete or gone), then deleted; a
+        reader that already memory-mapped its embeddings keeps working (POSIX unlink semantics).
+        """
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+        if not self.root.is_dir():
+            return []
+        removed = []
+        with self._locked():
+            current = self.latest()
+            versions = [name for _, name in self._complete_versions()]
+            for name in versions[:-keep]:
+                if name == current:
+                    continue
+                doomed = self._temp_dir_name()
+                os.rename(self.root / name, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(name)
+        if removed:
+            _fsync_dir(self.root)
+            log.info("pruned %d old version(s) of %s: %s", len(removed), self.project, ", ".join(removed))
+        return removed
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
