@@ -46,6 +46,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(model_dir=tmp_path / "models", encoder="mobilenetv2", label_studio_api_key="")
 
 
+@pytest.mark.slow  # loads the real mobilenetv2 encoder: 2-25 s depending on the machine's load
 def test_ingest_folder_embeds_once_and_appends_new_images(tmp_path: Path, settings: Settings) -> None:
     images = tmp_path / "images"
     make_images(images, 2, 3)

@@ -79,7 +79,7 @@ class _Scripted(BaseHTTPRequestHandler):
 def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
     handler = type("Handler", (_Scripted,), {"script": [], "calls": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", handler
@@ -337,7 +337,7 @@ class _Backend(BaseHTTPRequestHandler):
 def recording_backend() -> Iterator[tuple[str, type[_Backend]]]:
     handler = type("Recorder", (_Backend,), {"seen": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", handler
