@@ -175,6 +175,20 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
             raise ApiError(422, str(exc), exc.field) from None
         return jsonify(answer)
 
+    @app.post("/train")
+    def train() -> Response:
+        """Label Studio's legacy "Start training" call (when its webhook feature flag is off).
+
+        The annotations in the body are ignored: the webhook (or `reid-al sync`) already recorded
+        them, and the cycle reads them from Redis. This only requests a (coalesced) cycle."""
+        body = _json_body()
+        project = _project(body)
+        state = ProjectState(redis, project)
+        state.incr("events:TRAIN")
+        request_ = queue.request_cycle(project, reason="train")
+        return jsonify({"status": "ok", "project": project, "cycle": request_.outcome,
+                        "job_id": request_.job_id})
+
     @app.get("/versions")
     def versions() -> Response:
         project = request.args.get("project")

@@ -60,6 +60,7 @@ def test_health_needs_no_auth(http: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"),
+                                              ("post", "/train"),
                                               ("get", "/versions"), ("get", "/metrics"), ("get", "/status"),
                                               ("get", "/jobs")])
 def test_every_other_route_needs_basic_auth(http: FlaskClient, method: str, path: str) -> None:
@@ -183,6 +184,15 @@ def test_versions_metrics_status_jobs(http: FlaskClient, redis_client: redis.Red
     assert http.get("/jobs", headers=AUTH).json["queue_depth"] == 1
     assert http.get("/status", headers=AUTH).json["projects"][0]["project"] == "3"
     assert http.get("/status?project=a:b", headers=AUTH).status_code == 422
+
+
+def test_legacy_train_requests_a_coalesced_cycle(http: FlaskClient, redis_client: redis.Redis) -> None:
+    body = {"annotations": [], "project": "3.1712345678", "label_config": LABEL_CONFIG, "params": {}}
+    first = http.post("/train", json=body, headers=AUTH)
+    assert first.status_code == 200 and first.json["cycle"] == "enqueued"
+    assert http.post("/train", json=body, headers=AUTH).json["cycle"] == "queued"
+    assert http.post("/train", json={"annotations": []}, headers=AUTH).json["field"] == "project"
+    assert http.post("/train", json=body).status_code == 401
 
 
 def test_unknown_route_and_method_are_json(http: FlaskClient) -> None:
