@@ -50,6 +50,7 @@ def scenarios(draw: st.DrawFn) -> tuple[np.ndarray, ConstraintGraph, int, int, n
 
 def _check(name: str, x: np.ndarray, g: ConstraintGraph, budget: int, seed: int, tracklets) -> None:
     n = x.shape[0]
+    x_before = x.copy()
     try:
         result = make_sampler(name, random_state=seed).select(x, g, budget, tracklets=tracklets)
     except PoolExhaustedError:
@@ -73,6 +74,7 @@ def _check(name: str, x: np.ndarray, g: ConstraintGraph, budget: int, seed: int,
         assert pairs, "a non-AAS strategy returns proposals or raises PoolExhaustedError"
     again = make_sampler(name, random_state=seed).select(x, g, budget, tracklets=tracklets)
     assert again.proposals == result.proposals
+    assert np.array_equal(x, x_before)  # the caller's embeddings are never modified
 
 
 @pytest.mark.parametrize("name", available_samplers())

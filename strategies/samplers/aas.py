@@ -310,11 +310,12 @@ def _closest_cross_pairs(
     Ties: the first row of the larger cluster, then the first column."""
     u = np.empty(c1.size, dtype=np.int64)
     v = np.empty(c1.size, dtype=np.int64)
-    sizes = np.array([members[c].size for c in range(len(members))], dtype=np.int64)
+    sizes = np.fromiter((m.size for m in members), dtype=np.int64, count=len(members))
     single = (sizes[c1] == 1) & (sizes[c2] == 1)
     if single.any():
-        u[single] = [members[c][0] for c in c1[single]]
-        v[single] = [members[c][0] for c in c2[single]]
+        first = np.fromiter((m[0] if m.size else -1 for m in members), dtype=np.int64, count=len(members))
+        u[single] = first[c1[single]]
+        v[single] = first[c2[single]]
     rest = np.flatnonzero(~single)
     if rest.size == 0:
         return u, v

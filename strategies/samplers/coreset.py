@@ -44,32 +44,35 @@ def k_center_greedy(
 
     Distance is the cosine distance halved, (1 - s) / 2 in [0, 1]. ``initial`` is a boolean mask of
     the starting centres; with none, the first pick is a seeded uniform draw (reported distance 1.0).
-    ``exclude`` masks rows that may never be picked (but still count as candidates for nothing).
+    ``exclude`` masks rows that are never picked (and are not centres either).
     Ties go to the lowest row. The caller consumes as many picks as it needs.
     """
     n = features.shape[0]
     initial = np.zeros(n, dtype=bool) if initial is None else np.asarray(initial, dtype=bool)
-    available = ~initial
+    blocked = initial.copy()
     if exclude is not None:
-        available &= ~np.asarray(exclude, dtype=bool)
+        blocked |= np.asarray(exclude, dtype=bool)
+    left = int(n - blocked.sum())
+    # similarity to the nearest centre; +inf marks rows that can no longer be picked (max keeps it)
+    near = None
     if initial.any():
-        best, _ = max_similarity_to(features, features[initial])
-        dist = (1.0 - best.astype(np.float64)) / 2.0
-    else:
-        dist = None
-    while available.any():
-        if dist is None:
-            candidates = np.flatnonzero(available)
+        near, _ = max_similarity_to(features, features[initial])
+        near[blocked] = np.inf
+    while left > 0:
+        if near is None:
+            candidates = np.flatnonzero(~blocked)
             pick = int(candidates[rng_from(random_state).integers(candidates.size)])
             score = 1.0
-            dist = np.full(n, np.inf)
+            near = np.full(n, -np.inf, dtype=np.float32)
+            near[blocked] = np.inf
         else:
-            masked = np.where(available, dist, -np.inf)
-            pick = int(np.argmax(masked))
-            score = float(np.clip(masked[pick], 0.0, 1.0))
-        available[pick] = False
+            pick = int(np.argmin(near))
+            score = float(np.clip((1.0 - float(near[pick])) / 2.0, 0.0, 1.0))
+        blocked[pick] = True
+        near[pick] = np.inf
+        left -= 1
         yield pick, score
-        dist = np.minimum(dist, (1.0 - matvec(features, features[pick]).astype(np.float64)) / 2.0)
+        np.maximum(near, matvec(features, features[pick]), out=near)
 
 
 @register_sampler
@@ -147,6 +150,15 @@ def _nearest_unresolved(
     if pool.size == 0:
         return None
     sims = matvec(features[pool], features[pick])
-    order = pool[np.lexsort((pool, -sims))]
-    ok = take_unresolved(np.full(order.size, pick, dtype=np.int64), order, constraints, 1)
-    return int(order[ok[0]]) if ok.size else None
+    # usually the nearest centre is open: rank a short head first, the whole pool only if needed
+    if pool.size > 8:
+        kth = -np.partition(-sims, 7)[7]
+        head = np.flatnonzero(sims >= kth)  # the 8 most similar, every tie included: ranking stays exact
+    else:
+        head = np.arange(pool.size)
+    for cand in (head, np.arange(pool.size)):
+        order = pool[cand[np.lexsort((pool[cand], -sims[cand]))]]
+        ok = take_unresolved(np.full(order.size, pick, dtype=np.int64), order, constraints, 1)
+        if ok.size:
+            return int(order[ok[0]])
+    return None

@@ -346,11 +346,18 @@ class UncertaintySampler(PairSampler):
                         ub, s_id, unit_text[start : start + step], lab_t, lab_has_text, id_start
                     )
                 u[start : start + step] = ub
-        batch_max = np.full(n_units, -np.inf)
-        available = ~unit_labelled
         unit_cam, unit_seg = _unit_segments(units, cameras, timestamps, self.segment_seconds)
         used_segments: set[tuple[object, object]] = set()
         rng = rng_from(self.random_state)
+        # a_i = base_i - c * best_i with best_i = max cosine to labelled ∪ batch (d_i = (1 - best_i) / 2);
+        # cold start: a_i = d_i. Unavailable units get base = -inf, so one subtraction + argmax per pick.
+        lam_u, lam_d = (0.0, 1.0) if cold else (float(self.lambda_u), float(self.lambda_d))
+        base = lam_u * u + lam_d / 2.0
+        base[unit_labelled] = -np.inf
+        c = lam_d / 2.0
+        best = cover
+        scratch = np.empty(n_units)
+        left = int((~unit_labelled).sum())
 
         picks: list[int] = []
         scores: list[float] = []
@@ -360,24 +367,22 @@ class UncertaintySampler(PairSampler):
         skipped = {"dup": 0, "seg": 0, "pair": 0}
         n_pairs = 0
         taken: set[tuple[int, int]] = set()  # pairs already in this batch (cold start can meet one twice)
-        while available.any() and len(picks) < max_units:
+        while left > 0 and len(picks) < max_units:
             if pair_budget is not None and n_pairs >= pair_budget:
                 break
-            coverage = (1.0 - np.maximum(cover, batch_max)) / 2.0
             if cold and not picks:
-                cand = np.flatnonzero(available)
+                cand = np.flatnonzero(np.isfinite(base))
                 pick = int(cand[rng.integers(cand.size)])
                 d_pick, score = 1.0, 1.0
             else:
-                # cold start: coverage only (k-centre greedy); else a_i = λ_u u_i + λ_d d_i
-                d_all = np.nan_to_num(coverage, posinf=1.0)
-                a = d_all if cold else self.lambda_u * u + self.lambda_d * d_all
-                a = np.where(available, a, -np.inf)
-                pick = int(np.argmax(a))
-                score = float(a[pick])
-                d_pick = float(np.clip(coverage[pick], 0.0, 1.0))
-            available[pick] = False
-            if batch_max[pick] >= self.near_duplicate:
+                np.multiply(best, c, out=scratch)
+                np.subtract(base, scratch, out=scratch)
+                pick = int(np.argmax(scratch))
+                score = float(scratch[pick])
+                d_pick = float(np.clip((1.0 - best[pick]) / 2.0, 0.0, 1.0))
+            base[pick] = -np.inf
+            left -= 1
+            if picks and float(np.max(matvec(uf[picks], uf[pick]))) >= self.near_duplicate:
                 skipped["dup"] += 1
                 continue
             if self.one_per_segment and unit_cam is not None:
@@ -397,10 +402,10 @@ class UncertaintySampler(PairSampler):
             if self.one_per_segment and unit_cam is not None:
                 used_segments.add((unit_cam[pick], unit_seg[pick]))
             picks.append(pick)
-            scores.append(float(score))
+            scores.append(score)
             us.append(0.0 if cold else float(u[pick]))
             ds.append(d_pick)
-            batch_max = np.maximum(batch_max, matvec(uf, uf[pick]))
+            np.maximum(best, matvec(uf, uf[pick]), out=best)
         selection = UnitSelection(
             units=np.asarray(picks, dtype=np.int64),
             scores=np.asarray(scores),
