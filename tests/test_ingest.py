@@ -179,3 +179,41 @@ def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
         assert not (settings.model_dir / "999999").exists()  # checked before anything is written
     finally:
         ls_client.delete_project(project)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_ingest_with_no_backend_running_runs_the_first_cycle_itself(
+    label_studio: object, ls_client: LabelStudioClient, tmp_path: Path
+) -> None:
+    from ml_backend.embedded import EmbeddedRedis
+
+    document_root: Path = label_studio.document_root  # type: ignore[attr-defined]
+    images = document_root / "inline-ingest"
+    make_images(images, 4, 4)
+    project = int(ls_client.create_project("inline ingest project", LABEL_CONFIG)["id"])
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        encoder="mobilenetv2",
+        strategy="uncertainty",
+        budget=5,
+        label_studio_url=label_studio.url,  # type: ignore[attr-defined]
+        label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
+        document_root=str(document_root),
+    )
+    try:
+        report = ingest(images, project, settings, progress=False)
+        cycle = report.cycle
+        assert cycle is not None and cycle["mode"] == "inline", report
+        assert cycle["status"] == "finished" and cycle["version"], cycle
+        tasks = list(ls_client.iter_tasks(project, fields="all"))
+        assert len(tasks) == 5
+        assert all(t["predictions"][0]["model_version"] == cycle["version"] for t in tasks)
+        assert ls_client.get_project(project)["model_version"] == cycle["version"]
+        assert not (settings.model_dir / "redis" / "redis.url").exists()  # the temporary server is gone
+        with EmbeddedRedis(settings.model_dir / "redis") as server:  # ... and `reid-al serve` finds its state
+            client = redis_lib.Redis.from_url(server.url)
+            assert ProjectState(client, str(project)).versions() == [cycle["version"]]
+            client.close()
+    finally:
+        ls_client.delete_project(project)
