@@ -12,7 +12,8 @@ another camera when cameras are known and one is drawn), else a random row. A se
 row is the frozen feature with feature dropout and Gaussian noise.
 
 Terms (select with ``TrainConfig.terms``; see trainer/losses.py):
-``cluster`` SpCL cluster-contrastive loss on the pseudo-labels (outliers ``-1`` are **excluded** by
+``cluster`` SpCL cluster-contrastive loss on the pseudo-labels, centroids re-extracted every epoch and
+momentum-updated within it (outliers ``-1`` are **excluded** by
 default — ``outliers="instance"`` gives each its own memory entry as SpCL does, at the cost of a memory
 row per outlier); ``pair`` margin loss on the human pairs; ``ua`` seed 004 uncertainty-aware
 contrastive loss (human must-links strong positives, co-cluster members weak positives, cannot-links
@@ -507,8 +508,6 @@ def train_adapter(
             memory = ClusterContrastiveLoss(
                 n_clusters, model.out_dim, temperature=config.temperature, momentum=config.momentum
             ).to(device)
-            with torch.no_grad():
-                memory.initialise(_embed_all(model, x), labels_t)
         pair_loss = PairContrastiveLoss(config.pair_margin)
         ua_loss = UncertaintyAwareContrastiveLoss(config.temperature, config.ua_alpha)
         gm_loss = GroupMatchingLoss(config.hard_negatives, config.temperature)
@@ -531,6 +530,12 @@ def train_adapter(
             epochs = tqdm(epochs, desc="adapter", unit="epoch")
         total_steps = 0
         for _ in epochs:
+            if memory is not None:
+                # Cluster-Contrast style: centroids re-extracted with the current adapter every epoch,
+                # momentum-updated within it (an epoch sees at most max_steps_per_epoch batches, so on a
+                # large pool most centroids would otherwise go stale).
+                with torch.no_grad():
+                    memory.initialise(_embed_all(model, x), labels_t)
             perm = rng.permutation(n)
             sums = {t: 0.0 for t in (*config.terms, "total")}
             for step in range(steps):
