@@ -90,8 +90,8 @@ def load_rgb(path: str | os.PathLike[str], *, draft_size: int | None = None) -> 
         if draft_size and im.format == "JPEG":
             im.draft("RGB", (draft_size, draft_size))
         im.load()
-        oriented = ImageOps.exif_transpose(im)
-        return to_rgb(oriented if oriented is not None else im).copy()
+        oriented = ImageOps.exif_transpose(im)  # a new in-memory image: outlives the closed file
+        return to_rgb(oriented if oriented is not None else im.copy())
 
 
 class _ImageFiles(Dataset):
