@@ -359,7 +359,13 @@ def test_sampler_applies_np3_so_answered_disagreements_disappear() -> None:
 def test_sampler_parameter_validation_names_the_parameter() -> None:
     x, a, b = _two_merged_identities()
     ctx = _context(x, a, b)
-    for kwargs, name in (({"epsilon": 2.0}, "epsilon"), ({"k_max": 0}, "k_max"), ({"s_min": 3.0}, "s_min")):
+    for kwargs, name in (
+        ({"epsilon": 2.0}, "epsilon"),
+        ({"k_max": 0}, "k_max"),
+        ({"s_min": 3.0}, "s_min"),
+        ({"exact_medoid_max": 0}, "exact_medoid_max"),
+        ({"contradiction_policy": "human_wins"}, "contradiction_policy"),
+    ):
         with pytest.raises(ValueError, match=name):
             AASSampler(**kwargs).select(x, ConstraintGraph(), 5, context=ctx)
 

@@ -36,6 +36,20 @@ def test_entropy_is_one_for_a_tie_and_near_zero_for_a_clear_winner() -> None:
     assert u[1] < 1e-5
 
 
+@pytest.mark.parametrize("tau", [0.05, 0.5])
+def test_entropy_and_margin_match_the_textbook_softmax(tau: float) -> None:
+    s = np.random.default_rng(0).uniform(-1, 1, size=(50, 7))
+    z = s / tau
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(axis=1) / np.log(7)
+    top = -np.sort(-p, axis=1)
+    assert np.allclose(identity_uncertainty(s, tau=tau, measure="entropy"), entropy, atol=1e-6)
+    assert np.allclose(
+        identity_uncertainty(s, tau=tau, measure="margin"), 1 - (top[:, 0] - top[:, 1]), atol=1e-6
+    )
+
+
 def test_margin_and_spread_measures() -> None:
     s = np.array([[0.5, 0.5], [1.0, -1.0]])
     assert identity_uncertainty(s, measure="margin").tolist() == pytest.approx([1.0, 0.0], abs=1e-9)

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from strategies.constraints import CONTRADICTION_POLICIES
 from strategies.defaults import (
     AAS_BUDGET_FRACTION,
     AAS_EPSILON,
@@ -599,6 +600,11 @@ class AASSampler(PairSampler):
             raise ValueError(f"s_min must be in [-1, 1], got {self.s_min}")
         if self.exact_medoid_max < 1:
             raise ValueError(f"exact_medoid_max must be >= 1, got {self.exact_medoid_max}")
+        if self.contradiction_policy not in CONTRADICTION_POLICIES:
+            raise ValueError(
+                f"contradiction_policy must be one of {CONTRADICTION_POLICIES}, "
+                f"got {self.contradiction_policy!r}"
+            )
 
     def clusterings(
         self, features: np.ndarray, constraints: ConstraintGraph, context: SamplingContext

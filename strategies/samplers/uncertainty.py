@@ -128,20 +128,24 @@ def identity_uncertainty(
     """
     if measure not in UNCERTAINTY_MEASURES:
         raise ValueError(f"measure must be one of {UNCERTAINTY_MEASURES}, got {measure!r}")
-    s = np.asarray(identity_sims, dtype=np.float64)
+    s = np.asarray(identity_sims)
     if s.ndim != 2:
         raise ValueError(f"identity_sims must be 2-D (units, identities), got shape {s.shape}")
     if s.shape[1] < 2:
         return np.zeros(s.shape[0])
     if measure == "spread":
-        return np.clip(1.0 - (s.max(axis=1) - s.mean(axis=1)) / 2.0, 0.0, 1.0)
-    p = _softmax(s / tau)
+        s64 = s.astype(np.float64)
+        return np.clip(1.0 - (s64.max(axis=1) - s64.mean(axis=1)) / 2.0, 0.0, 1.0)
+    # z = (S - max S) / τ <= 0, e = exp(z) in (0, 1], Z = Σ e >= 1: softmax p = e / Z without forming
+    # it, and H = log Z - Σ e z / Z (no log of tiny p). float32 element-wise, float64 sums.
+    z = (s.astype(np.float32) - s.max(axis=1, keepdims=True).astype(np.float32)) * np.float32(1.0 / tau)
+    e = np.exp(z)
+    total = e.sum(axis=1, dtype=np.float64)
     if measure == "entropy":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+        h = np.log(total) - np.einsum("ij,ij->i", e, z, dtype=np.float64) / total
         return np.clip(h / np.log(s.shape[1]), 0.0, 1.0)
-    top2 = -np.partition(-p, 1, axis=1)[:, :2]
-    return np.clip(1.0 - (top2[:, 0] - top2[:, 1]), 0.0, 1.0)
+    top2 = -np.partition(-e, 1, axis=1)[:, :2].astype(np.float64)
+    return np.clip(1.0 - (top2[:, 0] - top2[:, 1]) / total, 0.0, 1.0)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
