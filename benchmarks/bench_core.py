@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,31 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("knn", "knn_approx", "jaccard", "dbscan", "finch", "finch_knn", "finch_clust", "np3")
+STAGES = (
+    "knn", "knn_approx", "jaccard", "dbscan", "finch", "finch_knn", "finch_clust", "finch_clust_rank", "np3"
+)
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def available_bytes() -> int:
+    """Memory available to a new process (MemAvailable), falling back to free physical pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -85,8 +110,6 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 # --------------------------------------------------------------------------------------------- stages
 def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Body of one subprocess: load inputs, time the stage, save outputs, return figures."""
-    import psutil
-
     from strategies.clustering import FINCH, DBSCANClusterer
     from strategies.defaults import KNN_K
     from strategies.jaccard import jaccard_distance
@@ -102,7 +125,7 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
         return KnnGraph(z["indices"], z["similarities"])
 
     inputs: dict[str, Any] = {}
-    if stage in ("jaccard", "finch_knn"):
+    if stage in ("jaccard", "finch_knn", "finch_clust_rank"):
         inputs["knn"] = load_knn()
     if stage == "dbscan":
         import scipy.sparse as sp
@@ -111,11 +134,11 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
     if stage == "np3":
         inputs["labels"] = np.load(work / "dbscan.npy")
         inputs["ml"], inputs["cl"] = consistent_constraints(truth, args.constraints, args.seed)
-    if stage == "finch_clust":
+    if stage in ("finch_clust", "finch_clust_rank"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from finch import FINCH as finch_clust
-    rss_before = psutil.Process().memory_info().rss
+    rss_before = rss_bytes()
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
 
@@ -156,7 +179,7 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
         np.save(work / f"{stage}.npy", np.stack(result.partitions, axis=1))
         extra["n_clusters"] = result.n_clusters
         extra["mode"] = "exact" if n <= args.exact_max else "HNSW candidates"
-        if stage == "finch_knn":
+        if stage == "finch_knn" and (work / "finch.npy").exists():
             ours = np.load(work / "finch.npy")
             extra["same_as_own_search"] = bool(
                 ours.shape == (n, len(result.partitions))
@@ -171,6 +194,19 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
         ours = np.load(work / "finch.npy")
         extra["n_clusters"] = [int(v) for v in counts]
         extra["identical_to_ours"] = bool(
+            ours.shape == c.shape and all(same_partition(ours[:, i], c[:, i]) for i in range(c.shape[1]))
+        )
+    elif stage == "finch_clust_rank":
+        # finch-clust handed the level-0 first neighbours (its `initial_rank`), as finch_knn is handed the
+        # kNN graph: this skips its dense n×n level-0 matrix and compares the two on the remaining levels
+        first = inputs["knn"].indices[:, 1]
+        c, counts, _ = finch_clust(x, initial_rank=first, distance="cosine", ann_threshold=n + 1,
+                                   ensure_early_exit=False)
+        seconds = time.perf_counter() - t0
+        c = np.asarray(c).reshape(n, -1)
+        ours = np.load(work / "finch_knn.npy")
+        extra["n_clusters"] = [int(v) for v in counts]
+        extra["identical_to_finch_knn"] = bool(
             ours.shape == c.shape and all(same_partition(ours[:, i], c[:, i]) for i in range(c.shape[1]))
         )
     elif stage == "np3":
@@ -208,7 +244,10 @@ def spawn(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode != 0:
-        return {"stage": stage, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+        why = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        if proc.returncode < 0:
+            why.append(f"killed by signal {-proc.returncode} ({signal.Signals(-proc.returncode).name})")
+        return {"stage": stage, "error": why or [f"exit status {proc.returncode}"]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -235,6 +274,30 @@ def fmt(row: dict[str, Any]) -> str:
             f"{row['peak_over_inputs_mb']:.0f} | load {row['load_before']}->{row['load_after']}; {notes} |")
 
 
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Speed-ups against finch-clust and the NP3 target, from whatever rows exist."""
+    got = {(r.get("n"), r["stage"]): r for r in rows if "seconds" in r}
+    lines = []
+    for n in sorted({r.get("n", 0) for r in rows}):
+        for ours, ref, what in (("finch", "finch_clust", "own 1-NN search vs exact finch-clust"),
+                                ("finch_knn", "finch_clust", "reusing the kNN graph vs exact finch-clust"),
+                                ("finch_knn", "finch_clust_rank", "both handed the first neighbours")):
+            if (n, ours) in got and (n, ref) in got:
+                a, b = got[n, ours], got[n, ref]
+                same = b.get("identical_to_ours", b.get("identical_to_finch_knn"))
+                speed = b["seconds"] / a["seconds"]
+                lines.append(
+                    f"n={n}: FINCH {speed:.1f}x faster ({what}: {a['seconds']:.2f} s vs "
+                    f"{b['seconds']:.2f} s; peak RSS {a['peak_rss_mb']:.0f} vs {b['peak_rss_mb']:.0f} MB); "
+                    f"identical partitions: {same}"
+                )
+        if (n, "np3") in got:
+            r = got[n, "np3"]
+            lines.append(f"n={n}: NP3 with {r.get('constraints')} took {r['seconds']:.2f} s "
+                         f"(target < 1 s at 100k); all constraints satisfied: {r.get('all_satisfied')}")
+    return lines
+
+
 def write_reports(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> str:
     lines = [
         "| n | stage | seconds | peak RSS MB | peak over inputs MB | notes |",
@@ -245,11 +308,13 @@ def write_reports(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     md = out.with_suffix(".md")
+    commands = "\n".join(f"    {c}" for c in meta["commands"])
     md.write_text(
         "# Core benchmark\n\n"
-        f"Command: `{meta['command']}`\n\nMachine: {meta['machine']}\n\n"
-        f"Load: 1-minute load average {meta['load_start']} at start, {meta['load_end']} at end "
-        "(shared machine; per-stage load in the notes).\n\n" + table + "\n"
+        f"Commands:\n\n{commands}\n\nMachine: {meta['machine']}\n\n"
+        f"Load: 1-minute load average {meta['load_start']} at start, {meta['load_end']} at end of the last "
+        "command (shared machine; per-stage load in the notes).\n\n" + table + "\n\n"
+        + "\n".join(f"- {line}" for line in summary(rows)) + "\n"
     )
     return table
 
@@ -295,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--constraints", type=int, default=5000, help="NP3 constraints (half ML, half CL)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="faiss threads (default: faiss's own)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="stages to run (later stages read earlier stages' outputs)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge into an existing --out JSON (same n and stage are replaced)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     from strategies.defaults import EXACT_KNN_MAX
@@ -306,9 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_stage(args.stage, args.workdir, args)))
         return 0
 
-    import psutil
-
     rows: list[dict[str, Any]] = []
+    commands: list[str] = []
+    if args.append and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        rows = previous["results"]
+        commands = previous["meta"].get("commands", [previous["meta"].get("command", "")])
     load_start = round(os.getloadavg()[0], 2)
     for n in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"bench_core_{n}_"))
@@ -318,34 +390,19 @@ def main(argv: list[str] | None = None) -> int:
             np.save(work / "truth.npy", truth)
             del x, truth
             skip_approx = n > min(args.approx_max_n, args.exact_max)  # above exact_max "knn" is HNSW already
-            stages = [s for s in STAGES if not (s == "knn_approx" and skip_approx)]
+            stages = [s for s in args.stages if not (s == "knn_approx" and skip_approx)]
             for stage in stages:
-                if stage == "finch_clust":
-                    need = 4 * n * n * 1.3 + 2**30  # one dense float32 n×n plus headroom
-                    free = psutil.virtual_memory().available
-                    if args.skip_finch_clust:
-                        rows.append({"stage": stage, "n": n, "skipped": "--skip-finch-clust"})
-                        continue
-                    if need > 0.8 * free:
-                        why = f"exact mode needs ~{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB available"
-                        rows.append({"stage": stage, "n": n, "skipped": why})
-                        print(fmt(rows[-1]), flush=True)
-                        continue
-                if stage == "np3":
-                    try:
-                        import strategies.np3  # noqa: F401  (owned by another engineer; may be absent)
-                    except ImportError as exc:
-                        rows.append({"stage": stage, "n": n, "skipped": f"strategies.np3 missing: {exc}"})
-                        continue
-                row = spawn(stage, work, args)
+                row = guard(stage, n, args) or spawn(stage, work, args)
                 row.setdefault("n", n)
-                rows.append(row)
+                rows = [r for r in rows if (r.get("n"), r["stage"]) != (n, stage)] + [row]
                 print(fmt(row), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    rows.sort(key=lambda r: (r.get("n", 0), STAGES.index(r["stage"])))
+    commands.append("python benchmarks/bench_core.py " + " ".join(sys.argv[1:] if argv is None else argv))
     meta = {
-        "command": "python benchmarks/bench_core.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "commands": commands,
         "machine": machine_line(),
         "dim": args.dim,
         "load_start": load_start,
@@ -356,6 +413,26 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, args.out.with_suffix(".png"))
     print(f"\n{meta['machine']}\n\n{table}")
     return 0
+
+
+def guard(stage: str, n: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """A 'skipped' row when a stage cannot or should not run at this size, else None."""
+    if stage in ("finch_clust", "finch_clust_rank") and args.skip_finch_clust:
+        return {"stage": stage, "n": n, "skipped": "--skip-finch-clust"}
+    if stage in ("finch_clust", "finch_clust_rank"):
+        # exact mode holds one dense float32 n×n at level 0; with initial_rank given, one float64 m×m at
+        # level 1 (m ~ n/3.5 first-neighbour clusters on this data), twice over while it is computed
+        need = 4 * n * n * 1.3 + 2**30 if stage == "finch_clust" else 2 * 8 * (n / 3) ** 2 + 2**30
+        free = available_bytes()
+        if need > 0.8 * free:
+            why = f"needs ~{need / 2**30:.0f} GiB of dense matrices, {free / 2**30:.0f} GiB available"
+            return {"stage": stage, "n": n, "skipped": why}
+    if stage == "np3":
+        try:
+            import strategies.np3  # noqa: F401  (owned by another engineer; may be absent)
+        except ImportError as exc:
+            return {"stage": stage, "n": n, "skipped": f"strategies.np3 missing: {exc}"}
+    return None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ DBSCAN needs a distance that is robust to hubs, and raw cosine is not: the Jacca
 k-reciprocal neighbourhoods is. The dense n×n matrix of the reference code is 4n² bytes, so everything
 here is sparse: the neighbourhood encodings V are sparse rows, and the distance is evaluated only on the
 kNN edges (both directions) and the diagonal — the only pairs DBSCAN and AAS ever look at.
-Every step is a vectorised numpy / scipy.sparse operation (no per-pair or per-row Python loop).
+Every step is a vectorised numpy / scipy.sparse operation: no per-pair or per-row Python loop (Σmin over
+the edges runs in cache-sized blocks of rows).
 """
 
 from __future__ import annotations

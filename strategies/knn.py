@@ -10,6 +10,7 @@ Exact search (faiss ``IndexFlatIP``) is used up to ``exact_max`` points; above i
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,10 +133,22 @@ def faiss_threads(n_threads: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
+@functools.lru_cache(maxsize=1)
+def _gpu_resources() -> faiss.StandardGpuResources:
+    """One faiss GPU resource object per process: it owns scratch memory and must outlive its indexes."""
+    return faiss.StandardGpuResources()
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+    gpu_index.referenced_objects = [_gpu_resources()]  # keep the resources alive with the index
+    return gpu_index
+
+
 def _exact_index(x: np.ndarray, use_gpu: bool) -> faiss.Index:
     index: faiss.Index = faiss.IndexFlatIP(x.shape[1])
     if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index = _to_gpu(index)
     index.add(x)
     return index
 
@@ -153,16 +166,14 @@ def _approximate_index(x: np.ndarray, kind: str, k: int, use_gpu: bool, random_s
     nlist = max(1, min(n // 39, int(IVF_NLIST_PER_SQRT_N * math.sqrt(n))))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = int(random_state)
+    index.nprobe = min(nlist, IVF_NPROBE)
     if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index = _to_gpu(index)  # the copy keeps nprobe
     rng = np.random.default_rng(random_state)
     n_train = min(n, IVF_TRAIN_PER_LIST * nlist)
     train = x if n_train == n else x[np.sort(rng.choice(n, size=n_train, replace=False))]
     index.train(train)
     index.add(x)
-    faiss.extract_index_ivf(index).nprobe = min(nlist, IVF_NPROBE)
-    if use_gpu:
-        faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", min(nlist, IVF_NPROBE))
     return index
 
 
