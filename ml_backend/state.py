@@ -32,19 +32,19 @@ CYCLE_HISTORY_LENGTH = 50
 # A stale event (older updated_at than the stored one) or an event for a deleted annotation changes
 # nothing, so duplicated and reordered deliveries converge on the same final state.
 _RECORD_LUA = """
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 'unchanged' end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'unchanged', false} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
-  return 'created'
+  return {'created', false}
 end
-if old == ARGV[2] then return 'unchanged' end
+if old == ARGV[2] then return {'unchanged', false} end
 local old_ts = redis.call('HGET', KEYS[2], ARGV[1])
-if old_ts and ARGV[3] ~= '' and tonumber(ARGV[3]) < tonumber(old_ts) then return 'unchanged' end
+if old_ts and ARGV[3] ~= '' and tonumber(ARGV[3]) < tonumber(old_ts) then return {'unchanged', false} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
-return 'updated'
+return {'updated', old}
 """
 
 
@@ -165,23 +165,45 @@ class ProjectState:
         key, record, ts = self._annotation_record(
             annotation_id, task_id, image_a, image_b, answer, completed_by, updated_at)
         payload = json.dumps(record, sort_keys=True)
-        outcome = self._record(
+        raw_outcome, old = self._record(
             keys=[self.key("annotations"), self.key("annotation_ts"), self.key("deleted")],
             args=[key, payload, "" if ts is None else repr(ts)],
         )
-        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        outcome = raw_outcome.decode() if isinstance(raw_outcome, bytes) else str(raw_outcome)
         if outcome != "unchanged":
-            self.touch()
+            pipe = self.redis.pipeline(transaction=True)
+            if old:
+                old_pid = json.loads(old)["pair_id"]
+                if old_pid != record["pair_id"]:
+                    pipe.hdel(self.key(f"pair_answers:{old_pid}"), key)
+            pipe.hset(self.key(f"pair_answers:{record['pair_id']}"), key, answer)
+            pipe.sadd(self.key("pair_answer_keys"), record["pair_id"])
+            pipe.sadd(PROJECTS_KEY, self.project)
+            pipe.execute()
         return outcome
+
+    def pair_answers(self, pair_id_: str) -> dict[str, str]:
+        """Every recorded answer on one pair, by annotation id (several annotators may answer it)."""
+        raw = self.redis.hgetall(self.key(f"pair_answers:{pair_id_}"))
+        return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in raw.items()}
+
+    def pair_in_conflict(self, pair_id_: str) -> bool:
+        """True when one annotator said "same" and another "different" about this pair."""
+        answers = set(self.pair_answers(pair_id_).values())
+        return {"same", "different"} <= answers
 
     def remove_annotation(self, annotation_id: int | str) -> bool:
         """Delete one annotation's constraint; True when it existed. The id is remembered as deleted."""
         key = _annotation_key(annotation_id)
+        old = self.redis.hget(self.key("annotations"), key)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(self.key("annotations"), key)
         pipe.hdel(self.key("annotation_ts"), key)
         pipe.sadd(self.key("deleted"), key)
-        removed, _, _ = pipe.execute()
+        if old is not None:
+            pipe.hdel(self.key(f"pair_answers:{json.loads(old)['pair_id']}"), key)
+        removed = pipe.execute()[0]
         return bool(removed)
 
     def replace_all_annotations(self, records: Iterable[Mapping[str, Any]]) -> int:
@@ -203,13 +225,23 @@ class ProjectState:
             except StateError as exc:
                 raise StateError(f"records[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
             prepared[key] = (json.dumps(record, sort_keys=True), ts)
+        old_pairs = [p.decode() if isinstance(p, bytes) else p
+                     for p in self.redis.smembers(self.key("pair_answer_keys"))]
+        by_pair: dict[str, dict[str, str]] = {}
+        for key, (payload, _ts) in prepared.items():
+            record = json.loads(payload)
+            by_pair.setdefault(record["pair_id"], {})[key] = record["answer"]
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.key("annotations"), self.key("annotation_ts"), self.key("deleted"))
+        pipe.delete(self.key("annotations"), self.key("annotation_ts"), self.key("deleted"),
+                    self.key("pair_answer_keys"), *(self.key(f"pair_answers:{p}") for p in old_pairs))
         if prepared:
             pipe.hset(self.key("annotations"), mapping={k: v[0] for k, v in prepared.items()})
             stamps = {k: repr(v[1]) for k, v in prepared.items() if v[1] is not None}
             if stamps:
                 pipe.hset(self.key("annotation_ts"), mapping=stamps)
+            for pid, answers in by_pair.items():
+                pipe.hset(self.key(f"pair_answers:{pid}"), mapping=answers)
+            pipe.sadd(self.key("pair_answer_keys"), *by_pair)
         pipe.sadd(PROJECTS_KEY, self.project)
         pipe.execute()
         return len(prepared)

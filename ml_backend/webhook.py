@@ -212,6 +212,12 @@ class WebhookHandler:
             return body
         state.incr("pairs_asked" if outcome == "created" else "annotations_updated")
         pid = pair_id(event.image_a, event.image_b)
+        if event.answer in ("same", "different") and state.pair_in_conflict(pid):
+            # Recorded, never overwritten: both answers stay; NP3's policy decides, /status lists it.
+            body["conflict"] = True
+            state.incr("conflicts_detected")
+            log.warning("project %s: annotators disagree on pair %s: %s", project, pid,
+                        state.pair_answers(pid))
         if not state.redis.hexists(state.key("pairs"), pid):
             state.register_pair(pid, event.image_a, event.image_b, task_id=event.task_id)
         if event.answer in ("same", "different") or outcome == "updated":

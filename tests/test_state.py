@@ -115,6 +115,24 @@ def test_two_annotators_disagreeing_is_a_conflict(redis_client: redis.Redis) -> 
     assert len(graph.contradictions()) == 1
 
 
+def test_pair_answer_index_follows_records_removals_and_replacement(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    pid = pair_id("a", "b")
+    s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same", updated_at=1.0)
+    assert s.pair_answers(pid) == {"1": "same"} and not s.pair_in_conflict(pid)
+    s.record_annotation(2, task_id=1, image_a="b", image_b="a", answer="different", updated_at=2.0)
+    assert s.pair_in_conflict(pid)
+    s.record_annotation(2, task_id=1, image_a="b", image_b="a", answer="same", updated_at=3.0)
+    assert not s.pair_in_conflict(pid) and s.pair_answers(pid) == {"1": "same", "2": "same"}
+    s.record_annotation(1, task_id=1, image_a="a", image_b="c", answer="same", updated_at=4.0)  # moved pair
+    assert s.pair_answers(pid) == {"2": "same"} and s.pair_answers(pair_id("a", "c")) == {"1": "same"}
+    s.remove_annotation(2)
+    assert s.pair_answers(pid) == {}
+    s.replace_all_annotations([{"annotation_id": 7, "task_id": 1, "image_a": "a", "image_b": "b",
+                                "answer": "different"}])
+    assert s.pair_answers(pid) == {"7": "different"} and s.pair_answers(pair_id("a", "c")) == {}
+
+
 def test_replace_all_is_validated_before_writing(redis_client: redis.Redis) -> None:
     s = _state(redis_client)
     s.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same")

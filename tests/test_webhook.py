@@ -102,6 +102,17 @@ def test_created_updated_deleted(handler: WebhookHandler, redis_client: redis.Re
     assert counters["events:ANNOTATION_CREATED"] == 2 and counters["events:ANNOTATIONS_DELETED"] == 1
 
 
+def test_two_annotators_disagreeing_is_a_recorded_conflict(handler: WebhookHandler,
+                                                           redis_client: redis.Redis) -> None:
+    first = handler.handle(annotation_event(1, "same", a="a", b="b"))
+    second = handler.handle(annotation_event(2, "different", a="b", b="a"))
+    assert "conflict" not in first and second["conflict"] is True
+    state = ProjectState(redis_client, "3")
+    assert {r["annotation_id"]: r["answer"] for r in state.annotations()} == {"1": "same", "2": "different"}
+    assert state.counters()["conflicts_detected"] == 1
+    assert len(state.conflicts()) == 1
+
+
 def test_skip_and_unsure_record_no_constraint_but_are_asked(handler: WebhookHandler,
                                                               redis_client: redis.Redis) -> None:
     handler.handle(annotation_event(1, cancelled=True, a="a", b="b"))
