@@ -96,6 +96,8 @@ def test_every_strategy_rejects_an_empty_pool(name: str) -> None:
         ({"cameras": np.zeros(3)}, ValueError, "cameras"),
         ({"tracklets": np.zeros((6, 1))}, ValueError, "tracklets"),
         ({"timestamps": np.zeros(2)}, ValueError, "timestamps"),
+        ({"timestamps": np.array(["x"] * 6)}, ValueError, "timestamps must be numbers"),
+        ({"timestamps": np.full(6, np.nan)}, ValueError, "timestamps contains NaN"),
         ({"text_embeddings": np.ones((3, 2))}, ValueError, "text_embeddings"),
         ({"context": {"knn": None}}, TypeError, "context"),
         ({"context": SamplingContext(dbscan_labels=np.zeros(3))}, ValueError, "dbscan_labels"),

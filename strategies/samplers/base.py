@@ -182,7 +182,12 @@ class PairSampler(ABC):
         tracklets = _check_per_item(tracklets, n, "tracklets")
         timestamps = _check_per_item(timestamps, n, "timestamps")
         if timestamps is not None:
-            timestamps = np.asarray(timestamps, dtype=np.float64)
+            try:
+                timestamps = np.asarray(timestamps, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError("timestamps must be numbers (seconds), one per embedding") from None
+            if not np.isfinite(timestamps).all():
+                raise ValueError("timestamps contains NaN or infinite values")
         if text_embeddings is not None:
             text_embeddings = check_embeddings(text_embeddings, name="text_embeddings", allow_zero_rows=True)
             if text_embeddings.shape[0] != n:
