@@ -53,6 +53,7 @@ TRAIN_PAIRS_PER_BATCH = 64  # human ML/CL pairs drawn into every step
 ADAPTER_HIDDEN_DIM = 256
 VIEW_NOISE = 0.01  # std of the Gaussian noise that makes the second "view" of a frozen feature
 VIEW_DROPOUT = 0.1  # feature dropout of the second view
+UA_PAIRED_WEIGHT = 0.0  # [ours] weight of the feature-noise view as a UA positive (1 = paper)
 # --- end §8 training ---
 
 # --- trainer: encoders, extraction, model registry (issue 4, trainer/encoders.py etc.) ---
