@@ -137,6 +137,13 @@ def test_value_at_pairs_interpolates_and_clamps() -> None:
     assert value_at_pairs(curve, 15) == pytest.approx(0.6)
     assert value_at_pairs(curve, 100) == pytest.approx(0.8)
     assert value_at_pairs(curve, None) is None
+    # a curve that never spends a pair (the "none" control): its latest value, not its first
+    flat = aggregate_runs([[_rec(0, 0, 0.8), _rec(1, 0, 0.7), _rec(2, 0, 0.6)]])
+    assert value_at_pairs(flat, 50) == pytest.approx(0.6)
+    # a cycle that added nothing (shortfall): the later cycle's value at that pair count
+    stall = aggregate_runs([[_rec(0, 0, 0.2), _rec(1, 10, 0.4), _rec(2, 10, 0.5), _rec(3, 20, 0.7)]])
+    assert value_at_pairs(stall, 10) == pytest.approx(0.5)
+    assert value_at_pairs(stall, 15) == pytest.approx(0.6)
 
 
 def test_summarise_uses_aas_budget_actually_spent() -> None:

@@ -139,15 +139,19 @@ def value_at_pairs(curve: Sequence[dict[str, Any]], pairs: float | None, field: 
     """
     if pairs is None:
         return None
-    xs = [_mean(r, "pairs_annotated") for r in curve]
-    ys = [_mean(r, field) for r in curve]
-    pts = [(x, y) for x, y in zip(xs, ys, strict=False) if x is not None and y is not None]
+    # cycle order; pairs never decrease along it. Where a cycle added no pair (x repeats), the later
+    # cycle's value wins: it is what the strategy has after spending that many pairs.
+    pts: dict[float, float] = {}
+    for row in curve:
+        x, y = _mean(row, "pairs_annotated"), _mean(row, field)
+        if x is not None and y is not None:
+            pts[float(x)] = float(y)
     if not pts:
         return None
-    pts.sort()
-    x_arr = np.asarray([p[0] for p in pts])
-    y_arr = np.asarray([p[1] for p in pts])
-    return float(np.interp(float(pairs), x_arr, y_arr))
+    xs = sorted(pts)
+    if float(pairs) >= xs[-1]:
+        return pts[xs[-1]]
+    return float(np.interp(float(pairs), np.asarray(xs), np.asarray([pts[x] for x in xs])))
 
 
 def summarise(
