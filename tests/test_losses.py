@@ -144,6 +144,26 @@ def test_ua_loss_matches_hand_computation() -> None:
     assert math.isclose(float(got), float(expected), rel_tol=1e-5)
 
 
+def test_ua_without_paired_view_is_weighted_supcon_over_other_rows() -> None:
+    anchors = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=1)
+    views = F.normalize(torch.tensor([[0.9, 0.1], [0.5, 0.9], [0.1, 1.0]]), dim=1)
+    weak = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    tau = 0.5
+    got = UncertaintyAwareContrastiveLoss(tau, alpha=0.0, paired_weight=0.0)(anchors, views, None, weak)
+    sim = anchors @ views.t()
+    logits = (sim / tau).masked_fill(torch.eye(3, dtype=torch.bool), float("-inf"))
+    logp = F.log_softmax(logits, dim=1)
+    # rows 0 and 1 have one weak positive each (the weight cancels); row 2 has none and is skipped
+    expected = -(logp[0, 1] + logp[1, 0]) / 2
+    assert math.isclose(float(got), float(expected), rel_tol=1e-5)
+    lonely = _emb(3)
+    loss = UncertaintyAwareContrastiveLoss(paired_weight=0.0)(lonely, lonely.detach().clone())
+    assert loss.detach().item() == 0.0
+    _grad_ok(loss, lonely)
+    with pytest.raises(ValueError, match="paired_weight"):
+        UncertaintyAwareContrastiveLoss(paired_weight=-1.0)
+
+
 def test_ua_weight_is_detached_and_regulariser_pulls_weak_positive_closer() -> None:
     anchors = _emb(2)
     views = anchors.detach().clone().requires_grad_(True)

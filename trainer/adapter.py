@@ -50,6 +50,7 @@ from strategies.defaults import (
     TRAIN_STEPS_PER_EPOCH_MAX,
     TRAIN_WEIGHT_DECAY,
     UA_ALPHA,
+    UA_PAIRED_WEIGHT,
     VIEW_DROPOUT,
     VIEW_NOISE,
 )
@@ -223,6 +224,7 @@ class TrainConfig:
     temperature: float = CONTRAST_TEMPERATURE
     momentum: float = MEMORY_MOMENTUM
     ua_alpha: float = UA_ALPHA  # α
+    ua_paired_weight: float = UA_PAIRED_WEIGHT
     hard_negatives: int = GM_HARD_NEGATIVES  # K
     pair_margin: float = PAIR_MARGIN
     pairs_per_batch: int = TRAIN_PAIRS_PER_BATCH
@@ -249,7 +251,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("weight_decay", "cluster_weight", "pair_weight", "ua_weight", "gm_weight", "ua_alpha",
-                     "view_noise"):
+                     "view_noise", "ua_paired_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.momentum < 1.0:
@@ -509,7 +511,9 @@ def train_adapter(
                 n_clusters, model.out_dim, temperature=config.temperature, momentum=config.momentum
             ).to(device)
         pair_loss = PairContrastiveLoss(config.pair_margin)
-        ua_loss = UncertaintyAwareContrastiveLoss(config.temperature, config.ua_alpha)
+        ua_loss = UncertaintyAwareContrastiveLoss(
+            config.temperature, config.ua_alpha, paired_weight=config.ua_paired_weight
+        )
         gm_loss = GroupMatchingLoss(config.hard_negatives, config.temperature)
         pairs = np.concatenate([ml, cl])
         same = np.concatenate([np.ones(ml.shape[0], bool), np.zeros(cl.shape[0], bool)])

@@ -175,15 +175,26 @@ class UncertaintyAwareContrastiveLoss(nn.Module):
     - ``L_i = -Σ_j w_ij log softmax_j(s_i / τ) / Σ_j w_ij`` (multi-positive InfoNCE over all views);
     - plus ``α · mean(u_ij)`` over weak positives. **[ours]** ``s_ii`` is detached inside the regulariser,
       so it pulls weak positives towards the paired-view similarity and never pushes the two views apart.
+
+    ``paired_weight`` weighs the paired view as a positive (1 = the paper's strong pair). **[ours]** On
+    frozen features the second view is only feature noise, so that positive is trivial and mostly
+    teaches instance discrimination (spreading each identity); ``paired_weight=0`` keeps ``s_ii`` as the
+    uncertainty reference but drops the paired view from the softmax, and anchors left without a
+    positive are skipped.
     """
 
-    def __init__(self, temperature: float = CONTRAST_TEMPERATURE, alpha: float = UA_ALPHA) -> None:
+    def __init__(
+        self, temperature: float = CONTRAST_TEMPERATURE, alpha: float = UA_ALPHA, paired_weight: float = 1.0
+    ) -> None:
         super().__init__()
         _check_positive("temperature", temperature)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        if paired_weight < 0:
+            raise ValueError(f"paired_weight must be >= 0, got {paired_weight!r}")
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+        self.paired_weight = float(paired_weight)
 
     def forward(
         self,
@@ -218,9 +229,17 @@ class UncertaintyAwareContrastiveLoss(nn.Module):
         uncertainty = F.relu(diag - sim)
         weights = torch.where(strong_m, torch.ones_like(sim), torch.exp(-uncertainty).detach())
         weights = weights * (strong_m | weak_m).to(sim.dtype)
-        log_prob = F.log_softmax(sim / self.temperature, dim=1)
-        per_anchor = -(weights * log_prob).sum(dim=1) / weights.sum(dim=1)
-        loss = per_anchor.mean()
+        weights = torch.where(eye, torch.full_like(sim, self.paired_weight), weights)
+        logits = sim / self.temperature
+        if self.paired_weight == 0:
+            logits = logits.masked_fill(eye, float("-inf"))
+        valid = weights.sum(dim=1) > 0
+        if not bool(valid.any()):
+            return zero_loss(anchors) + zero_loss(views)
+        log_prob = F.log_softmax(logits[valid], dim=1)
+        w = weights[valid]
+        terms = torch.where(w > 0, w * log_prob, torch.zeros_like(log_prob))
+        loss = (-terms.sum(dim=1) / w.sum(dim=1)).mean()
         if self.alpha > 0 and bool(weak_m.any()):
             reg = F.relu(diag.detach() - sim)[weak_m].mean()
             loss = loss + self.alpha * reg
