@@ -15,6 +15,7 @@ from trainer.simulate.protocol import clustering_scores, evaluate, retrieval_sco
 from trainer.simulate.report import (
     CURVE_FIELDS,
     aggregate_runs,
+    markdown_summary,
     pairs_to_reach,
     plot_curves,
     summarise,
@@ -254,6 +255,11 @@ def test_tiny_simulation_has_every_field(tiny_results: dict[str, Any], tmp_path:
     assert json.loads(path.read_text())["config"]["strategies"] == list(STRATEGIES)
     pngs = plot_curves(r, tmp_path)
     assert pngs[0].stat().st_size > 10_000
+    md = markdown_summary(r)
+    for name in STRATEGIES:
+        assert f"| {name} | 2 |" in md  # a row per strategy and cycle
+    assert "| skyline (all pool labels) |" in md and "mAP at AAS's pairs" in md
+    assert "code_version" in r
 
 
 def test_tiny_simulation_honours_budget_and_counts(tiny_results: dict[str, Any]) -> None:
@@ -357,3 +363,4 @@ def test_cli_end_to_end_writes_results_and_plot(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["command"].startswith("reid-al simulate --dataset npz")
     assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "results.md").read_text().startswith("`reid-al simulate --dataset npz")

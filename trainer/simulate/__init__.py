@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
         print(f"reid-al simulate: error: {exc}", file=sys.stderr)
         return 2
-    from trainer.simulate.report import plot_curves, write_json
+    from trainer.simulate.report import markdown_summary, plot_curves, write_json
 
     try:
         results = run_simulation(dataset, config, work_dir=args.work_dir, progress=not args.no_progress)
@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     results["command"] = "reid-al simulate " + " ".join(sys.argv[1:] if argv is None else argv)
     path = write_json(results, out / "results.json")
-    written = [path]
+    md = out / "results.md"
+    md.write_text(f"`{results['command']}`\n\n" + markdown_summary(results))
+    written = [path, md]
     if not args.no_plots:
         written += plot_curves(results, out)
     _print_summary(results)

@@ -256,3 +256,77 @@ def plot_curves(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def _cell(row: dict[str, Any], field: str, spec: str = ".3f", with_std: bool = False) -> str:
+    cell = row.get(field) or {}
+    mean, std = cell.get("mean"), cell.get("std")
+    if mean is None:
+        return "—"
+    text = format(mean, spec)
+    return f"{text} ± {format(std, spec)}" if with_std and std is not None else text
+
+
+def markdown_summary(results: dict[str, Any]) -> str:
+    """Markdown tables of a results dict (what results.md holds and the benchmark write-up quotes)."""
+    cfg, ds, split = results["config"], results["dataset"], results["split"]
+    base, sky, s = results.get("baseline") or {}, results.get("skyline") or {}, results["summary"]
+    lines = [
+        f"Dataset `{ds['name']}`: {ds['n_images']} images, {ds['n_identities']} identities, d={ds['dim']}; "
+        f"pool {split['n_pool']} images, test {split['n_test']} ({split['n_queries']} queries, "
+        f"exclusion group: {split['exclusion_group']}).",
+        f"Budget {cfg['budget_per_cycle']} pairs/cycle ({cfg['budget_per_cycle_pct']:.4f}% of "
+        f"{cfg['all_pool_pairs']} pool pairs) × {cfg['n_cycles']} cycles; seeds {cfg['seeds']}; "
+        f"oracle noise {cfg['noise_rate']}, unsure {cfg['unsure_rate']}; "
+        f"wall {results.get('wall_s', 0):.0f} s.",
+        "",
+        "| reference | mAP | Rank-1 | mINP | pairwise F1 (pool) | ARI (pool) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, ref in (("baseline (frozen, no labels)", base), ("skyline (all pool labels)", sky)):
+        if ref:
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    _cell(ref, f, with_std=True) for f in ("mAP", "rank1", "mINP", "pairwise_f1", "ari")
+                )
+                + " |"
+            )
+    lines += [
+        "",
+        "| strategy | cycle | pairs (cum.) | % of pairs | identities | by transitivity | same answers | "
+        "mAP | Rank-1 | mINP | pairwise F1 | ARI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, block in results["strategies"].items():
+        for row in block["curve"]:
+            lines.append(
+                f"| {name} | {row['cycle']} | {_cell(row, 'pairs_annotated', '.0f')} | "
+                f"{_cell(row, 'pairs_annotated_pct', '.4f')} | {_cell(row, 'identities_touched', '.1f')} | "
+                f"{_cell(row, 'pairs_by_transitivity', '.0f')} | {_cell(row, 'answers_same', '.1f')} | "
+                f"{_cell(row, 'mAP', with_std=True)} | {_cell(row, 'rank1')} | {_cell(row, 'mINP')} | "
+                f"{_cell(row, 'pairwise_f1')} | {_cell(row, 'ari')} |"
+            )
+    target = s.get("target_mAP")
+    lines += [
+        "",
+        f"95% of skyline mAP = {'—' if target is None else format(target, '.3f')}; "
+        f"AAS used {'—' if s.get('reference_pairs') is None else format(s['reference_pairs'], '.0f')} pairs "
+        f"({'—' if s.get('reference_pairs_pct') is None else format(s['reference_pairs_pct'], '.4f')}%).",
+        "",
+        "| strategy | pairs to 95% of skyline (interp.) | identities then | seeds reaching it "
+        "| mAP at AAS's pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for name in results["strategies"]:
+        r = s["reach_target"].get(name, {})
+        pairs = r.get("pairs_interpolated")
+        ids = r.get("identities_at_cycle")
+        at_ref = s["mAP_at_reference_pairs"].get(name)
+        lines.append(
+            f"| {name} | {'not reached' if pairs is None else format(pairs, '.0f')} | "
+            f"{'—' if ids is None else format(ids, '.1f')} | "
+            f"{r.get('seeds_reached', 0)}/{r.get('n_seeds', 0)} | "
+            f"{'—' if at_ref is None else format(at_ref, '.3f')} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -402,8 +402,28 @@ class Simulation:
             "strategies": strategies,
         }
         results["summary"] = summarise(strategies, skyline)
+        results["code_version"] = _code_version()
         results["wall_s"] = time.perf_counter() - t_start
         return results
+
+
+def _code_version() -> str | None:
+    """`git describe --always --dirty` of the checkout the simulator runs from (None outside git):
+    results from different trainer/sampler code must not be compared as if they were one run."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def run_simulation(
