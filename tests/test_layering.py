@@ -1,0 +1,67 @@
+"""The dependency rules of docs/architecture.md, enforced: ml_backend -> trainer -> strategies."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORBIDDEN = {
+    "strategies": {"flask", "redis", "rq", "torch", "torchvision", "open_clip", "trainer", "ml_backend"},
+    "trainer": {"flask", "werkzeug", "gunicorn", "ml_backend"},
+}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_nothing_forbidden(package: str) -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_imported_roots(path) & FORBIDDEN[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    offenders = {name: bad for name, bad in offenders.items() if bad}
+    assert offenders == {}, f"{package}/ must not import {sorted(FORBIDDEN[package])}: {offenders}"
+
+
+def test_nothing_outside_ml_backend_imports_it() -> None:
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("strategies", "trainer")
+        for path in (ROOT / package).rglob("*.py")
+        if "ml_backend" in _imported_roots(path)
+    ]
+    assert offenders == []
+
+
+def test_importing_strategies_loads_no_torch_or_flask() -> None:
+    # Transitive check: the static one above misses an import hidden behind another package.
+    code = (
+        "import sys, importlib, pkgutil, strategies, strategies.samplers\n"
+        "for m in pkgutil.walk_packages(strategies.__path__, 'strategies.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted({'torch', 'flask', 'redis', 'rq'} & set(sys.modules))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
+
+
+def test_ruleset_catches_a_violation(tmp_path: Path) -> None:
+    # Guard against a checker that can never fail.
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\nfrom flask import Flask\n")
+    assert _imported_roots(bad) & FORBIDDEN["strategies"] == {"torch", "flask"}
