@@ -151,9 +151,9 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
         if not exact:
             extra["recall@30"] = round(approximate_recall(x, g, n_queries=1000, n_threads=args.threads), 4)
     elif stage == "knn_approx":
-        g = build_knn(x, KNN_K, exact_max=0, approximate="hnsw", n_threads=args.threads)
+        g = build_knn(x, KNN_K, exact_max=0, approximate=args.approx_kind, n_threads=args.threads)
         seconds = time.perf_counter() - t0
-        extra["mode"] = "HNSW (forced)"
+        extra["mode"] = f"{args.approx_kind.upper()} (forced)"
         extra["recall@30"] = round(approximate_recall(x, g, n_queries=1000, n_threads=args.threads), 4)
     elif stage == "jaccard":
         dist = jaccard_distance(x, knn=inputs["knn"])
@@ -239,7 +239,8 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
 
 def spawn(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--stage", stage, "--workdir", str(work), "--constraints",
-           str(args.constraints), "--seed", str(args.seed), "--exact-max", str(args.exact_max)]
+           str(args.constraints), "--seed", str(args.seed), "--exact-max", str(args.exact_max),
+           "--approx-kind", args.approx_kind]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -356,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "core.json")
     parser.add_argument("--skip-finch-clust", action="store_true", help="skip the finch-clust reference")
     parser.add_argument("--approx-max-n", type=int, default=10_000,
-                        help="also time a forced-HNSW kNN (with recall) up to this size")
+                        help="also time a forced approximate kNN (with recall) up to this size")
+    parser.add_argument("--approx-kind", choices=("hnsw", "ivf"), default="hnsw",
+                        help="index of the knn_approx stage")
     parser.add_argument("--constraints", type=int, default=5000, help="NP3 constraints (half ML, half CL)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="faiss threads (default: faiss's own)")
@@ -389,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             np.save(work / "features.npy", x)
             np.save(work / "truth.npy", truth)
             del x, truth
-            skip_approx = n > min(args.approx_max_n, args.exact_max)  # above exact_max "knn" is HNSW already
+            skip_approx = n > args.approx_max_n
             stages = [s for s in args.stages if not (s == "knn_approx" and skip_approx)]
             for stage in stages:
                 row = guard(stage, n, args) or spawn(stage, work, args)
