@@ -82,6 +82,7 @@ RANDOM_MIN_DRAWS = 10_000  # random: never give up rejection sampling before thi
 UNC_UNCERTAINTY = "entropy"  # or "margin", "spread": the identity-uncertainty measure u_i
 UNC_LAMBDA_TEXT = 0.5  # weight of the text/image ranking disagreement added to u_i
 UNC_SEGMENT_SECONDS = 60.0  # time-segment length of the one-pick-per-(camera, segment) cap
+AAS_SIMILARITY = "jaccard"  # sim of U_os / eq. 4: "jaccard" (k-reciprocal, SpCL) or "cosine"
 # --- end samplers ---
 
 # --- §3-4 constraints / NP3, §7 calibration, §9 metrics: implementation knobs (issue 2, second half) ---

@@ -365,6 +365,7 @@ def test_sampler_parameter_validation_names_the_parameter() -> None:
         ({"s_min": 3.0}, "s_min"),
         ({"exact_medoid_max": 0}, "exact_medoid_max"),
         ({"contradiction_policy": "human_wins"}, "contradiction_policy"),
+        ({"similarity": "euclid"}, "similarity"),
     ):
         with pytest.raises(ValueError, match=name):
             AASSampler(**kwargs).select(x, ConstraintGraph(), 5, context=ctx)
@@ -409,3 +410,25 @@ def test_aas_budget_is_the_paper_fraction_of_all_pairs() -> None:
         aas_budget(1)
     with pytest.raises(ValueError, match="fraction"):
         aas_budget(100, 0.0)
+
+
+def test_cosine_similarity_option_fills_u_os_where_jaccard_is_silent() -> None:
+    # two regions of one identity; the Jaccard stand-in has no edge between them (sim 0 < s_min)
+    centres = [np.array([1.0, 0.0, 0.0]), np.array([0.97, 0.25, 0.0])]
+    x, _ = _blobs(centres, per=6, spread=0.02, seed=4)
+    a = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    b = np.array([0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3])
+    n = x.shape[0]
+    from strategies.calibration import PSameCalibrator
+
+    same_region = np.equal.outer(np.arange(n) < 6, np.arange(n) < 6)
+    rows, cols = np.nonzero(same_region)
+    jac = csr_matrix((np.full(rows.size, 0.5), (rows, cols)), shape=(n, n))
+    ctx = SamplingContext(
+        jaccard=jac, dbscan_labels=a, finch=FinchResult([b], [4]), calibrator=PSameCalibrator()
+    )
+    by_jaccard = AASSampler().select(x, ConstraintGraph(), 20, context=ctx)
+    by_cosine = AASSampler(similarity="cosine").select(x, ConstraintGraph(), 20, context=ctx)
+    assert by_jaccard.pool_sizes["U_os"] == 0
+    assert by_cosine.pool_sizes["U_os"] == 1
+    assert "U_os" in {p.pool for p in by_cosine.proposals}

@@ -31,6 +31,7 @@ from strategies.defaults import (
     AAS_EXACT_MEDOID_MAX,
     AAS_K_MAX,
     AAS_S_MIN,
+    AAS_SIMILARITY,
     CONTRADICTION_POLICY,
 )
 from strategies.samplers.base import (
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
 
 __all__ = [
+    "AAS_SIMILARITIES",
     "POOL_NAMES",
     "AASPool",
     "AASSampler",
@@ -68,6 +70,7 @@ __all__ = [
 # pool codes: 0 = U_os, 1..3 = U_us by DBSCAN status of the two ends (β1 inlier-inlier, β2 inlier-outlier,
 # β3 outlier-outlier)
 POOL_NAMES = ("U_os", "U_us:beta1", "U_us:beta2", "U_us:beta3")
+AAS_SIMILARITIES = ("jaccard", "cosine")
 
 
 @dataclass
@@ -568,7 +571,8 @@ class AASSampler(PairSampler):
     """AAS with the paper's symbols: ``epsilon`` (ε, eq. 6), ``k_max`` and ``s_min`` (U_os).
 
     ``exact_medoid_max``: regions above this size use the point nearest the mean as medoid;
-    ``contradiction_policy``: NP3's policy; ``refine``: apply NP3 to both clusterings (the paper does).
+    ``contradiction_policy``: NP3's policy; ``refine``: apply NP3 to both clusterings (the paper does);
+    ``similarity``: sim of U_os and eq. 4, "jaccard" (k-reciprocal, SpCL's, our default) or "cosine".
     """
 
     name: ClassVar[str] = "aas"
@@ -581,6 +585,7 @@ class AASSampler(PairSampler):
         exact_medoid_max: int = AAS_EXACT_MEDOID_MAX,
         contradiction_policy: str = CONTRADICTION_POLICY,
         refine: bool = True,
+        similarity: str = AAS_SIMILARITY,
         random_state: int | None = 0,
     ) -> None:
         self.epsilon = epsilon
@@ -589,6 +594,7 @@ class AASSampler(PairSampler):
         self.exact_medoid_max = exact_medoid_max
         self.contradiction_policy = contradiction_policy
         self.refine = refine
+        self.similarity = similarity
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -600,6 +606,8 @@ class AASSampler(PairSampler):
             raise ValueError(f"s_min must be in [-1, 1], got {self.s_min}")
         if self.exact_medoid_max < 1:
             raise ValueError(f"exact_medoid_max must be >= 1, got {self.exact_medoid_max}")
+        if self.similarity not in AAS_SIMILARITIES:
+            raise ValueError(f"similarity must be one of {AAS_SIMILARITIES}, got {self.similarity!r}")
         if self.contradiction_policy not in CONTRADICTION_POLICIES:
             raise ValueError(
                 f"contradiction_policy must be one of {CONTRADICTION_POLICIES}, "
@@ -653,7 +661,7 @@ class AASSampler(PairSampler):
             a,
             b,
             outlier=outlier,
-            jaccard=ctx.jaccard,
+            jaccard=ctx.jaccard if self.similarity == "jaccard" else None,
             k_max=self.k_max,
             s_min=self.s_min,
             exact_medoid_max=self.exact_medoid_max,
