@@ -13,7 +13,7 @@ and for 100 tasks of images the backend has never seen (the bounded on-the-fly e
     .venv/bin/python benchmarks/bench_webhook.py                      # 200 req/s for 30 s, 300 images
     .venv/bin/python benchmarks/bench_webhook.py --rate 50 --duration 5 --pool 60 --predict-calls 5
 
-Writes benchmarks/results/webhook.json, webhook.md and webhook.png. The RQ worker is not started
+Writes benchmarks/results/<name>.json, .md and .png (name: webhook). The RQ worker is not started
 (`serve --no-worker`): cycle requests made by the webhook are recorded and coalesced, not run, so the
 figures are the webhook's own cost, not that of a training job competing for the two cores.
 """
@@ -28,6 +28,7 @@ import platform
 import queue
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -274,9 +275,43 @@ class Sample:
     error: str = ""
 
 
-def open_loop(url: str, bodies: list[bytes], rate: float, n_senders: int) -> list[Sample]:
-    """Send body i at t0 + i/rate (a dispatcher thread), each on a fresh connection, by a sender pool."""
-    samples = [Sample(i, 0.0) for i in range(len(bodies))]
+def raw_post(host: str, port: int, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST on a fresh connection, like Label Studio's sender, for a fraction of the client
+    CPU `requests` needs (the client shares the two cores with the server it measures)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed before the response headers")
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, body
+
+
+def http_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench-webhook\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def open_loop(host: str, port: int, requests_: list[bytes], rate: float, n_senders: int) -> list[Sample]:
+    """Send request i at t0 + i/rate (a dispatcher thread), each on a fresh connection, by a sender pool."""
+    samples = [Sample(i, 0.0) for i in range(len(requests_))]
     work: queue.Queue[int | None] = queue.Queue()
 
     def sender() -> None:
@@ -287,16 +322,10 @@ def open_loop(url: str, bodies: list[bytes], rate: float, n_senders: int) -> lis
             s = samples[i]
             s.sent = time.perf_counter()
             try:
-                resp = requests.post(
-                    url,
-                    data=bodies[i],
-                    timeout=10,
-                    headers={"Content-Type": "application/json", "Connection": "close"},
-                )
-                s.status = resp.status_code
-                if resp.status_code != 200:
-                    s.error = resp.text[:200]
-            except requests.RequestException as exc:
+                s.status, answer = raw_post(host, port, requests_[i])
+                if s.status != 200:
+                    s.error = answer[:200].decode(errors="replace")
+            except OSError as exc:
                 s.error = f"{type(exc).__name__}: {exc}"
             s.done = time.perf_counter()
 
@@ -304,7 +333,7 @@ def open_loop(url: str, bodies: list[bytes], rate: float, n_senders: int) -> lis
     for t in threads:
         t.start()
     t0 = time.perf_counter() + 0.2
-    for i in range(len(bodies)):
+    for i in range(len(requests_)):
         samples[i].scheduled = t0 + i / rate
         delay = samples[i].scheduled - time.perf_counter()
         if delay > 0:
@@ -315,6 +344,22 @@ def open_loop(url: str, bodies: list[bytes], rate: float, n_senders: int) -> lis
     for t in threads:
         t.join()
     return samples
+
+
+def tree_cpu_seconds(process: subprocess.Popen[bytes] | None) -> float:
+    """User+system CPU of a process and its children (gunicorn, redis-server): the server's own cost,
+    independent of how much of the machine other work takes."""
+    import psutil
+
+    if process is None:
+        return 0.0
+    root = psutil.Process(process.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def percentiles(values_s: np.ndarray) -> dict[str, float]:
@@ -358,9 +403,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="webhook events per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument("--pool", type=int, default=300, help="images in the pool")
-    parser.add_argument("--senders", type=int, default=32, help="client sender threads")
+    parser.add_argument(
+        "--senders", type=int, default=128, help="client sender threads (concurrent annotators)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds of load sent first and not measured"
+    )
     parser.add_argument("--predict-calls", type=int, default=30, help="/predict calls per case")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers (WORKERS; default: setting)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads per worker (THREADS; default: setting)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="webhook", help="file stem of the results (<name>.json/.md/.png)")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.pool < 10 or args.senders < 1 or args.predict_calls < 1:
         parser.error("--rate, --duration, --senders, --predict-calls must be positive and --pool >= 10")
@@ -390,32 +447,35 @@ def main(argv: list[str] | None = None) -> int:
                 "LOG_LEVEL": "WARNING",
             }
         )
+        if args.workers is not None:
+            env["WORKERS"] = str(args.workers)
+        if args.threads is not None:
+            env["THREADS"] = str(args.threads)
         rng = np.random.default_rng(1)
         n_events = round(args.rate * args.duration)
+        n_warm = round(args.rate * args.warmup)
+        n_total = n_warm + n_events
         project = project_object(PROJECT)
-        answers = rng.choice(["same", "different", "unsure", "skip"], size=n_events, p=[0.35, 0.45, 0.1, 0.1])
+        answers = rng.choice(["same", "different", "unsure", "skip"], size=n_total, p=[0.35, 0.45, 0.1, 0.1])
         bodies, expected = [], {"same": 0, "different": 0, "unsure": 0, "skip": 0}
-        for k in range(n_events):
+        for k in range(n_total):
             a, b = rng.choice(len(ids), size=2, replace=False)
             bodies.append(json.dumps(annotation_event(k, ids[a], ids[b], str(answers[k]), project)).encode())
             expected[str(answers[k])] += 1
         with Serve(env, port, tmp / "serve.log") as serve:
-            # warm-up: the first requests of each gunicorn thread import lazily
-            for body in bodies[:20]:
-                requests.post(
-                    f"{serve.url}/webhook",
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                    timeout=10,
-                )
             redis_url = (tmp / "models" / "redis" / "redis.url").read_text().strip()
             import redis as redis_lib
 
             client = redis_lib.Redis.from_url(redis_url)
             state = ProjectState(client, str(PROJECT))
-            client.delete(state.key("annotations"), state.key("annotation_ts"), state.key("deleted"))
-            print(f"webhook: {n_events} events at {args.rate:g}/s ...", flush=True)
-            samples = open_loop(f"{serve.url}/webhook", bodies, args.rate, args.senders)
+            print(
+                f"webhook: {n_warm} warm-up + {n_events} measured events at {args.rate:g}/s ...", flush=True
+            )
+            raw = [http_request("127.0.0.1", port, "/webhook", body) for body in bodies]
+            cpu_before = tree_cpu_seconds(serve.process)
+            all_samples = open_loop("127.0.0.1", port, raw, args.rate, args.senders)
+            server_cpu_s = tree_cpu_seconds(serve.process) - cpu_before
+            samples = all_samples[n_warm:]  # the warm-up is sent and counted, but not in the latency figures
             stored = state.annotations()
             counts = state.constraint_counts()
             status = client.hgetall(f"reid-al:{PROJECT}:cycle")
@@ -451,14 +511,19 @@ def main(argv: list[str] | None = None) -> int:
                 cold_runs.append(bench_predict(serve.url, tasks, 1))
             client.close()
     load_after = os.getloadavg()
+    from ml_backend.settings import DEFAULT_THREADS, DEFAULT_WORKERS
+
+    workers = args.workers or DEFAULT_WORKERS
+    threads = args.threads or DEFAULT_THREADS
 
     latency = np.asarray([s.done - s.scheduled for s in samples])
     service = np.asarray([s.done - s.sent for s in samples])
     start_lag = np.asarray([s.sent - s.scheduled for s in samples])
-    errors = [s for s in samples if s.status != 200]
+    errors = [s for s in all_samples if s.status != 200]
     slow = int((service > TIMEOUT_S).sum())
     span = max(s.done for s in samples) - min(s.scheduled for s in samples)
-    lost = n_events - len(stored)
+    lost = n_total - len(stored)
+    warm = np.asarray([s.done - s.scheduled for s in all_samples[:n_warm]]) if n_warm else np.zeros(1)
     result = {
         "benchmark": "webhook",
         "command": "python benchmarks/bench_webhook.py "
@@ -471,16 +536,20 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": [round(x, 2) for x in load_after],
             "note": "2 cores shared with other jobs; client, gunicorn and redis-server on the same cores",
         },
-        "server": "reid-al serve --no-worker (gunicorn 1 worker x 8 threads, embedded redis-server)",
+        "server": f"reid-al serve --no-worker (gunicorn {workers} worker(s) x {threads} threads, "
+        "embedded redis-server)",
         "prepare": prep,
         "webhook": {
             "rate_per_s": args.rate,
             "duration_s": args.duration,
             "events": n_events,
+            "warmup_events": n_warm,
+            "warmup_latency_from_schedule": percentiles(warm),
             "achieved_rate_per_s": round(n_events / span, 1),
             "latency_from_schedule": percentiles(latency),
             "service_time": percentiles(service),
             "client_start_lag": percentiles(start_lag),
+            "server_cpu_ms_per_event": round(server_cpu_s / n_total * 1000, 3),
             "errors": len(errors),
             "error_examples": [s.error for s in errors[:5]],
             "over_label_studio_timeout_1s": slow,
@@ -498,14 +567,14 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "webhook.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result, args.out / "webhook.md")
-    plot(samples, latency, service, args.out / "webhook.png", args.rate)
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result, args.out / f"{args.name}.md", png=f"{args.name}.png")
+    plot(samples, latency, service, args.out / f"{args.name}.png", args.rate)
     print(json.dumps({k: result[k] for k in ("webhook", "predict_100_tasks_embedded")}, indent=2))
     return 0 if lost == 0 and not errors else 1
 
 
-def write_markdown(r: dict[str, Any], path: Path) -> None:
+def write_markdown(r: dict[str, Any], path: Path, *, png: str) -> None:
     w, p = r["webhook"], r["predict_100_tasks_embedded"]
     lat, svc = w["latency_from_schedule"], w["service_time"]
     cold = r["predict_100_tasks_new_images"]["runs"]
@@ -526,8 +595,16 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         f"| {w['errors']} | {w['over_label_studio_timeout_1s']} | {w['recorded_annotations']} "
         f"| {w['lost']} |",
         "",
+        f"Before the measured {w['duration_s']:g} s, {w['warmup_events']} warm-up events were sent at the "
+        f"same rate (a cold server: p50 {w['warmup_latency_from_schedule']['p50_ms']} ms, p99 "
+        f"{w['warmup_latency_from_schedule']['p99_ms']} ms); they are in the recorded/lost counts, not in "
+        "the latency columns.",
+        "",
         f"Latency is measured from each event's scheduled send time (so client-side queueing counts); the "
         f"server's share alone (send to answer) is p50 {svc['p50_ms']} ms, p99 {svc['p99_ms']} ms. "
+        f"The server's process tree (gunicorn + redis-server) used {w['server_cpu_ms_per_event']} ms of CPU "
+        "per event, so the rate one free core sustains is about 1000 / that figure; on a loaded machine "
+        "latency is mostly waiting for a core. "
         f"Recorded by answer: {w['recorded_by_answer']} (sent: {w['expected_by_answer']}). Cycle requests "
         f"made by the webhook were coalesced into one queued job (status after: {w['cycle_status_after']}).",
         "",
@@ -546,7 +623,7 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "never-seen images, at most REID_AL_PREDICT_EMBED_MAX images are embedded inline (the first such "
         "call also loads the encoder); the rest are scored neutrally and queued for the worker.",
         "",
-        "![latency](webhook.png)",
+        f"![latency]({png})",
         "",
     ]
     path.write_text("\n".join(lines))
