@@ -158,6 +158,32 @@ def test_import_answer_without_ids_is_an_error(scripted: tuple[str, type[_Script
         LabelStudioClient(url, "k").create_tasks(1, [pair_task(1)])
 
 
+def test_listing_that_shrinks_while_paging_ends_cleanly(scripted: tuple[str, type[_Scripted]]) -> None:
+    url, handler = scripted
+    page1 = json.dumps({"total": 3, "tasks": [{"id": 1, "data": {"pair_id": "p1"}}, {"id": 2, "data": {}}]})
+    handler.script[:] = [(200, page1), (404, '{"detail": "Invalid page."}')]  # tasks deleted meanwhile
+    client = LabelStudioClient(url, "k", backoff=0)
+    assert [t["id"] for t in client.iter_tasks(3, page_size=2)] == [1, 2]
+    assert [c[1] for c in handler.calls] == [
+        "/api/tasks?project=3&page_size=2&page=1",
+        "/api/tasks?project=3&page_size=2&page=2",
+    ]
+    handler.script[:] = [(404, '{"detail": "Not found."}')]
+    with pytest.raises(LabelStudioError) as other_404:
+        list(client.iter_tasks(3))
+    assert other_404.value.status == 404
+
+
+def test_next_task_none_on_empty_queue_but_errors_still_raise(scripted: tuple[str, type[_Scripted]]) -> None:
+    url, handler = scripted
+    handler.script[:] = [(404, '{"detail": "There are no tasks for x"}'), (500, "boom")]
+    client = LabelStudioClient(url, "k", retries=0)
+    assert client.get_next_task(2, view=5) is None
+    assert handler.calls[0][1] == "/api/projects/2/next?view=5"
+    with pytest.raises(LabelStudioError, match="boom"):
+        client.get_next_task(2)
+
+
 def test_connection_refused_is_retried_then_raises() -> None:
     client = LabelStudioClient(f"http://127.0.0.1:{free_port()}", "k", retries=2, backoff=0.01)
     t0 = time.monotonic()
