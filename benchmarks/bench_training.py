@@ -174,8 +174,9 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     lines += [
         "",
         "The step count is capped per epoch (SpCL-style fixed iterations), so training time grows with the",
-        "pool only through the cluster-contrastive memory (one centroid per cluster in every step's softmax)",
-        "and the re-embedding pass; see training.json for per-term losses and CPU time. Held-out mAP:",
+        "pool through the cluster-contrastive memory (one centroid per cluster in every step's softmax,",
+        "re-extracted over the whole pool at every epoch) and the re-embedding pass; see training.json",
+        "for per-epoch and per-term losses and CPU time. Held-out mAP:",
         "1,000 images of new identities under the same cameras, query camera 0 vs the other cameras",
         "(Market protocol, strategies.metrics), frozen features vs the adapter trained in that row.",
         "",
