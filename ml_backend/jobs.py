@@ -131,6 +131,7 @@ def _calibrator(value: Any) -> Any:
 def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason: str = "",
                       client: Any | None = None) -> dict[str, Any]:
     """One cycle of `project` without the queue bookkeeping (the job wraps it; tests call it)."""
+    from trainer.adapter import TrainConfig
     from trainer.cycle import CycleConfig, run_cycle
     from trainer.registry import ModelRegistry
 
@@ -143,7 +144,8 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
         raise RuntimeError(f"project {project}: {len(data.ids)} embedded image(s); ingest a pool first "
                            f"(reid-al ingest <folder> --project {project})")
     graph, unmapped = state.constraint_graph(data.row_of)
-    config = CycleConfig(strategy=settings.strategy, budget=settings.budget)
+    config = CycleConfig(strategy=settings.strategy, budget=settings.budget,
+                         train=TrainConfig(num_threads=settings.torch_threads or None))
     t1 = time.perf_counter()
     result = run_cycle(data.features, graph, config, registry=ModelRegistry(settings.model_dir, project),
                        cameras=data.cameras, tracklets=data.tracklets)

@@ -188,17 +188,14 @@ class Predictor:
         return load_serving_model(self.settings.model_dir, state)
 
     def _default_embedder(self, paths: list[Path]) -> np.ndarray:
-        from PIL import Image
-
         from trainer.encoders import encoder_from_spec
+        from trainer.extraction import load_rgb
 
         if self._encoder is None:
             self._encoder = encoder_from_spec(self.settings.encoder,
                                               checkpoint=self.settings.encoder_checkpoint or None)
-        images = []
-        for path in paths:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+        # load_rgb: 16-bit greys, transparency, EXIF rotation and GIF frames, as in batch extraction.
+        images = [load_rgb(path) for path in paths]
         return np.asarray(self._encoder.embed_pil(images).detach().cpu().numpy(), dtype=np.float32)
 
     def model(self, state: ProjectState, cache_key: tuple[Any, ...] = ()) -> ServingModel | None:

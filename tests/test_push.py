@@ -225,7 +225,7 @@ def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_c
     EmbeddingStore(tmp_path / "3" / "features").append(ids, feats, encoder="synthetic")
     Pool([PoolItem(id=i, path=f"/imgs/{i}.jpg", url=f"/data/local-files/?d={i}.jpg", text=f"t{i}")
           for i in ids]).save(tmp_path, "3")
-    settings = Settings(model_dir=tmp_path, budget=8, strategy="uncertainty")
+    settings = Settings(model_dir=tmp_path, budget=8, strategy="uncertainty", torch_threads=1)
     client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
     state.set_meta(from_name="answer", to_name="image_a")
 
@@ -234,6 +234,9 @@ def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_c
     assert first["push"]["created"] == len(client.tasks) > 0
     assert client.project["model_version"] == version and state.versions() == [version]
     assert {p["model_version"] for p in client.predictions} == {version}
+    from trainer.registry import ModelRegistry
+
+    assert ModelRegistry(tmp_path, "3").load(version).config["train"]["num_threads"] == 1
     task = next(iter(client.tasks.values()))
     assert task["data"]["image_a"] == f"/data/local-files/?d={task['data']['id_a']}.jpg"
     assert task["data"]["caption_a"] == f"t{task['data']['id_a']}"

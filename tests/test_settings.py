@@ -29,7 +29,7 @@ def test_every_variable_is_read() -> None:
         "REID_AL_ENCODER_CHECKPOINT": "/w.pt", "REID_AL_STRATEGY": "random", "REID_AL_BUDGET": "7",
         "REID_AL_RETRAIN_EVERY": "5", "REID_AL_MAX_BODY_BYTES": "2048", "REID_AL_PREDICT_EMBED_MAX": "0",
         "REID_AL_PREDICT_EMBED_SECONDS": "1.5", "REID_AL_DOCUMENT_ROOT": "/data", "REID_AL_QUEUE": "q",
-        "REID_AL_JOB_TIMEOUT": "60",
+        "REID_AL_JOB_TIMEOUT": "60", "REID_AL_TORCH_THREADS": "1",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == ("http://ls:8080", "k",
@@ -40,6 +40,7 @@ def test_every_variable_is_read() -> None:
     assert (s.encoder, s.encoder_checkpoint, s.strategy, s.budget) == ("mobilenetv2", "/w.pt", "random", 7)
     assert (s.retrain_every, s.max_body_bytes, s.predict_embed_max) == (5, 2048, 0)
     assert (s.predict_embed_seconds, s.document_root, s.queue_name, s.job_timeout) == (1.5, "/data", "q", 60)
+    assert s.torch_threads == 1
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
@@ -55,6 +56,7 @@ def test_every_variable_is_read() -> None:
         ("LOG_LEVEL", "LOUD", "one of"),
         ("REDIS_URL", "localhost:6379", "redis://"),
         ("REID_AL_MAX_BODY_BYTES", "10", ">= 1024"),
+        ("REID_AL_TORCH_THREADS", "-1", ">= 0"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, needle: str) -> None:
