@@ -217,3 +217,60 @@ def test_ingest_with_no_backend_running_runs_the_first_cycle_itself(
             client.close()
     finally:
         ls_client.delete_project(project)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_default_strategy_cycle_after_sync_with_nothing_left_open(
+    label_studio: object, ls_client: LabelStudioClient, tmp_path: Path
+) -> None:
+    """The production default (AAS) end to end with no backend process: ingest runs cycle 1, an
+    annotator answers every task, `sync` brings the answers in, cycle 2 runs with no open task left
+    (Label Studio then refuses a model_version no prediction carries: the cycle must still finish)."""
+    from ml_backend.embedded import EmbeddedRedis
+    from ml_backend.ingest import run_cycle_inline
+    from ml_backend.sync import sync
+
+    document_root: Path = label_studio.document_root  # type: ignore[attr-defined]
+    images = document_root / "aas-ingest"
+    make_images(images, 6, 5, seed=3)
+    project = int(ls_client.create_project("default strategy project", LABEL_CONFIG)["id"])
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        encoder="mobilenetv2",
+        budget=8,
+        label_studio_url=label_studio.url,  # type: ignore[attr-defined]
+        label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
+        document_root=str(document_root),
+    )
+    assert settings.strategy == "aas"
+    try:
+        first = ingest(images, project, settings, progress=False).cycle
+        assert first is not None and first["status"] == "finished", first
+        tasks = list(ls_client.iter_tasks(project, fields="all"))
+        assert 1 <= len(tasks) <= 8
+        assert all([p["model_version"] for p in t["predictions"]] == [first["version"]] for t in tasks)
+        for task in tasks:
+            same = task["data"]["id_a"].split("/")[0] == task["data"]["id_b"].split("/")[0]
+            result = [
+                {
+                    "from_name": "answer",
+                    "to_name": "image_a",
+                    "type": "choices",
+                    "value": {"choices": ["same" if same else "different"]},
+                }
+            ]
+            ls_client.create_annotation(task["id"], result)
+        with EmbeddedRedis(settings.model_dir / "redis") as server:
+            client = redis_lib.Redis.from_url(server.url)
+            report = sync(project, settings, ls_client, redis=client)
+            client.close()
+        assert report.added == len(tasks) and report.invalid == []
+        second = run_cycle_inline(settings, project, reason="after sync")
+        assert second["status"] == "finished", second
+        assert second["version"] and second["version"] != first["version"]
+        open_tasks = [t for t in ls_client.iter_tasks(project) if not t["total_annotations"]]
+        expected_version = second["version"] if open_tasks else first["version"]
+        assert ls_client.get_project(project)["model_version"] == expected_version
+    finally:
+        ls_client.delete_project(project)
