@@ -143,7 +143,7 @@ def run_stage(stage: str, work: Path, args: argparse.Namespace) -> dict[str, Any
     t0 = time.perf_counter()
 
     if stage == "knn":
-        g = build_knn(x, KNN_K, n_threads=args.threads)
+        g = build_knn(x, KNN_K, exact_max=args.exact_max, n_threads=args.threads)
         seconds = time.perf_counter() - t0
         np.savez(work / "knn.npz", indices=g.indices, similarities=g.similarities)
         exact = n <= args.exact_max
