@@ -307,9 +307,11 @@ def test_no_labels_control_annotates_nothing(tmp_path: Path) -> None:
     config = SimulationConfig(
         strategies=("none",), seeds=(0,), n_cycles=2, budget=10, train_params=FAST_TRAIN, skyline=False
     )
-    rows = Simulation(config, work_dir=tmp_path).run(ds)["strategies"]["none"]["per_seed"][0]
+    results = Simulation(config, work_dir=tmp_path).run(ds)
+    rows = results["strategies"]["none"]["per_seed"][0]
     assert [r["pairs_annotated"] for r in rows] == [0, 0, 0]
     assert all(r["pairs_constrained"] == 0 and r["shortfall"] == 0 for r in rows)
+    assert plot_curves(results, tmp_path)[0].stat().st_size > 10_000  # drawn per cycle, not a vertical line
 
 
 def test_torch_threads_restored_after_run(tmp_path: Path) -> None:

@@ -230,11 +230,15 @@ def plot_curves(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         for name, block in results["strategies"].items():
             curve = block["curve"]
             xs = np.asarray([_mean(r, "pairs_annotated") or 0.0 for r in curve])
+            style, label = "-", name
+            if len(curve) > 1 and not xs.any():  # the no-label control: drawn per cycle, at the budget's x
+                xs = np.asarray([r["cycle"] * results["config"]["budget_per_cycle"] for r in curve], float)
+                style, label = "--", f"{name} (0 pairs; x = cycle × budget)"
             ys = np.asarray(
                 [np.nan if _mean(r, field) is None else _mean(r, field) for r in curve], dtype=float
             )
             sd = np.asarray([(r.get(field) or {}).get("std") or 0.0 for r in curve], dtype=float)
-            (line,) = ax.plot(xs, ys, marker="o", ms=3, label=name)
+            (line,) = ax.plot(xs, ys, marker="o", ms=3, ls=style, label=label)
             ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.2, linewidth=0)
         for ref, style, label in (
             (baseline, "--", "baseline (frozen)"),
@@ -248,7 +252,7 @@ def plot_curves(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_title(title)
         ax.set_xlabel("pairs annotated (cumulative)")
         ax.grid(alpha=0.3)
-    axes.ravel()[0].legend(fontsize=8, loc="lower right")
+    axes.ravel()[0].legend(fontsize=7, loc="best")
     ds = results.get("dataset", {}).get("name", "")
     fig.suptitle(f"reid-al simulate — {ds}: mean ± std over {len(results['config']['seeds'])} seed(s)")
     fig.tight_layout()
