@@ -232,7 +232,7 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = SimulationConfig(
         strategies=STRATEGIES, seeds=(0, 1), n_cycles=2, budget=15, train_params=FAST_TRAIN
     )
-    return run_simulation(ds, config, work_dir=tmp_path_factory.mktemp("work"))
+    return run_simulation(ds, config, work_dir=tmp_path_factory.mktemp("work"), progress=True)  # tqdm bar
 
 
 def test_tiny_simulation_has_every_field(tiny_results: dict[str, Any], tmp_path: Path) -> None:
