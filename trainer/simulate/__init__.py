@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategies",
         type=_csv,
         default=list(DEFAULT_STRATEGIES),
-        help=f"comma-separated samplers (default {','.join(DEFAULT_STRATEGIES)})",
+        help="comma-separated samplers, plus 'none' = no-label control "
+        f"(default {','.join(DEFAULT_STRATEGIES)})",
     )
     p.add_argument("--seeds", type=_int_csv, default=list(DEFAULT_SEEDS), help="comma-separated seeds")
     p.add_argument("--cycles", type=int, default=DEFAULT_CYCLES, help="annotation cycles (default 5)")
