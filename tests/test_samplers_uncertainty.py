@@ -162,10 +162,83 @@ def test_tracklets_are_selected_as_units_and_never_paired_with_themselves() -> N
     tracklets = np.repeat(np.arange(8), 3)
     g = ConstraintGraph()
     g.add("c", 0, 3, "cannot_link")  # tracklets 0 and 1 are labelled
-    result = UncertaintySampler().select(x, g, 6, tracklets=tracklets)
-    for i, j in result.pairs():
-        assert tracklets[i] != tracklets[j]
-        assert tracklets[i] in (0, 1) or tracklets[j] in (0, 1)
+    for provisional in (True, False):
+        result = UncertaintySampler(provisional_identities=provisional).select(x, g, 6, tracklets=tracklets)
+        assert len(result.pairs()) == 6
+        for i, j in result.pairs():
+            assert tracklets[i] != tracklets[j]
+            if not provisional:  # pairs only with the labelled identities (tracklets 0 and 1)
+                assert tracklets[i] in (0, 1) or tracklets[j] in (0, 1)
+
+
+def _clusters(
+    n_clusters: int, size: int, dim: int, spread: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tight, well-separated identities: ``size`` images around each of ``n_clusters`` random centres."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(n_clusters, dim)))
+    labels = np.repeat(np.arange(n_clusters), size)
+    return _unit(centres[labels] + spread * rng.normal(size=(labels.size, dim))), labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cold_start_pairs_each_pick_with_its_nearest_units(seed: int) -> None:
+    # k-centre picks land in different identities; pairing them with each other (the old cold start)
+    # gave only "different" answers. Each pick must be paired with its top_identities nearest images.
+    x, labels = _clusters(12, 6, 16, 0.15, seed)
+    result = UncertaintySampler(top_identities=3, random_state=seed).select(x, ConstraintGraph(), 15)
+    picks = UncertaintySampler(random_state=seed).select_units(x, ConstraintGraph(), 5)
+    assert len(result.pairs()) == 15
+    same = np.mean([labels[i] == labels[j] for i, j in result.pairs()])
+    assert same >= 0.8
+    pairs = set(result.pairs())
+    for p in picks.units.tolist():
+        sims = x @ x[p]
+        sims[p] = -np.inf
+        nearest = np.argsort(-sims, kind="stable")[:3]
+        assert {(min(p, int(j)), max(p, int(j))) for j in nearest} <= pairs
+    assert all("nearest unit" in p.reason for p in result.proposals)
+
+
+def test_warm_start_pick_of_an_unseen_identity_is_paired_with_its_neighbours() -> None:
+    x, labels = _clusters(8, 5, 16, 0.15, 7)
+    g = ConstraintGraph()
+    for c in range(2):  # identities 0 and 1 are labelled; 2..7 are unseen
+        rows = np.flatnonzero(labels == c)
+        for k, r in enumerate(rows[1:]):
+            g.add(f"m{c}-{k}", int(rows[0]), int(r), "must_link")
+    g.add("c", 0, 5, "cannot_link")
+    labelled = set(range(10))
+    on = UncertaintySampler(top_identities=2).select(x, g, 8)
+    off = UncertaintySampler(top_identities=2, provisional_identities=False).select(x, g, 8)
+    assert len(on.pairs()) == len(off.pairs()) == 8
+    # without provisional identities every pair involves a labelled image and is a "different" answer
+    assert all(i in labelled or j in labelled for i, j in off.pairs())
+    assert not any(labels[i] == labels[j] for i, j in off.pairs())
+    # with them, picks of unseen identities are asked about their nearest (same-identity) neighbours
+    assert np.mean([labels[i] == labels[j] for i, j in on.pairs()]) >= 0.75
+    assert any("unlabelled unit" in p.reason for p in on.proposals)
+
+
+def test_a_pick_near_a_labelled_identity_is_still_paired_with_it() -> None:
+    # units 4 and 5 sit on either side of identity {0, 1}, closer to it (cos 0.95) than to each other
+    # (cos 0.82): whichever is picked, the labelled identity outranks the unlabelled neighbour
+    x = _unit(
+        np.array(
+            [
+                [1.0, 0.0, 0.0],
+                [0.99, 0.05, 0.0],
+                [0.0, 1.0, 0.0],
+                [0.05, 0.99, 0.0],
+                [0.95, 0.0, 0.3],
+                [0.95, 0.0, -0.3],
+            ]
+        )
+    )
+    result = UncertaintySampler(top_identities=1).select(x, _labelled_graph(), 1)
+    ((i, j),) = result.pairs()
+    assert {i, j} & {0, 1} and {i, j} & {4, 5}
+    assert "labelled identity" in result.proposals[0].reason
 
 
 def test_text_term_raises_uncertainty_where_modalities_disagree() -> None:
@@ -204,6 +277,7 @@ def test_determinism_and_exhaustion() -> None:
         ({"uncertainty": "variance"}, "uncertainty"),
         ({"lambda_text": -0.1}, "lambda_text"),
         ({"segment_seconds": 0.0}, "segment_seconds"),
+        ({"provisional_identities": "yes"}, "provisional_identities"),
     ],
 )
 def test_parameter_validation_names_the_parameter(kwargs: dict, name: str) -> None:

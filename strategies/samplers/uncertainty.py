@@ -7,7 +7,9 @@ d_i = (1 - max cosine to labelled ∪ batch) / 2 is updated after every pick, wh
 control; the greedy batch takes the best a_i = λ_u u_i + λ_d d_i, skipping near-duplicates of a batch
 member and, optionally, a second pick from one (camera, time segment). With nothing labelled it is
 k-centre greedy from a seeded random start. Each picked unit becomes pairs with the most similar
-labelled representative of each of its top identities: the answers that decide its identity.
+labelled representative of each of its top identities: the answers that decide its identity. At cold
+start there is no identity yet, so a pick is paired with its nearest units (likely "same": must-links),
+never with other k-centre picks, which are far apart by construction (only easy "different" answers).
 
 Memory: O(n) per-unit arrays plus one (block x L) similarity block; n x n is never formed.
 """
@@ -56,6 +58,9 @@ __all__ = [
 ]
 
 UNCERTAINTY_MEASURES = ("entropy", "margin", "spread")
+# a pick's nearest unlabelled units compete with the labelled identities for its pairs (kept here, not
+# in strategies/defaults.py, which another engineer is editing; the lead may move it there)
+UNC_PROVISIONAL_IDENTITIES = True
 
 
 @dataclass
@@ -163,7 +168,10 @@ class UncertaintySampler(PairSampler):
     ``uncertainty`` ("entropy" | "margin" | "spread"), ``lambda_text`` (weight of the image/text
     ranking disagreement added to u_i when ``text_embeddings`` are given), ``one_per_segment`` with
     ``segment_seconds`` (cap of one pick per (camera, time segment); needs ``cameras``; the segment is
-    ``floor(timestamp / segment_seconds)`` when ``timestamps`` are given, else the camera alone).
+    ``floor(timestamp / segment_seconds)`` when ``timestamps`` are given, else the camera alone),
+    ``provisional_identities`` (a pick's nearest unlabelled units compete with the labelled identities
+    for its ``top_identities`` pairs, so a pick of an identity nobody labelled yet gets likely-"same"
+    pairs instead of only obvious "different" ones; at cold start that is all there is).
     """
 
     name: ClassVar[str] = "uncertainty"
@@ -180,6 +188,7 @@ class UncertaintySampler(PairSampler):
         one_per_segment: bool = False,
         segment_seconds: float = UNC_SEGMENT_SECONDS,
         random_state: int | None = 0,
+        provisional_identities: bool = UNC_PROVISIONAL_IDENTITIES,
     ) -> None:
         self.tau = tau
         self.lambda_u = lambda_u
@@ -191,6 +200,7 @@ class UncertaintySampler(PairSampler):
         self.one_per_segment = one_per_segment
         self.segment_seconds = segment_seconds
         self.random_state = random_state
+        self.provisional_identities = provisional_identities
 
     def _check_params(self) -> None:
         if not self.tau > 0:
@@ -213,6 +223,8 @@ class UncertaintySampler(PairSampler):
             raise ValueError(f"lambda_text must be >= 0, got {self.lambda_text}")
         if not self.segment_seconds > 0:
             raise ValueError(f"segment_seconds must be > 0, got {self.segment_seconds}")
+        if not isinstance(self.provisional_identities, (bool, np.bool_)):
+            raise ValueError(f"provisional_identities must be a bool, got {self.provisional_identities!r}")
         rng_from(self.random_state)
 
     # ------------------------------------------------------------------ public pieces
@@ -395,7 +407,9 @@ class UncertaintySampler(PairSampler):
                     skipped["seg"] += 1
                     continue
             if pair_budget is not None:
-                unit_pairs = self._pairs_for(pick, features, units, constraints, lab_rows, id_start, picks)
+                unit_pairs = self._pairs_for(
+                    pick, features, units, constraints, lab_rows, id_start, taken, unit_labelled
+                )
                 unit_pairs = [pw for pw in unit_pairs if pw[0] not in taken]
                 if not unit_pairs:
                     skipped["pair"] += 1
@@ -457,48 +471,87 @@ class UncertaintySampler(PairSampler):
         constraints: ConstraintGraph,
         lab_rows: np.ndarray,
         id_start: np.ndarray,
-        earlier: list[int],
+        taken: set[tuple[int, int]],
+        unit_labelled: np.ndarray,
     ) -> list[tuple[tuple[int, int], str]]:
         """Pairs whose answers decide the unit's identity: its representative image with the most
-        similar open member of each of its top identities. Cold start: earlier picks are the provisional
-        identities, and the very first pick is paired with its nearest image outside its own unit."""
+        similar open member of each of its top identities. Unlabelled nearest units compete as
+        provisional identities (``provisional_identities``; always at cold start, when there is no
+        identity yet): the ``top_identities`` most similar of both kinds are taken."""
         rep = int(units.rep[unit])
         x = units.features[unit]
         own = units.members[unit]
+        want = self.top_identities
+        scored: list[tuple[float, int, str]] = []  # (cosine, partner image, why)
         if lab_rows.size:
             sims = matvec(features[lab_rows], x)
             id_best = np.maximum.reduceat(sims, id_start)
             ranked_ids = np.lexsort((np.arange(id_best.size), -id_best))
             id_end = np.r_[id_start[1:], lab_rows.size]
-            out: list[tuple[tuple[int, int], str]] = []
             for c in ranked_ids:
-                if len(out) >= self.top_identities:
+                if len(scored) >= want:
                     break
                 rows = lab_rows[id_start[c] : id_end[c]]
                 rs = sims[id_start[c] : id_end[c]]
-                cand = rows[np.lexsort((rows, -rs))]
-                cand = cand[~np.isin(cand, own)]
+                order = np.lexsort((rows, -rs))
+                cand, cs = rows[order], rs[order]
+                keep = ~np.isin(cand, own) & np.array([_key(rep, int(j)) not in taken for j in cand], bool)
+                cand, cs = cand[keep], cs[keep]
                 ok = take_unresolved(np.full(cand.size, rep, dtype=np.int64), cand, constraints, 1)
                 if ok.size:
                     j = int(cand[ok[0]])
-                    out.append(
-                        ((min(rep, j), max(rep, j)), f"vs labelled identity #{len(out) + 1} (image {j})")
-                    )
-            return out
-        if earlier:
-            reps = units.rep[np.asarray(earlier, dtype=np.int64)]
-            sims = matvec(features[reps], x)
-            cand = reps[np.lexsort((reps, -sims))]
-            why = "vs earlier pick (provisional identity)"
-            limit = self.top_identities
-        else:
-            sims = matvec(features, x)
-            cand = np.argsort(-sims, kind="stable")
-            why = "first pick vs its nearest image"
-            limit = 1
-        cand = cand[~np.isin(cand, own)]
-        ok = take_unresolved(np.full(cand.size, rep, dtype=np.int64), cand, constraints, limit)
-        return [((min(rep, int(cand[t])), max(rep, int(cand[t]))), why) for t in ok]
+                    scored.append((float(cs[ok[0]]), j, f"vs labelled identity (image {j})"))
+        if not lab_rows.size or self.provisional_identities:
+            why = "vs nearest unlabelled unit" if lab_rows.size else "cold start: vs its nearest unit"
+            scored += [
+                (sim, j, why)
+                for sim, j in self._neighbour_partners(unit, units, constraints, taken, unit_labelled)
+            ]
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [
+            (_key(rep, j), f"{why} #{k + 1}, cos {sim:.3f}") for k, (sim, j, why) in enumerate(scored[:want])
+        ]
+
+    def _neighbour_partners(
+        self,
+        unit: int,
+        units: Units,
+        constraints: ConstraintGraph,
+        taken: set[tuple[int, int]],
+        exclude: np.ndarray,
+    ) -> list[tuple[float, int]]:
+        """(cosine, representative) of the unit's ``top_identities`` most similar other units outside
+        ``exclude`` (the labelled units: they stand in the ranking as their identities) whose pair is
+        still open (not asked, not implied, not already in this batch).
+
+        A unit that no labelled identity claims is decided by its nearest neighbours, its provisional
+        identity (likely "same"); pairing far-apart picks with each other, or a pick of an unseen
+        identity with the labelled ones, only yields easy "different" answers and no must-link.
+        O(n_units) per call: one similarity row and a partial sort.
+        """
+        rep = int(units.rep[unit])
+        n_units = units.features.shape[0]
+        sims = matvec(units.features, units.features[unit]).astype(np.float64)
+        sims[unit] = -np.inf
+        sims[exclude] = -np.inf
+        want = self.top_identities
+        head = min(n_units, 4 * want + 8)
+        while True:
+            top = np.argpartition(-sims, head - 1)[:head] if head < n_units else np.arange(n_units)
+            top = top[np.lexsort((top, -sims[top]))]
+            top = top[np.isfinite(sims[top])]
+            cand = units.rep[top]
+            open_ = np.array([_key(rep, int(j)) not in taken for j in cand], dtype=bool)
+            cand, top = cand[open_], top[open_]
+            ok = take_unresolved(np.full(cand.size, rep, dtype=np.int64), cand, constraints, want)
+            if ok.size >= want or head >= n_units:
+                break
+            head = min(n_units, 4 * head)
+        return [(float(sims[top[t]]), int(cand[t])) for t in ok]
+
+
+def _key(i: int, j: int) -> tuple[int, int]:
+    return (min(i, j), max(i, j))
 
 
 def _unit_text(text: np.ndarray, units: Units) -> np.ndarray:
