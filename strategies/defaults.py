@@ -92,3 +92,14 @@ CALIBRATION_PRIOR_SLOPE = 10.0  # steepness of the prior logistic on cosine
 CALIBRATION_LOGISTIC_C = 100.0  # inverse L2 strength of the logistic fit (weak: sims live in [-1, 1])
 METRICS_CHUNK_ELEMENTS = 4_000_000  # query x gallery distances held at once by retrieval_metrics
 # --- end constraints / NP3 / calibration / metrics ---
+
+# --- trainer: full fine-tuning of the visual tower (trainer/finetune.py, a GPU option) ---
+FINETUNE_EPOCHS = 10
+FINETUNE_BATCH_SIZE = 64  # images per step: half anchors, half their sampled partners (+ human pairs)
+FINETUNE_LR = 1e-5  # small: the backbone is pretrained and the pseudo-labels are noisy
+FINETUNE_WEIGHT_DECAY = 1e-4
+FINETUNE_STEPS_PER_EPOCH_MAX = 200
+FINETUNE_PAIRS_PER_BATCH = 16  # human ML/CL pairs (two images each) drawn into every step
+FINETUNE_MAX_GRAD_NORM = 5.0  # gradient clipping on the visual tower (fp16 steps stay bounded)
+FINETUNE_NUM_WORKERS = 4  # DataLoader decode processes
+# --- end trainer: fine-tuning ---
