@@ -298,7 +298,7 @@ def finetune_project(settings: Settings, project: str, out: str | os.PathLike[st
     items = [(i, data.pool.item(i).path) for i, k in zip(data.ids, keep, strict=True) if k]
     ml, cl = remap(ml), remap(cl)
     encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None,
-                                device=None if device == "auto" else device)
+                                device=None if device == "auto" else device, precision="fp32")
     stored_by = EmbeddingStore(features_dir(settings, project)).encoder
     if stored_by is not None and stored_by != encoder.name:
         # the pseudo-labels describe another network's features: training this one on them is wrong

@@ -259,3 +259,20 @@ def test_undecodable_image_is_named(encoder: OpenClipEncoder, dataset: tuple, tm
     bad_items = [*items[:-1], ("broken", str(broken))]
     with pytest.raises(ImageDecodeError, match=r"items\[23\].*broken.png"):
         finetune_encoder(encoder, bad_items, labels, [], [], _config(epochs=1))
+
+
+def test_reduced_precision_encoder_is_trained_in_fp32_with_a_warning(
+    encoder: OpenClipEncoder, dataset: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bf16 inference copy is promoted to fp32 master weights (and the caller told about the rounding)."""
+    items, labels = dataset
+    encoder.model.to(torch.bfloat16)
+    encoder.dtype = torch.bfloat16
+    with caplog.at_level("WARNING", logger="trainer.finetune"):
+        result = finetune_encoder(encoder, items, labels, ML, CL, _config(epochs=1), progress=True)
+    assert "precision='fp32'" in caplog.text
+    assert encoder.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in encoder.model.parameters())
+    assert "fine-tuned" in encoder.precision_note
+    assert np.isfinite(result.losses_per_epoch).all()
+    assert encoder.embed(_batch(encoder, items[:2])).dtype == torch.float32

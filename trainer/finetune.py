@@ -28,6 +28,7 @@ so a seeded run on the CPU is reproducible whatever the number of workers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 DEFAULT_FINETUNE_TERMS = ("cluster", "pair")
+
+log = logging.getLogger(__name__)
 
 
 class ImageDecodeError(RuntimeError):
@@ -379,6 +382,10 @@ def finetune_encoder(
 
     # fp32 master weights on the training device; the text tower stays frozen.
     model: nn.Module = encoder.model  # type: ignore[attr-defined]
+    if encoder.dtype != torch.float32:
+        log.warning("encoder %s runs in %s: its weights were rounded to it before fine-tuning; build it "
+                    "with precision='fp32' to fine-tune the exact pretrained weights", encoder.name,
+                    encoder.dtype)
     model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     encoder.device, encoder.dtype = device, torch.float32
     encoder.precision_note = f"fp32 (fine-tuned visual tower, trained with {precision})"
@@ -417,8 +424,9 @@ def finetune_encoder(
         eval_loader = _loader(dataset, eval_batches, config.num_workers, pin) if memory is not None else None
 
         def embed(x: Tensor) -> Tensor:
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
+            amp_ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                       else contextlib.nullcontext())
+            with amp_ctx:
                 feats = encoder._forward_images(x)
             return F.normalize(feats.float(), dim=1)
 
