@@ -2,8 +2,9 @@
 
 # §1 kNN graph and k-reciprocal Jaccard similarity (Zhong et al. 2017; SpCL defaults)
 KNN_K = 30
-EXACT_KNN_MAX = 200_000  # exact IndexFlatIP up to this many points, approximate above. Measured at 100k, d=512
+# Exact IndexFlatIP up to this many points, approximate above. Measured at 100k, d=512
 # (docs/benchmarks.md): exact 80 s; HNSW 923 s with recall@30 0.66 (DBSCAN ARI 0.42 vs 0.99 exact).
+EXACT_KNN_MAX = 200_000
 APPROXIMATE_INDEX = "hnsw"  # or "ivf"
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
