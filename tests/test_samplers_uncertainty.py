@@ -162,7 +162,7 @@ def test_tracklets_are_selected_as_units_and_never_paired_with_themselves() -> N
     tracklets = np.repeat(np.arange(8), 3)
     g = ConstraintGraph()
     g.add("c", 0, 3, "cannot_link")  # tracklets 0 and 1 are labelled
-    for provisional in (True, False):
+    for provisional in (1, 0):
         result = UncertaintySampler(provisional_identities=provisional).select(x, g, 6, tracklets=tracklets)
         assert len(result.pairs()) == 6
         for i, j in result.pairs():
@@ -209,15 +209,21 @@ def test_warm_start_pick_of_an_unseen_identity_is_paired_with_its_neighbours() -
             g.add(f"m{c}-{k}", int(rows[0]), int(r), "must_link")
     g.add("c", 0, 5, "cannot_link")
     labelled = set(range(10))
-    on = UncertaintySampler(top_identities=2).select(x, g, 8)
-    off = UncertaintySampler(top_identities=2, provisional_identities=False).select(x, g, 8)
-    assert len(on.pairs()) == len(off.pairs()) == 8
+    on = UncertaintySampler(top_identities=2, provisional_identities=2).select(x, g, 8)
+    one = UncertaintySampler(top_identities=2).select(x, g, 8)  # default: at most one neighbour per pick
+    off = UncertaintySampler(top_identities=2, provisional_identities=0).select(x, g, 8)
+    assert len(on.pairs()) == len(one.pairs()) == len(off.pairs()) == 8
     # without provisional identities every pair involves a labelled image and is a "different" answer
     assert all(i in labelled or j in labelled for i, j in off.pairs())
     assert not any(labels[i] == labels[j] for i, j in off.pairs())
     # with them, picks of unseen identities are asked about their nearest (same-identity) neighbours
     assert np.mean([labels[i] == labels[j] for i, j in on.pairs()]) >= 0.75
     assert any("unlabelled unit" in p.reason for p in on.proposals)
+    # the default asks each pick about at most one nearest unlabelled unit, and those pairs are "same"
+    near = [p for p in one.proposals if "unlabelled unit" in p.reason]
+    assert near and all(labels[p.i] == labels[p.j] for p in near)
+    picks = [p.reason.split(":")[0] for p in near]
+    assert len(picks) == len(set(picks))
 
 
 def test_a_pick_near_a_labelled_identity_is_still_paired_with_it() -> None:
@@ -278,6 +284,8 @@ def test_determinism_and_exhaustion() -> None:
         ({"lambda_text": -0.1}, "lambda_text"),
         ({"segment_seconds": 0.0}, "segment_seconds"),
         ({"provisional_identities": "yes"}, "provisional_identities"),
+        ({"provisional_identities": -1}, "provisional_identities"),
+        ({"provisional_identities": True}, "provisional_identities"),
     ],
 )
 def test_parameter_validation_names_the_parameter(kwargs: dict, name: str) -> None:

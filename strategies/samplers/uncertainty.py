@@ -58,9 +58,9 @@ __all__ = [
 ]
 
 UNCERTAINTY_MEASURES = ("entropy", "margin", "spread")
-# a pick's nearest unlabelled units compete with the labelled identities for its pairs (kept here, not
-# in strategies/defaults.py, which another engineer is editing; the lead may move it there)
-UNC_PROVISIONAL_IDENTITIES = True
+# how many of a pick's pairs may go to its nearest unlabelled units (provisional identities) once labelled
+# identities exist (kept here, not in strategies/defaults.py, which another engineer is editing)
+UNC_PROVISIONAL_IDENTITIES = 1
 
 
 @dataclass
@@ -169,9 +169,10 @@ class UncertaintySampler(PairSampler):
     ranking disagreement added to u_i when ``text_embeddings`` are given), ``one_per_segment`` with
     ``segment_seconds`` (cap of one pick per (camera, time segment); needs ``cameras``; the segment is
     ``floor(timestamp / segment_seconds)`` when ``timestamps`` are given, else the camera alone),
-    ``provisional_identities`` (a pick's nearest unlabelled units compete with the labelled identities
-    for its ``top_identities`` pairs, so a pick of an identity nobody labelled yet gets likely-"same"
-    pairs instead of only obvious "different" ones; at cold start that is all there is).
+    ``provisional_identities`` (up to this many of a pick's nearest unlabelled units compete with the
+    labelled identities for its ``top_identities`` pairs, so a pick of an identity nobody labelled yet
+    gets a likely-"same" pair instead of only obvious "different" ones; 0 = labelled identities only.
+    At cold start, with no identity yet, all ``top_identities`` pairs go to the nearest units).
     """
 
     name: ClassVar[str] = "uncertainty"
@@ -188,7 +189,7 @@ class UncertaintySampler(PairSampler):
         one_per_segment: bool = False,
         segment_seconds: float = UNC_SEGMENT_SECONDS,
         random_state: int | None = 0,
-        provisional_identities: bool = UNC_PROVISIONAL_IDENTITIES,
+        provisional_identities: int = UNC_PROVISIONAL_IDENTITIES,
     ) -> None:
         self.tau = tau
         self.lambda_u = lambda_u
@@ -223,8 +224,14 @@ class UncertaintySampler(PairSampler):
             raise ValueError(f"lambda_text must be >= 0, got {self.lambda_text}")
         if not self.segment_seconds > 0:
             raise ValueError(f"segment_seconds must be > 0, got {self.segment_seconds}")
-        if not isinstance(self.provisional_identities, (bool, np.bool_)):
-            raise ValueError(f"provisional_identities must be a bool, got {self.provisional_identities!r}")
+        if (
+            isinstance(self.provisional_identities, bool)
+            or not isinstance(self.provisional_identities, (int, np.integer))
+            or self.provisional_identities < 0
+        ):
+            raise ValueError(
+                f"provisional_identities must be an int >= 0, got {self.provisional_identities!r}"
+            )
         rng_from(self.random_state)
 
     # ------------------------------------------------------------------ public pieces
@@ -475,9 +482,9 @@ class UncertaintySampler(PairSampler):
         unit_labelled: np.ndarray,
     ) -> list[tuple[tuple[int, int], str]]:
         """Pairs whose answers decide the unit's identity: its representative image with the most
-        similar open member of each of its top identities. Unlabelled nearest units compete as
-        provisional identities (``provisional_identities``; always at cold start, when there is no
-        identity yet): the ``top_identities`` most similar of both kinds are taken."""
+        similar open member of each of its top identities. Up to ``provisional_identities`` nearest
+        unlabelled units compete as provisional identities (all ``top_identities`` at cold start, when
+        there is no identity yet): the ``top_identities`` most similar of both kinds are taken."""
         rep = int(units.rep[unit])
         x = units.features[unit]
         own = units.members[unit]
@@ -501,11 +508,12 @@ class UncertaintySampler(PairSampler):
                 if ok.size:
                     j = int(cand[ok[0]])
                     scored.append((float(cs[ok[0]]), j, f"vs labelled identity (image {j})"))
-        if not lab_rows.size or self.provisional_identities:
+        n_near = min(want, self.provisional_identities) if lab_rows.size else want
+        if n_near:
             why = "vs nearest unlabelled unit" if lab_rows.size else "cold start: vs its nearest unit"
             scored += [
                 (sim, j, why)
-                for sim, j in self._neighbour_partners(unit, units, constraints, taken, unit_labelled)
+                for sim, j in self._neighbour_partners(unit, units, constraints, taken, unit_labelled, n_near)
             ]
         scored.sort(key=lambda t: (-t[0], t[1]))
         return [
@@ -519,8 +527,9 @@ class UncertaintySampler(PairSampler):
         constraints: ConstraintGraph,
         taken: set[tuple[int, int]],
         exclude: np.ndarray,
+        want: int,
     ) -> list[tuple[float, int]]:
-        """(cosine, representative) of the unit's ``top_identities`` most similar other units outside
+        """(cosine, representative) of the unit's ``want`` most similar other units outside
         ``exclude`` (the labelled units: they stand in the ranking as their identities) whose pair is
         still open (not asked, not implied, not already in this batch).
 
@@ -534,7 +543,6 @@ class UncertaintySampler(PairSampler):
         sims = matvec(units.features, units.features[unit]).astype(np.float64)
         sims[unit] = -np.inf
         sims[exclude] = -np.inf
-        want = self.top_identities
         head = min(n_units, 4 * want + 8)
         while True:
             top = np.argpartition(-sims, head - 1)[:head] if head < n_units else np.arange(n_units)
