@@ -95,12 +95,18 @@ def _components(first: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int64), int(count)
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length in float64 (zero rows stay zero, as in sklearn's ``normalize``)."""
-    v = np.asarray(vectors, dtype=np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", v, v))
+def _norms(vectors: np.ndarray) -> np.ndarray:
+    """Row norms accumulated in float64 without a float64 copy of the matrix (zero rows -> 1, as in
+    sklearn's ``normalize``, so they stay zero)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
     norms[norms == 0] = 1.0
-    return v / norms[:, None]
+    return norms
+
+
+def _unit(vectors: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to unit length in float64."""
+    v = np.asarray(vectors, dtype=np.float64)
+    return v / (_norms(v) if norms is None else norms)[:, None]
 
 
 class FINCH:
@@ -137,10 +143,12 @@ class FINCH:
         m = vectors.shape[0]
         if m == 1:
             return np.zeros(1, dtype=np.int64)
-        unit = _unit(vectors)
+        # float64 only where a decision needs it (the near-tie rows below): converting every row at
+        # every level cost ~20% of FINCH at 50k points.
+        norms = _norms(vectors)
         if candidates is None or sims is None:
             graph = build_knn(
-                unit.astype(np.float32),
+                (vectors / norms[:, None]).astype(np.float32),
                 min(m, self.n_candidates + 1),
                 exact_max=self.exact_max,
                 approximate=self.approximate,
@@ -157,7 +165,9 @@ class FINCH:
         for start in range(0, rows.size, _RESCORE_ROWS):
             r = rows[start : start + _RESCORE_ROWS]
             block = candidates[r]
-            dist = np.clip(1.0 - np.einsum("id,ikd->ik", unit[r], unit[block]), 0.0, 2.0)
+            unit_r = _unit(vectors[r], norms[r])
+            unit_block = _unit(vectors[block.ravel()], norms[block.ravel()]).reshape(*block.shape, -1)
+            dist = np.clip(1.0 - np.einsum("id,ikd->ik", unit_r, unit_block), 0.0, 2.0)
             best = np.lexsort((block, dist), axis=-1)[:, 0]
             first[r] = block[np.arange(r.size), best]
         return first
