@@ -82,7 +82,9 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
-        body: dict[str, Any] = {"error": exc.message, "field": exc.field}
+        # The message reads on its own ("annotation.id: must be int, got str"), the field is for machines.
+        message = exc.message if not exc.field or exc.field in exc.message else f"{exc.field}: {exc.message}"
+        body: dict[str, Any] = {"error": message, "field": exc.field}
         headers = {}
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="reid-al"'

@@ -161,6 +161,8 @@ def test_webhook_rejects_bad_requests_without_state_change(http: FlaskClient, re
     response = http.post("/webhook", headers=AUTH, **kwargs)
     assert response.status_code == status, response.data
     assert response.json["field"] == field and response.json["error"]
+    if field != "body":  # the human-readable message names the field too, not only the JSON key
+        assert field in response.json["error"], response.json
     assert keys(redis_client) == before
 
 
