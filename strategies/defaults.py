@@ -85,6 +85,9 @@ UNC_UNCERTAINTY = "entropy"  # or "margin", "spread": the identity-uncertainty m
 UNC_LAMBDA_TEXT = 0.5  # weight of the text/image ranking disagreement added to u_i
 UNC_SEGMENT_SECONDS = 60.0  # time-segment length of the one-pick-per-(camera, segment) cap
 AAS_SIMILARITY = "jaccard"  # sim of U_os / eq. 4: "jaccard" (k-reciprocal, SpCL) or "cosine"
+# [ours] once labelled identities exist, how many of a pick's pairs may go to its nearest unlabelled units
+# (provisional identities) instead: 0 = labelled identities only (chosen on the simulator, simulate.md)
+UNC_PROVISIONAL_IDENTITIES = 1
 # --- end samplers ---
 
 # --- §3-4 constraints / NP3, §7 calibration, §9 metrics: implementation knobs (issue 2, second half) ---

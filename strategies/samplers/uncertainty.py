@@ -26,6 +26,7 @@ from strategies.defaults import (
     UNC_LAMBDA_TEXT,
     UNC_LAMBDA_U,
     UNC_NEAR_DUPLICATE,
+    UNC_PROVISIONAL_IDENTITIES,
     UNC_SEGMENT_SECONDS,
     UNC_TAU,
     UNC_TOP_IDENTITIES,
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 UNCERTAINTY_MEASURES = ("entropy", "margin", "spread")
-# how many of a pick's pairs may go to its nearest unlabelled units (provisional identities) once labelled
-# identities exist (kept here, not in strategies/defaults.py, which another engineer is editing)
-UNC_PROVISIONAL_IDENTITIES = 1
 
 
 @dataclass
