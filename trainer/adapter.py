@@ -207,6 +207,35 @@ class Adapter(nn.Module):
         return adapter
 
 
+def check_training_settings(config: Any) -> None:
+    """The optimiser and loss fields that TrainConfig and trainer.finetune.FinetuneConfig share, checked
+    once here so the two configs cannot drift apart; each message names the field."""
+    if config.batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (anchors + partners), got {config.batch_size!r}")
+    if config.max_steps_per_epoch is not None and config.max_steps_per_epoch < 1:
+        raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {config.max_steps_per_epoch!r}")
+    for name in ("lr", "temperature"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
+    for name in ("weight_decay", "cluster_weight", "pair_weight", "ua_weight", "gm_weight", "ua_alpha",
+                 "view_noise", "ua_paired_weight"):
+        if not getattr(config, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
+    if not 0.0 <= config.momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {config.momentum!r}")
+    if config.pairs_per_batch < 0:
+        raise ValueError(f"pairs_per_batch must be >= 0, got {config.pairs_per_batch!r}")
+    unknown = [t for t in config.terms if t not in LOSS_TERMS]
+    if unknown or not config.terms:
+        raise ValueError(f"terms must be a non-empty subset of {LOSS_TERMS}, got {config.terms!r}")
+    if config.outliers not in OUTLIER_MODES:
+        raise ValueError(f"outliers must be one of {OUTLIER_MODES}, got {config.outliers!r}")
+    if config.num_threads is not None and config.num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {config.num_threads!r}")
+    if not isinstance(config.device, str) or not config.device:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {config.device!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything one adapter training run needs; defaults from strategies/defaults.py."""
@@ -243,36 +272,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (anchors + partners), got {self.batch_size!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "cluster_weight", "pair_weight", "ua_weight", "gm_weight", "ua_alpha",
-                     "view_noise", "ua_paired_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        check_training_settings(self)
         if not 0.0 <= self.view_dropout < 1.0:
             raise ValueError(f"view_dropout must be in [0, 1), got {self.view_dropout!r}")
         if self.hard_negatives < 1:
             raise ValueError(f"hard_negatives must be >= 1, got {self.hard_negatives!r}")
-        if self.pairs_per_batch < 0:
-            raise ValueError(f"pairs_per_batch must be >= 0, got {self.pairs_per_batch!r}")
-        unknown = [t for t in self.terms if t not in LOSS_TERMS]
-        if unknown or not self.terms:
-            raise ValueError(f"terms must be a non-empty subset of {LOSS_TERMS}, got {self.terms!r}")
         if self.adapter not in ADAPTER_KINDS:
             raise ValueError(f"adapter must be one of {ADAPTER_KINDS}, got {self.adapter!r}")
-        if self.outliers not in OUTLIER_MODES:
-            raise ValueError(f"outliers must be one of {OUTLIER_MODES}, got {self.outliers!r}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
 
 
 @dataclass

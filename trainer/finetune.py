@@ -61,14 +61,13 @@ from strategies.defaults import (
     UA_ALPHA,
 )
 from trainer.adapter import (
-    LOSS_TERMS,
-    OUTLIER_MODES,
     _as_labels,
     _as_pairs,
     _BatchBuilder,
     _compact,
     _components,
     _deterministic,
+    check_training_settings,
     resolve_device,
 )
 from trainer.encoders import Encoder
@@ -145,34 +144,11 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (anchors + partners), got {self.batch_size!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "cluster_weight", "pair_weight", "ua_weight", "gm_weight", "ua_alpha",
-                     "ua_paired_weight", "view_noise"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.pairs_per_batch < 0:
-            raise ValueError(f"pairs_per_batch must be >= 0, got {self.pairs_per_batch!r}")
-        unknown = [t for t in self.terms if t not in LOSS_TERMS]
-        if unknown or not self.terms:
-            raise ValueError(f"terms must be a non-empty subset of {LOSS_TERMS}, got {self.terms!r}")
-        if self.outliers not in OUTLIER_MODES:
-            raise ValueError(f"outliers must be one of {OUTLIER_MODES}, got {self.outliers!r}")
+        check_training_settings(self)
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
 
 
 @dataclass
