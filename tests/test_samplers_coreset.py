@@ -66,11 +66,12 @@ def test_coreset_sampler_pairs_each_pick_with_its_nearest_labelled_image() -> No
     g.add("b", 2, 3, "cannot_link")
     result = CoresetSampler().select(x, g, 5)
     expected_picks = _brute_k_center(x, [0, 1, 2, 3], 5)
-    centres = [0, 1, 2, 3]
+    labelled = [0, 1, 2, 3]
     for pick in expected_picks:
-        partner = max(centres, key=lambda c: float(x[pick] @ x[c]))
+        partner = max(labelled, key=lambda c: float(x[pick] @ x[c]))
         assert (min(pick, partner), max(pick, partner)) in result.pairs()
-        centres.append(pick)
+    # never two unlabelled picks of one batch paired with each other (§7: nearest *labelled* image)
+    assert all(i in labelled or j in labelled for i, j in result.pairs())
     assert result.shortfall == 0
     pr = [p.priority for p in result.proposals]
     assert pr == sorted(pr, reverse=True)
@@ -111,3 +112,21 @@ def test_coreset_rejects_a_bad_random_state() -> None:
     x = _unit(np.random.default_rng(9).normal(size=(5, 3)))
     with pytest.raises(TypeError, match="random_state"):
         CoresetSampler(random_state="seven").select(x, ConstraintGraph(), 2)
+
+
+def test_coreset_cold_start_pairs_each_pick_with_its_nearest_image() -> None:
+    # Clustered data, nothing labelled: each k-centre pick is asked against its nearest neighbour (likely
+    # the same individual), not against another far-away pick (almost surely a different one).
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(10, 16))
+    x = _unit(np.repeat(centres, 6, axis=0) + 0.05 * rng.normal(size=(60, 16)))
+    result = CoresetSampler(random_state=3).select(x, ConstraintGraph(), 8)
+    assert len(result.proposals) == 8
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    for p in result.proposals:
+        pick = int(p.reason.split()[2])
+        partner = p.j if p.i == pick else p.i
+        assert sims[pick, partner] == sims[pick].max()
+    same = sum(i // 6 == j // 6 for i, j in result.pairs())
+    assert same == 8

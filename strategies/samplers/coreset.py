@@ -77,7 +77,8 @@ def k_center_greedy(
 
 @register_sampler
 class CoresetSampler(PairSampler):
-    """k-centre greedy images, each paired with its nearest centre; priority = coverage distance."""
+    """k-centre greedy images, each paired with its nearest labelled image (nearest image at cold start);
+    priority = coverage distance."""
 
     name: ClassVar[str] = "coreset"
 
@@ -107,8 +108,10 @@ class CoresetSampler(PairSampler):
         taken: dict[int, set[int]] = {}  # partners already paired with a row in this batch
         for pick, score in k_center_greedy(features, labelled, random_state=self.random_state):
             picks += 1
+            # §7: the partner is the nearest *labelled* image (its answer places the pick among known
+            # identities). Earlier picks of this batch are not labelled: pairing picks with each other
+            # asks about far-apart images, almost always "different". Cold start: the nearest image.
             partner = _nearest_unresolved(features, pick, centres, constraints, taken)
-            centres.append(pick)
             if partner is None:
                 continue
             pairs.append((min(pick, partner), max(pick, partner)))
@@ -116,7 +119,8 @@ class CoresetSampler(PairSampler):
             taken.setdefault(partner, set()).add(pick)
             priorities.append(score)
             reasons.append(
-                f"k-centre pick {pick} (coverage distance {score:.3f}) vs nearest centre {partner}"
+                f"k-centre pick {pick} (coverage distance {score:.3f}) vs nearest "
+                f"{'labelled image' if centres else 'image'} {partner}"
             )
             if len(pairs) >= budget:
                 break
@@ -141,8 +145,8 @@ def _nearest_unresolved(
     constraints: ConstraintGraph,
     taken: dict[int, set[int]],
 ) -> int | None:
-    """Most similar centre whose pair with ``pick`` is still open and not already in this batch; with
-    no centre yet (cold start), the most similar image overall."""
+    """Most similar labelled image whose pair with ``pick`` is still open and not already in this batch;
+    with nothing labelled yet (cold start), the most similar image overall."""
     pool = np.asarray(centres, dtype=np.int64) if centres else np.arange(features.shape[0], dtype=np.int64)
     pool = pool[pool != pick]
     if pick in taken:
