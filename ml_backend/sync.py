@@ -3,7 +3,13 @@
 Why it exists: Label Studio is the source of truth for annotations, and its webhooks are sent once,
 with a 1 s timeout and no retry. A backend that was down, restarted with an empty Redis, or simply
 lost an event recovers with one sync. Answers are read with the webhook's own ``parse_answer``, so a
-synced constraint is exactly what the webhook would have recorded; the replacement is atomic.
+synced constraint is exactly what the webhook would have recorded.
+
+Why a diff and not a replacement: reading every task takes a while, and webhooks keep arriving
+meanwhile. The snapshot is applied through ``record_annotation`` (which ignores a stale ``updated_at``
+and a deleted id, atomically) and ``remove_annotation`` (which keeps the tombstone), and only what was
+stored before the sync started and is untouched since may be removed; so an answer or a deletion that
+a webhook recorded during the listing survives the sync.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.pairs import image_ids_of, pair_id
-from ml_backend.state import ANSWERS, ProjectState
+from ml_backend.state import ANSWERS, ProjectState, StateError, parse_timestamp
 from ml_backend.webhook import WebhookError, parse_answer
 
 if TYPE_CHECKING:
@@ -83,6 +89,11 @@ def _completed_by(annotation: Mapping[str, Any]) -> int | str | None:
     return value
 
 
+def _stored(state: ProjectState) -> dict[str, dict[str, Any]]:
+    """The stored annotations by id: the whole record, so any change (answer, updated_at) shows."""
+    return {str(r["annotation_id"]): r for r in state.annotations()}
+
+
 def sync(
     project: str | int,
     settings: Settings,
@@ -91,13 +102,15 @@ def sync(
     redis: Redis | None = None,
     request_cycle: bool = False,
 ) -> SyncReport:
-    """Replace the project's recorded annotations by Label Studio's; returns what changed.
+    """Bring the project's recorded annotations in line with Label Studio's; returns what changed.
 
-    Annotations that cannot be read (a result with two choices, an unknown choice) are listed in
-    ``report.invalid`` and not recorded, the same verdict the webhook gives them; annotations on tasks
-    that are not image pairs are counted in ``not_pair``. Nothing is written unless every record
-    validates (``ProjectState.replace_all_annotations`` is all-or-nothing). With ``request_cycle``
-    and at least one change, a retraining cycle is requested through the queue.
+    Every annotation Label Studio lists is recorded (a newer answer already stored, or a deletion
+    already recorded, wins). A stored annotation is removed only when it was stored before the sync
+    started, Label Studio does not list it, and nothing changed it during the sync. Annotations that
+    cannot be read (a result with two choices, an unknown choice) are listed in ``report.invalid`` and
+    left as they are, the same verdict the webhook gives them; annotations on tasks that are not image
+    pairs are counted in ``not_pair``. With ``request_cycle`` and at least one change, a retraining
+    cycle is requested through the queue.
     """
     from ml_backend.labelstudio import LabelStudioClient, as_project_id
 
@@ -116,8 +129,12 @@ def sync(
     ls_project = client.get_project(pid)
     from_name = state.meta().get("from_name") or choices_control(ls_project)
     report = SyncReport(project=state.project, from_name=from_name)
+    # What was stored before the listing: only these may be removed, and only if still identical at the end.
+    before = _stored(state)
+    open_before = {pid_: record for pid_, record in state.pairs().items() if record.get("status") == "open"}
 
     records: dict[str, dict[str, Any]] = {}
+    listed: set[str] = set()
     pair_tasks: dict[int, tuple[str, str]] = {}
     for task in client.iter_tasks(pid, fields="all"):
         report.tasks += 1
@@ -130,14 +147,18 @@ def sync(
             pair_tasks[task_id] = (image_a, image_b)
         for annotation in task.get("annotations") or []:
             report.annotations += 1
+            annotation_id = annotation.get("id")
+            if annotation_id is not None:
+                listed.add(str(annotation_id))
             if not image_a:
                 report.not_pair += 1
                 continue
-            annotation_id = annotation.get("id")
+            updated_at = annotation.get("updated_at") or annotation.get("created_at")
             try:
                 was_cancelled = bool(annotation.get("was_cancelled", False))
                 answer = parse_answer(annotation.get("result") or [], from_name, was_cancelled=was_cancelled)
-            except WebhookError as exc:
+                parse_timestamp(updated_at)
+            except (WebhookError, StateError) as exc:
                 report.invalid.append({"annotation_id": annotation_id, "task_id": task_id, "error": str(exc)})
                 continue
             records[str(annotation_id)] = {
@@ -147,23 +168,10 @@ def sync(
                 "image_b": image_b,
                 "answer": answer,
                 "completed_by": _completed_by(annotation),
-                "updated_at": annotation.get("updated_at") or annotation.get("created_at"),
+                "updated_at": updated_at,
             }
     report.pair_tasks = len(pair_tasks)
-
-    before = {str(r["annotation_id"]): (r["answer"], r["pair_id"]) for r in state.annotations()}
-    state.replace_all_annotations(records.values())
-    after = {str(r["annotation_id"]): (r["answer"], r["pair_id"]) for r in state.annotations()}
-    for key, value in after.items():
-        if key not in before:
-            report.added += 1
-        elif before[key] != value:
-            report.changed += 1
-        else:
-            report.unchanged += 1
-    report.removed = sum(1 for key in before if key not in after)
-    for record in after.values():
-        report.answers[record[0]] += 1
+    _apply(state, report, records, listed, before)
 
     # The pair registry follows Label Studio's tasks: every pair task is known (so it is never proposed
     # again), and an open pair whose task is gone is closed.
@@ -173,8 +181,15 @@ def sync(
         live_pairs.add(pid_)
         if state.pair_for_task(task_id) != pid_:
             report.pairs_registered += int(state.register_pair(pid_, image_a, image_b, task_id=task_id))
+    # Only a pair that was open before the listing and is unchanged since: one a TASKS_CREATED webhook
+    # registered during the sync is live even though the listing did not see its task.
     for pid_, record in state.pairs().items():
-        if record.get("status") == "open" and pid_ not in live_pairs and record.get("task_id") is not None:
+        if (
+            record.get("status") == "open"
+            and pid_ not in live_pairs
+            and record.get("task_id") is not None
+            and open_before.get(pid_) == record
+        ):
             report.pairs_closed += int(state.set_pair_status(pid_, "deleted"))
 
     report.conflicts = len(state.conflicts())
@@ -196,3 +211,56 @@ def sync(
         )
     log.info("project %s: sync %s", state.project, report.to_dict())
     return report
+
+
+def _apply(
+    state: ProjectState,
+    report: SyncReport,
+    records: Mapping[str, Mapping[str, Any]],
+    listed: set[str],
+    before: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Apply Label Studio's snapshot as a diff that never overrides what changed since ``before``.
+
+    Why per annotation: ``record_annotation`` ignores a stale ``updated_at`` and a deleted id atomically,
+    so a webhook answer or deletion that arrived during the listing wins; removals are limited to ids
+    that were stored at the start, that Label Studio did not list at all (an unreadable annotation is
+    left alone, as the webhook leaves it), and whose stored record is still the one seen at the start.
+    """
+    for key, record in records.items():
+        try:
+            outcome = state.record_annotation(
+                record["annotation_id"],
+                task_id=record["task_id"],
+                image_a=record["image_a"],
+                image_b=record["image_b"],
+                answer=record["answer"],
+                completed_by=record["completed_by"],
+                updated_at=record["updated_at"],
+            )
+        except StateError as exc:
+            report.invalid.append(
+                {"annotation_id": record["annotation_id"], "task_id": record["task_id"], "error": str(exc)}
+            )
+            continue
+        old = before.get(key)
+        if outcome == "created":
+            report.added += 1
+        elif outcome == "updated" and (
+            old is None or (old["answer"], old["pair_id"]) != (record["answer"], _pair_of(record))
+        ):
+            report.changed += 1
+        else:
+            report.unchanged += 1
+    now = _stored(state)
+    for key, old in before.items():
+        if key in listed or key in records:
+            continue
+        if now.get(key) == old and state.remove_annotation(key):
+            report.removed += 1
+    for stored in state.annotations():
+        report.answers[stored["answer"]] += 1
+
+
+def _pair_of(record: Mapping[str, Any]) -> str:
+    return pair_id(str(record["image_a"]), str(record["image_b"]))

@@ -150,6 +150,58 @@ def test_sync_argument_errors_change_nothing(
     assert redis_client.keys("reid-al:5:*") == []
 
 
+class RacingClient(ListingClient):
+    """A listing during which webhooks arrive: after the second task, a new answer on the (already read)
+    first task, a newer answer replacing one the listing already returned, a deletion of an annotation the
+    listing already returned, and a task created after the listing passed it, all written to the real state
+    exactly as the webhook writes them."""
+
+    def __init__(self, tasks: list[dict[str, Any]], state: ProjectState) -> None:
+        super().__init__(tasks)
+        self.state = state
+
+    def iter_tasks(self, pid: int, *, fields: str | None = None) -> Iterator[dict[str, Any]]:
+        assert fields == "all"
+        yield from self.tasks[:2]
+        later = "2026-01-02T00:00:00Z"
+        self.state.record_annotation(
+            21, task_id=1, image_a="a", image_b="b", answer="different", completed_by=2, updated_at=later
+        )
+        self.state.record_annotation(
+            11, task_id=1, image_a="a", image_b="b", answer="different", completed_by=1, updated_at=later
+        )
+        self.state.remove_annotation(12)
+        self.state.register_pair(pair_id("p", "q"), "p", "q", task_id=40)
+        yield from self.tasks[2:]
+
+
+def test_sync_keeps_answers_and_deletions_that_webhooks_record_during_the_listing(
+    redis_client: redis_lib.Redis,  # noqa: F811
+    settings: Settings,
+) -> None:
+    state = ProjectState(redis_client, "5")
+    ts = "2026-01-01T00:00:00Z"
+    state.record_annotation(11, task_id=1, image_a="a", image_b="b", answer="same", updated_at=ts)
+    state.record_annotation(12, task_id=2, image_a="a", image_b="c", answer="different", updated_at=ts)
+    state.record_annotation(99, task_id=9, image_a="x", image_b="y", answer="same", updated_at=ts)  # LS: gone
+    tasks = [
+        pair(1, "a", "b", [ann(11, result("same"))]),  # read before annotation 21 existed, 11 was updated
+        pair(2, "a", "c", [ann(12, result("different"))]),  # read before annotation 12 was deleted
+        pair(3, "b", "c", [ann(13, result("same"))]),
+    ]
+    report = sync(5, settings, RacingClient(tasks, state), redis=redis_client)
+    stored = {r["annotation_id"]: r["answer"] for r in state.annotations()}
+    assert stored == {"11": "different", "13": "same", "21": "different"}  # 21 kept, 12 not resurrected
+    assert (report.added, report.removed) == (1, 1)  # 13 added, 99 (stored before, absent in LS) removed
+    assert state.pair(pair_id("p", "q"))["status"] == "open"  # task created during the sync stays open
+    # The deletion stays remembered and the newer answer stays newer: a listing that still shows 12 and
+    # the old answer of 11 (read just before those webhooks) changes nothing.
+    tasks[0]["annotations"].append(ann(21, result("different"), ts="2026-01-02T00:00:00Z"))
+    again = sync(5, settings, ListingClient(tasks), redis=redis_client)
+    assert {r["annotation_id"]: r["answer"] for r in state.annotations()} == stored
+    assert again.n_changes == 0
+
+
 @pytest.mark.e2e
 def test_sync_from_a_real_label_studio(
     ls_client: LabelStudioClient,
