@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ class LabelStudioConnectionError(LabelStudioError):
 class LabelStudioClient:
     """Talks to one Label Studio instance with a legacy API token (``Authorization: Token <key>``).
 
-    Connection errors are retried (``retries`` times, exponential backoff from ``backoff`` seconds);
-    read timeouts and 502/503/504 only for GET, where a retry cannot create a duplicate.
+    Errors where the connection was never opened (refused, unresolvable, connect timeout) are retried
+    for every method (``retries`` times, exponential backoff from ``backoff`` seconds): the request
+    cannot have reached Label Studio. Anything that may have happened after the request was sent (the
+    server dropped the connection, a read timeout, 502/503/504) is retried only for GET/HEAD: a
+    retried POST/PATCH/DELETE that Django had already processed would e.g. import the tasks twice.
     """
 
     def __init__(
@@ -117,8 +121,9 @@ class LabelStudioClient:
             try:
                 resp = self.session.request(method, url, params=params, json=json, timeout=self.timeout)
             except requests.ConnectionError as exc:
-                # A refused/reset connection: the request (almost surely) never reached Django.
-                if attempt >= self.retries:
+                # Refused/unresolvable/connect timeout: never sent. "Connection aborted" and the like:
+                # maybe processed, so only an idempotent call may be sent again.
+                if not (idempotent or _never_sent(exc)) or attempt >= self.retries:
                     raise LabelStudioConnectionError(
                         method, url, None, f"{type(exc).__name__}: {exc}"
                     ) from exc
@@ -465,6 +470,21 @@ class LabelStudioClient:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """Whether the error happened while opening the connection, so the server cannot have seen the request.
+
+    requests raises ConnectTimeout for a connect timeout and ConnectionError(MaxRetryError(reason=...))
+    for a refused or unresolvable host (urllib3's NewConnectionError/NameResolutionError, both
+    ConnectTimeoutError subclasses); a connection dropped after sending comes as ProtocolError instead.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    return isinstance(cause, ConnectTimeoutError)
 
 
 def as_project_id(pid: int | str) -> int:

@@ -132,8 +132,13 @@ Embedder = Callable[[list[Path]], np.ndarray]
 
 
 def load_serving_model(model_dir: Path, state: ProjectState) -> ServingModel | None:
-    """The newest registry version's embeddings (frozen store features before the first cycle),
-    with a P(same) calibrator fitted on the answers recorded so far. None: nothing embedded yet."""
+    """The project's pushed version's embeddings (frozen store features before the first push),
+    with a P(same) calibrator fitted on the answers recorded so far. None: nothing to serve.
+
+    Why the pushed version (state.current_version()) and not registry.latest(): a cycle saves to the
+    registry before its push, and the push records the version only once it is done; serving the newer
+    registry entry meanwhile would label predictions with a version Label Studio does not serve yet,
+    and Label Studio would average two scores for one task."""
     from strategies.calibration import PSameCalibrator
     from trainer.adapter import apply_adapter
     from trainer.registry import ModelRegistry
@@ -146,14 +151,17 @@ def load_serving_model(model_dir: Path, state: ProjectState) -> ServingModel | N
     ids = store.ids()
     if not ids:
         return None
-    registry = ModelRegistry(model_dir, state.project)
-    version = registry.latest()
+    version = state.current_version()
     adapter_state = None
     if version is None:
         embeddings = apply_adapter(None, np.asarray(store.features()))
-        version = state.current_version() or "initial"
+        version = "initial"
     else:
-        loaded = registry.load(version)
+        try:
+            loaded = ModelRegistry(model_dir, state.project).load(version)
+        except (FileNotFoundError, ValueError) as exc:  # pruned or foreign: serve nothing rather than another
+            log.warning("project %s: pushed version %s cannot be loaded: %s", state.project, version, exc)
+            return None
         adapter_state = loaded.adapter_state
         embeddings = np.asarray(loaded.embeddings, dtype=np.float32)
         if embeddings.shape[0] < len(ids):  # images stored after the cycle: run them through its adapter
@@ -218,8 +226,6 @@ class Predictor:
         meta = state.meta()
         if label_config:
             from_name, to_name = label_names(label_config)
-            if (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
-                state.set_meta(from_name=from_name, to_name=to_name)
         else:
             from_name, to_name = meta.get("from_name", "answer"), meta.get("to_name", "pair")
         parsed: list[tuple[str, str, Mapping[str, Any]]] = []
@@ -234,6 +240,9 @@ class Predictor:
             except ValueError as exc:
                 raise PredictError(f"tasks[{index}].data", str(exc)) from None
             parsed.append((a, b, data))
+        # Only a request that passed validation may change meta: a rejected (422) one changes nothing.
+        if label_config and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
+            state.set_meta(from_name=from_name, to_name=to_name)
 
         version = state.current_version()
         # reload on a new version, and refit the calibrator as answers accumulate

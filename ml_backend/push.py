@@ -209,7 +209,7 @@ def push_cycle(
         state.mark_pushed_tasks(model_version, [p["task"] for p in predictions])
     report.predictions = len(predictions)
 
-    # 3. the project serves this version's scores, through a view ordered by score (created once).
+    # 3. the project serves this version's scores, through a view ordered by score.
     # Label Studio rejects a model_version that no prediction carries (and no connected backend is
     # titled): with no open task to score, the project keeps its version; nothing is left to order.
     if predictions or already:
@@ -218,9 +218,10 @@ def push_cycle(
     else:
         log.info("project %s: no open task to score under %s; project model_version unchanged",
                  state.project, model_version)
-    view_id = state.meta().get("view_id")
-    if view_id is None:
-        view_id = client.ensure_view(project_id, title=VIEW_TITLE, ordering=list(VIEW_ORDERING))
+    # Ensured on every push (one GET when it exists), never trusted from meta: a user may have
+    # deleted the view, and a cached id would then never bring it back.
+    view_id = client.ensure_view(project_id, title=VIEW_TITLE, ordering=list(VIEW_ORDERING))
+    if state.meta().get("view_id") != view_id:
         state.set_meta(view_id=view_id)
     report.view_id = view_id
 

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.client import RemoteDisconnected
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import pytest
 import requests
 from PIL import Image
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from ml_backend.labelstudio import LabelStudioClient, LabelStudioConnectionError, LabelStudioError
 from ml_backend.pool import local_files_url
@@ -52,6 +54,9 @@ def pair_task(k: int) -> dict[str, Any]:
 # -- a scripted local HTTP server: retry policy without Label Studio ------------------------------------
 
 
+DROP = 0  # a scripted "status": close the connection after reading the request, with no answer
+
+
 class _Scripted(BaseHTTPRequestHandler):
     script: ClassVar[list[tuple[int, str]]] = []
     calls: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
@@ -62,6 +67,9 @@ class _Scripted(BaseHTTPRequestHandler):
             self.rfile.read(length)
         type(self).calls.append((self.command, self.path, dict(self.headers)))
         status, body = type(self).script.pop(0) if type(self).script else (200, "{}")
+        if status == DROP:  # read the request, then hang up without answering (a crashed/restarting server)
+            self.close_connection = True
+            return
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -191,6 +199,79 @@ def test_connection_refused_is_retried_then_raises() -> None:
         client.get_project(1)
     assert info.value.status is None
     assert time.monotonic() - t0 < 5
+
+
+def test_ensure_view_is_idempotent_by_title(scripted: tuple[str, type[_Scripted]]) -> None:
+    """push_cycle calls it on every push: an existing view costs one GET, a deleted one is recreated."""
+    url, handler = scripted
+    mine = {"id": 4, "data": {"title": "Most informative first", "ordering": ["tasks:predictions_score"]}}
+    other = {"id": 2, "data": {"title": "Default", "ordering": []}}
+    handler.script[:] = [(200, json.dumps([other, mine]))]
+    client = LabelStudioClient(url, "k", backoff=0)
+    assert client.ensure_view(3) == 4
+    assert [(c[0], c[1]) for c in handler.calls] == [("GET", "/api/dm/views?project=3")]
+    handler.script[:] = [(200, json.dumps([other])), (201, '{"id": 9}')]  # the user deleted it
+    assert client.ensure_view(3) == 9
+    assert [c[0] for c in handler.calls] == ["GET", "GET", "POST"]
+
+
+def test_post_is_not_resent_after_the_server_dropped_the_connection(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    """"Connection aborted" comes after the request was sent: Label Studio may have imported the tasks."""
+    url, handler = scripted
+    handler.script[:] = [(DROP, ""), (201, '{"task_ids": [1]}')]
+    client = LabelStudioClient(url, "k", retries=3, backoff=0)
+    with pytest.raises(LabelStudioConnectionError, match="Connection aborted"):
+        client.create_tasks(7, [pair_task(1)])
+    assert [c[0] for c in handler.calls] == ["POST"]  # sent once: no duplicate import
+    handler.script[:] = [(DROP, ""), (DROP, ""), (200, "[]")]
+    assert client.list_views(7) == []  # a GET is safe to send again
+    assert [c[0] for c in handler.calls] == ["POST", "GET", "GET", "GET"]
+
+
+def test_post_is_retried_when_the_connection_was_never_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr("ml_backend.labelstudio.time.sleep", sleeps.append)
+    client = LabelStudioClient(f"http://127.0.0.1:{free_port()}", "k", retries=2, backoff=0.01)
+    with pytest.raises(LabelStudioConnectionError, match=r"NewConnectionError|refused"):
+        client.create_tasks(1, [pair_task(1)])  # refused: the request never left this machine
+    assert len(sleeps) == 2
+
+
+class _FailingSession(requests.Session):
+    """Raises the given transport errors in turn, then answers 201 with one task id."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__()
+        self.errors = errors
+        self.sent = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.sent += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        resp = requests.Response()
+        resp.status_code, resp._content = 201, b'{"task_ids": [5]}'
+        return resp
+
+
+@pytest.mark.parametrize(("error", "resent"), [
+    (requests.ConnectTimeout("connect timed out"), True),
+    (requests.ConnectionError(MaxRetryError(None, "/x", NewConnectionError(None, "refused"))), True),  # type: ignore[arg-type]
+    (requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("closed"))), False),
+    (requests.ReadTimeout("read timed out"), False),
+])
+def test_which_transport_errors_resend_a_post(error: Exception, resent: bool) -> None:
+    session = _FailingSession([error])
+    client = LabelStudioClient("http://ls.invalid", "k", retries=1, backoff=0, session=session)
+    if resent:
+        assert client.create_tasks(1, [pair_task(1)]) == [5]
+        assert session.sent == 2
+    else:
+        with pytest.raises(LabelStudioConnectionError):
+            client.create_tasks(1, [pair_task(1)])
+        assert session.sent == 1
 
 
 # -- against a real Label Studio ---------------------------------------------------------------------

@@ -163,10 +163,50 @@ def test_load_serving_model_from_store_and_registry(redis_client: redis.Redis, t
     registry = ModelRegistry(tmp_path, "3")
     emb = feats[:5] / np.linalg.norm(feats[:5], axis=1, keepdims=True)
     version = registry.save(embeddings=emb, adapter_state=None, config={}, metrics={})
+    state.add_version(version)  # what push_cycle records once the version is in Label Studio
     served = load_serving_model(tmp_path, state)
     assert served is not None and served.version == version
     assert served.embeddings.shape == (6, 4)  # the 6th row, stored after the cycle, is appended
     assert served.row_of["i5"] == 5 and served.calibrator is not None
+
+
+def test_serving_model_is_the_pushed_version_not_the_newest_saved(redis_client: redis.Redis,
+                                                                  tmp_path: Path) -> None:
+    """A cycle saves to the registry before its push: until state.add_version, /predict keeps serving
+    (and labelling with) the version Label Studio serves, so no task gets scores under two versions."""
+    from trainer.registry import ModelRegistry
+    from trainer.store import EmbeddingStore
+
+    state = ProjectState(redis_client, "3")
+    feats = np.eye(4, dtype=np.float32)
+    EmbeddingStore(tmp_path / "3" / "features").append([f"i{k}" for k in range(4)], feats, encoder="test")
+    registry = ModelRegistry(tmp_path, "3")
+    pushed = registry.save(embeddings=feats, adapter_state=None, config={}, metrics={})
+    state.add_version(pushed)
+    unpushed = registry.save(embeddings=feats[::-1].copy(), adapter_state=None, config={}, metrics={})
+    assert registry.latest() == unpushed
+    served = load_serving_model(tmp_path, state)
+    assert served is not None and served.version == pushed
+    assert np.array_equal(served.embeddings, feats)
+    predictor = Predictor(Settings(model_dir=tmp_path))
+    task = {"id": 1, "data": {"id_a": "i0", "id_b": "i1", "image_a": "/i0.jpg", "image_b": "/i1.jpg"}}
+    assert predictor.predict([task], None, state)[0]["model_version"] == pushed
+    state.add_version(unpushed)  # the push finished: the new version is served from now on
+    assert predictor.predict([task], None, state)[0]["model_version"] == unpushed
+    assert load_serving_model(tmp_path, ProjectState(redis_client, "4")) is None  # no features: nothing
+
+
+def test_a_rejected_predict_does_not_change_meta(redis_client: redis.Redis, tmp_path: Path) -> None:
+    predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
+    state = ProjectState(redis_client, "3")
+    state.set_meta(from_name="answer", to_name="image_a")
+    config = '<View><Choices name="other" toName="img"/></View>'
+    with pytest.raises(PredictError) as info:
+        predictor.predict([_task("a", "b"), {"data": 1}], config, state)
+    assert info.value.field == "tasks[1].data"
+    assert state.meta() == {"from_name": "answer", "to_name": "image_a"}
+    predictor.predict([_task("a", "b")], config, state)  # a valid request does record the names
+    assert state.meta() == {"from_name": "other", "to_name": "img"}
 
 
 def test_predict_rejects_bad_tasks(redis_client: redis.Redis, tmp_path: Path) -> None:

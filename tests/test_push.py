@@ -123,7 +123,19 @@ def test_retried_push_creates_no_duplicates(redis_client: redis.Redis) -> None:
     report = push(client, state, "v0001-x", proposals)
     assert (report.created, report.existing, report.predictions) == (0, 2, 0)
     assert len(client.tasks) == 2 and len(client.predictions) == 2
-    assert client.calls.count("ensure_view") == 1
+    assert report.view_id == 1 and len(client.views) == 1  # ensured again, by title: no duplicate
+
+
+def test_a_deleted_view_is_recreated_by_the_next_push(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    first = push(client, state, "v0001-x", [Proposal(0, 1, 0.9, 0.7)])
+    assert state.meta()["view_id"] == first.view_id == 1
+    client.views.clear()  # a user deleted "Most informative first" in the Data Manager
+    client.views["someone else's view"] = 7
+    second = push(client, state, "v0002-y", [Proposal(2, 3, 0.2, 0.1)])
+    assert client.calls.count("ensure_view") == 2
+    assert second.view_id == 2 and state.meta()["view_id"] == 2
+    assert set(client.views.values()) == {7, 2}
 
 
 def test_next_version_rescores_open_tasks_and_retires_implied(redis_client: redis.Redis) -> None:
@@ -252,4 +264,4 @@ def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_c
     assert state.counters()["pairs_saved"] >= 1
     pair_ids = [t["data"]["pair_id"] for t in client.tasks.values()]
     assert len(pair_ids) == len(set(pair_ids))  # no duplicate pair task across cycles
-    assert client.calls.count("ensure_view") == 1
+    assert client.calls.count("ensure_view") == 2 and len(client.views) == 1  # every push, one view
