@@ -112,7 +112,13 @@ def _web_command(settings: Settings, dev_server: bool) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ml_backend.embedded import EmbeddedRedis, python_module_command, start_process, stop_process
+    from ml_backend.embedded import (
+        EmbeddedRedis,
+        python_module_command,
+        start_process,
+        stop_process,
+        stop_rq_worker,
+    )
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
     settings.model_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def _stop(signum: int, _frame: Any) -> None:
         stopping["signal"] = signum
 
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: closing the terminal must stop the children in order, not leave them running.
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     code = 0
     try:
         if settings.embedded_redis:
@@ -149,8 +156,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     break
             time.sleep(0.2)
     finally:
-        for _name, process in reversed(children):
-            stop_process(process, timeout=15)
+        # Web server first (no new jobs), then workers: an RQ worker needs its cold shutdown, which also
+        # kills the work-horse running a cycle (a plain SIGTERM + SIGKILL would orphan it), then Redis.
+        for name, process in reversed(children):
+            if name.startswith("rq worker"):
+                stop_rq_worker(process, timeout=15)
+            else:
+                stop_process(process, timeout=15)
         if server is not None:
             server.stop()
         for sig, handler in previous.items():

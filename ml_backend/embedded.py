@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
+        # Own session: a terminal's Ctrl-C (SIGINT to the foreground group) must not kill Redis while
+        # the web server and the workers, which still write to it, are being stopped in order.
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+                                        stderr=subprocess.PIPE, start_new_session=True)
         self._wait_ready()
         (self.data_dir / URL_FILE).write_text(self.url + "\n")
         log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
@@ -152,16 +155,88 @@ def _tail(path: Path, n: int = 10) -> str:
 
 
 def start_process(args: Sequence[str], env: Mapping[str, str] | None = None,
-                  cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group, so stopping it also stops its own children (rq forks)."""
+                  cwd: str | os.PathLike[str] | None = None, *,
+                  output: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own session, so stopping it also finds its own children (rq forks).
+
+    `output`: a file for the child's stdout and stderr (default: inherit ours).
+    """
     return subprocess.Popen(list(args), env=None if env is None else dict(env), cwd=cwd,
-                            start_new_session=True)
+                            start_new_session=True, stdout=output,
+                            stderr=None if output is None else subprocess.STDOUT)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is `sid`, read from /proc ([] where there is none).
+
+    Why sessions: `start_process` makes each child a session leader, and everything it forks stays in
+    that session even after calling setpgrp (RQ's work-horse does), so the session finds the
+    grandchildren that a process-group signal misses.
+    """
+    members: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+def _kill_session(sid: int, sig: int) -> list[int]:
+    """Send `sig` to every process group in session `sid` (groups catch their own forks); their pids."""
+    pids = session_members(sid)
+    groups: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    return pids
+
+
+def _wait_session_gone(sid: int, timeout: float) -> bool:
+    """Poll until no live process is left in session `sid`; False if some still are after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while session_members(sid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _reap_session(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Leader gone: SIGKILL what it left behind in its session (orphans such as an RQ work-horse).
+
+    Keyed on the pid alone: only a process that called setsid has sid == its pid, and Linux does not
+    reuse a pid while it still names a session, so this never touches an unrelated process.
+    """
+    if not session_members(process.pid):
+        return
+    leftover = _kill_session(process.pid, signal.SIGKILL)
+    if not _wait_session_gone(process.pid, timeout):
+        log.warning("processes %s of stopped child %d survived SIGKILL", leftover, process.pid)
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0,
                  sig: int = signal.SIGTERM) -> int | None:
-    """Signal a child we started (and its process group when it leads one); SIGKILL after timeout."""
+    """Signal a child we started (and its process group when it leads one); SIGKILL after timeout.
+
+    When the child leads its own session (`start_process`), whatever it leaves alive in that session
+    is SIGKILLed once it has exited, so no grandchild outlives `reid-al serve`.
+    """
     if process.poll() is not None:
+        _reap_session(process, timeout)
         return process.returncode
     try:
         pgid = os.getpgid(process.pid)
@@ -174,14 +249,53 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0,
         else:
             process.send_signal(sig)
     try:
-        return process.wait(timeout=timeout)
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
+            _kill_session(process.pid, signal.SIGKILL)
             if own_group:
                 os.killpg(pgid, signal.SIGKILL)
             else:
                 process.kill()
-        return process.wait(timeout=timeout)
+        code = process.wait(timeout=timeout)
+    _reap_session(process, timeout)
+    return code
+
+
+# RQ ignores a second SIGTERM/SIGINT that arrives less than 1 s after the first (rq/worker/base.py).
+RQ_SECOND_SIGNAL_DELAY = 1.5
+
+
+def stop_rq_worker(process: subprocess.Popen[bytes], *, grace: float = RQ_SECOND_SIGNAL_DELAY,
+                   timeout: float = 10.0) -> int | None:
+    """Stop an RQ worker child and the job it is running, in bounded time.
+
+    Why not `stop_process` alone: the first SIGTERM is RQ's warm shutdown, which waits for the running
+    job (a whole cycle), and the work-horse runs in its own process group (os.setpgrp), so a group
+    signal misses it and a SIGKILL of the worker orphans it. A second SIGTERM after RQ's 1 s debounce is
+    RQ's cold shutdown: the worker SIGKILLs the horse's group and exits. `grace` (at least 1.5 s) lets
+    a job that is about to finish do so; SIGKILL of the whole session is the last resort.
+    """
+    if process.poll() is not None:
+        _reap_session(process, timeout)
+        return process.returncode
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        code: int | None = process.wait(timeout=max(grace, RQ_SECOND_SIGNAL_DELAY))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("RQ worker %d ignored its cold shutdown; killing its session", process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                _kill_session(process.pid, signal.SIGKILL)
+                process.kill()
+            code = process.wait(timeout=timeout)
+    _reap_session(process, timeout)
+    return code
 
 
 def python_module_command(module: str, *args: str) -> list[str]:
