@@ -203,10 +203,18 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
         if not queue.acquire_lock(state.project, token):
             raise RuntimeError(f"project {project}: another cycle held the lock for {queue.ttl} s")
         with queue.hold_lock(state.project, token):
-            pending = state.take_pending_constraints()
+            # Read, not reset: the count is consumed only on success, so a failed or killed cycle
+            # leaves the answers that triggered it counted and the next answer can trigger again.
+            # Done under the lock: the in-flight mark only counts while the lock is held.
+            pending = state.start_pending_constraints()
             state.set_cycle_status(status="running", started_at=started, reason=reason, error=None,
                                    constraints_since_last=pending)
-            summary = run_project_cycle(settings, redis, state.project, reason=reason)
+            try:
+                summary = run_project_cycle(settings, redis, state.project, reason=reason)
+            except BaseException:
+                state.abandon_pending_constraints()
+                raise
+            state.consume_pending_constraints(pending)
         finished = time.time()
         summary["duration_s"] = round(finished - started, 4)
         summary["finished_at"] = finished
@@ -231,14 +239,25 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
 
 def embed_job(project: str, items: list[dict[str, str]]) -> dict[str, Any]:
     """Embed images of user-imported tasks into the project's store, so the next cycle can use them."""
+    redis = _connection()
+    state = ProjectState(redis, project)
+    try:
+        return _embed_items(state, items)
+    except BaseException:
+        # A job that dies (bad settings, encoder error, worker timeout) must not leave its images
+        # claimed: released, the next TASKS_CREATED or /predict that mentions them asks again.
+        state.release_embedding(item["id"] for item in items)
+        raise
+
+
+def _embed_items(state: ProjectState, items: list[dict[str, str]]) -> dict[str, Any]:
     from ml_backend.predict import DOWNLOADS_DIR, resolve_image
     from trainer.encoders import encoder_from_spec
     from trainer.extraction import extract_embeddings
     from trainer.store import EmbeddingStore
 
-    redis = _connection()
+    project = state.project
     settings = Settings.from_env()
-    state = ProjectState(redis, project)
     store = EmbeddingStore(settings.project_dir(state.project) / FEATURES_DIR)
     todo = [item for item in items if item["id"] not in store]
     resolved: list[tuple[str, str]] = []
@@ -263,6 +282,7 @@ def embed_job(project: str, items: list[dict[str, str]]) -> dict[str, Any]:
     state.mark_embedded(stored)
     state.incr("images_embedded", done)
     if failed:
+        state.release_embedding(image_id for image_id, _error in failed)
         state.incr("images_embed_failed", len(failed))
         log.warning("project %s: %d images could not be embedded: %s", project, len(failed), failed[:5])
     return {"project": state.project, "embedded": done, "already": len(items) - len(todo),

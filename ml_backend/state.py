@@ -47,6 +47,34 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
 return {'updated', old}
 """
 
+# KEYS: pending counter, in-flight counter. ARGV: n. Subtract n, floored at 0 (a sync or an operator
+# may have reset it), and forget the in-flight count: the cycle that read it is done.
+_CONSUME_LUA = """
+redis.call('DEL', KEYS[2])
+local left = (tonumber(redis.call('GET', KEYS[1])) or 0) - tonumber(ARGV[1])
+if left > 0 then redis.call('SET', KEYS[1], left) return left end
+redis.call('DEL', KEYS[1])
+return 0
+"""
+
+# KEYS: pending counter, in-flight counter[, cycle lock]. ARGV: n. Returns the new total, or with a
+# lock key whose lock is held, the changes the running cycle did not read at its start.
+_ADD_PENDING_LUA = """
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+  total = total - (tonumber(redis.call('GET', KEYS[2])) or 0)
+  if total < 0 then total = 0 end
+end
+return total
+"""
+
+# KEYS: pending counter, in-flight counter. Returns the pending count, recorded as in flight.
+_START_PENDING_LUA = """
+local n = tonumber(redis.call('GET', KEYS[1])) or 0
+redis.call('SET', KEYS[2], n)
+return n
+"""
+
 
 class StateError(ValueError):
     """Invalid input to the state store; `field` names the offending argument."""
@@ -99,6 +127,9 @@ class ProjectState:
         self.project = project_key
         self.prefix = f"{KEY_PREFIX}:{project_key}"
         self._record = redis.register_script(_RECORD_LUA)
+        self._consume = redis.register_script(_CONSUME_LUA)
+        self._add_pending = redis.register_script(_ADD_PENDING_LUA)
+        self._start_pending = redis.register_script(_START_PENDING_LUA)
 
     # --- keys --------------------------------------------------------------------------------------
     def key(self, name: str) -> str:
@@ -162,6 +193,26 @@ class ProjectState:
         "unchanged" also covers a stale event (older `updated_at` than what is stored) and an event
         for an annotation already deleted: Label Studio never reuses annotation ids.
         """
+        return self.record_annotation_change(
+            annotation_id, task_id=task_id, image_a=image_a, image_b=image_b, answer=answer,
+            completed_by=completed_by, updated_at=updated_at)[0]
+
+    def record_annotation_change(
+        self,
+        annotation_id: int | str,
+        *,
+        task_id: int | None,
+        image_a: str,
+        image_b: str,
+        answer: str,
+        completed_by: int | str | None = None,
+        updated_at: str | float | None = None,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """`record_annotation` that also returns the record it replaced (None unless "updated").
+
+        Why: an UPDATED event whose answer and pair are unchanged (only updated_at moved) changes
+        no constraint, and the webhook must tell that apart to not count it towards a retrain.
+        """
         key, record, ts = self._annotation_record(
             annotation_id, task_id, image_a, image_b, answer, completed_by, updated_at)
         payload = json.dumps(record, sort_keys=True)
@@ -180,7 +231,7 @@ class ProjectState:
             pipe.sadd(self.key("pair_answer_keys"), record["pair_id"])
             pipe.sadd(PROJECTS_KEY, self.project)
             pipe.execute()
-        return outcome
+        return outcome, (json.loads(old) if old else None)
 
     def pair_answers(self, pair_id_: str) -> dict[str, str]:
         """Every recorded answer on one pair, by annotation id (several annotators may answer it)."""
@@ -195,6 +246,13 @@ class ProjectState:
 
     def remove_annotation(self, annotation_id: int | str) -> bool:
         """Delete one annotation's constraint; True when it existed. The id is remembered as deleted."""
+        return self.pop_annotation(annotation_id) is not None
+
+    def pop_annotation(self, annotation_id: int | str) -> dict[str, Any] | None:
+        """`remove_annotation` returning the removed record (None when it did not exist).
+
+        Why: deleting a skip/unsure annotation changes no constraint; the caller needs the answer.
+        """
         key = _annotation_key(annotation_id)
         old = self.redis.hget(self.key("annotations"), key)
         pipe = self.redis.pipeline(transaction=True)
@@ -204,7 +262,7 @@ class ProjectState:
         if old is not None:
             pipe.hdel(self.key(f"pair_answers:{json.loads(old)['pair_id']}"), key)
         removed = pipe.execute()[0]
-        return bool(removed)
+        return json.loads(old) if removed and old is not None else None
 
     def replace_all_annotations(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Replace every stored annotation by `records` (what `reid-al sync` read from Label Studio).
@@ -353,6 +411,54 @@ class ProjectState:
         self.redis.hset(self.key("pairs"), pair_id_, json.dumps(record, sort_keys=True))
         return old_raw is None
 
+    def register_task_pairs(self, tasks: Iterable[tuple[int, str, str]]) -> int:
+        """`register_pair(pair_id, a, b, task_id=t)` for many (t, a, b), in two round trips.
+
+        Why: TASKS_CREATED can carry thousands of tasks and Label Studio gives its webhook 1 s;
+        one call per task took longer than that. Tasks already mapped to their pair are skipped.
+        Returns the number of tasks (re)registered.
+        """
+        entries: list[tuple[int, str, str, str]] = []
+        for task_id, image_a, image_b in tasks:
+            if isinstance(task_id, bool) or not isinstance(task_id, int):
+                raise StateError("task_id", f"must be an integer, got {task_id!r}")
+            try:
+                pid = pair_id(image_a, image_b)
+            except ValueError as exc:
+                raise StateError("pair_id", str(exc)) from None
+            entries.append((task_id, image_a, image_b, pid))
+        if not entries:
+            return 0
+        pids = list(dict.fromkeys(e[3] for e in entries))
+        read = self.redis.pipeline(transaction=False)
+        read.hmget(self.key("task_pairs"), [str(e[0]) for e in entries])
+        read.hmget(self.key("pairs"), pids)
+        mapped, stored = read.execute()
+        records: dict[str, dict[str, Any]] = {
+            pid: json.loads(raw) for pid, raw in zip(pids, stored, strict=True) if raw is not None}
+        task_pairs: dict[str, str] = {}
+        changed: set[str] = set()
+        now = time.time()
+        for (task_id, image_a, image_b, pid), current in zip(entries, mapped, strict=True):
+            current_pid = None if current is None else current.decode() if isinstance(current, bytes) \
+                else str(current)
+            if current_pid == pid:
+                continue
+            low, high = ordered(image_a, image_b)
+            record = records.setdefault(pid, {"pair_id": pid, "image_a": low, "image_b": high,
+                                              "created_at": now, "status": "open"})
+            record["task_id"] = task_id
+            record.setdefault("model_version", None)
+            task_pairs[str(task_id)] = pid
+            changed.add(pid)
+        if task_pairs:
+            write = self.redis.pipeline(transaction=True)
+            write.hset(self.key("task_pairs"), mapping=task_pairs)
+            write.hset(self.key("pairs"), mapping={pid: json.dumps(records[pid], sort_keys=True)
+                                                   for pid in changed})
+            write.execute()
+        return len(task_pairs)
+
     def set_pair_status(self, pair_id_: str, status: str) -> bool:
         """Mark a registered pair "open", "retired" (implied) or "deleted"; False if unknown."""
         if status not in ("open", "retired", "deleted"):
@@ -419,6 +525,16 @@ class ProjectState:
             pipe.sadd(self.key("embed_requested"), image_id)
         return [i for i, added in zip(ids, pipe.execute(), strict=True) if added]
 
+    def release_embedding(self, image_ids: Iterable[str]) -> None:
+        """Forget that these ids were requested, so a later TASKS_CREATED or /predict asks again.
+
+        Why: an embedding that failed (image not reachable yet, worker killed) must not stay
+        claimed forever, or that image is never embedded.
+        """
+        ids = list(dict.fromkeys(image_ids))
+        if ids:
+            self.redis.srem(self.key("embed_requested"), *ids)
+
     # --- counters ------------------------------------------------------------------------------------
     def incr(self, name: str, by: int = 1) -> int:
         """Increment a counter (and list the project, so /metrics shows it)."""
@@ -431,14 +547,41 @@ class ProjectState:
         return {(k.decode() if isinstance(k, bytes) else k): int(v)
                 for k, v in self.redis.hgetall(self.key("counters")).items()}
 
-    def add_pending_constraints(self, n: int = 1) -> int:
-        """Count constraint changes since the last cycle started; returns the new total."""
-        return int(self.redis.incrby(self.key("pending_constraints"), n))
+    def add_pending_constraints(self, n: int = 1, *, running_lock: str | None = None) -> int:
+        """Count constraint changes not yet trained on; returns the new total.
+
+        With `running_lock` (the project's cycle lock key) and that lock held, returns only the
+        changes the running cycle did not read at its start: those it read are still counted (see
+        `consume_pending_constraints`) but must not trigger a follow-up by themselves.
+        """
+        keys = [self.key("pending_constraints"), self.key("pending_in_flight")]
+        if running_lock is not None:
+            keys.append(running_lock)
+        return int(self._add_pending(keys=keys, args=[n]))
+
+    def start_pending_constraints(self) -> int:
+        """A cycle starts (holding the project lock): read the change count and record it as in flight."""
+        return int(self._start_pending(keys=[self.key("pending_constraints"),
+                                             self.key("pending_in_flight")]))
+
+    def abandon_pending_constraints(self) -> None:
+        """A cycle failed: what it read stays pending, and counts towards the next trigger again."""
+        self.redis.delete(self.key("pending_in_flight"))
 
     def take_pending_constraints(self) -> int:
-        """A cycle starts: read and reset the change counter atomically."""
+        """Read and reset the change counter atomically (a cycle uses `consume_pending_constraints`)."""
         value = self.redis.getdel(self.key("pending_constraints"))
         return int(value) if value is not None else 0
+
+    def consume_pending_constraints(self, n: int) -> int:
+        """A cycle finished: subtract the `n` changes it read at its start (never below 0).
+
+        Why not reset at the start: a cycle that fails or is killed would forget the answers that
+        triggered it, and with fewer than REID_AL_RETRAIN_EVERY answers left the project stalls.
+        Changes that arrived while the cycle ran stay counted for the next one.
+        """
+        return int(self._consume(keys=[self.key("pending_constraints"), self.key("pending_in_flight")],
+                                 args=[n]))
 
     def pending_constraints(self) -> int:
         value = self.redis.get(self.key("pending_constraints"))

@@ -63,10 +63,15 @@ def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bo
         value = item.get("value")
         if not isinstance(value, Mapping) or not isinstance(value.get("choices"), list):
             raise WebhookError(f"annotation.result[{index}].value.choices", "must be a list of choices")
+        for position, choice_ in enumerate(value["choices"]):
+            # Checked before the set below: an unhashable choice (a list) would be a 500, not a 422.
+            if not isinstance(choice_, str):
+                raise WebhookError(f"annotation.result[{index}].value.choices[{position}]",
+                                   f"must be a string, got {type(choice_).__name__}")
         found.extend(value["choices"])
     if not found:
         return "skip"
-    answers = {str(c).strip().lower() if isinstance(c, str) else c for c in found}
+    answers = {c.strip().lower() for c in found}
     if len(answers) != 1:
         raise WebhookError("annotation.result",
                            f"expected exactly one choice, got {sorted(map(str, answers))}")
@@ -106,6 +111,17 @@ def _require(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...]
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise WebhookError(field, f"must be {names}, got {type(value).__name__}")
     return value
+
+
+def _constraint_of(record: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(answer, pair) when a record is a must/cannot-link; None for skip/unsure or no record.
+
+    Why: only a change of this value changes what a cycle trains on, so only it counts towards
+    REID_AL_RETRAIN_EVERY (an UPDATED event that moves just updated_at does not).
+    """
+    if record is None or record.get("answer") not in ("same", "different"):
+        return None
+    return str(record["answer"]), str(record["pair_id"])
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,7 @@ class WebhookHandler:
         from_name = self.from_name or state.meta().get("from_name")
         event = self._parse_annotation(payload, from_name)
         try:
-            outcome = state.record_annotation(
+            outcome, old = state.record_annotation_change(
                 event.annotation_id, task_id=event.task_id, image_a=event.image_a, image_b=event.image_b,
                 answer=event.answer, completed_by=event.completed_by, updated_at=event.updated_at)
         except StateError as exc:
@@ -220,8 +236,8 @@ class WebhookHandler:
                         state.pair_answers(pid))
         if not state.redis.hexists(state.key("pairs"), pid):
             state.register_pair(pid, event.image_a, event.image_b, task_id=event.task_id)
-        if event.answer in ("same", "different") or outcome == "updated":
-            pending = state.add_pending_constraints()
+        if _constraint_of(old) != _constraint_of({"answer": event.answer, "pair_id": pid}):
+            pending = state.add_pending_constraints(running_lock=self._lock_key(project))
             if pending >= self.retrain_every:
                 body.update(self._request_cycle(project, f"{pending} new constraints"))
         return body
@@ -235,13 +251,20 @@ class WebhookHandler:
                 raise WebhookError(f"annotations[{index}]", "must be an object with an id")
             ids.append(_require(item, "id", int, f"annotations[{index}].id"))
         state = ProjectState(self.redis, project)
-        removed = [i for i in ids if state.remove_annotation(i)]
+        removed: list[int] = []
+        constraints_removed = 0
+        for annotation_id in ids:
+            record = state.pop_annotation(annotation_id)
+            if record is not None:
+                removed.append(annotation_id)
+                constraints_removed += _constraint_of(record) is not None
         state.incr("events:ANNOTATIONS_DELETED")
         state.incr("annotations_deleted", len(removed))
         body: dict[str, Any] = {"status": "ok", "action": "ANNOTATIONS_DELETED", "project": project,
                                 "removed": removed, "unknown": [i for i in ids if i not in removed]}
-        if removed:
-            pending = state.add_pending_constraints(len(removed))
+        if constraints_removed:
+            # Deleting a skip/unsure answer changes no constraint, so it does not count to a retrain.
+            pending = state.add_pending_constraints(constraints_removed, running_lock=self._lock_key(project))
             if pending >= self.retrain_every:
                 body.update(self._request_cycle(project, f"{pending} changed constraints"))
         return body
@@ -267,10 +290,7 @@ class WebhookHandler:
         if unusable:
             state.incr("tasks_unusable", unusable)
             log.warning("project %s: %d created tasks carry no image pair and are ignored", project, unusable)
-        for task_id, image_a, image_b, _data in parsed:
-            pid = pair_id(image_a, image_b)
-            if state.pair_for_task(task_id) != pid:
-                state.register_pair(pid, image_a, image_b, task_id=task_id)
+        state.register_task_pairs([(task_id, image_a, image_b) for task_id, image_a, image_b, _ in parsed])
         urls: dict[str, str] = {}
         for _task_id, image_a, image_b, data in parsed:
             urls.setdefault(image_a, str(data.get("image_a", image_a)))
@@ -301,6 +321,10 @@ class WebhookHandler:
             if pid is not None and (state.pair(pid) or {}).get("status") == "open":
                 closed += int(state.set_pair_status(pid, "deleted"))
         return {"status": "ok", "action": "TASKS_DELETED", "project": project, "closed_pairs": closed}
+
+    def _lock_key(self, project: str) -> str | None:
+        """The cycle lock: while a cycle holds it, the changes it already read do not trigger another."""
+        return None if self.queue is None else self.queue.lock_key(project)
 
     def _request_cycle(self, project: str, reason: str) -> dict[str, Any]:
         if self.queue is None:

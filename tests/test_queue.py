@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -152,3 +153,84 @@ def test_constructor_validates(redis_client: redis.Redis) -> None:
         CycleQueue(redis_client, job_timeout=0)
     with pytest.raises(ValueError, match="lock_ttl"):
         CycleQueue(redis_client, lock_ttl=0)
+
+
+# --- jobs: pending count and embedding claims survive failures ---------------------------------------
+@pytest.fixture()
+def in_worker(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+              tmp_path: Path) -> redis.Redis:
+    """Run ml_backend.jobs functions as if inside an RQ worker, on the test Redis and a temp MODEL_DIR."""
+    from ml_backend import jobs
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    monkeypatch.setattr(jobs, "_connection", lambda: redis_client)
+    return redis_client
+
+
+def test_failed_cycle_keeps_the_pending_count_that_triggered_it(in_worker: redis.Redis,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_backend import jobs
+
+    state = ProjectState(in_worker, "7")
+    state.add_pending_constraints(25)
+
+    def push_fails(*_args: object, **_kwargs: object) -> dict:
+        raise ConnectionError("Label Studio is restarting")
+
+    monkeypatch.setattr(jobs, "run_project_cycle", push_fails)
+    with pytest.raises(ConnectionError):
+        jobs.cycle_job("7")
+    assert state.pending_constraints() == 25  # 5 more answers reach 30 >= 20: a cycle is requested again
+    assert in_worker.get(state.key("pending_in_flight")) is None  # nothing left marked as being trained on
+    assert state.cycle_status()["status"] == "failed"
+
+
+def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_backend import jobs
+
+    state = ProjectState(in_worker, "7")
+    state.add_pending_constraints(25)
+
+    def answers_arrive_while_training(*_args: object, **_kwargs: object) -> dict:
+        # While the cycle holds its lock, the 25 it read do not count towards the next trigger.
+        assert state.add_pending_constraints(4, running_lock=CycleQueue.lock_key("7")) == 4
+        return {"version": "v1", "contradictions": 0}
+
+    monkeypatch.setattr(jobs, "run_project_cycle", answers_arrive_while_training)
+    summary = jobs.cycle_job("7")
+    assert summary["status"] == "finished"
+    assert state.cycle_status()["constraints_since_last"] == 25
+    assert state.pending_constraints() == 4
+
+
+def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_backend import jobs, predict
+
+    state = ProjectState(in_worker, "7")
+    assert state.claim_embedding(["a", "b"]) == ["a", "b"]
+
+    def unreachable(url: str, **_kwargs: object) -> None:
+        raise OSError(f"{url}: not there yet")
+
+    monkeypatch.setattr(predict, "resolve_image", unreachable)
+    result = jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}, {"id": "b", "url": "/u/b.jpg"}])
+    assert [f[0] for f in result["failed"]] == ["a", "b"]
+    assert state.claim_embedding(["a", "b"]) == ["a", "b"]  # requested again by the next event
+
+
+def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml_backend import jobs, predict
+
+    state = ProjectState(in_worker, "7")
+    assert state.claim_embedding(["a", "c"]) == ["a", "c"]
+
+    def crash(url: str, **_kwargs: object) -> None:
+        raise RuntimeError("worker bug")
+
+    monkeypatch.setattr(predict, "resolve_image", crash)
+    with pytest.raises(RuntimeError, match="worker bug"):
+        jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}])
+    assert state.claim_embedding(["a", "c"]) == ["a"]  # "c" was not this job's: still claimed

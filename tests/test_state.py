@@ -213,3 +213,70 @@ def test_parse_timestamp() -> None:
     assert parse_timestamp(None) is None
     with pytest.raises(StateError, match="updated_at"):
         parse_timestamp([1])
+
+
+def test_consume_pending_subtracts_what_a_cycle_read_never_below_zero(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    s.add_pending_constraints(25)
+    read = s.pending_constraints()
+    s.add_pending_constraints(3)  # answers that arrive while the cycle runs
+    assert s.consume_pending_constraints(read) == 3 and s.pending_constraints() == 3
+    assert s.consume_pending_constraints(10) == 0 and s.pending_constraints() == 0
+    assert s.consume_pending_constraints(0) == 0
+
+
+def test_released_embeddings_can_be_claimed_again(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    assert s.claim_embedding(["a", "b"]) == ["a", "b"]
+    assert s.claim_embedding(["a", "b"]) == []
+    s.release_embedding(["a"])
+    assert s.claim_embedding(["a", "b"]) == ["a"]
+
+
+def test_record_change_and_pop_return_the_previous_record(redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    kw = {"task_id": 1, "image_a": "a", "image_b": "b"}
+    assert s.record_annotation_change(1, answer="same", updated_at=1.0, **kw) == ("created", None)
+    outcome, old = s.record_annotation_change(1, answer="same", updated_at=2.0, **kw)
+    assert outcome == "updated" and old is not None and old["answer"] == "same" and old["updated_at"] == 1.0
+    popped = s.pop_annotation(1)
+    assert popped is not None and popped["answer"] == "same" and popped["updated_at"] == 2.0
+    assert s.pop_annotation(1) is None
+
+
+def test_register_task_pairs_matches_register_pair_in_two_round_trips(redis_client: redis.Redis) -> None:
+    one, many = _state(redis_client), ProjectState(redis_client, "other")
+    for s in (one, many):
+        s.register_pair(pair_id("a", "b"), "a", "b", model_version="v1", p_same=0.5)
+    tasks = [(10, "b", "a"), (11, "c", "d"), (12, "c", "d"), (13, "e", "f")]
+    for task_id, a, b in tasks:
+        one.register_pair(pair_id(a, b), a, b, task_id=task_id)
+    assert many.register_task_pairs(tasks) == 4
+    assert many.register_task_pairs(tasks) == 0  # already mapped: nothing rewritten
+
+    def without_time(records: dict) -> dict:
+        return {k: {f: v for f, v in r.items() if f != "created_at"} for k, r in records.items()}
+
+    assert without_time(many.pairs()) == without_time(one.pairs())
+    assert many.pairs()[pair_id("a", "b")]["p_same"] == 0.5
+    assert {t: many.pair_for_task(t) for t, _, _ in tasks} == {t: one.pair_for_task(t) for t, _, _ in tasks}
+    with pytest.raises(StateError, match="pair_id"):
+        many.register_task_pairs([(14, "x", "x")])
+
+
+def test_changes_read_by_a_running_cycle_do_not_count_towards_the_next_trigger(
+        redis_client: redis.Redis) -> None:
+    s = _state(redis_client)
+    lock = s.key("cycle:lock")
+    s.add_pending_constraints(25)
+    assert s.start_pending_constraints() == 25
+    assert s.add_pending_constraints(running_lock=lock) == 26  # no lock held: the cycle died
+    redis_client.set(lock, "token")
+    assert s.add_pending_constraints(running_lock=lock) == 2  # only what the running cycle did not read
+    assert s.add_pending_constraints() == 28
+    s.abandon_pending_constraints()  # the cycle failed: everything counts again
+    assert s.add_pending_constraints(running_lock=lock) == 29
+    assert s.start_pending_constraints() == 29
+    assert s.consume_pending_constraints(29) == 0
+    s.add_pending_constraints(1)
+    assert s.add_pending_constraints(running_lock=lock) == 2  # consumed: nothing in flight any more

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 
+from ml_backend.pairs import pair_id
 from ml_backend.queue import CycleQueue
 from ml_backend.state import ProjectState
 from ml_backend.webhook import WebhookError, WebhookHandler, parse_answer, project_id_of
@@ -67,6 +68,10 @@ def test_parse_answer_choices() -> None:
     ([1], "annotation.result[0]"),
     ([{"type": "choices", "value": {"choices": "same"}}], "annotation.result[0].value.choices"),
     (choice("maybe"), "annotation.result"),
+    ([{"type": "choices", "value": {"choices": [["same"]]}}], "annotation.result[0].value.choices[0]"),
+    ([{"type": "choices", "value": {"choices": ["same", {"x": 1}]}}],
+     "annotation.result[0].value.choices[1]"),
+    ([{"type": "choices", "value": {"choices": [1]}}], "annotation.result[0].value.choices[0]"),
     (choice("same") + choice("different"), "annotation.result"),
 ])
 def test_parse_answer_errors(result: Any, field: str) -> None:
@@ -207,6 +212,9 @@ BAD_EVENTS += [
     (_with(annotation_event(), ["annotation", "was_cancelled"], "no"), "annotation.was_cancelled", 422),
     (_with(annotation_event(), ["annotation", "result"], choice("perhaps")), "annotation.result", 422),
     (_with(annotation_event(), ["annotation", "completed_by"], [1]), "annotation.completed_by", 422),
+    (_with(annotation_event(), ["annotation", "result"], [{"from_name": "answer", "type": "choices",
+                                                            "value": {"choices": [["same"]]}}]),
+     "annotation.result[0].value.choices[0]", 422),
     (_with(annotation_event(), ["annotation", "updated_at"], "not a date"), "annotation.updated_at", 422),
 ]
 
@@ -233,3 +241,69 @@ def test_embedding_of_an_image_is_requested_once(handler: WebhookHandler, redis_
     assert "embed_job" in handler.handle(payload)
     assert "embed_job" not in handler.handle(payload)
     assert CycleQueue(redis_client).depth() == 1
+
+
+# --- what counts towards REID_AL_RETRAIN_EVERY ------------------------------------------------------------
+def test_update_that_only_moves_updated_at_counts_nothing(handler: WebhookHandler,
+                                                          redis_client: redis.Redis) -> None:
+    state = ProjectState(redis_client, "3")
+    handler.handle(annotation_event(1, "same"))
+    assert state.pending_constraints() == 1
+    for minute in range(10, 15):  # re-saves of the same answer: Label Studio moves updated_at only
+        body = handler.handle(annotation_event(1, "same", action="ANNOTATION_UPDATED",
+                                               updated_at=f"2024-05-01T10:{minute}:00Z"))
+        assert body["outcome"] == "updated" and "cycle" not in body
+    assert state.pending_constraints() == 1
+    handler.handle(annotation_event(1, "different", action="ANNOTATION_UPDATED",
+                                    updated_at="2024-05-01T11:00:00Z"))
+    assert state.pending_constraints() == 2  # the constraint changed
+    handler.handle(annotation_event(1, "unsure", action="ANNOTATION_UPDATED",
+                                    updated_at="2024-05-01T12:00:00Z"))
+    assert state.pending_constraints() == 3  # a cannot-link was withdrawn
+    handler.handle(annotation_event(1, "skip", action="ANNOTATION_UPDATED", cancelled=True,
+                                    updated_at="2024-05-01T13:00:00Z"))
+    assert state.pending_constraints() == 3  # unsure -> skip: still no constraint
+
+
+def test_deleting_skip_or_unsure_counts_nothing(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    state = ProjectState(redis_client, "3")
+    handler.handle(annotation_event(1, cancelled=True, a="a", b="b"))
+    handler.handle(annotation_event(2, "unsure", a="c", b="d"))
+    handler.handle(annotation_event(3, "different", a="e", b="f"))
+    assert state.pending_constraints() == 1
+    body = handler.handle({"action": "ANNOTATIONS_DELETED", "project": {"id": 3},
+                           "annotations": [{"id": 1}, {"id": 2}]})
+    assert body["removed"] == [1, 2] and state.pending_constraints() == 1
+    handler.handle({"action": "ANNOTATIONS_DELETED", "project": {"id": 3}, "annotations": [{"id": 3}]})
+    assert state.pending_constraints() == 2
+
+
+def test_tasks_created_costs_a_fixed_number_of_redis_commands(redis_client: redis.Redis) -> None:
+    """Label Studio gives the webhook 1 s: registering N tasks must not cost N round trips."""
+    handler = WebhookHandler(redis_client, None, retrain_every=3)
+    state = ProjectState(redis_client, "3")
+    state.register_pair(pair_id("i0", "j0"), "i0", "j0", model_version="v1", p_same=0.25)
+    tasks = [{"id": i, "data": {"id_a": f"i{i}", "id_b": f"j{i}", "image_a": f"/i{i}", "image_b": f"/j{i}"}}
+             for i in range(500)]
+    redis_client.config_resetstat()
+    body = handler.handle({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": tasks})
+    stats = redis_client.info("commandstats")
+    calls = sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+    assert body["tasks"] == 500 and calls < 20, stats
+    assert all(state.pair_for_task(i) == pair_id(f"i{i}", f"j{i}") for i in range(500))
+    first = state.pair(pair_id("i0", "j0"))
+    assert first is not None and first["p_same"] == 0.25 and first["task_id"] == 0
+
+
+def test_answers_during_a_cycle_trigger_a_follow_up_only_after_retrain_every(
+        handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    queue = CycleQueue(redis_client)
+    state = ProjectState(redis_client, "3")
+    state.add_pending_constraints(5)
+    assert queue.acquire_lock("3", "tok", wait=0)  # a cycle runs and read the 5 changes
+    assert state.start_pending_constraints() == 5
+    bodies = [handler.handle(annotation_event(i, "same", a=f"x{i}", b=f"y{i}")) for i in range(1, 4)]
+    assert [b.get("cycle") for b in bodies] == [None, None, "enqueued"]
+    assert queue.release_lock("3", "tok")  # the worker died (lock gone): its 5 changes count again
+    assert handler.handle(annotation_event(9, "same", a="x9", b="y9"))["cycle"] == "queued"
+    assert state.pending_constraints() == 9
