@@ -28,6 +28,7 @@ SECTIONS: tuple[str, ...] = (
     "core_finch50k.md",
     "samplers.md",
     "embedding.md",
+    "embedding_vit_512.md",
     "embedding_load11.md",
     "training.md",
     "webhook.md",
