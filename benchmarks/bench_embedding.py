@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._machine import cpu_model  # noqa: E402
 from trainer.encoders import Encoder, create_encoder  # noqa: E402
 from trainer.extraction import auto_num_workers, extract_embeddings, load_rgb  # noqa: E402
 from trainer.store import EmbeddingStore  # noqa: E402
@@ -85,14 +86,7 @@ def pipeline(encoder: Encoder, items: list[tuple[str, str]], workdir: Path, batc
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

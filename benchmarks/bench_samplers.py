@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._machine import cpu_model
 from strategies import defaults
 from strategies.clustering import FINCH, DBSCANClusterer, select_finch_level
 from strategies.constraints import ConstraintGraph
@@ -194,14 +195,7 @@ def aas_breakdown(x: np.ndarray, g: ConstraintGraph, ctx: SamplingContext) -> di
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores_visible": os.cpu_count(),
