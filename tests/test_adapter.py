@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +19,8 @@ from trainer.adapter import (
     resolve_device,
     train_adapter,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 D = 32
 
@@ -66,15 +67,6 @@ def ml_pairs_across_cameras(ids: np.ndarray, cams: np.ndarray) -> list[tuple[int
         if other.size:
             pairs.append((int(rows[0]), int(other[0])))
     return pairs
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The test machine is shared: one thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_config(**overrides: object) -> TrainConfig:

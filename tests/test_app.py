@@ -17,8 +17,6 @@ from ml_backend.predict import Predictor, ServingModel
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ann:secret").decode()}
 

@@ -19,8 +19,6 @@ from ml_backend.embedded import free_port
 from ml_backend.settings import SETTINGS_HELP
 from ml_backend.state import ProjectState
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 REPO = Path(__file__).resolve().parents[1]
 
 

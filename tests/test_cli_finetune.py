@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,10 @@ from trainer.extraction import extract_embeddings
 from trainer.registry import ModelRegistry
 from trainer.store import EmbeddingStore
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROJECT = "7"
 N_IDS, PER_ID = 4, 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from strategies.constraints import ConstraintGraph, Relation
 from trainer.adapter import TrainConfig, apply_adapter
 from trainer.cycle import CycleConfig, CycleResult, run_cycle
 from trainer.registry import ModelRegistry
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 D = 32
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The test machine is shared: one thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from ml_backend.embedded import (
     stop_rq_worker,
 )
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
 pytestmark = [pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,31 +34,9 @@ from trainer.encoders import (
     probe_images,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "REID_AL_OFFLINE", "HTTPS_PROXY", "https_proxy")
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The test CPU is shared by many processes: one intra-op thread avoids oversubscription spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-@pytest.fixture(scope="module")
-def mobilenet() -> MobileNetV2Encoder:
-    # 64x64 input: the real shipped network and weights at a twelfth of the 224 cost (shared test CPU)
-    enc = create_encoder("mobilenetv2", precision="fp32", device="cpu", image_size=64)
-    assert isinstance(enc, MobileNetV2Encoder)
-    return enc
-
-
-@pytest.fixture(scope="module")
-def tiny() -> OpenClipEncoder:
-    enc = create_encoder("open_clip_tiny", precision="fp32", device="cpu")
-    assert isinstance(enc, OpenClipEncoder)
-    return enc
 
 
 def _pictures() -> list[Image.Image]:

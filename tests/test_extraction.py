@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,31 +19,13 @@ from trainer.encoders import Encoder, create_encoder
 from trainer.extraction import ExtractionReport, auto_num_workers, extract_embeddings, load_rgb, to_rgb
 from trainer.store import EmbeddingStore, StoreMismatchError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 class Stop(Exception):
     """Raised from on_batch to simulate an interrupted job."""
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The test CPU is shared by many processes: one intra-op thread avoids oversubscription spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-@pytest.fixture(scope="module")
-def tiny() -> Encoder:
-    return create_encoder("open_clip_tiny", precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def mobilenet() -> Encoder:
-    # 64x64 input: the real network and weights at a twelfth of the cost (tests run on a shared CPU)
-    return create_encoder("mobilenetv2", precision="fp32", image_size=64)
 
 
 def _photo(seed: int, size: tuple[int, int] = (48, 64)) -> Image.Image:

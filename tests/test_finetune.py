@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,9 @@ from trainer.finetune import (
     visual_tower,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_IDS, PER_ID = 4, 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Shared test CPU: one intra-op thread avoids oversubscription spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +43,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[str, s
     return items, np.asarray(labels, dtype=np.int64)
 
 
-@pytest.fixture(scope="module")
-def base_encoder() -> OpenClipEncoder:
-    enc = create_encoder("open_clip_tiny", precision="fp32", device="cpu")
-    assert isinstance(enc, OpenClipEncoder)
-    return enc
-
-
 @pytest.fixture()
-def encoder(base_encoder: OpenClipEncoder) -> OpenClipEncoder:
+def encoder(tiny: OpenClipEncoder) -> OpenClipEncoder:
     """A fresh copy per test: fine-tuning works in place."""
-    return copy.deepcopy(base_encoder)
+    return copy.deepcopy(tiny)
 
 
 def _config(**overrides: object) -> FinetuneConfig:
@@ -115,11 +100,11 @@ def test_gradients_reach_visual_tower_and_text_tower_is_untouched(
     assert not encoder.model.training
 
 
-def test_seeded_runs_are_identical_and_seeds_differ(base_encoder: OpenClipEncoder, dataset: tuple) -> None:
+def test_seeded_runs_are_identical_and_seeds_differ(tiny: OpenClipEncoder, dataset: tuple) -> None:
     items, labels = dataset
     runs = []
     for seed in (0, 0, 1):
-        enc = copy.deepcopy(base_encoder)
+        enc = copy.deepcopy(tiny)
         result = finetune_encoder(enc, items, labels, ML, CL, _config(epochs=2, seed=seed))
         assert result.state_dict is not None
         runs.append(result)
@@ -129,11 +114,11 @@ def test_seeded_runs_are_identical_and_seeds_differ(base_encoder: OpenClipEncode
     assert a.losses_per_epoch != c.losses_per_epoch
 
 
-def test_decode_workers_give_the_same_run(base_encoder: OpenClipEncoder, dataset: tuple) -> None:
+def test_decode_workers_give_the_same_run(tiny: OpenClipEncoder, dataset: tuple) -> None:
     """Batches are drawn in the main process: DataLoader workers only decode."""
     items, labels = dataset
-    serial = finetune_encoder(copy.deepcopy(base_encoder), items, labels, ML, CL, _config(epochs=1))
-    workers = finetune_encoder(copy.deepcopy(base_encoder), items, labels, ML, CL,
+    serial = finetune_encoder(copy.deepcopy(tiny), items, labels, ML, CL, _config(epochs=1))
+    workers = finetune_encoder(copy.deepcopy(tiny), items, labels, ML, CL,
                                _config(epochs=1, num_workers=2))
     assert serial.losses_per_epoch == workers.losses_per_epoch
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis as redis_lib
-from helpers.redis_server import redis_client, redis_url  # noqa: F401
 from PIL import Image
 from rq import Queue
 
@@ -18,8 +17,6 @@ from ml_backend.pool import Pool, PoolItem
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 from trainer.store import EmbeddingStore
-
-pytest_plugins = ["e2e.label_studio"]
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "ml_backend" / "label_config.xml").read_text()
 
@@ -128,7 +125,7 @@ def test_storage_dirs(tmp_path: Path) -> None:
     assert storage_dirs([PoolItem("x", str(root / "x.png"), url="http://cdn/x.png")], root) == ([], 0)
 
 
-def test_running_redis(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+def test_running_redis(tmp_path: Path, redis_url: str) -> None:
     base = Settings(model_dir=tmp_path / "models")
     assert running_redis(base) is None  # nothing running, no REDIS_URL
     (base.model_dir / "redis").mkdir(parents=True)
@@ -144,7 +141,7 @@ def test_running_redis(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
 def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
     label_studio: object,
     ls_client: LabelStudioClient,
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     tmp_path: Path,
 ) -> None:
     document_root: Path = label_studio.document_root  # type: ignore[attr-defined]

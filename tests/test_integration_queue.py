@@ -25,7 +25,6 @@ from ml_backend.queue import CycleQueue
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]

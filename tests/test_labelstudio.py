@@ -22,8 +22,6 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from ml_backend.labelstudio import LabelStudioClient, LabelStudioConnectionError, LabelStudioError
 from ml_backend.pool import local_files_url
 
-pytest_plugins = ["e2e.label_studio"]
-
 CONFIG = """<View>
   <View style="display: flex; gap: 1em">
     <Image name="image_a" value="$image_a"/>

@@ -23,8 +23,6 @@ from ml_backend.push import score_of, uncertainty_priority
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 REPO = Path(__file__).resolve().parents[1]
 
 

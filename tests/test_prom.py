@@ -11,8 +11,6 @@ from ml_backend.prom import MetricFamily, escape_label, format_value, render, re
 from ml_backend.queue import CycleQueue
 from ml_backend.state import ProjectState
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? \S+$')
 
 

@@ -16,8 +16,6 @@ from ml_backend.push import push_cycle, score_of, uncertainty_priority, version_
 from ml_backend.state import ProjectState
 from strategies.constraints import ConstraintGraph, ConstraintKind
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 
 @dataclass(frozen=True)
 class Proposal:

@@ -13,8 +13,6 @@ from rq.job import Job
 from ml_backend.queue import CYCLE_JOB, CycleQueue, _claim
 from ml_backend.state import ProjectState
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 
 @pytest.fixture()
 def queue(redis_client: redis.Redis) -> CycleQueue:

@@ -12,8 +12,6 @@ from ml_backend.pairs import pair_id
 from ml_backend.state import ProjectState, StateError, list_projects, parse_timestamp
 from strategies.constraints import ConstraintKind, Relation
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 ROWS = {"a": 0, "b": 1, "c": 2, "d": 3}
 
 

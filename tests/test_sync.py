@@ -13,15 +13,12 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
-from helpers.redis_server import redis_client, redis_url  # noqa: F401
 
 from ml_backend.labelstudio import LabelStudioClient
 from ml_backend.pairs import pair_id, task_data
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 from ml_backend.sync import choices_control, sync
-
-pytest_plugins = ["e2e.label_studio"]
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "ml_backend" / "label_config.xml").read_text()
 PARSED = {"answer": {"type": "Choices", "to_name": ["image_a"], "labels": ["same", "different", "unsure"]}}
@@ -75,7 +72,7 @@ def test_choices_control_reads_the_parsed_config() -> None:
 
 
 def test_sync_records_every_answer_kind_and_reports_unreadable_ones(
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     settings: Settings,
 ) -> None:
     tasks = [
@@ -109,7 +106,7 @@ def test_sync_records_every_answer_kind_and_reports_unreadable_ones(
 
 
 def test_sync_diffs_against_state_and_is_idempotent(
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     settings: Settings,
 ) -> None:
     state = ProjectState(redis_client, "5")
@@ -128,7 +125,7 @@ def test_sync_diffs_against_state_and_is_idempotent(
 
 
 def test_sync_requests_a_cycle_only_when_something_changed(
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     settings: Settings,
 ) -> None:
     tasks = [pair(1, "a", "b", [ann(11, result("same"))])]
@@ -140,7 +137,7 @@ def test_sync_requests_a_cycle_only_when_something_changed(
 
 
 def test_sync_argument_errors_change_nothing(
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     settings: Settings,
 ) -> None:
     with pytest.raises(ValueError, match="pid"):
@@ -176,7 +173,7 @@ class RacingClient(ListingClient):
 
 
 def test_sync_keeps_answers_and_deletions_that_webhooks_record_during_the_listing(
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     settings: Settings,
 ) -> None:
     state = ProjectState(redis_client, "5")
@@ -205,7 +202,7 @@ def test_sync_keeps_answers_and_deletions_that_webhooks_record_during_the_listin
 @pytest.mark.e2e
 def test_sync_from_a_real_label_studio(
     ls_client: LabelStudioClient,
-    redis_client: redis_lib.Redis,  # noqa: F811
+    redis_client: redis_lib.Redis,
     settings: Settings,
 ) -> None:
     project = int(ls_client.create_project("sync test project", LABEL_CONFIG)["id"])

@@ -13,8 +13,6 @@ from ml_backend.queue import CycleQueue
 from ml_backend.state import ProjectState
 from ml_backend.webhook import WebhookError, WebhookHandler, parse_answer, project_id_of
 
-pytest_plugins = ["helpers.redis_server"]  # a real redis-server: redis_url, redis_client
-
 
 def choice(value: str, from_name: str = "answer") -> list[dict[str, Any]]:
     return [{"from_name": from_name, "to_name": "image_a", "type": "choices", "value": {"choices": [value]}}]

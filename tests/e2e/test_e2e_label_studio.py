@@ -42,7 +42,6 @@ from ml_backend.state import ProjectState
 if TYPE_CHECKING:
     from e2e.label_studio import LabelStudioServer  # a pytest plugin: imported by pytest, not here
 
-pytest_plugins = ["e2e.label_studio"]
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
