@@ -1,7 +1,7 @@
 """Selection time and peak memory of every pair sampler at N = 10k, 50k, 100k.
 
 The kNN graph, Jaccard distance, DBSCAN labels and FINCH hierarchy are computed once per N (timed
-separately) and passed through SamplingContext, so the figures are the samplers' own cost. The target
+separately) and passed in a ClusteringView, so the figures are the samplers' own cost. The target
 is AAS selection < 5 s at 100k. Peak memory is tracemalloc's peak of Python/numpy allocations during
 ``select`` (measured in a second, separate run so that tracing does not inflate the timing).
 
@@ -26,19 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._machine import cpu_model
-from strategies import defaults
-from strategies.clustering import FINCH, DBSCANClusterer, select_finch_level
+from strategies.clustering import select_finch_level
 from strategies.constraints import ConstraintGraph
-from strategies.jaccard import jaccard_distance
-from strategies.knn import build_knn
-from strategies.samplers import (
-    AASSampler,
-    PoolExhaustedError,
-    SamplingContext,
-    available_samplers,
-    make_sampler,
-)
-from strategies.samplers.base import fit_calibrator
+from strategies.samplers import AASSampler, PoolExhaustedError, available_samplers, make_sampler
+from strategies.view import ClusteringView
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,30 +68,20 @@ def constraints_from_truth(ids: np.ndarray, n_pairs: int, seed: int) -> Constrai
     return g
 
 
-def precompute(x: np.ndarray, g: ConstraintGraph) -> tuple[SamplingContext, dict[str, float]]:
+def precompute(x: np.ndarray, g: ConstraintGraph) -> tuple[ClusteringView, dict[str, float]]:
+    """The clustering view with every piece computed, each timed on its own."""
+    view = ClusteringView(x, g)
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    knn = build_knn(x, defaults.KNN_K)
-    t["knn_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jac = jaccard_distance(x, knn=knn)
-    t["jaccard_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dbscan = DBSCANClusterer(defaults.DBSCAN_EPS, defaults.DBSCAN_MIN_SAMPLES).fit_predict(jac)
-    t["dbscan_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    finch = FINCH().fit(x, knn=knn)
-    t["finch_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cal = fit_calibrator(x, g)
-    t["calibrator_s"] = time.perf_counter() - t0
-    ctx = SamplingContext(knn=knn, jaccard=jac, dbscan_labels=dbscan, finch=finch, calibrator=cal)
-    return ctx, t
+    for piece in ("knn", "jaccard", "dbscan_labels", "finch", "calibrator"):
+        t0 = time.perf_counter()
+        getattr(view, piece)
+        t[f"{piece.removesuffix('_labels')}_s"] = time.perf_counter() - t0
+    return view, t
 
 
 def cached_precompute(
     x: np.ndarray, g: ConstraintGraph, cache: Path | None, key: str
-) -> tuple[SamplingContext, dict[str, float], bool]:
+) -> tuple[ClusteringView, dict[str, float], bool]:
     """precompute(), or its saved result: the 100k kNN graph alone takes minutes on a shared CPU, and
     it is not what this benchmark measures. Timings saved with the arrays are reported as cached."""
     from scipy.sparse import csr_matrix
@@ -113,14 +94,15 @@ def cached_precompute(
         z = np.load(path)
         n = x.shape[0]
         levels = int(z["finch_levels"])
-        ctx = SamplingContext(
+        ctx = ClusteringView(
+            x,
+            g,
             knn=KnnGraph(z["knn_indices"], z["knn_similarities"]),
             jaccard=csr_matrix((z["jac_data"], z["jac_indices"], z["jac_indptr"]), shape=(n, n)),
             dbscan_labels=z["dbscan"],
             finch=FinchResult(
                 [z[f"finch_{k}"] for k in range(levels)], [int(v) for v in z["finch_n_clusters"]]
             ),
-            calibrator=fit_calibrator(x, g),
         )
         return ctx, json.loads(str(z["timings"])), True
     ctx, timings = precompute(x, g)
@@ -143,18 +125,18 @@ def cached_precompute(
     return ctx, timings, False
 
 
-def run_one(name: str, x: np.ndarray, g: ConstraintGraph, budget: int, ctx: SamplingContext) -> dict:
+def run_one(name: str, x: np.ndarray, g: ConstraintGraph, budget: int, ctx: ClusteringView) -> dict:
     sampler = make_sampler(name, random_state=0)
     t0 = time.perf_counter()
     try:
-        result = sampler.select(x, g, budget, context=ctx)
+        result = sampler.select(x, g, budget, view=ctx)
         status = "ok"
     except PoolExhaustedError as exc:
         result, status = None, f"exhausted: {exc}"
     seconds = time.perf_counter() - t0
     tracemalloc.start()
     with contextlib.suppress(PoolExhaustedError):
-        sampler.select(x, g, budget, context=ctx)
+        sampler.select(x, g, budget, view=ctx)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     row = {
@@ -169,7 +151,7 @@ def run_one(name: str, x: np.ndarray, g: ConstraintGraph, budget: int, ctx: Samp
     return row
 
 
-def aas_breakdown(x: np.ndarray, g: ConstraintGraph, ctx: SamplingContext) -> dict[str, float]:
+def aas_breakdown(x: np.ndarray, g: ConstraintGraph, ctx: ClusteringView) -> dict[str, float]:
     """Where AAS spends its selection time: NP3 on both clusterings vs the pool and its sampling."""
     from strategies.samplers.aas import aas_pool
 
@@ -225,7 +207,7 @@ def write_outputs(report: dict, stem: str) -> None:
         "",
         f"Data: synthetic unit vectors, d={report['d']}, ~{report['per_identity']} images per identity, "
         f"{report['n_constraints']} oracle answers (half ML, half CL); budget {report['budget']} pairs. "
-        "kNN/Jaccard/DBSCAN/FINCH precomputed once per N and passed via SamplingContext (timed separately; "
+        "kNN/Jaccard/DBSCAN/FINCH precomputed once per N and passed in a ClusteringView (timed separately; "
         "a `*` marks times saved by an earlier run with `--cache`). "
         "Peak = tracemalloc peak of Python/numpy allocations during `select`.",
         "",

@@ -267,14 +267,9 @@ def _finetune_labels(settings: Settings, project: str, features: Any) -> tuple[A
                 return padded, f"model version {version}"
             log.warning("version %s has %s pseudo-labels for %d rows; clustering afresh", version,
                         labels.shape, n)
-    from strategies.clustering import DBSCANClusterer
-    from strategies.defaults import DBSCAN_EPS, DBSCAN_MIN_SAMPLES, K1, K2
-    from strategies.jaccard import jaccard_distance
+    from strategies.view import ClusteringView
 
-    k1 = max(1, min(K1, n - 1))
-    jac = jaccard_distance(features, k1=k1, k2=max(1, min(K2, k1)))
-    labels = DBSCANClusterer(DBSCAN_EPS, DBSCAN_MIN_SAMPLES).fit_predict(jac)
-    return labels, "DBSCAN on Jaccard (no model version yet)"
+    return ClusteringView(features).dbscan_labels, "DBSCAN on Jaccard (no model version yet)"
 
 
 def finetune_project(settings: Settings, project: str, out: str | os.PathLike[str], *,

@@ -119,15 +119,6 @@ def _url_resolver(settings: Settings, state: ProjectState, data: ProjectData) ->
     return url_for
 
 
-def _calibrator(value: Any) -> Any:
-    """CycleResult.calibrator is PSameCalibrator.to_dict(); push needs the object."""
-    if value is None or hasattr(value, "predict"):
-        return value
-    from strategies.calibration import PSameCalibrator
-
-    return PSameCalibrator.from_dict(value)
-
-
 def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason: str = "",
                       client: Any | None = None) -> dict[str, Any]:
     """One cycle of `project` without the queue bookkeeping (the job wraps it; tests call it)."""
@@ -179,7 +170,7 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
             client, state, project_id=int(project), version=version, proposals=list(result.proposals),
             embeddings=np.asarray(result.embeddings, dtype=np.float32), image_ids=data.ids,
             url_for=_url_resolver(settings, state, data), caption_for=caption_for,
-            calibrator=_calibrator(getattr(result, "calibrator", None)), graph=graph_now,
+            calibrator=result.calibrator, graph=graph_now,
             from_name=meta.get("from_name", "answer"), to_name=meta.get("to_name", "image_a"))
         timings["push_s"] = time.perf_counter() - t2
         summary["push"] = report.to_dict()

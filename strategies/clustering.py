@@ -34,7 +34,8 @@ from strategies.defaults import (
     EXACT_KNN_MAX,
     FINCH_CANDIDATES,
 )
-from strategies.knn import KnnGraph, _check_int, build_knn, check_features
+from strategies.knn import KnnGraph, build_knn
+from strategies.validation import check_features, check_int
 
 _RESCORE_ROWS = 1024  # rows per float64 rescoring block: bounds the (rows, candidates, d) gather
 # float32 cosines of unit vectors are accurate to ~1e-6; closer calls than this are re-decided in float64
@@ -61,7 +62,7 @@ class DBSCANClusterer:
             raise ValueError(f"eps must be a number, got {self.eps!r}")
         if not np.isfinite(self.eps) or self.eps <= 0:
             raise ValueError(f"eps must be a finite number > 0, got {self.eps}")
-        min_samples = _check_int(self.min_samples, "min_samples", 1)
+        min_samples = check_int(self.min_samples, "min_samples", 1)
         if not sp.issparse(distance_csr):
             raise ValueError(
                 "distance_csr must be a scipy sparse matrix (absent entries = not neighbours); "
@@ -175,9 +176,9 @@ class FINCH:
     def fit(self, features: np.ndarray, knn: KnnGraph | None = None) -> FinchResult:
         """Cluster ``features`` (n, d); ``knn`` (self in column 0, k >= 2) reuses an existing graph for
         the level-0 first neighbours instead of searching again."""
-        data = check_features(features, require_unit_norm=False)
-        _check_int(self.random_state, "random_state", 0)
-        _check_int(self.n_candidates, "n_candidates", 1)
+        data = check_features(features, unit_norm="any")
+        check_int(self.random_state, "random_state", 0)
+        check_int(self.n_candidates, "n_candidates", 1)
         zero = np.flatnonzero(~data.any(axis=1))
         if zero.size:
             raise ValueError(f"features row {int(zero[0])} is all zeros: its cosine similarity is undefined")
@@ -218,6 +219,6 @@ def select_finch_level(result: FinchResult, n_target: int) -> int:
         raise ValueError(f"result must be a FinchResult, got {type(result).__name__}")
     if not result.n_clusters:
         raise ValueError("result has no FINCH level")
-    n_target = _check_int(n_target, "n_target", 0)
+    n_target = check_int(n_target, "n_target", 0)
     gaps = np.abs(np.asarray(result.n_clusters, dtype=np.int64) - n_target)
     return int(np.argmin(gaps))  # first minimum = finest, since level 0 is the finest

@@ -32,6 +32,7 @@ __all__ = [
     "Contradiction",
     "EffectiveConstraints",
     "Relation",
+    "must_link_components",
 ]
 
 JSON_SCHEMA = "reid-al/constraints"
@@ -385,7 +386,7 @@ class ConstraintGraph:
         ml = self._pairs(ConstraintKind.MUST_LINK)
         if ml.size and int(ml.max()) >= n:
             raise ValueError(f"n: constraints reference row {int(ml.max())} but n={n}")
-        return _components(ml, n)
+        return must_link_components(ml, n)
 
     def must_links(self) -> list[Constraint]:
         return [c for c in self._constraints.values() if c.kind is ConstraintKind.MUST_LINK]
@@ -638,12 +639,14 @@ def _contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == query
 
 
-def _components(ml: np.ndarray, n: int) -> np.ndarray:
+def must_link_components(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Connected-component id per row 0..n-1 of the graph whose edges are ``pairs`` (``(m, 2)`` row
+    indices), numbered 0..k-1 in order of each component's first row; a row in no pair is its own one."""
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if ml.size == 0:
+    if pairs.size == 0:
         return np.arange(n, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(ml), dtype=np.int8), (ml[:, 0], ml[:, 1])), shape=(n, n))
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     # renumber by first row so the ids do not depend on scipy's traversal order
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)

@@ -14,7 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from strategies.defaults import JACCARD_BLOCK_WORK, JACCARD_DOT_CHUNK, K1, K2, KNN_K
-from strategies.knn import KnnGraph, _check_int, build_knn, check_features
+from strategies.knn import KnnGraph, build_knn
+from strategies.validation import check_features, check_int
 
 
 def _pattern(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
@@ -126,8 +127,22 @@ def _edge_intersections(v: sp.csr_matrix, ei: np.ndarray, ej: np.ndarray) -> np.
     return inter
 
 
+def _check_knn(knn: object, n: int, k1: int) -> None:
+    if not isinstance(knn, KnnGraph):
+        raise ValueError(f"knn must be a KnnGraph, got {type(knn).__name__}")
+    if knn.n != n:
+        raise ValueError(f"knn has {knn.n} rows but features has {n}")
+    if knn.k < k1:
+        raise ValueError(f"knn has k={knn.k} columns but k1={k1} needs at least {k1}")
+
+
 def jaccard_distance(
-    features: np.ndarray, *, k1: int = K1, k2: int = K2, knn: KnnGraph | None = None
+    features: np.ndarray,
+    *,
+    k1: int = K1,
+    k2: int = K2,
+    knn: KnnGraph | None = None,
+    check_input: bool = True,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance d_J on the kNN edges (both directions) and the diagonal.
 
@@ -135,22 +150,19 @@ def jaccard_distance(
     "not a kNN edge", never distance 1, so explicit zeros are **stored** (distance 0 is an edge).
     ``k1`` is clamped to ``[1, n - 1]`` and ``k2`` to ``[1, k1]``. ``knn`` (self in column 0, at least
     ``k1`` columns) is built with ``max(k1, KNN_K)`` neighbours when not given; its columns define the edges.
+    ``check_input=False`` skips the checks for a caller that validated its inputs once already.
     """
-    x = check_features(features)
+    x = check_features(features) if check_input else features
     n = x.shape[0]
-    k1 = _check_int(k1, "k1", 1)
-    k2 = _check_int(k2, "k2", 1)
+    if check_input:
+        k1 = check_int(k1, "k1", 1)
+        k2 = check_int(k2, "k2", 1)
     k1 = max(1, min(k1, n - 1))
     k2 = min(k2, k1)
     if knn is None:
-        knn = build_knn(x, max(k1, KNN_K))
-    elif not isinstance(knn, KnnGraph):
-        raise ValueError(f"knn must be a KnnGraph, got {type(knn).__name__}")
-    elif knn.n != n:
-        raise ValueError(f"knn has {knn.n} rows but features has {n}")
-    elif knn.k < k1:
-        raise ValueError(f"knn has k={knn.k} columns but k1={k1} needs at least {k1}")
-
+        knn = build_knn(x, max(k1, KNN_K), check_input=False)
+    elif check_input:
+        _check_knn(knn, n, k1)
     r_star = _expanded_sets(knn.indices, k1)
     v = _encodings(x, knn, r_star)
     if k2 > 1:

@@ -27,8 +27,8 @@ from strategies.defaults import (
     IVF_NLIST_PER_SQRT_N,
     IVF_NPROBE,
     IVF_TRAIN_PER_LIST,
-    NORM_TOLERANCE,
 )
+from strategies.validation import check_features, check_int
 
 APPROXIMATE_KINDS = ("hnsw", "ivf")
 
@@ -71,44 +71,6 @@ class KnnGraph:
         return int(self.indices.shape[1])
 
 
-def check_features(features: object, name: str = "features", *, require_unit_norm: bool = True) -> np.ndarray:
-    """Validate an embedding matrix and return it as C-contiguous float32.
-
-    Checked up front because faiss silently accepts garbage (NaN, wrong dtype) and returns nonsense.
-    """
-    if not isinstance(features, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array of shape (n, d), got {type(features).__name__}")
-    if features.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, d), got {features.ndim}-D with shape {features.shape}")
-    if not np.issubdtype(features.dtype, np.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {features.dtype}")
-    n, d = features.shape
-    if n < 1:
-        raise ValueError(f"{name} must have at least one row (n >= 1), got shape {features.shape}")
-    if d < 1:
-        raise ValueError(f"{name} must have at least one column (d >= 1), got shape {features.shape}")
-    out = np.ascontiguousarray(features, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if require_unit_norm:
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out))  # float32 is ample for a 1e-2 tolerance
-        bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
-        if bad.size:
-            raise ValueError(
-                f"{name} rows must be L2-normalised (cosine = dot product); row {int(bad[0])} has norm "
-                f"{norms[bad[0]]:.6g} ({bad.size} rows off by more than {NORM_TOLERANCE})"
-            )
-    return out
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def gpu_available() -> bool:
     """True when the installed faiss has GPU support and sees at least one GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -124,7 +86,7 @@ def faiss_threads(n_threads: int | None) -> Iterator[None]:
     if n_threads is None:
         yield
         return
-    n_threads = _check_int(n_threads, "n_threads", 1)
+    n_threads = check_int(n_threads, "n_threads", 1)
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(n_threads)
     try:
@@ -239,24 +201,28 @@ def build_knn(
     use_gpu: bool | None = None,
     random_state: int = 0,
     n_threads: int | None = None,
+    check_input: bool = True,
 ) -> KnnGraph:
     """k nearest neighbours (self included, in column 0) of every row of L2-normalised ``features``.
 
     ``k`` is clamped to ``n``. Exact inner-product search up to ``exact_max`` points, ``approximate``
     ("hnsw" or "ivf") above. ``use_gpu=None`` uses a faiss GPU index when faiss was built with GPU support
     and a GPU is present. Rows the approximate index could not fill (IVF probes too few lists) are
-    searched exactly, so every row always has ``k`` valid neighbours.
+    searched exactly, so every row always has ``k`` valid neighbours. ``check_input=False`` skips the
+    checks for a caller that validated its inputs once already (``features`` float32 C-contiguous).
     """
-    x = check_features(features)
-    k = _check_int(k, "k", 1)
-    exact_max = _check_int(exact_max, "exact_max", 0)
-    _check_int(random_state, "random_state", 0)
-    if approximate not in APPROXIMATE_KINDS:
-        raise ValueError(f"approximate must be one of {APPROXIMATE_KINDS}, got {approximate!r}")
+    if check_input:
+        features = check_features(features)
+        k = check_int(k, "k", 1)
+        exact_max = check_int(exact_max, "exact_max", 0)
+        check_int(random_state, "random_state", 0)
+        if approximate not in APPROXIMATE_KINDS:
+            raise ValueError(f"approximate must be one of {APPROXIMATE_KINDS}, got {approximate!r}")
+        if use_gpu and not gpu_available():
+            raise ValueError("use_gpu=True but faiss has no GPU support or no GPU is visible")
     if use_gpu is None:
         use_gpu = gpu_available()
-    elif use_gpu and not gpu_available():
-        raise ValueError("use_gpu=True but faiss has no GPU support or no GPU is visible")
+    x = features
     n = x.shape[0]
     k = min(k, n)
     with faiss_threads(n_threads):
@@ -312,7 +278,7 @@ def approximate_recall(
     x = check_features(features)
     if graph.n != x.shape[0]:
         raise ValueError(f"graph has n={graph.n} rows but features has {x.shape[0]}")
-    n_queries = _check_int(n_queries, "n_queries", 1)
+    n_queries = check_int(n_queries, "n_queries", 1)
     n = x.shape[0]
     rng = np.random.default_rng(random_state)
     rows = np.arange(n) if n_queries >= n else np.sort(rng.choice(n, size=n_queries, replace=False))

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from strategies.defaults import METRICS_CHUNK_ELEMENTS
+from strategies.validation import check_features, check_per_item
 
 __all__ = ["RetrievalMetrics", "adjusted_rand", "pairwise_prf", "retrieval_metrics"]
 
@@ -51,18 +52,18 @@ def retrieval_metrics(
     ``exclude_self=True`` is for the pool-evaluates-itself setting (query k *is* gallery item k, same
     length): each query's own row is dropped from its ranking even when no cameras are given.
     """
-    q = _check_features(query_features, "query_features")
-    g = _check_features(gallery_features, "gallery_features")
+    q = check_features(query_features, "query_features", unit_norm="any", dtype=None)
+    g = check_features(gallery_features, "gallery_features", unit_norm="any", dtype=None)
     if q.shape[1] != g.shape[1]:
         raise ValueError(
             f"gallery_features: dimension {g.shape[1]} differs from query_features dimension {q.shape[1]}"
         )
-    qid = _check_vector(query_ids, q.shape[0], "query_ids")
-    gid = _check_vector(gallery_ids, g.shape[0], "gallery_ids")
+    qid = check_per_item(query_ids, q.shape[0], "query_ids")
+    gid = check_per_item(gallery_ids, g.shape[0], "gallery_ids")
     if (query_cameras is None) != (gallery_cameras is None):
         raise ValueError("query_cameras, gallery_cameras: give both or neither")
-    qcam = None if query_cameras is None else _check_vector(query_cameras, q.shape[0], "query_cameras")
-    gcam = None if gallery_cameras is None else _check_vector(gallery_cameras, g.shape[0], "gallery_cameras")
+    qcam = None if query_cameras is None else check_per_item(query_cameras, q.shape[0], "query_cameras")
+    gcam = None if gallery_cameras is None else check_per_item(gallery_cameras, g.shape[0], "gallery_cameras")
     rank_list = _check_ranks(ranks)
     if exclude_self and q.shape[0] != g.shape[0]:
         raise ValueError("exclude_self: query and gallery must be the same rows (equal lengths)")
@@ -158,24 +159,6 @@ def _positive_ranks(distance: np.ndarray, valid: np.ndarray, positive: np.ndarra
         lo, hi = left[t], right[t]
         ties[lo:hi] += valid_idx[t] < pos_idx[lo:hi]
     return closer + ties + 1
-
-
-def _check_features(features: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(features)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty (n, d) array, got shape {arr.shape}")
-    if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: contains NaN or infinity")
-    return arr
-
-
-def _check_vector(values: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}")
-    return arr
 
 
 def _check_ranks(ranks: Sequence[int]) -> list[int]:

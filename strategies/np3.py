@@ -23,8 +23,10 @@ from strategies.constraints import (
     ConstraintGraph,
     ConstraintKind,
     Contradiction,
+    must_link_components,
 )
 from strategies.defaults import CONTRADICTION_POLICY, EXACT_COLOURING_MAX_NODES
+from strategies.validation import check_features, check_labels
 
 __all__ = ["NP3", "NP3Result", "colour_graph"]
 
@@ -79,9 +81,9 @@ class NP3:
             self.exact_colouring_max_nodes, int | np.integer
         ):
             raise ValueError("exact_colouring_max_nodes: must be an int")
-        lab_in = _check_labels(labels)
+        lab_in = check_labels(labels)
         n = lab_in.shape[0]
-        feats = _check_features(features, n)
+        feats = check_features(features, rows=n, unit_norm="any", dtype=None)
         graph = _as_graph(constraints)
         if graph.max_node() >= n:
             raise ValueError(f"constraints: reference row {graph.max_node()} but labels has {n} rows")
@@ -106,7 +108,7 @@ class NP3:
         if cl.shape[0]:
             same = work[cl[:, 0]] == work[cl[:, 1]]
             if same.any():
-                comp = _components(ml, n)  # global ML components = the ML groups inside any cluster
+                comp = must_link_components(ml, n)  # global ML components = the ML groups inside any cluster
                 self._purify(work, lab_in, feats, comp, cl[same], fresh)
 
         _verify(work, ml, cl)
@@ -365,27 +367,6 @@ class _Counter:
         return self.value - 1
 
 
-def _check_labels(labels: np.ndarray | Sequence[int]) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"labels: expected a 1-D array, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise ValueError(f"labels: expected integer labels, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < -1:
-        raise ValueError("labels: only -1 may mark an outlier; found a label below -1")
-    return arr
-
-
-def _check_features(features: np.ndarray, n: int) -> np.ndarray:
-    arr = np.asarray(features)
-    if arr.ndim != 2 or arr.shape[0] != n:
-        raise ValueError(f"features: expected shape ({n}, d) to match labels, got {arr.shape}")
-    if arr.dtype.kind != "f":
-        raise ValueError(f"features: expected a float array, got dtype {arr.dtype}")
-    return arr
-
-
 def _as_graph(constraints: ConstraintGraph | tuple[np.ndarray, np.ndarray]) -> ConstraintGraph:
     if isinstance(constraints, ConstraintGraph):
         return constraints
@@ -407,13 +388,6 @@ def _as_graph(constraints: ConstraintGraph | tuple[np.ndarray, np.ndarray]) -> C
             except ValueError as exc:
                 raise ValueError(f"constraints: {prefix} pair {k} ({i}, {j}): {exc}") from None
     return graph
-
-
-def _components(ml: np.ndarray, n: int) -> np.ndarray:
-    if ml.shape[0] == 0:
-        return np.arange(n, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(ml), dtype=np.int8), (ml[:, 0], ml[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 def _merge_must_links(work: np.ndarray, ml: np.ndarray, first_fresh: int) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_run_cycle_end_to_end_with_registry(
     stages = {"load", "embed", "cluster", "train", "reembed", "recluster", "calibrate", "sample", "save"}
     stages.add("total")
     assert set(result.timings) == stages and all(v >= 0 for v in result.timings.values())
-    assert result.calibrator["mode"] in ("prior", "logistic")
+    assert result.calibrator.to_dict()["mode"] in ("prior", "logistic")
     assert any("saved version" in line for line in lines)
 
     assert result.version is not None and registry.latest() == result.version
@@ -104,7 +104,7 @@ def test_run_cycle_end_to_end_with_registry(
     np.testing.assert_allclose(np.asarray(saved.embeddings), result.embeddings, atol=1e-6)
     np.testing.assert_allclose(apply_adapter(saved.adapter_state, pool["x"]), result.embeddings, atol=1e-5)
     np.testing.assert_array_equal(np.load(io.BytesIO(saved.extra["pseudo_labels.npy"])), result.pseudo_labels)
-    assert json.loads(saved.extra["calibrator.json"]) == result.calibrator
+    assert json.loads(saved.extra["calibrator.json"]) == result.calibrator.to_dict()
     assert [(p["i"], p["j"]) for p in json.loads(saved.extra["proposals.json"])] == [
         (p.i, p.j) for p in result.proposals
     ]

@@ -9,10 +9,10 @@ from strategies.knn import (
     KnnGraph,
     approximate_recall,
     build_knn,
-    check_features,
     faiss_threads,
     knn_recall,
 )
+from strategies.validation import check_features
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -132,11 +132,11 @@ def test_faiss_threads_restores_previous_count() -> None:
 @pytest.mark.parametrize(
     ("features", "match"),
     [
-        ([[1.0, 0.0]], "numpy array"),
+        (None, "is None"),
         (np.ones(3, dtype=np.float32), "2-D"),
-        (np.ones((2, 2), dtype=np.int64), "floating"),
-        (np.zeros((0, 4), dtype=np.float32), "at least one row"),
-        (np.zeros((3, 0), dtype=np.float32), "at least one column"),
+        (np.array([["a", "b"]]), "numeric"),
+        (np.zeros((0, 4), dtype=np.float32), "at least 1 row"),
+        (np.zeros((3, 0), dtype=np.float32), "at least 1 column"),
         (np.array([[np.nan, 1.0]], dtype=np.float32), "NaN or infinite"),
         (np.array([[2.0, 0.0]], dtype=np.float32), "L2-normalised"),
     ],

@@ -218,7 +218,7 @@ def test_refine_rejects_bad_input_naming_the_argument() -> None:
     with pytest.raises(ValueError, match="features"):
         np3.refine([0, 0], feats, (NO_PAIRS, NO_PAIRS))
     with pytest.raises(ValueError, match="features"):
-        np3.refine([0, 0, 0], np.zeros((3, 2), dtype=int), (NO_PAIRS, NO_PAIRS))
+        np3.refine([0, 0, 0], np.full((3, 2), np.nan), (NO_PAIRS, NO_PAIRS))
     with pytest.raises(ValueError, match="constraints"):
         np3.refine([0, 0, 0], feats, (pairs((0, 5)), NO_PAIRS))
     with pytest.raises(ValueError, match="constraints"):

@@ -10,7 +10,7 @@ from scipy.sparse import csr_matrix
 
 from strategies.clustering import FinchResult
 from strategies.constraints import ConstraintGraph
-from strategies.samplers import AASSampler, PoolExhaustedError, SamplingContext, make_sampler
+from strategies.samplers import AASSampler, PoolExhaustedError, make_sampler
 from strategies.samplers.aas import (
     POOL_NAMES,
     aas_budget,
@@ -24,6 +24,7 @@ from strategies.samplers.aas import (
     uncertainty_regions,
     underseg_pairs,
 )
+from strategies.view import ClusteringView
 
 WORKED_X = np.array([0.0, 1.0, 2.2, 3.0, 4.0, 5.5])[:, None]
 WORKED_A = np.array([0, 0, 0, 1, 1, -1])
@@ -272,7 +273,7 @@ def test_efraimidis_spirakis_is_seeded_without_replacement_and_proportional() ->
 # ----------------------------------------------------------------------------- the sampler
 
 
-def _context(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> SamplingContext:
+def _view(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> ClusteringView:
     n = x.shape[0]
     sims = x @ x.T
     dist = np.clip(1.0 - sims, 0.0, 1.0)
@@ -280,7 +281,8 @@ def _context(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> SamplingContext:
     jac = csr_matrix((dist[rows, cols], (rows, cols)), shape=(n, n))
     from strategies.calibration import PSameCalibrator
 
-    return SamplingContext(
+    return ClusteringView(
+        x,
         jaccard=jac,
         dbscan_labels=a,
         finch=FinchResult([np.asarray(b)], [int(np.unique(b).size)]),
@@ -296,7 +298,7 @@ def _two_merged_identities() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_sampler_takes_the_whole_pool_when_smaller_than_budget_and_reports_shortfall() -> None:
     x, a, b = _two_merged_identities()
-    result = AASSampler().select(x, ConstraintGraph(), 50, context=_context(x, a, b))
+    result = AASSampler().select(x, ConstraintGraph(), 50, view=_view(x, a, b))
     assert 0 < len(result.proposals) < 50
     assert result.shortfall == 50 - len(result.proposals)
     assert result.pool_sizes["U_open"] == len(result.proposals)
@@ -307,7 +309,7 @@ def test_sampler_takes_the_whole_pool_when_smaller_than_budget_and_reports_short
 
 def test_sampler_with_no_region_returns_empty_result_not_exhaustion() -> None:
     x, _, b = _two_merged_identities()
-    result = AASSampler().select(x, ConstraintGraph(), 10, context=_context(x, b, b))
+    result = AASSampler().select(x, ConstraintGraph(), 10, view=_view(x, b, b))
     assert result.proposals == []
     assert result.shortfall == 10
     assert result.pool_sizes["regions"] == 0
@@ -315,16 +317,16 @@ def test_sampler_with_no_region_returns_empty_result_not_exhaustion() -> None:
 
 def test_sampler_skips_resolved_pairs_and_raises_when_all_are_resolved() -> None:
     x, a, b = _two_merged_identities()
-    ctx = _context(x, a, b)
-    first = AASSampler(refine=False).select(x, ConstraintGraph(), 50, context=ctx)
+    ctx = _view(x, a, b)
+    first = AASSampler(refine=False).select(x, ConstraintGraph(), 50, view=ctx)
     graph = ConstraintGraph()
     for p in first.proposals[:-1]:
         graph.mark_asked(p.i, p.j)
-    again = AASSampler(refine=False).select(x, graph, 50, context=ctx)
+    again = AASSampler(refine=False).select(x, graph, 50, view=ctx)
     assert again.pairs() == first.pairs()[-1:]
     graph.mark_asked(first.proposals[-1].i, first.proposals[-1].j)
     with pytest.raises(PoolExhaustedError, match="aas"):
-        AASSampler(refine=False).select(x, graph, 50, context=ctx)
+        AASSampler(refine=False).select(x, graph, 50, view=ctx)
 
 
 def test_sampler_samples_budget_without_replacement_deterministically() -> None:
@@ -334,10 +336,10 @@ def test_sampler_samples_budget_without_replacement_deterministically() -> None:
     a = ids // 2  # DBSCAN merges identity pairs
     b = ids.copy()
     b[b % 3 == 0] = 99  # FINCH merges others
-    ctx = _context(x, a, b)
+    ctx = _view(x, a, b)
     s = AASSampler(random_state=3, s_min=0.0)  # with the cosine-like Jaccard stand-in, every medoid pair
-    r1 = s.select(x, ConstraintGraph(), 4, context=ctx)
-    r2 = s.select(x, ConstraintGraph(), 4, context=ctx)
+    r1 = s.select(x, ConstraintGraph(), 4, view=ctx)
+    r2 = s.select(x, ConstraintGraph(), 4, view=ctx)
     assert r1.pairs() == r2.pairs()
     assert len(r1.proposals) == 4 and r1.shortfall == 0
     assert len(set(r1.pairs())) == 4
@@ -346,19 +348,19 @@ def test_sampler_samples_budget_without_replacement_deterministically() -> None:
 
 def test_sampler_applies_np3_so_answered_disagreements_disappear() -> None:
     x, a, b = _two_merged_identities()
-    ctx = _context(x, a, b)
-    first = AASSampler().select(x, ConstraintGraph(), 50, context=ctx)
+    ctx = _view(x, a, b)
+    first = AASSampler().select(x, ConstraintGraph(), 50, view=ctx)
     graph = ConstraintGraph()
     for k, p in enumerate(first.proposals):
         graph.add(f"a{k}", p.i, p.j, "cannot_link")  # the human says: the boundary pair differs
     # NP3 splits DBSCAN's merged cluster along the cannot-links: the views now agree
-    result = AASSampler().select(x, graph, 50, context=ctx)
+    result = AASSampler().select(x, graph, 50, view=ctx)
     assert result.proposals == [] and result.pool_sizes["regions"] == 0
 
 
 def test_sampler_parameter_validation_names_the_parameter() -> None:
     x, a, b = _two_merged_identities()
-    ctx = _context(x, a, b)
+    ctx = _view(x, a, b)
     for kwargs, name in (
         ({"epsilon": 2.0}, "epsilon"),
         ({"k_max": 0}, "k_max"),
@@ -368,7 +370,7 @@ def test_sampler_parameter_validation_names_the_parameter() -> None:
         ({"similarity": "euclid"}, "similarity"),
     ):
         with pytest.raises(ValueError, match=name):
-            AASSampler(**kwargs).select(x, ConstraintGraph(), 5, context=ctx)
+            AASSampler(**kwargs).select(x, ConstraintGraph(), 5, view=ctx)
 
 
 def test_registry_builds_aas_with_paper_symbols() -> None:
@@ -424,11 +426,11 @@ def test_cosine_similarity_option_fills_u_os_where_jaccard_is_silent() -> None:
     same_region = np.equal.outer(np.arange(n) < 6, np.arange(n) < 6)
     rows, cols = np.nonzero(same_region)
     jac = csr_matrix((np.full(rows.size, 0.5), (rows, cols)), shape=(n, n))
-    ctx = SamplingContext(
-        jaccard=jac, dbscan_labels=a, finch=FinchResult([b], [4]), calibrator=PSameCalibrator()
+    ctx = ClusteringView(
+        x, jaccard=jac, dbscan_labels=a, finch=FinchResult([b], [4]), calibrator=PSameCalibrator()
     )
-    by_jaccard = AASSampler().select(x, ConstraintGraph(), 20, context=ctx)
-    by_cosine = AASSampler(similarity="cosine").select(x, ConstraintGraph(), 20, context=ctx)
+    by_jaccard = AASSampler().select(x, ConstraintGraph(), 20, view=ctx)
+    by_cosine = AASSampler(similarity="cosine").select(x, ConstraintGraph(), 20, view=ctx)
     assert by_jaccard.pool_sizes["U_os"] == 0
     assert by_cosine.pool_sizes["U_os"] == 1
     assert "U_os" in {p.pool for p in by_cosine.proposals}

@@ -1,4 +1,4 @@
-"""The sampler interface: proposals, registry, input validation, context completion, helpers."""
+"""The sampler interface: proposals, registry, input validation, numeric helpers."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ from strategies.samplers import (
     EmptyPoolError,
     PairProposal,
     PairSampler,
-    SamplingContext,
     available_samplers,
-    complete_context,
     make_sampler,
     register_sampler,
 )
-from strategies.samplers.base import (
-    check_embeddings,
-    labelled_items,
-    take_unresolved,
-    unique_pairs,
-    unresolved_mask,
-)
+from strategies.samplers.numeric import labelled_items, take_unresolved, unique_pairs, unresolved_mask
+from strategies.validation import check_features
+from strategies.view import ClusteringView
 
 
 def _x(n: int, d: int = 4, seed: int = 0) -> np.ndarray:
@@ -99,8 +93,8 @@ def test_every_strategy_rejects_an_empty_pool(name: str) -> None:
         ({"timestamps": np.array(["x"] * 6)}, ValueError, "timestamps must be numbers"),
         ({"timestamps": np.full(6, np.nan)}, ValueError, "timestamps contains NaN"),
         ({"text_embeddings": np.ones((3, 2))}, ValueError, "text_embeddings"),
-        ({"context": {"knn": None}}, TypeError, "context"),
-        ({"context": SamplingContext(dbscan_labels=np.zeros(3))}, ValueError, "dbscan_labels"),
+        ({"view": {"knn": None}}, TypeError, "view"),
+        ({"view": ClusteringView(_x(5))}, ValueError, "view covers 5 rows"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(kwargs: dict, exc: type, match: str) -> None:
@@ -121,30 +115,10 @@ def test_constraints_beyond_the_embeddings_are_rejected() -> None:
 
 def test_embeddings_are_renormalised_and_copied() -> None:
     raw = np.array([[3.0, 4.0], [0.0, 2.0]])
-    out = check_embeddings(raw)
+    out = check_features(raw, unit_norm="normalise")
     assert out.dtype == np.float32
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0)
     assert raw[0, 0] == 3.0
-
-
-def test_complete_context_fills_only_what_is_missing() -> None:
-    x = _x(40)
-    ctx = complete_context(x, ConstraintGraph(), need=("knn", "calibrator"))
-    assert ctx.knn is not None and ctx.calibrator is not None
-    assert ctx.jaccard is None and ctx.finch is None
-    given = SamplingContext(knn=ctx.knn)
-    again = complete_context(x, ConstraintGraph(), given, need=("knn",))
-    assert again.knn is ctx.knn
-    assert given.calibrator is None  # the caller's context is never mutated
-    with pytest.raises(ValueError, match="unknown fields"):
-        complete_context(x, ConstraintGraph(), need=("graph",))
-
-
-def test_complete_context_computes_jaccard_from_the_knn_graph() -> None:
-    x = _x(30)
-    ctx = complete_context(x, ConstraintGraph(), need=("jaccard",))
-    assert ctx.jaccard.shape == (30, 30)
-    assert ctx.knn is not None
 
 
 def test_unique_pairs_normalises_and_drops_self_and_duplicates() -> None:

@@ -8,7 +8,8 @@ import pytest
 from strategies.calibration import PSameCalibrator
 from strategies.constraints import ConstraintGraph
 from strategies.knn import build_knn
-from strategies.samplers import MarginSampler, PoolExhaustedError, SamplingContext
+from strategies.samplers import MarginSampler, PoolExhaustedError
+from strategies.view import ClusteringView
 
 
 def _x(n: int, seed: int = 0, d: int = 4) -> np.ndarray:
@@ -26,7 +27,7 @@ def test_margin_picks_the_knn_pairs_closest_to_one_half() -> None:
     x = _x(60)
     knn = build_knn(x, 6)
     cal = PSameCalibrator()
-    result = MarginSampler().select(x, ConstraintGraph(), 8, context=SamplingContext(knn=knn, calibrator=cal))
+    result = MarginSampler().select(x, ConstraintGraph(), 8, view=ClusteringView(x, knn=knn, calibrator=cal))
     assert set(result.pairs()) == set(_brute(x, knn, cal, 8))
     for p in result.proposals:
         assert p.priority == pytest.approx(1.0 - 2.0 * abs(p.p_same - 0.5))
@@ -57,13 +58,13 @@ def test_margin_fits_the_calibrator_on_labelled_pairs_when_absent() -> None:
 def test_margin_n_neighbors_limits_candidates_and_is_validated() -> None:
     x = _x(30, seed=2)
     knn = build_knn(x, 10)
-    ctx = SamplingContext(knn=knn, calibrator=PSameCalibrator())
-    result = MarginSampler(n_neighbors=1).select(x, ConstraintGraph(), 100, context=ctx)
+    view = ClusteringView(x, knn=knn, calibrator=PSameCalibrator())
+    result = MarginSampler(n_neighbors=1).select(x, ConstraintGraph(), 100, view=view)
     first = {(min(i, int(knn.indices[i, 1])), max(i, int(knn.indices[i, 1]))) for i in range(30)}
     assert set(result.pairs()) == first
     assert result.shortfall == 100 - len(first)
     with pytest.raises(ValueError, match="n_neighbors"):
-        MarginSampler(n_neighbors=0).select(x, ConstraintGraph(), 2, context=ctx)
+        MarginSampler(n_neighbors=0).select(x, ConstraintGraph(), 2, view=view)
 
 
 def test_margin_exhausted_when_all_knn_pairs_are_asked() -> None:
@@ -74,4 +75,4 @@ def test_margin_exhausted_when_all_knn_pairs_are_asked() -> None:
         for j in knn.indices[i, 1:]:
             g.mark_asked(i, int(j))
     with pytest.raises(PoolExhaustedError, match="margin"):
-        MarginSampler().select(x, g, 3, context=SamplingContext(knn=knn))
+        MarginSampler().select(x, g, 3, view=ClusteringView(x, g, knn=knn))

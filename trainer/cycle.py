@@ -1,13 +1,15 @@
 """One active-learning cycle, the unit an RQ job runs (DESIGN.md "The loop", step 5).
 
-``run_cycle`` goes: previous version from the registry (warm-start adapter) -> current embeddings =
-adapter(frozen features) -> kNN graph -> k-reciprocal Jaccard -> DBSCAN -> NP3 with the constraints
--> train the adapter -> re-embed the cached features (the backbone never runs here) -> kNN / Jaccard /
-DBSCAN / NP3 again on the new embedding (what the sampler and the returned labels use) -> fit the
-P(same) calibrator on the labelled pairs -> select the next pairs -> save a new version.
+``run_cycle`` is a sequence of stages, each timed under its name in ``CycleResult.timings``:
+``load`` (the previous version's adapter: the warm start) -> ``embed`` (adapter(frozen features)) ->
+``cluster`` (the embedding's ClusteringView: kNN -> k-reciprocal Jaccard -> DBSCAN -> NP3 with the
+constraints) -> ``train`` the adapter -> ``reembed`` the cached features (the backbone never runs
+here) -> ``recluster`` (a view of the new embedding: what the sampler and the returned labels use) ->
+``calibrate`` P(same) on the labelled pairs -> ``sample`` the next pairs -> ``save`` a new version.
 
-Every intermediate is computed once: the post-training kNN graph, Jaccard distance, DBSCAN labels,
-FINCH hierarchy (for AAS) and calibrator go to the sampler in a ``SamplingContext``.
+Everything derived from an embedding lives on its ``strategies.view.ClusteringView`` and is computed
+once: the sampler receives the post-training view, so it reuses the kNN graph, Jaccard distance, DBSCAN
+labels and calibrator, and builds the FINCH hierarchy only when it asks for it (AAS).
 
 Edge cases, each with a visible outcome in ``CycleResult.metrics``:
 
@@ -39,32 +41,16 @@ from typing import Any
 import numpy as np
 
 from strategies.calibration import PSameCalibrator
-from strategies.clustering import FINCH, DBSCANClusterer
-from strategies.constraints import ConstraintGraph
-from strategies.defaults import (
-    CONTRADICTION_POLICY,
-    DBSCAN_EPS,
-    DBSCAN_MIN_SAMPLES,
-    K1,
-    K2,
-    KNN_K,
-)
-from strategies.jaccard import jaccard_distance
-from strategies.knn import KnnGraph, build_knn
-from strategies.np3 import NP3
-from strategies.samplers import (
-    PairProposal,
-    PoolExhaustedError,
-    SamplingContext,
-    available_samplers,
-    make_sampler,
-)
-from trainer.adapter import TrainConfig, TrainResult, _as_features, apply_adapter, train_adapter
+from strategies.constraints import CONTRADICTION_POLICIES, ConstraintGraph
+from strategies.defaults import CONTRADICTION_POLICY, DBSCAN_EPS, DBSCAN_MIN_SAMPLES, K1, K2, KNN_K
+from strategies.samplers import PairProposal, PoolExhaustedError, available_samplers, make_sampler
+from strategies.validation import check_features, check_per_item
+from strategies.view import ClusteringView
+from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
 
 __all__ = ["COLD_START_POLICIES", "CycleConfig", "CycleResult", "run_cycle"]
 
 COLD_START_POLICIES = ("pseudo_labels", "skip")
-_CONTRADICTION_POLICIES = ("ml_wins", "cl_wins", "latest_wins")
 
 LogTarget = Callable[[str], Any] | logging.Logger | None
 
@@ -102,9 +88,9 @@ class CycleConfig:
             raise ValueError(f"strategy_params must be a dict, got {type(self.strategy_params).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
-        if self.contradiction_policy not in _CONTRADICTION_POLICIES:
+        if self.contradiction_policy not in CONTRADICTION_POLICIES:
             raise ValueError(
-                f"contradiction_policy must be one of {_CONTRADICTION_POLICIES}, "
+                f"contradiction_policy must be one of {CONTRADICTION_POLICIES}, "
                 f"got {self.contradiction_policy!r}"
             )
         for name in ("k1", "k2", "min_samples", "knn_k"):
@@ -123,11 +109,37 @@ class CycleConfig:
         """JSON-ready copy (what the registry stores as the version's config)."""
         return json.loads(json.dumps(asdict(self), default=str))
 
+    def view(self, embeddings: np.ndarray, graph: ConstraintGraph) -> ClusteringView:
+        """The clustering view of one embedding under this cycle's parameters."""
+        return ClusteringView(
+            embeddings,
+            graph,
+            k1=int(self.k1),
+            k2=int(self.k2),
+            knn_k=int(self.knn_k),
+            eps=self.eps,
+            min_samples=self.min_samples,
+            contradiction_policy=self.contradiction_policy,
+            random_state=self.random_state,
+        )
+
+    def sampler_params(self) -> dict[str, Any]:
+        """The configured sampler params, plus the cycle's seed and NP3 policy where the sampler takes
+        them."""
+        params = dict(self.strategy_params)
+        probe = make_sampler(self.strategy, **params)
+        accepted = inspect.signature(type(probe).__init__).parameters
+        if "random_state" in accepted and "random_state" not in params:
+            params["random_state"] = self.random_state
+        if "contradiction_policy" in accepted and "contradiction_policy" not in params:
+            params["contradiction_policy"] = self.contradiction_policy
+        return params
+
 
 @dataclass
 class CycleResult:
     """What a cycle produced. ``embeddings`` are the post-training embeddings the proposals refer to;
-    ``pseudo_labels`` the NP3-refined clustering of them; ``calibrator`` is ``PSameCalibrator.to_dict()``."""
+    ``pseudo_labels`` the NP3-refined clustering of them; ``calibrator`` maps their cosine to P(same)."""
 
     version: str | None
     embeddings: np.ndarray
@@ -136,10 +148,31 @@ class CycleResult:
     shortfall: int
     metrics: dict[str, float | int]
     timings: dict[str, float]
-    calibrator: dict[str, Any]
+    calibrator: PSameCalibrator
     pool_sizes: dict[str, int] = field(default_factory=dict)
     train_result: TrainResult | None = None
     previous_version: str | None = None
+
+
+class _Stages:
+    """Seconds per stage, in the order the stages ran, plus the total."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.started = self.last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = now - self.last
+        self.last = now
+
+    def skipped(self, *stages: str) -> None:
+        for stage in stages:
+            self.timings[stage] = 0.0
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.started
+        return self.timings
 
 
 def _logger(log: LogTarget) -> Callable[[str], None]:
@@ -175,61 +208,45 @@ def _as_graph(constraints: ConstraintGraph | str | bytes | None, n: int) -> Cons
     return graph
 
 
-def _per_item(values: np.ndarray | None, n: int, name: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    arr = np.asarray(values)
-    if arr.shape[:1] != (n,) or (arr.ndim != 1 and name != "text_features"):
-        raise ValueError(f"{name} must have one entry per row of features ({n}), got shape {arr.shape}")
-    return arr
+def _warm_start(registry: Any, d: int) -> tuple[str | None, dict[str, Any] | None]:
+    """(latest version, its adapter state): what this cycle continues from."""
+    previous = registry.latest() if registry is not None else None
+    if previous is None:
+        return None, None
+    state = registry.load(previous).adapter_state
+    if state is not None and int(state.get("in_dim", -1)) != d:
+        raise ValueError(
+            f"registry version {previous} has an adapter for {state.get('in_dim')}-d features, "
+            f"but features are {d}-d"
+        )
+    return previous, state
 
 
-@dataclass
-class _Clustering:
-    knn: KnnGraph
-    jaccard: Any
-    dbscan: np.ndarray
-    refined: np.ndarray
-    contradictions: int
-    n_changed: int
+def _why_not_train(config: CycleConfig, n: int, graph: ConstraintGraph, n_clusters: int) -> dict[str, int]:
+    """The skip flags of the metrics; all zero means "train"."""
+    skipped = {"skipped_cold_start": 0, "skipped_few_clusters": 0, "skipped_pool_size": 0}
+    if config.train_when_fewer_than is not None and n >= config.train_when_fewer_than:
+        skipped["skipped_pool_size"] = 1
+    elif len(graph) == 0 and config.cold_start == "skip":
+        skipped["skipped_cold_start"] = 1
+    elif n_clusters < 2:
+        skipped["skipped_few_clusters"] = 1
+    return skipped
 
 
-def _cluster(embeddings: np.ndarray, graph: ConstraintGraph, config: CycleConfig) -> _Clustering:
-    """kNN -> Jaccard -> DBSCAN -> NP3 on one embedding (each computed once, reused by the sampler)."""
-    n = embeddings.shape[0]
-    k1 = max(1, min(int(config.k1), n - 1))
-    knn = build_knn(embeddings, min(n, max(k1, int(config.knn_k))), random_state=config.random_state)
-    jac = jaccard_distance(embeddings, k1=k1, k2=max(1, min(int(config.k2), k1)), knn=knn)
-    dbscan = DBSCANClusterer(config.eps, config.min_samples).fit_predict(jac)
-    np3 = NP3(config.contradiction_policy, random_state=config.random_state)
-    result = np3.refine(dbscan, embeddings, graph)
-    labels = np.asarray(result.labels)
-    return _Clustering(knn, jac, dbscan, labels, len(result.contradictions), result.n_changed)
-
-
-def _n_clusters(labels: np.ndarray) -> int:
-    return int(np.unique(labels[labels >= 0]).size)
-
-
-def _labelled(graph: ConstraintGraph) -> tuple[np.ndarray, np.ndarray]:
-    """All human answers as (pairs (m, 2), same (m,)), for the calibrator."""
-    rows = [(c.i, c.j, 1) for c in graph.must_links()] + [(c.i, c.j, 0) for c in graph.cannot_links()]
-    if not rows:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=bool)
-    arr = np.asarray(rows, dtype=np.int64)
-    return arr[:, :2], arr[:, 2].astype(bool)
-
-
-def _sampler_params(config: CycleConfig) -> dict[str, Any]:
-    """The configured params, plus the cycle's seed and NP3 policy where the sampler takes them."""
-    params = dict(config.strategy_params)
-    probe = make_sampler(config.strategy, **params)
-    accepted = inspect.signature(type(probe).__init__).parameters
-    if "random_state" in accepted and "random_state" not in params:
-        params["random_state"] = config.random_state
-    if "contradiction_policy" in accepted and "contradiction_policy" not in params:
-        params["contradiction_policy"] = config.contradiction_policy
-    return params
+def _train_metrics(result: TrainResult | None) -> dict[str, float | int]:
+    if result is None:
+        return {}
+    out: dict[str, float | int] = {
+        "train_steps": result.steps,
+        "train_epochs": len(result.losses_per_epoch),
+        "loss_first": float(result.losses_per_epoch[0]),
+        "loss_last": float(result.losses_per_epoch[-1]),
+    }
+    for term, value in result.terms_per_epoch[-1].items():
+        if term != "total":
+            out[f"loss_{term}"] = float(value)
+    return out
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -259,68 +276,38 @@ def run_cycle(
     if not isinstance(config, CycleConfig):
         raise TypeError(f"config must be a CycleConfig, got {type(config).__name__}")
     say = _logger(log)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(stage: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[stage] = now - since
-        return now
-
-    x = _as_features(features)
+    stages = _Stages()
+    x = check_features(features, unit_norm="any", min_rows=2)
     n, d = x.shape
-    if n < 2:
-        raise ValueError(f"features must have at least 2 rows (a pair needs two images), got {n}")
     graph = _as_graph(constraints, n)
-    cameras = _per_item(cameras, n, "cameras")
-    tracklets = _per_item(tracklets, n, "tracklets")
-    text_features = _per_item(text_features, n, "text_features")
-    if text_features is not None and text_features.ndim != 2:
-        raise ValueError(f"text_features must be a 2-D (n, d_text) array, got shape {text_features.shape}")
+    cameras = check_per_item(cameras, n, "cameras")
+    tracklets = check_per_item(tracklets, n, "tracklets")
+    if text_features is not None:
+        text_features = check_features(text_features, "text_features", unit_norm="any", dtype=None, rows=n)
 
-    # 1. previous version -> warm start
-    t = time.perf_counter()
-    init_state: dict[str, Any] | None = None
-    previous: str | None = None
-    if registry is not None:
-        previous = registry.latest()
-        if previous is not None:
-            init_state = registry.load(previous).adapter_state
-            if init_state is not None and int(init_state.get("in_dim", -1)) != d:
-                raise ValueError(
-                    f"registry version {previous} has an adapter for {init_state.get('in_dim')}-d features, "
-                    f"but features are {d}-d"
-                )
+    previous, init_state = _warm_start(registry, d)
     say(f"cycle: n={n} d={d} constraints={len(graph)} previous={previous or 'none'}")
-    t = lap("load", t)
+    stages.done("load")
 
-    # 2. current embeddings and 3. pseudo-labels
     device = config.train.device
     emb = apply_adapter(init_state, x, device=device)
-    t = lap("embed", t)
-    before = _cluster(emb, graph, config)
-    n_clusters_before = _n_clusters(before.refined)
-    say(f"cycle: {n_clusters_before} clusters, {int((before.refined < 0).sum())} outliers before training")
-    t = lap("cluster", t)
+    stages.done("embed")
+    before = config.view(emb, graph)
+    n_clusters_before = before.n_clusters
+    n_outliers = int((before.pseudo_labels < 0).sum())
+    say(f"cycle: {n_clusters_before} clusters, {n_outliers} outliers before training")
+    stages.done("cluster")
 
-    # 4. train the adapter (or say why not)
-    skipped = {"skipped_cold_start": 0, "skipped_few_clusters": 0, "skipped_pool_size": 0}
-    if config.train_when_fewer_than is not None and n >= config.train_when_fewer_than:
-        skipped["skipped_pool_size"] = 1
-    elif len(graph) == 0 and config.cold_start == "skip":
-        skipped["skipped_cold_start"] = 1
-    elif n_clusters_before < 2:
-        skipped["skipped_few_clusters"] = 1
+    skipped = _why_not_train(config, n, graph, n_clusters_before)
     train_result: TrainResult | None = None
-    state = init_state
-    after = before
+    state, after = init_state, before
     if not any(skipped.values()):
         effective = graph.effective(
             config.contradiction_policy, similarity=lambda i, j: float(np.dot(emb[i], emb[j]))
         )
         train_result = train_adapter(
             x,
-            before.refined,
+            before.pseudo_labels,
             effective.must_link,
             effective.cannot_link,
             config.train,
@@ -331,39 +318,25 @@ def run_cycle(
         state = train_result.adapter_state
         say(f"cycle: trained {train_result.steps} steps in {train_result.seconds:.1f}s, "
             f"loss {train_result.losses_per_epoch[0]:.4f} -> {train_result.losses_per_epoch[-1]:.4f}")
-        t = lap("train", t)
+        stages.done("train")
         emb = apply_adapter(state, x, device=device)
-        t = lap("reembed", t)
-        after = _cluster(emb, graph, config)
-        t = lap("recluster", t)
+        stages.done("reembed")
+        after = config.view(emb, graph)
+        after.np3  # noqa: B018 - computed here so that its time counts as "recluster"
+        stages.done("recluster")
     else:
         say(f"cycle: training skipped ({', '.join(k for k, v in skipped.items() if v)})")
-        for stage in ("train", "reembed", "recluster"):
-            timings[stage] = 0.0
+        stages.skipped("train", "reembed", "recluster")
 
-    # 5. calibrate P(same) on the answered pairs under the new embedding
-    pairs, same = _labelled(graph)
-    sims = (emb[pairs[:, 0]] * emb[pairs[:, 1]]).sum(axis=1).astype(np.float64)
-    calibrator = PSameCalibrator().fit(sims, same)
-    t = lap("calibrate", t)
+    calibrator = after.calibrator
+    stages.done("calibrate")
 
-    # 6. select the next pairs, reusing everything computed above
-    sampler = make_sampler(config.strategy, **_sampler_params(config))
-    context = SamplingContext(
-        knn=after.knn, jaccard=after.jaccard, dbscan_labels=after.dbscan, calibrator=calibrator
-    )
-    if config.strategy == "aas":
-        context.finch = FINCH(random_state=config.random_state).fit(emb, knn=after.knn)
+    sampler = make_sampler(config.strategy, **config.sampler_params())
     exhausted = 0
     try:
         sampled = sampler.select(
-            emb,
-            graph,
-            int(config.budget),
-            cameras=cameras,
-            tracklets=tracklets,
-            text_embeddings=text_features,
-            context=context,
+            emb, graph, int(config.budget), cameras=cameras, tracklets=tracklets,
+            text_embeddings=text_features, view=after,
         )
         proposals, shortfall = list(sampled.proposals), int(sampled.shortfall)
         pool_sizes = dict(sampled.pool_sizes)
@@ -371,20 +344,19 @@ def run_cycle(
         say(f"cycle: pool exhausted ({exc})")
         proposals, shortfall, pool_sizes, exhausted = [], int(config.budget), {}, 1
     say(f"cycle: {len(proposals)} pairs proposed by {config.strategy} (shortfall {shortfall})")
-    t = lap("sample", t)
+    stages.done("sample")
 
-    # 7. metrics and a new version
-    labels = after.refined
+    labels = after.pseudo_labels
     metrics: dict[str, float | int] = {
         "n_images": n,
         "dim": int(emb.shape[1]),
         "n_constraints": len(graph),
         "n_must_links": len(graph.must_links()),
         "n_cannot_links": len(graph.cannot_links()),
-        "contradictions": after.contradictions,
-        "np3_changed": after.n_changed,
+        "contradictions": len(after.np3.contradictions),
+        "np3_changed": after.np3.n_changed,
         "n_clusters_before": n_clusters_before,
-        "n_clusters": _n_clusters(labels),
+        "n_clusters": after.n_clusters,
         "n_outliers": int((labels < 0).sum()),
         "warm_start": int(init_state is not None),
         "trained": int(train_result is not None),
@@ -393,29 +365,21 @@ def run_cycle(
         "shortfall": shortfall,
         "exhausted": exhausted,
         "calibrator_prior": int(calibrator.is_prior),
+        **_train_metrics(train_result),
     }
-    if train_result is not None:
-        metrics["train_steps"] = train_result.steps
-        metrics["train_epochs"] = len(train_result.losses_per_epoch)
-        metrics["loss_first"] = float(train_result.losses_per_epoch[0])
-        metrics["loss_last"] = float(train_result.losses_per_epoch[-1])
-        for term, value in train_result.terms_per_epoch[-1].items():
-            if term != "total":
-                metrics[f"loss_{term}"] = float(value)
     version: str | None = None
     if registry is not None:
-        record = {**config.to_dict(), "previous_version": previous}
         extra = {
             "pseudo_labels.npy": _npy_bytes(labels.astype(np.int64)),
             "calibrator.json": json.dumps(calibrator.to_dict()).encode(),
             "proposals.json": json.dumps([asdict(p) for p in proposals]).encode(),
         }
         version = registry.save(
-            embeddings=emb, adapter_state=state, config=record, metrics=metrics, extra=extra
+            embeddings=emb, adapter_state=state, config={**config.to_dict(), "previous_version": previous},
+            metrics=metrics, extra=extra,
         )
         say(f"cycle: saved version {version}")
-    t = lap("save", t)
-    timings["total"] = time.perf_counter() - started
+    stages.done("save")
     return CycleResult(
         version=version,
         embeddings=emb,
@@ -423,8 +387,8 @@ def run_cycle(
         proposals=proposals,
         shortfall=shortfall,
         metrics=metrics,
-        timings=timings,
-        calibrator=calibrator.to_dict(),
+        timings=stages.total(),
+        calibrator=calibrator,
         pool_sizes=pool_sizes,
         train_result=train_result,
         previous_version=previous,

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from strategies.samplers.aas import AASSampler
 from strategies.samplers.base import (
-    EmptyPoolError,
     PairProposal,
     PairSampler,
-    PoolExhaustedError,
-    SamplingContext,
     SamplingResult,
     available_samplers,
-    complete_context,
     make_sampler,
     register_sampler,
 )
 from strategies.samplers.coreset import CoresetSampler
 from strategies.samplers.margin import MarginSampler
+from strategies.samplers.pool import EmptyPoolError, PairPool, PoolExhaustedError
 from strategies.samplers.random_pairs import RandomPairSampler
 from strategies.samplers.uncertainty import UncertaintySampler
 
@@ -29,15 +26,14 @@ __all__ = [
     "CoresetSampler",
     "EmptyPoolError",
     "MarginSampler",
+    "PairPool",
     "PairProposal",
     "PairSampler",
     "PoolExhaustedError",
     "RandomPairSampler",
-    "SamplingContext",
     "SamplingResult",
     "UncertaintySampler",
     "available_samplers",
-    "complete_context",
     "make_sampler",
     "register_sampler",
 ]

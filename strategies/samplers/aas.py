@@ -34,21 +34,14 @@ from strategies.defaults import (
     AAS_SIMILARITY,
     CONTRADICTION_POLICY,
 )
-from strategies.samplers.base import (
-    BLOCK_ELEMENTS,
-    PairSampler,
-    PoolExhaustedError,
-    SamplingContext,
-    SamplingResult,
-    complete_context,
-    make_proposals,
-    register_sampler,
-    rng_from,
-    unresolved_mask,
-)
+from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
+from strategies.samplers.numeric import BLOCK_ELEMENTS, unresolved_mask
+from strategies.samplers.pool import PairPool, PoolExhaustedError
+from strategies.validation import check_random_state
 
 if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
+    from strategies.view import ClusteringView
 
 __all__ = [
     "AAS_SIMILARITIES",
@@ -567,6 +560,7 @@ def aas_budget(n_items: int, fraction: float = AAS_BUDGET_FRACTION) -> int:
 
 
 @register_sampler
+@dataclass(eq=False, repr=False)
 class AASSampler(PairSampler):
     """AAS with the paper's symbols: ``epsilon`` (ε, eq. 6), ``k_max`` and ``s_min`` (U_os).
 
@@ -577,25 +571,14 @@ class AASSampler(PairSampler):
 
     name: ClassVar[str] = "aas"
 
-    def __init__(
-        self,
-        epsilon: float = AAS_EPSILON,
-        k_max: int = AAS_K_MAX,
-        s_min: float = AAS_S_MIN,
-        exact_medoid_max: int = AAS_EXACT_MEDOID_MAX,
-        contradiction_policy: str = CONTRADICTION_POLICY,
-        refine: bool = True,
-        similarity: str = AAS_SIMILARITY,
-        random_state: int | None = 0,
-    ) -> None:
-        self.epsilon = epsilon
-        self.k_max = k_max
-        self.s_min = s_min
-        self.exact_medoid_max = exact_medoid_max
-        self.contradiction_policy = contradiction_policy
-        self.refine = refine
-        self.similarity = similarity
-        self.random_state = random_state
+    epsilon: float = AAS_EPSILON
+    k_max: int = AAS_K_MAX
+    s_min: float = AAS_S_MIN
+    exact_medoid_max: int = AAS_EXACT_MEDOID_MAX
+    contradiction_policy: str = CONTRADICTION_POLICY
+    refine: bool = True
+    similarity: str = AAS_SIMILARITY
+    random_state: int | None = 0
 
     def _check_params(self) -> None:
         if not 0.0 <= float(self.epsilon) <= 1.0:
@@ -615,15 +598,15 @@ class AASSampler(PairSampler):
             )
 
     def clusterings(
-        self, features: np.ndarray, constraints: ConstraintGraph, context: SamplingContext
+        self, features: np.ndarray, constraints: ConstraintGraph, view: ClusteringView
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(A, B, outlier mask): DBSCAN and the matching FINCH level, each refined by NP3."""
         from strategies.clustering import select_finch_level
 
-        dbscan = np.asarray(context.dbscan_labels)
+        dbscan = np.asarray(view.dbscan_labels)
         n_target = int(np.unique(dbscan[dbscan >= 0]).size)
-        level = select_finch_level(context.finch, n_target)
-        finch = np.asarray(context.finch.partitions[level])
+        level = select_finch_level(view.finch, n_target)
+        finch = np.asarray(view.finch.partitions[level])
         a, b = dbscan, finch
         if self.refine and len(constraints) > 0:
             from strategies.np3 import NP3
@@ -634,47 +617,31 @@ class AASSampler(PairSampler):
             b = np.asarray(np3.refine(finch, features, constraints).labels)
         return a, b, outlier_status(dbscan, a)
 
-    def _propose(
-        self,
-        features: np.ndarray,
-        constraints: ConstraintGraph,
-        budget: int,
-        *,
-        cameras: np.ndarray | None,
-        tracklets: np.ndarray | None,
-        text_embeddings: np.ndarray | None,
-        timestamps: np.ndarray | None,
-        context: SamplingContext,
-    ) -> SamplingResult:
+    def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
         self._check_params()
-        rng = rng_from(self.random_state)
-        ctx = complete_context(
-            features,
-            constraints,
-            context,
-            need=("jaccard", "dbscan_labels", "finch", "calibrator"),
-            random_state=self.random_state,
-        )
-        a, b, outlier = self.clusterings(features, constraints, ctx)
-        pool = aas_pool(
+        rng = check_random_state(self.random_state)
+        features, constraints = pool.features, pool.constraints
+        a, b, outlier = self.clusterings(features, constraints, pool.view)
+        candidates = aas_pool(
             features,
             a,
             b,
             outlier=outlier,
-            jaccard=ctx.jaccard if self.similarity == "jaccard" else None,
+            jaccard=pool.view.jaccard if self.similarity == "jaccard" else None,
             k_max=self.k_max,
             s_min=self.s_min,
             exact_medoid_max=self.exact_medoid_max,
         )
-        sizes = pool.sizes()
-        if pool.n_regions == 0 or len(pool) == 0:
+        sizes = candidates.sizes()
+        if candidates.n_regions == 0 or len(candidates) == 0:
             # the two views agree (or disagree only where no pair is informative): rely on base training
             return SamplingResult(proposals=[], shortfall=budget, pool_sizes=sizes)
-        open_pool = pool.subset(unresolved_mask(constraints, pool.i, pool.j))
+        open_pool = candidates.subset(unresolved_mask(constraints, candidates.i, candidates.j))
         sizes["U_open"] = len(open_pool)
         if len(open_pool) == 0:
             raise PoolExhaustedError(
-                f"aas: all {len(pool)} pairs of the pool are already asked or implied (pool sizes {sizes})"
+                f"aas: all {len(candidates)} pairs of the pool are already asked or implied "
+                f"(pool sizes {sizes})"
             )
         prob = aas_probabilities(open_pool, self.epsilon)
         if len(open_pool) <= budget:
@@ -689,15 +656,7 @@ class AASSampler(PairSampler):
         pairs = list(zip(open_pool.i[chosen].tolist(), open_pool.j[chosen].tolist(), strict=True))
         pools = [POOL_NAMES[c] for c in open_pool.code[chosen]]
         reasons = [_reason(open_pool, t, prob[t]) for t in chosen]
-        proposals = make_proposals(
-            pairs,
-            priority[chosen],
-            pools,
-            reasons,
-            strategy=self.name,
-            features=features,
-            calibrator=ctx.calibrator,
-        )
+        proposals = self._proposals(pool, pairs, priority[chosen], pools, reasons)
         return SamplingResult(
             proposals=proposals, shortfall=max(0, budget - len(proposals)), pool_sizes=sizes
         )

@@ -8,24 +8,15 @@ new region of the space is a known identity. Memory is O(n): one running min-dis
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from strategies.samplers.base import (
-    PairSampler,
-    SamplingContext,
-    SamplingResult,
-    complete_context,
-    finish,
-    labelled_items,
-    make_proposals,
-    matvec,
-    max_similarity_to,
-    register_sampler,
-    rng_from,
-    take_unresolved,
-)
+from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
+from strategies.samplers.numeric import labelled_items, matvec, max_similarity_to, take_unresolved
+from strategies.samplers.pool import PairPool
+from strategies.validation import check_random_state
 
 if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
@@ -61,7 +52,7 @@ def k_center_greedy(
     while left > 0:
         if near is None:
             candidates = np.flatnonzero(~blocked)
-            pick = int(candidates[rng_from(random_state).integers(candidates.size)])
+            pick = int(candidates[check_random_state(random_state).integers(candidates.size)])
             score = 1.0
             near = np.full(n, -np.inf, dtype=np.float32)
             near[blocked] = np.inf
@@ -76,29 +67,18 @@ def k_center_greedy(
 
 
 @register_sampler
+@dataclass(eq=False, repr=False)
 class CoresetSampler(PairSampler):
     """k-centre greedy images, each paired with its nearest labelled image (nearest image at cold start);
     priority = coverage distance."""
 
     name: ClassVar[str] = "coreset"
 
-    def __init__(self, random_state: int | None = 0) -> None:
-        self.random_state = random_state
+    random_state: int | None = 0
 
-    def _propose(
-        self,
-        features: np.ndarray,
-        constraints: ConstraintGraph,
-        budget: int,
-        *,
-        cameras: np.ndarray | None,
-        tracklets: np.ndarray | None,
-        text_embeddings: np.ndarray | None,
-        timestamps: np.ndarray | None,
-        context: SamplingContext,
-    ) -> SamplingResult:
-        rng_from(self.random_state)  # validates random_state up front
-        n = features.shape[0]
+    def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
+        check_random_state(self.random_state)  # validates random_state up front
+        features, constraints, n = pool.features, pool.constraints, pool.n
         labelled = labelled_items(constraints, n)
         centres: list[int] = np.flatnonzero(labelled).tolist()
         pairs: list[tuple[int, int]] = []
@@ -124,18 +104,9 @@ class CoresetSampler(PairSampler):
             )
             if len(pairs) >= budget:
                 break
-        ctx = complete_context(features, constraints, context, need=("calibrator",))
-        proposals = make_proposals(
-            pairs,
-            np.asarray(priorities),
-            ["coreset"] * len(pairs),
-            reasons,
-            strategy=self.name,
-            features=features,
-            calibrator=ctx.calibrator,
-        )
+        proposals = self._proposals(pool, pairs, np.asarray(priorities), ["coreset"] * len(pairs), reasons)
         pool_sizes = {"labelled": int(labelled.sum()), "candidates": int(n - labelled.sum()), "picks": picks}
-        return finish(proposals, budget, pool_sizes, what="coreset")
+        return self._result(proposals, budget, pool_sizes)
 
 
 def _nearest_unresolved(

@@ -8,61 +8,39 @@ instead of looping forever.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from strategies.defaults import RANDOM_MAX_DRAWS_FACTOR, RANDOM_MIN_DRAWS
-from strategies.samplers.base import (
-    PairSampler,
-    SamplingContext,
-    SamplingResult,
-    complete_context,
-    finish,
-    make_proposals,
-    register_sampler,
-    rng_from,
-    unresolved_mask,
-)
+from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
+from strategies.samplers.numeric import unresolved_mask
+from strategies.samplers.pool import PairPool
+from strategies.validation import check_random_state
 
 if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
 
 
 @register_sampler
+@dataclass(eq=False, repr=False)
 class RandomPairSampler(PairSampler):
     """Uniform random pairs over unasked, unimplied pairs; priority is the uniform draw itself."""
 
     name: ClassVar[str] = "random"
 
-    def __init__(
-        self,
-        max_draws_factor: int = RANDOM_MAX_DRAWS_FACTOR,
-        min_draws: int = RANDOM_MIN_DRAWS,
-        random_state: int | None = 0,
-    ) -> None:
-        self.max_draws_factor = max_draws_factor
-        self.min_draws = min_draws
-        self.random_state = random_state
+    max_draws_factor: int = RANDOM_MAX_DRAWS_FACTOR
+    min_draws: int = RANDOM_MIN_DRAWS
+    random_state: int | None = 0
 
-    def _propose(
-        self,
-        features: np.ndarray,
-        constraints: ConstraintGraph,
-        budget: int,
-        *,
-        cameras: np.ndarray | None,
-        tracklets: np.ndarray | None,
-        text_embeddings: np.ndarray | None,
-        timestamps: np.ndarray | None,
-        context: SamplingContext,
-    ) -> SamplingResult:
+    def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
         if self.max_draws_factor < 1 or self.min_draws < 1:
             raise ValueError(
                 f"max_draws_factor and min_draws must be >= 1, got {self.max_draws_factor}, {self.min_draws}"
             )
-        rng = rng_from(self.random_state)
-        n = features.shape[0]
+        rng = check_random_state(self.random_state)
+        n, constraints = pool.n, pool.constraints
         total = n * (n - 1) // 2
         limit = min(budget, total)
         max_draws = max(self.min_draws, self.max_draws_factor * limit)
@@ -88,18 +66,10 @@ class RandomPairSampler(PairSampler):
                 chosen[pair] = None
         pairs = list(chosen)
         priorities = rng.random(len(pairs))
-        ctx = complete_context(features, constraints, context, need=("calibrator",))
-        proposals = make_proposals(
-            pairs,
-            priorities,
-            ["random"] * len(pairs),
-            ["uniform draw over unasked, unimplied pairs"] * len(pairs),
-            strategy=self.name,
-            features=features,
-            calibrator=ctx.calibrator,
-        )
+        reasons = ["uniform draw over unasked, unimplied pairs"] * len(pairs)
+        proposals = self._proposals(pool, pairs, priorities, ["random"] * len(pairs), reasons)
         pool_sizes = {"all_pairs": total, "draws": draws, "scanned_rows": scanned}
-        return finish(proposals, budget, pool_sizes, what="random")
+        return self._result(proposals, budget, pool_sizes)
 
 
 def _scan_remaining(

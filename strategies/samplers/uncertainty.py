@@ -17,7 +17,7 @@ Memory: O(n) per-unit arrays plus one (block x L) similarity block; n x n is nev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -32,20 +32,10 @@ from strategies.defaults import (
     UNC_TOP_IDENTITIES,
     UNC_UNCERTAINTY,
 )
-from strategies.samplers.base import (
-    PairSampler,
-    SamplingContext,
-    SamplingResult,
-    block_rows,
-    complete_context,
-    finish,
-    labelled_items,
-    make_proposals,
-    matvec,
-    register_sampler,
-    rng_from,
-    take_unresolved,
-)
+from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
+from strategies.samplers.numeric import block_rows, labelled_items, matvec, take_unresolved
+from strategies.samplers.pool import PairPool
+from strategies.validation import check_int, check_random_state
 
 if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
@@ -158,6 +148,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 @register_sampler
+@dataclass(eq=False, repr=False)
 class UncertaintySampler(PairSampler):
     """Greedy batch by a_i = λ_u u_i + λ_d d_i with near-duplicate and (camera, time segment) control.
 
@@ -175,31 +166,17 @@ class UncertaintySampler(PairSampler):
 
     name: ClassVar[str] = "uncertainty"
 
-    def __init__(
-        self,
-        tau: float = UNC_TAU,
-        lambda_u: float = UNC_LAMBDA_U,
-        lambda_d: float = UNC_LAMBDA_D,
-        near_duplicate: float = UNC_NEAR_DUPLICATE,
-        top_identities: int = UNC_TOP_IDENTITIES,
-        uncertainty: str = UNC_UNCERTAINTY,
-        lambda_text: float = UNC_LAMBDA_TEXT,
-        one_per_segment: bool = False,
-        segment_seconds: float = UNC_SEGMENT_SECONDS,
-        random_state: int | None = 0,
-        provisional_identities: int = UNC_PROVISIONAL_IDENTITIES,
-    ) -> None:
-        self.tau = tau
-        self.lambda_u = lambda_u
-        self.lambda_d = lambda_d
-        self.near_duplicate = near_duplicate
-        self.top_identities = top_identities
-        self.uncertainty = uncertainty
-        self.lambda_text = lambda_text
-        self.one_per_segment = one_per_segment
-        self.segment_seconds = segment_seconds
-        self.random_state = random_state
-        self.provisional_identities = provisional_identities
+    tau: float = UNC_TAU
+    lambda_u: float = UNC_LAMBDA_U
+    lambda_d: float = UNC_LAMBDA_D
+    near_duplicate: float = UNC_NEAR_DUPLICATE
+    top_identities: int = UNC_TOP_IDENTITIES
+    uncertainty: str = UNC_UNCERTAINTY
+    lambda_text: float = UNC_LAMBDA_TEXT
+    one_per_segment: bool = False
+    segment_seconds: float = UNC_SEGMENT_SECONDS
+    random_state: int | None = 0
+    provisional_identities: int = UNC_PROVISIONAL_IDENTITIES
 
     def _check_params(self) -> None:
         if not self.tau > 0:
@@ -230,62 +207,25 @@ class UncertaintySampler(PairSampler):
             raise ValueError(
                 f"provisional_identities must be an int >= 0, got {self.provisional_identities!r}"
             )
-        rng_from(self.random_state)
+        check_random_state(self.random_state)
 
     # ------------------------------------------------------------------ public pieces
     def select_units(
-        self,
-        embeddings: np.ndarray,
-        constraints: ConstraintGraph,
-        n_units: int,
-        *,
-        cameras: np.ndarray | None = None,
-        tracklets: np.ndarray | None = None,
-        text_embeddings: np.ndarray | None = None,
-        timestamps: np.ndarray | None = None,
+        self, embeddings: np.ndarray, constraints: ConstraintGraph, n_units: int, **side_info: Any
     ) -> UnitSelection:
-        """The greedy batch of up to ``n_units`` units alone (no pairs): what the pairs are built from."""
-        from strategies.samplers.base import check_constraints, check_embeddings
-
-        features = check_embeddings(embeddings)
-        check_constraints(constraints, features.shape[0])
-        if isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units < 1:
-            raise ValueError(f"n_units must be a positive int, got {n_units!r}")
-        text = None
-        if text_embeddings is not None:
-            text = check_embeddings(text_embeddings, name="text_embeddings", allow_zero_rows=True)
+        """The greedy batch of up to ``n_units`` units alone (no pairs): what the pairs are built from.
+        ``side_info``: ``cameras``, ``tracklets``, ``text_embeddings``, ``timestamps`` as for ``select``."""
+        pool = PairPool.build(embeddings, constraints, random_state=self.random_state, **side_info)
+        n_units = check_int(n_units, "n_units", 1)
         self._check_params()
-        units = make_units(features, tracklets)
-        selection, _ = self._greedy(
-            features, units, constraints, int(n_units), cameras, timestamps, text, pair_budget=None
-        )
-        return selection
+        units = make_units(pool.features, pool.tracklets)
+        return self._greedy(pool, units, n_units, pair_budget=None)[0]
 
     # ------------------------------------------------------------------ work
-    def _propose(
-        self,
-        features: np.ndarray,
-        constraints: ConstraintGraph,
-        budget: int,
-        *,
-        cameras: np.ndarray | None,
-        tracklets: np.ndarray | None,
-        text_embeddings: np.ndarray | None,
-        timestamps: np.ndarray | None,
-        context: SamplingContext,
-    ) -> SamplingResult:
+    def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
         self._check_params()
-        units = make_units(features, tracklets)
-        selection, picked = self._greedy(
-            features,
-            units,
-            constraints,
-            len(units.rep),
-            cameras,
-            timestamps,
-            text_embeddings,
-            pair_budget=budget,
-        )
+        units = make_units(pool.features, pool.tracklets)
+        selection, picked = self._greedy(pool, units, len(units.rep), pair_budget=budget)
         pairs: list[tuple[int, int]] = []
         priorities: list[float] = []
         reasons: list[str] = []
@@ -300,16 +240,8 @@ class UncertaintySampler(PairSampler):
                     f"unit {int(selection.units[t])}: a={selection.scores[t]:.3f} "
                     f"(u={selection.uncertainty[t]:.3f}, d={selection.coverage[t]:.3f}); {why}"
                 )
-        ctx = complete_context(features, constraints, context, need=("calibrator",))
-        proposals = make_proposals(
-            pairs,
-            np.asarray(priorities),
-            ["uncertainty"] * len(pairs),
-            reasons,
-            strategy=self.name,
-            features=features,
-            calibrator=ctx.calibrator,
-        )
+        labels = ["uncertainty"] * len(pairs)
+        proposals = self._proposals(pool, pairs, np.asarray(priorities), labels, reasons)
         pool_sizes = {
             "units": len(units.rep),
             "selected_units": len(selection.units),
@@ -317,20 +249,12 @@ class UncertaintySampler(PairSampler):
             "skipped_segment": selection.skipped_segment,
             "skipped_no_pair": selection.skipped_no_pair,
         }
-        return finish(proposals, budget, pool_sizes, what="uncertainty")
+        return self._result(proposals, budget, pool_sizes)
 
     def _greedy(
-        self,
-        features: np.ndarray,
-        units: Units,
-        constraints: ConstraintGraph,
-        max_units: int,
-        cameras: np.ndarray | None,
-        timestamps: np.ndarray | None,
-        text: np.ndarray | None,
-        *,
-        pair_budget: int | None,
+        self, pool: PairPool, units: Units, max_units: int, *, pair_budget: int | None
     ) -> tuple[UnitSelection, list[list[tuple[tuple[int, int], str]]]]:
+        features, constraints, text = pool.features, pool.constraints, pool.text
         n = features.shape[0]
         uf = units.features
         n_units = uf.shape[0]
@@ -367,9 +291,9 @@ class UncertaintySampler(PairSampler):
                         ub, s_id, unit_text[start : start + step], lab_t, lab_has_text, id_start
                     )
                 u[start : start + step] = ub
-        unit_cam, unit_seg = _unit_segments(units, cameras, timestamps, self.segment_seconds)
+        unit_cam, unit_seg = _unit_segments(units, pool.cameras, pool.timestamps, self.segment_seconds)
         used_segments: set[tuple[object, object]] = set()
-        rng = rng_from(self.random_state)
+        rng = check_random_state(self.random_state)
         # a_i = base_i - c * best_i with best_i = max cosine to labelled ∪ batch (d_i = (1 - best_i) / 2);
         # cold start: a_i = d_i. Unavailable units get base = -inf, so one subtraction + argmax per pick.
         lam_u, lam_d = (0.0, 1.0) if cold else (float(self.lambda_u), float(self.lambda_d))

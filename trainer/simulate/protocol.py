@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from strategies import defaults
 from trainer.simulate.datasets import SimulationDataset
 
 RANKS = (1, 5, 10)
@@ -162,25 +161,9 @@ def evaluate(
     }
 
 
-def unsupervised_pseudo_labels(
-    features: np.ndarray,
-    *,
-    k1: int | None = None,
-    k2: int | None = None,
-    eps: float | None = None,
-    min_samples: int | None = None,
-) -> np.ndarray:
-    """DBSCAN over k-reciprocal Jaccard distances (the pipeline's pseudo-labels with no constraints)."""
-    from strategies.clustering import DBSCANClusterer
-    from strategies.jaccard import jaccard_distance
+def unsupervised_pseudo_labels(features: np.ndarray, **params: Any) -> np.ndarray:
+    """DBSCAN over k-reciprocal Jaccard distances (the pipeline's pseudo-labels with no constraints);
+    ``params`` override the ClusteringView's (k1, k2, eps, min_samples)."""
+    from strategies.view import ClusteringView
 
-    dist = jaccard_distance(
-        np.asarray(features, dtype=np.float32),
-        k1=min(defaults.K1 if k1 is None else k1, features.shape[0] - 1),
-        k2=min(defaults.K2 if k2 is None else k2, defaults.K1 if k1 is None else k1, features.shape[0] - 1),
-    )
-    clusterer = DBSCANClusterer(
-        eps=defaults.DBSCAN_EPS if eps is None else eps,
-        min_samples=defaults.DBSCAN_MIN_SAMPLES if min_samples is None else min_samples,
-    )
-    return np.asarray(clusterer.fit_predict(dist))
+    return np.asarray(ClusteringView(np.asarray(features, dtype=np.float32), **params).dbscan_labels)

@@ -1,0 +1,164 @@
+"""One clustering of one embedding: kNN graph -> k-reciprocal Jaccard -> DBSCAN, FINCH and P(same).
+
+The retraining cycle, the samplers and the CLI all look at an embedding the same way (ALGORITHMS.md
+§1-2, §4, §7). ``ClusteringView`` holds the embedding, the constraints and the parameters, and computes
+each piece the first time something asks for it, then keeps it: a cycle that hands its view to a sampler
+never computes a kNN graph twice, and a sampler that needs no FINCH hierarchy never builds one.
+
+A new piece (e.g. an identity assignment) is one more ``cached_property`` reading the ones above it.
+Precomputed pieces (a benchmark that times them apart, a test with hand-made labels) are passed as
+keyword arguments and are then never recomputed.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from strategies.calibration import PSameCalibrator
+from strategies.clustering import FINCH, DBSCANClusterer, FinchResult
+from strategies.constraints import ConstraintGraph
+from strategies.defaults import CONTRADICTION_POLICY, DBSCAN_EPS, DBSCAN_MIN_SAMPLES, K1, K2, KNN_K
+from strategies.jaccard import jaccard_distance
+from strategies.knn import KnnGraph, build_knn
+from strategies.np3 import NP3, NP3Result
+from strategies.validation import check_features, check_int
+
+__all__ = ["PRECOMPUTABLE", "ClusteringView", "labelled_pairs"]
+
+# the pieces a caller may hand in already computed
+PRECOMPUTABLE = ("knn", "jaccard", "dbscan_labels", "finch", "calibrator")
+
+
+def labelled_pairs(constraints: ConstraintGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Every human answer as ``(pairs (m, 2), same (m,))``: must-links (same) first, then cannot-links,
+    each in insertion order."""
+    rows = [(c.i, c.j, 1) for c in constraints.must_links()] + [
+        (c.i, c.j, 0) for c in constraints.cannot_links()
+    ]
+    if not rows:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=bool)
+    arr = np.asarray(rows, dtype=np.int64)
+    return arr[:, :2], arr[:, 2].astype(bool)
+
+
+class ClusteringView:
+    """The clustering pieces of ``features`` (L2-normalised rows) under ``constraints``.
+
+    Parameters keep the papers' names: ``k1``/``k2`` (k-reciprocal Jaccard, clamped to the pool),
+    ``knn_k`` (columns of the kNN graph, at least ``k1``), ``eps``/``min_samples`` (DBSCAN),
+    ``contradiction_policy`` (NP3) and ``random_state`` (approximate kNN index, FINCH, NP3).
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        constraints: ConstraintGraph | None = None,
+        *,
+        k1: int = K1,
+        k2: int = K2,
+        knn_k: int = KNN_K,
+        eps: float = DBSCAN_EPS,
+        min_samples: int = DBSCAN_MIN_SAMPLES,
+        contradiction_policy: str = CONTRADICTION_POLICY,
+        random_state: int = 0,
+        **precomputed: Any,
+    ) -> None:
+        self.features = check_features(features, min_rows=2)
+        self.n = int(self.features.shape[0])
+        self.constraints = ConstraintGraph() if constraints is None else constraints
+        self.k1 = max(1, min(check_int(k1, "k1", 1), self.n - 1))
+        self.k2 = max(1, min(check_int(k2, "k2", 1), self.k1))
+        self.knn_k = check_int(knn_k, "knn_k", 1)
+        self.eps = eps
+        self.min_samples = min_samples
+        self.contradiction_policy = contradiction_policy
+        self.random_state = check_int(random_state, "random_state", 0)
+        unknown = sorted(set(precomputed) - set(PRECOMPUTABLE))
+        if unknown:
+            raise TypeError(f"unknown precomputed piece(s) {unknown}; known: {list(PRECOMPUTABLE)}")
+        for name, value in precomputed.items():
+            if value is not None:
+                self._check_piece(name, value)
+                self.__dict__[name] = value  # a cached_property never recomputes what is already set
+
+    def __repr__(self) -> str:
+        done = [name for name in PRECOMPUTABLE if name in self.__dict__]
+        return f"ClusteringView(n={self.n}, k1={self.k1}, k2={self.k2}, computed={done})"
+
+    def _check_piece(self, name: str, value: Any) -> None:
+        n = self.n
+        if name == "knn":
+            if not isinstance(value, KnnGraph) or value.n != n:
+                raise ValueError(f"knn must be a KnnGraph over the {n} rows, got {value!r}")
+        elif name == "jaccard":
+            if not sp.issparse(value) or value.shape != (n, n):
+                shape = getattr(value, "shape", value)
+                raise ValueError(f"jaccard must be a sparse ({n}, {n}) matrix, got {shape}")
+        elif name == "dbscan_labels":
+            if np.asarray(value).shape != (n,):
+                raise ValueError(f"dbscan_labels must have shape ({n},), got {np.asarray(value).shape}")
+        elif name == "finch":
+            if not isinstance(value, FinchResult):
+                raise ValueError(f"finch must be a FinchResult, got {type(value).__name__}")
+            for level, part in enumerate(value.partitions):
+                if np.asarray(part).shape != (n,):
+                    raise ValueError(f"finch.partitions[{level}] must have shape ({n},)")
+        elif name == "calibrator" and not hasattr(value, "predict"):
+            raise ValueError(f"calibrator must have a predict method, got {type(value).__name__}")
+
+    # ------------------------------------------------------------------ the pieces, computed on first use
+    @cached_property
+    def knn(self) -> KnnGraph:
+        """The kNN graph (self in column 0) with ``max(k1, knn_k)`` columns (at most n)."""
+        return self._knn_graph()
+
+    def _knn_graph(self) -> KnnGraph:
+        width = min(self.n, max(self.k1, self.knn_k))
+        return build_knn(self.features, width, random_state=self.random_state, check_input=False)
+
+    @cached_property
+    def jaccard(self) -> sp.csr_matrix:
+        """k-reciprocal Jaccard distances on the kNN edges; a precomputed kNN graph narrower than ``k1``
+        is not enough for them, so a graph of the default width is built for them instead."""
+        knn = self.knn if self.knn.k >= self.k1 else self._knn_graph()
+        return jaccard_distance(self.features, k1=self.k1, k2=self.k2, knn=knn, check_input=False)
+
+    @cached_property
+    def dbscan_labels(self) -> np.ndarray:
+        """DBSCAN over the Jaccard distances; -1 = outlier."""
+        return np.asarray(DBSCANClusterer(self.eps, self.min_samples).fit_predict(self.jaccard))
+
+    @cached_property
+    def np3(self) -> NP3Result:
+        """DBSCAN's labels refined by NP3 so that every kept constraint holds."""
+        np3 = NP3(self.contradiction_policy, random_state=self.random_state)
+        return np3.refine(self.dbscan_labels, self.features, self.constraints)
+
+    @property
+    def pseudo_labels(self) -> np.ndarray:
+        """The NP3-refined clustering: what training and evaluation use as pseudo-labels."""
+        return np.asarray(self.np3.labels)
+
+    @cached_property
+    def finch(self) -> FinchResult:
+        """The FINCH hierarchy, its first neighbours read from the kNN graph (when it has any)."""
+        knn = self.knn if self.knn.k >= 2 else None
+        return FINCH(random_state=self.random_state).fit(self.features, knn=knn)
+
+    @cached_property
+    def calibrator(self) -> PSameCalibrator:
+        """P(same) as a function of cosine similarity, fit on the answered pairs under this embedding."""
+        pairs, same = labelled_pairs(self.constraints)
+        emb = self.features
+        sims = (emb[pairs[:, 0]] * emb[pairs[:, 1]]).sum(axis=1).astype(np.float64)
+        return PSameCalibrator().fit(sims, same)
+
+    @property
+    def n_clusters(self) -> int:
+        """Clusters of the refined clustering, outliers not counted."""
+        labels = self.pseudo_labels
+        return int(np.unique(labels[labels >= 0]).size)
