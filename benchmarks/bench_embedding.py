@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks._machine import cpu_model  # noqa: E402
 from trainer.encoders import Encoder, create_encoder  # noqa: E402
-from trainer.extraction import auto_num_workers, extract_embeddings, load_rgb  # noqa: E402
+from trainer.extraction import auto_num_workers, extract_embeddings  # noqa: E402
+from trainer.images import load_rgb  # noqa: E402
 from trainer.store import EmbeddingStore  # noqa: E402
 
 ENCODER_NAMES = {"mobilenetv2": "mobilenetv2", "open_clip": "open_clip_random"}

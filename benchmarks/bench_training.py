@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from strategies.metrics import retrieval_metrics  # noqa: E402
-from trainer.adapter import TrainConfig, apply_adapter, resolve_device, train_adapter  # noqa: E402
+from trainer.adapter import TrainConfig, apply_adapter, train_adapter  # noqa: E402
+from trainer.runtime import resolve_device  # noqa: E402
 
 
 def camera_offsets(dim: int, seed: int, n_cameras: int = 6) -> np.ndarray:

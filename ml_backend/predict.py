@@ -197,7 +197,7 @@ class Predictor:
 
     def _default_embedder(self, paths: list[Path]) -> np.ndarray:
         from trainer.encoders import encoder_from_spec
-        from trainer.extraction import load_rgb
+        from trainer.images import load_rgb
 
         if self._encoder is None:
             self._encoder = encoder_from_spec(self.settings.encoder,

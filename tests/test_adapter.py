@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from strategies.constraints import must_link_components
 from strategies.metrics import retrieval_metrics
 from trainer.adapter import (
     Adapter,
     TrainConfig,
     TrainResult,
-    _BatchBuilder,
-    _components,
     apply_adapter,
-    resolve_device,
     train_adapter,
 )
+from trainer.runtime import resolve_device
+from trainer.training import BatchBuilder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -222,7 +222,7 @@ def test_partners_prefer_must_links_and_other_cameras() -> None:
     labels = np.repeat(np.arange(10), 10)
     cams = np.tile(np.arange(10) % 2, 10)  # every cluster has both cameras
     ml = np.array([[0, 55]])
-    builder = _BatchBuilder(labels, _components(100, ml), ml, np.zeros((0, 2), dtype=np.int64), cams,
+    builder = BatchBuilder(labels, must_link_components(ml, 100), ml, np.zeros((0, 2), dtype=np.int64), cams,
                             np.random.default_rng(0))
     anchors = np.arange(100)
     partners = np.stack([builder.partners(anchors) for _ in range(20)])
@@ -242,7 +242,7 @@ def test_cannot_links_become_forced_negatives_between_components() -> None:
     labels = np.zeros(6, dtype=np.int64)
     ml = np.array([[0, 1], [2, 3]])
     cl = np.array([[1, 2]])
-    builder = _BatchBuilder(labels, _components(6, ml), ml, cl, None, np.random.default_rng(0))
+    builder = BatchBuilder(labels, must_link_components(ml, 6), ml, cl, None, np.random.default_rng(0))
     strong, weak, negative = builder.masks(np.arange(6))
     assert negative[0, 3] and negative[3, 0] and negative[1, 2]  # whole components are different
     assert not weak[0, 3] and weak[0, 4]

@@ -11,27 +11,27 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer import encoders
+from trainer import runtime
 from trainer.compat import import_open_clip, import_torchvision, missing_torchvision_ops
 from trainer.encoders import (
     ENCODERS,
-    ENV_ENCODER,
-    ENV_ENCODER_CHECKPOINT,
     TINY_OPEN_CLIP_CFG,
-    EncoderUnavailableError,
-    ImageNetTransform,
     MobileNetV2Encoder,
     NoTextTowerError,
     OpenClipEncoder,
-    _cached_pretrained,
-    _choose_precision,
     available_encoders,
     create_encoder,
-    default_mobilenetv2_weights,
-    encoder_from_env,
     encoder_from_spec,
     parse_encoder_spec,
-    probe_images,
+)
+from trainer.images import ImageNetTransform, probe_images
+from trainer.runtime import choose_precision
+from trainer.weights import (
+    ENV_ENCODER,
+    ENV_ENCODER_CHECKPOINT,
+    EncoderUnavailableError,
+    cached_pretrained,
+    default_mobilenetv2_weights,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -246,14 +246,14 @@ def test_cached_weights_are_found_without_network(tmp_path: Path) -> None:
     snap.mkdir(parents=True)
     (snap / "open_clip_pytorch_model.bin").write_bytes(b"w")
     cfg = {"hf_hub": "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"}
-    assert _cached_pretrained(cfg, str(tmp_path)) == str(snap / "open_clip_pytorch_model.bin")
+    assert cached_pretrained(cfg, str(tmp_path)) == str(snap / "open_clip_pytorch_model.bin")
     (snap / "open_clip_model.safetensors").write_bytes(b"s")  # preferred, as open_clip does
-    assert _cached_pretrained(cfg, str(tmp_path)) == str(snap / "open_clip_model.safetensors")
-    assert _cached_pretrained({"hf_hub": "laion/other/"}, str(tmp_path)) is None
+    assert cached_pretrained(cfg, str(tmp_path)) == str(snap / "open_clip_model.safetensors")
+    assert cached_pretrained({"hf_hub": "laion/other/"}, str(tmp_path)) is None
     url_file = tmp_path / "clip" / "ViT-B-32.pt"
     url_file.parent.mkdir()
     url_file.write_bytes(b"u")
-    assert _cached_pretrained({"url": "https://x/y/ViT-B-32.pt"}, str(url_file.parent)) == str(url_file)
+    assert cached_pretrained({"url": "https://x/y/ViT-B-32.pt"}, str(url_file.parent)) == str(url_file)
 
 
 def test_unknown_model_and_tag_are_clear_errors() -> None:
@@ -285,16 +285,15 @@ def test_spec_without_tag_for_another_model_needs_a_checkpoint() -> None:
         encoder_from_spec("open_clip:ViT-L-14")
 
 
-def test_encoder_from_spec_and_env(tmp_path: Path) -> None:
+def test_encoder_from_spec(tmp_path: Path) -> None:
     enc = encoder_from_spec("open_clip:ViT-B-32:random", model_cfg=TINY_OPEN_CLIP_CFG, precision="fp32")
     assert isinstance(enc, OpenClipEncoder) and enc.name == "open_clip:ViT-B-32:random+custom_cfg"
     by_name = create_encoder("open_clip:ViT-B-32:random", model_cfg=TINY_OPEN_CLIP_CFG, precision="fp32")
     assert by_name.name == enc.name
-    env_enc = encoder_from_env({ENV_ENCODER: "mobilenetv2", ENV_ENCODER_CHECKPOINT: ""}, precision="fp32")
-    assert isinstance(env_enc, MobileNetV2Encoder) and env_enc.name == "mobilenetv2"
+    mobile = encoder_from_spec("mobilenetv2", checkpoint="", precision="fp32")
+    assert isinstance(mobile, MobileNetV2Encoder) and mobile.name == "mobilenetv2"
     with pytest.raises(EncoderUnavailableError, match=ENV_ENCODER_CHECKPOINT):
-        encoder_from_env({ENV_ENCODER: "open_clip:ViT-B-32:laion2b_s34b_b79k",
-                          ENV_ENCODER_CHECKPOINT: str(tmp_path / "missing.bin")})
+        encoder_from_spec("open_clip:ViT-B-32:laion2b_s34b_b79k", checkpoint=str(tmp_path / "missing.bin"))
 
 
 # ---------------------------------------------------------------------------------------- precision
@@ -325,19 +324,19 @@ def test_reduced_precision_only_when_it_agrees_with_fp32() -> None:
     probe = torch.rand(4, 3, 4, 4) + 0.1
     cpu = torch.device("cpu")
     fwd = lambda m, x: m(x)  # noqa: E731
-    model, dtype, note = _choose_precision(_Flip(), fwd, probe, "bf16", cpu, 0.998)
+    model, dtype, note = choose_precision(_Flip(), fwd, probe, "bf16", cpu, 0.998)
     assert dtype == torch.float32 and "probe mean cosine" in note and model.w.dtype == torch.float32
-    model, dtype, note = _choose_precision(_Identity(), fwd, probe, "bf16", cpu, 0.998)
+    model, dtype, note = choose_precision(_Identity(), fwd, probe, "bf16", cpu, 0.998)
     assert dtype == torch.bfloat16 and model.w.dtype == torch.bfloat16 and note.startswith("bf16")
-    model, dtype, note = _choose_precision(_Identity(), fwd, probe, "fp32", cpu, 0.998)
+    model, dtype, note = choose_precision(_Identity(), fwd, probe, "fp32", cpu, 0.998)
     assert dtype == torch.float32 and note == "fp32 (requested)"
     with pytest.raises(ValueError, match="precision must be one of"):
-        _choose_precision(_Identity(), fwd, probe, "fp8", cpu, 0.998)
+        choose_precision(_Identity(), fwd, probe, "fp8", cpu, 0.998)
 
 
 def test_auto_precision_on_cpu_without_native_bf16_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encoders, "_cpu_has_native_bf16", lambda: False)
-    _, dtype, note = _choose_precision(_Identity(), lambda m, x: m(x), torch.rand(2, 3, 2, 2),
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    _, dtype, note = choose_precision(_Identity(), lambda m, x: m(x), torch.rand(2, 3, 2, 2),
                                        "auto", torch.device("cpu"), 0.998)
     assert dtype == torch.float32 and "no native bf16" in note
 

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from trainer.encoders import Encoder, create_encoder
-from trainer.extraction import ExtractionReport, auto_num_workers, extract_embeddings, load_rgb, to_rgb
+from trainer.extraction import ExtractionReport, auto_num_workers, extract_embeddings
+from trainer.images import load_rgb, to_rgb
 from trainer.store import EmbeddingStore, StoreMismatchError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer.files import write_json_atomic
 from trainer.store import (
     FEATURES_FILE,
     IDS_FILE,
     MANIFEST_FILE,
     EmbeddingStore,
     StoreMismatchError,
-    write_json_atomic,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,11 +5,9 @@ re-embeds the pool through it. The head starts as the identity (``Adapter`` outp
 input), so cycle 0 cannot destroy the frozen embedding, and a warm-started head continues from the
 previous cycle's state.
 
-Training batches are built so that every term sees signal even on a large pool: half of a batch are
-anchors (an epoch walks a seeded permutation of all rows), the other half one partner per anchor — a
-human must-link partner (probability 1/2 when the anchor has one), else a co-cluster member (from
-another camera when cameras are known and one is drawn), else a random row. A second "view" of every
-row is the frozen feature with feature dropout and Gaussian noise.
+Training batches (trainer/training.py) are built so that every term sees signal even on a large pool:
+anchors and one partner each (a human must-link partner, else a co-cluster member, else a random row).
+A second "view" of every row is the frozen feature with feature dropout and Gaussian noise.
 
 Terms (select with ``TrainConfig.terms``; see trainer/losses.py):
 ``cluster`` SpCL cluster-contrastive loss on the pseudo-labels, centroids re-extracted every epoch and
@@ -24,19 +22,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
-from strategies.defaults import (
+from strategies.constraints import must_link_components
+from strategies.validation import check_features, check_labels, check_pairs, check_per_item
+from trainer.defaults import (
     ADAPTER_HIDDEN_DIM,
     CONTRAST_TEMPERATURE,
     GM_BETA,
@@ -60,6 +57,8 @@ from trainer.losses import (
     PairContrastiveLoss,
     UncertaintyAwareContrastiveLoss,
 )
+from trainer.runtime import deterministic, resolve_device
+from trainer.training import LOSS_TERMS, BatchBuilder, check_training_settings, compact_labels
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -70,53 +69,11 @@ __all__ = [
     "TrainReport",
     "TrainResult",
     "apply_adapter",
-    "resolve_device",
     "train_adapter",
 ]
 
 ADAPTER_KINDS = ("residual_mlp", "linear")
-LOSS_TERMS = ("cluster", "pair", "ua", "gm")
-OUTLIER_MODES = ("exclude", "instance")
 STATE_FORMAT = "reid-al-adapter/1"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
-    if isinstance(device, torch.device):
-        resolved = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            resolved = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={str(resolved)!r} was requested but torch sees no CUDA GPU; use 'auto' or 'cpu'"
-        )
-    return resolved
-
-
-@contextmanager
-def _deterministic(num_threads: int | None = None) -> Iterator[None]:
-    """Deterministic kernels (and optionally a thread count) for one run, then restore the caller's.
-
-    Why a thread knob: on a CPU shared by several workers, torch's default of one thread per core
-    spins against the other processes; one thread per worker is often several times faster.
-    """
-    was_enabled = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    was_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was_enabled, warn_only=was_warn_only)
-        if num_threads is not None:
-            torch.set_num_threads(was_threads)
 
 
 class Adapter(nn.Module):
@@ -207,38 +164,9 @@ class Adapter(nn.Module):
         return adapter
 
 
-def check_training_settings(config: Any) -> None:
-    """The optimiser and loss fields that TrainConfig and trainer.finetune.FinetuneConfig share, checked
-    once here so the two configs cannot drift apart; each message names the field."""
-    if config.batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2 (anchors + partners), got {config.batch_size!r}")
-    if config.max_steps_per_epoch is not None and config.max_steps_per_epoch < 1:
-        raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {config.max_steps_per_epoch!r}")
-    for name in ("lr", "temperature"):
-        if not getattr(config, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
-    for name in ("weight_decay", "cluster_weight", "pair_weight", "ua_weight", "gm_weight", "ua_alpha",
-                 "view_noise", "ua_paired_weight"):
-        if not getattr(config, name) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)!r}")
-    if not 0.0 <= config.momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {config.momentum!r}")
-    if config.pairs_per_batch < 0:
-        raise ValueError(f"pairs_per_batch must be >= 0, got {config.pairs_per_batch!r}")
-    unknown = [t for t in config.terms if t not in LOSS_TERMS]
-    if unknown or not config.terms:
-        raise ValueError(f"terms must be a non-empty subset of {LOSS_TERMS}, got {config.terms!r}")
-    if config.outliers not in OUTLIER_MODES:
-        raise ValueError(f"outliers must be one of {OUTLIER_MODES}, got {config.outliers!r}")
-    if config.num_threads is not None and config.num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {config.num_threads!r}")
-    if not isinstance(config.device, str) or not config.device:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:n]', got {config.device!r}")
-
-
 @dataclass
 class TrainConfig:
-    """Everything one adapter training run needs; defaults from strategies/defaults.py."""
+    """Everything one adapter training run needs; defaults from trainer/defaults.py."""
 
     epochs: int = TRAIN_EPOCHS
     batch_size: int = TRAIN_BATCH_SIZE
@@ -308,7 +236,7 @@ def apply_adapter(
     ``state=None`` means "no adapter yet": the L2-normalised features are returned. The result is an
     L2-normalised ``float32`` array of shape ``(n, out_dim)``.
     """
-    x = _as_features(features)
+    x = check_features(features, unit_norm="any")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     if state is None:
@@ -325,136 +253,6 @@ def apply_adapter(
             chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(dev)
             out[start : start + batch_size] = model(chunk).cpu().numpy()
     return out
-
-
-def _as_features(features: np.ndarray) -> np.ndarray:
-    x = np.asarray(features)
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"features must be a non-empty 2-D (n, d) array, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"features must be numeric, got dtype {x.dtype}")
-    x = x.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or inf")
-    return x
-
-
-def _as_pairs(name: str, pairs: Sequence[tuple[int, int]] | np.ndarray | None, n: int) -> np.ndarray:
-    if pairs is None:
-        return np.zeros((0, 2), dtype=np.int64)
-    arr = np.asarray(pairs, dtype=np.int64) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"{name} must be a sequence of (i, j) pairs, got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(f"{name} contains a row index outside 0..{n - 1}")
-    if np.any(arr[:, 0] == arr[:, 1]):
-        raise ValueError(f"{name} contains a self pair (i == j)")
-    return arr
-
-
-def _as_labels(pseudo_labels: np.ndarray, n: int) -> np.ndarray:
-    labels = np.asarray(pseudo_labels)
-    if labels.shape != (n,):
-        raise ValueError(f"pseudo_labels must have shape ({n},), got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"pseudo_labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    if labels.size and labels.min() < -1:
-        raise ValueError("pseudo_labels must be >= -1 (-1 = outlier)")
-    return labels
-
-
-def _compact(labels: np.ndarray, outliers: str) -> np.ndarray:
-    """Labels -> 0..c-1; outliers stay -1 (``exclude``) or get one fresh id each (``instance``)."""
-    out = np.full(labels.shape, -1, dtype=np.int64)
-    inliers = labels >= 0
-    if inliers.any():
-        _, out[inliers] = np.unique(labels[inliers], return_inverse=True)
-    if outliers == "instance" and (~inliers).any():
-        start = int(out.max()) + 1 if inliers.any() else 0
-        out[~inliers] = start + np.arange(int((~inliers).sum()))
-    return out
-
-
-def _components(n: int, ml_pairs: np.ndarray) -> np.ndarray:
-    """Must-link component id per row (singletons are their own component)."""
-    if ml_pairs.shape[0] == 0:
-        return np.arange(n, dtype=np.int64)
-    ones = np.ones(ml_pairs.shape[0], dtype=np.int8)
-    graph = coo_matrix((ones, (ml_pairs[:, 0], ml_pairs[:, 1])), shape=(n, n)).tocsr()
-    _, comp = connected_components(graph, directed=False)
-    return comp.astype(np.int64)
-
-
-class _BatchBuilder:
-    """Seeded anchor/partner sampling and the per-batch identity masks."""
-
-    def __init__(
-        self,
-        labels: np.ndarray,
-        comp: np.ndarray,
-        ml_pairs: np.ndarray,
-        cl_pairs: np.ndarray,
-        cameras: np.ndarray | None,
-        rng: np.random.Generator,
-    ) -> None:
-        self.n = labels.shape[0]
-        self.labels, self.comp, self.cameras, self.rng = labels, comp, cameras, rng
-        inl = np.flatnonzero(labels >= 0)
-        self.order = inl[np.argsort(labels[inl], kind="stable")]
-        n_lab = int(labels.max()) + 1 if inl.size else 0
-        self.counts = np.bincount(labels[inl], minlength=n_lab) if n_lab else np.zeros(0, dtype=np.int64)
-        self.starts = (np.cumsum(self.counts) - self.counts).astype(np.int64)
-        if ml_pairs.shape[0]:
-            both = np.concatenate([ml_pairs, ml_pairs[:, ::-1]])
-            both = both[np.lexsort((both[:, 1], both[:, 0]))]
-            self.ml_indptr = np.searchsorted(both[:, 0], np.arange(self.n + 1))
-            self.ml_indices = both[:, 1]
-        else:
-            self.ml_indptr = np.zeros(self.n + 1, dtype=np.int64)
-            self.ml_indices = np.zeros(0, dtype=np.int64)
-        n_comp = int(comp.max()) + 1
-        self.n_comp = n_comp
-        if cl_pairs.shape[0]:
-            ca, cb = comp[cl_pairs[:, 0]], comp[cl_pairs[:, 1]]
-            self.cl_keys = np.unique(np.concatenate([ca * n_comp + cb, cb * n_comp + ca]))
-        else:
-            self.cl_keys = np.zeros(0, dtype=np.int64)
-
-    def partners(self, anchors: np.ndarray, tries: int = 4) -> np.ndarray:
-        rng = self.rng
-        out = rng.integers(0, self.n, size=anchors.shape[0])
-        lab = self.labels[anchors]
-        has_cluster = lab >= 0
-        if has_cluster.any():
-            idx = np.flatnonzero(has_cluster)
-            counts = self.counts[lab[idx]]
-            offsets = (rng.random((idx.size, tries)) * counts[:, None]).astype(np.int64)
-            cand = self.order[self.starts[lab[idx]][:, None] + offsets]
-            score = (cand != anchors[idx, None]).astype(np.int64)
-            if self.cameras is not None:
-                score += 2 * (self.cameras[cand] != self.cameras[anchors[idx], None])
-            out[idx] = cand[np.arange(idx.size), np.argmax(score, axis=1)]
-        degree = self.ml_indptr[anchors + 1] - self.ml_indptr[anchors]
-        use_ml = (degree > 0) & (rng.random(anchors.shape[0]) < 0.5)
-        if use_ml.any():
-            idx = np.flatnonzero(use_ml)
-            pick = (rng.random(idx.size) * degree[idx]).astype(np.int64)
-            out[idx] = self.ml_indices[self.ml_indptr[anchors[idx]] + pick]
-        return out
-
-    def masks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(strong, weak, forced-negative) boolean masks over ``rows`` x ``rows``."""
-        comp = self.comp[rows]
-        strong = comp[:, None] == comp[None, :]
-        lab = self.labels[rows]
-        weak = (lab[:, None] == lab[None, :]) & (lab[:, None] >= 0) & ~strong
-        if self.cl_keys.size:
-            keys = comp[:, None] * self.n_comp + comp[None, :]
-            negative = np.isin(keys, self.cl_keys)
-        else:
-            negative = np.zeros_like(strong)
-        return strong, weak & ~negative, negative
 
 
 def train_adapter(
@@ -479,22 +277,16 @@ def train_adapter(
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    x_np = _as_features(features)
+    x_np = check_features(features, unit_norm="any", min_rows=2)
     n, d = x_np.shape
-    if n < 2:
-        raise ValueError(f"features must have at least 2 rows to train on, got {n}")
-    labels = _as_labels(pseudo_labels, n)
-    ml = _as_pairs("ml_pairs", ml_pairs, n)
-    cl = _as_pairs("cl_pairs", cl_pairs, n)
-    cams = None
-    if cameras is not None:
-        cams = np.asarray(cameras)
-        if cams.shape != (n,):
-            raise ValueError(f"cameras must have shape ({n},), got {cams.shape}")
+    labels = check_labels(pseudo_labels, "pseudo_labels", n)
+    ml = check_pairs(ml_pairs, n, "ml_pairs")
+    cl = check_pairs(cl_pairs, n, "cl_pairs")
+    cams = check_per_item(cameras, n, "cameras")
     device = resolve_device(config.device)
     started = time.perf_counter()
 
-    with _deterministic(config.num_threads):
+    with deterministic(config.num_threads):
         gen = torch.Generator().manual_seed(int(config.seed))
         rng = np.random.default_rng(int(config.seed))
         if init_state is not None:
@@ -506,9 +298,9 @@ def train_adapter(
         model = model.to(device).train()
         x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
 
-        train_labels = _compact(labels, config.outliers)
+        train_labels = compact_labels(labels, config.outliers)
         n_clusters = int(train_labels.max()) + 1
-        builder = _BatchBuilder(labels, _components(n, ml), ml, cl, cams, rng)
+        builder = BatchBuilder(labels, must_link_components(ml, n), ml, cl, cams, rng)
         terms = set(config.terms)
         memory: ClusterContrastiveLoss | None = None
         labels_t = torch.from_numpy(train_labels).to(device)

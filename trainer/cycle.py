@@ -47,6 +47,7 @@ from strategies.samplers import PairProposal, PoolExhaustedError, available_samp
 from strategies.validation import check_features, check_per_item
 from strategies.view import ClusteringView
 from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
+from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY
 
 __all__ = ["COLD_START_POLICIES", "CycleConfig", "CycleResult", "run_cycle"]
 
@@ -57,7 +58,7 @@ LogTarget = Callable[[str], Any] | logging.Logger | None
 
 @dataclass
 class CycleConfig:
-    """Everything one cycle needs besides the data; defaults from strategies/defaults.py.
+    """Everything one cycle needs besides the data; defaults from strategies/ and trainer/defaults.py.
 
     ``train.seed`` seeds the adapter training, ``random_state`` everything else (kNN index, NP3,
     sampler). ``train_when_fewer_than``: train only while the pool has fewer images than this
@@ -65,8 +66,8 @@ class CycleConfig:
     no constraint) or ``"skip"``.
     """
 
-    strategy: str = "aas"
-    budget: int = 50
+    strategy: str = CYCLE_STRATEGY
+    budget: int = CYCLE_BUDGET
     strategy_params: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     contradiction_policy: str = CONTRADICTION_POLICY

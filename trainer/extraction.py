@@ -17,15 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from strategies.defaults import EXTRACTION_BATCH_SIZE
+from trainer.defaults import EXTRACTION_BATCH_SIZE
+from trainer.images import check_image_items, load_rgb
 
 if TYPE_CHECKING:
     from trainer.encoders import Encoder
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _LOG_EVERY_SECONDS = 10.0
 
 
@@ -50,48 +49,6 @@ class ExtractionReport:
     @property
     def n_failed(self) -> int:
         return len(self.failures)
-
-
-# ---------------------------------------------------------------------------------------- decoding
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. Transparency is composited on ``background``; 16-bit/float greys are
-    rescaled (a plain ``convert("RGB")`` would clip a 16-bit image to white)."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            scale = 65535.0
-        else:
-            top = float(np.nanmax(arr)) if arr.size else 0.0
-            scale = 255.0 if top <= 255.0 else (65535.0 if top <= 65535.0 else top)
-        arr = np.clip(np.nan_to_num(arr) * (255.0 / scale), 0.0, 255.0).round().astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_rgb(path: str | os.PathLike[str], *, draft_size: int | None = None) -> Image.Image:
-    """Decode an image file fully (first frame of animations, EXIF orientation applied) as RGB.
-
-    ``draft_size``: the encoder's input side. JPEGs are then decoded at the smallest DCT scale
-    (1/2, 1/4, 1/8) whose both sides stay >= it: a 4000x3000 camera-trap photo decodes ~10x faster
-    for a 224 px model, while crops smaller than 2x the input are decoded exactly as without it.
-    Raises whatever PIL raises for unreadable/truncated files; callers decide what to do.
-    """
-    with Image.open(path) as im:
-        im.seek(0)
-        if draft_size and im.format == "JPEG":
-            im.draft("RGB", (draft_size, draft_size))
-        im.load()
-        oriented = ImageOps.exif_transpose(im)  # a new in-memory image: outlives the closed file
-        return to_rgb(oriented if oriented is not None else im.copy())
 
 
 class _ImageFiles(Dataset):
@@ -172,24 +129,6 @@ class _Progress:
             self.bar.close()
 
 
-def _validate_items(items: Sequence[tuple[str, str | os.PathLike[str]]]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    seen: dict[str, str] = {}
-    for k, item in enumerate(items):
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ValueError(f"items[{k}] must be an (image_id, path) pair, got {item!r}")
-        image_id, path = item
-        if not isinstance(image_id, str) or not image_id:
-            raise ValueError(f"items[{k}]: image id must be a non-empty str, got {image_id!r}")
-        if not isinstance(path, (str, Path, os.PathLike)):
-            raise ValueError(f"items[{k}]: path must be a str or Path, got {type(path).__name__}")
-        if image_id in seen:
-            raise ValueError(f"items: duplicate image id {image_id!r} (items[{k}])")
-        seen[image_id] = os.fspath(path)
-        out.append((image_id, os.fspath(path)))
-    return out
-
-
 def extract_embeddings(
     encoder: Encoder,
     items: Sequence[tuple[str, str | os.PathLike[str]]],
@@ -212,7 +151,7 @@ def extract_embeddings(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if num_workers is not None and (not isinstance(num_workers, (int, np.integer)) or num_workers < 0):
         raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers!r}")
-    pairs = _validate_items(items)
+    pairs = check_image_items(items)
     if store.encoder is not None and store.encoder != encoder.name:
         raise StoreMismatchError(f"encoder: store {store.root} holds {store.encoder!r}, not {encoder.name!r}")
     if store.dim is not None and store.dim != encoder.dim:

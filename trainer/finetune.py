@@ -1,4 +1,4 @@
-"""Full fine-tuning of the encoder's visual tower (issue 4's GPU option; ALGORITHMS.md §8 losses).
+"""Full fine-tuning of the encoder's visual tower (the GPU option; ALGORITHMS.md §8 losses).
 
 Why it exists next to the adapter: the adapter (trainer/adapter.py) trains a small head on frozen cached
 features, which is cheap enough for every cycle on a CPU. When a GPU is available, training the
@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from strategies.defaults import (
+from strategies.constraints import must_link_components
+from strategies.validation import check_labels, check_pairs
+from trainer.defaults import (
     CONTRAST_TEMPERATURE,
     FINETUNE_BATCH_SIZE,
     FINETUNE_EPOCHS,
@@ -60,24 +62,16 @@ from strategies.defaults import (
     PAIR_MARGIN,
     UA_ALPHA,
 )
-from trainer.adapter import (
-    _as_labels,
-    _as_pairs,
-    _BatchBuilder,
-    _compact,
-    _components,
-    _deterministic,
-    check_training_settings,
-    resolve_device,
-)
 from trainer.encoders import Encoder
-from trainer.extraction import load_rgb
+from trainer.images import check_image_items, load_rgb
 from trainer.losses import (
     ClusterContrastiveLoss,
     GroupMatchingLoss,
     PairContrastiveLoss,
     UncertaintyAwareContrastiveLoss,
 )
+from trainer.runtime import deterministic, resolve_device
+from trainer.training import BatchBuilder, check_training_settings, compact_labels
 
 __all__ = [
     "DEFAULT_FINETUNE_TERMS",
@@ -100,7 +94,7 @@ class ImageDecodeError(RuntimeError):
 
 @dataclass
 class FinetuneConfig:
-    """One fine-tuning run; loss knobs default to the adapter's (strategies/defaults.py).
+    """One fine-tuning run; loss knobs default to the adapter's (trainer/defaults.py).
 
     ``terms``: any of ``cluster``, ``pair``, ``ua``, ``gm`` (see trainer/losses.py). ``ua``/``gm`` compare
     each image with a second augmented view (mirror + pixel noise). ``device="auto"``: CUDA when
@@ -209,23 +203,12 @@ def save_checkpoint(encoder: Encoder, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _validate_items(items: Sequence[tuple[str, str | os.PathLike[str]]]) -> list[str]:
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise TypeError(f"items must be a sequence of (image id, path) pairs, got {type(items).__name__}")
-    paths: list[str] = []
-    seen: set[str] = set()
-    for k, item in enumerate(items):
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ValueError(f"items[{k}] must be an (image id, path) pair, got {item!r}")
-        image_id, path = item
-        if not isinstance(image_id, str) or not image_id:
-            raise ValueError(f"items[{k}]: image id must be a non-empty str, got {image_id!r}")
-        if image_id in seen:
-            raise ValueError(f"items[{k}]: duplicate image id {image_id!r}")
-        seen.add(image_id)
+def _image_paths(items: Sequence[tuple[str, str | os.PathLike[str]]]) -> list[str]:
+    """The checked items' paths; training cannot skip a row, so every file must exist."""
+    paths = [path for _, path in check_image_items(items)]
+    for k, path in enumerate(paths):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"items[{k}]: image file {str(path)!r} of {image_id!r} does not exist")
-        paths.append(os.fspath(path))
+            raise FileNotFoundError(f"items[{k}]: image file {path!r} of {items[k][0]!r} does not exist")
     if len(paths) < 2:
         raise ValueError(f"items must hold at least 2 images to train on, got {len(paths)}")
     return paths
@@ -333,12 +316,12 @@ def finetune_encoder(
     if not isinstance(encoder, Encoder):
         raise TypeError(f"encoder must be a trainer.encoders.Encoder, got {type(encoder).__name__}")
     visual = visual_tower(encoder)
-    paths = _validate_items(items)
+    paths = _image_paths(items)
     n = len(paths)
-    labels = _as_labels(pseudo_labels, n)
-    ml = _as_pairs("ml_pairs", ml_pairs, n)
-    cl = _as_pairs("cl_pairs", cl_pairs, n)
-    train_labels = _compact(labels, config.outliers)
+    labels = check_labels(pseudo_labels, "pseudo_labels", n)
+    ml = check_pairs(ml_pairs, n, "ml_pairs")
+    cl = check_pairs(cl_pairs, n, "cl_pairs")
+    train_labels = compact_labels(labels, config.outliers)
     n_clusters = int(train_labels.max()) + 1
     terms = set(config.terms)
     pairs = np.concatenate([ml, cl])
@@ -382,11 +365,11 @@ def finetune_encoder(
     term_log: list[dict[str, float]] = []
     total_steps = 0
     fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with _deterministic(config.num_threads), torch.random.fork_rng(devices=fork_devices):
+    with deterministic(config.num_threads), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(int(config.seed))
         gen = torch.Generator().manual_seed(int(config.seed))
         rng = np.random.default_rng(int(config.seed))
-        builder = _BatchBuilder(labels, _components(n, ml), ml, cl, None, rng)
+        builder = BatchBuilder(labels, must_link_components(ml, n), ml, cl, None, rng)
         labels_t = torch.from_numpy(train_labels).to(device)
         memory = (ClusterContrastiveLoss(n_clusters, encoder.dim, temperature=config.temperature,
                                          momentum=config.momentum).to(device) if use_cluster else None)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strategies.defaults import (
+from trainer.defaults import (
     CONTRAST_TEMPERATURE,
     GM_HARD_NEGATIVES,
     MEMORY_MOMENTUM,

@@ -14,7 +14,6 @@ Version directory contents: ``embeddings.npy`` (float32, loaded as a read-only m
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from strategies.defaults import REGISTRY_STALE_TMP_SECONDS
+from trainer.defaults import REGISTRY_STALE_TMP_SECONDS
+from trainer.files import fsync_dir, fsync_file, locked
 
 log = logging.getLogger(__name__)
 
 LATEST_FILE = "latest"
-LOCK_FILE = ".lock"
 META_FILE = "meta.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 ADAPTER_FILE = "adapter.pt"
@@ -77,19 +76,6 @@ class ModelVersion:
     metrics: dict[str, Any]
     extra: dict[str, bytes] = field(default_factory=dict)
     created_at: str = ""
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, payload: Any, what: str) -> None:
@@ -280,12 +266,12 @@ class ModelRegistry:
         tmp.mkdir()
         try:
             np.save(tmp / EMBEDDINGS_FILE, emb)
-            _fsync_file(tmp / EMBEDDINGS_FILE)
+            fsync_file(tmp / EMBEDDINGS_FILE)
             if adapter_state is not None:
                 import torch
 
                 torch.save(dict(adapter_state), tmp / ADAPTER_FILE)
-                _fsync_file(tmp / ADAPTER_FILE)
+                fsync_file(tmp / ADAPTER_FILE)
             _write_json(tmp / CONFIG_FILE, dict(config), "config")
             _write_json(tmp / METRICS_FILE, dict(metrics), "metrics")
             if extra:
@@ -295,8 +281,8 @@ class ModelRegistry:
                         fh.write(bytes(blob))
                         fh.flush()
                         os.fsync(fh.fileno())
-                _fsync_dir(tmp / EXTRA_DIR)
-            with self._locked():
+                fsync_dir(tmp / EXTRA_DIR)
+            with locked(self.root):
                 version = self._publish(tmp, emb, adapter_state is not None, sorted(extra))
                 self._point_latest(version)
         except BaseException:
@@ -321,7 +307,7 @@ class ModelRegistry:
         if not self.root.is_dir():
             return []
         removed = []
-        with self._locked():
+        with locked(self.root):
             current = self.latest()
             versions = [name for _, name in self._complete_versions()]
             for name in versions[:-keep]:
@@ -332,19 +318,9 @@ class ModelRegistry:
                 shutil.rmtree(doomed, ignore_errors=True)
                 removed.append(name)
         if removed:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             log.info("pruned %d old version(s) of %s: %s", len(removed), self.project, ", ".join(removed))
         return removed
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        # Serialises number allocation + pointer update between writers on this host.
-        with open(self.root / LOCK_FILE, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _publish(self, tmp: Path, emb: np.ndarray, has_adapter: bool, extra_names: list[str]) -> str:
         """Write meta.json last, then rename the temp dir to the next free version number."""
@@ -365,7 +341,7 @@ class ModelRegistry:
                 "has_adapter": has_adapter,
                 "extra": extra_names,
             }, "meta")
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, self.root / version)
             except OSError:
@@ -374,7 +350,7 @@ class ModelRegistry:
                     number += 1  # another writer took this number first
                     continue
                 raise
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return version
         raise RuntimeError(f"could not allocate a version number under {self.root}")
 
@@ -389,7 +365,7 @@ class ModelRegistry:
             os.unlink(tmp)  # a concurrent writer already published a newer version: keep it
             return
         os.replace(tmp, self.root / LATEST_FILE)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def __repr__(self) -> str:
         return f"ModelRegistry({str(self.model_dir)!r}, {self.project!r})"

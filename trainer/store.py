@@ -17,8 +17,6 @@ processes cannot interleave appends.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,34 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from trainer.files import locked, write_json_atomic
+
 FORMAT_VERSION = 1
 FEATURES_FILE = "features.f32"
 IDS_FILE = "ids.jsonl"
 MANIFEST_FILE = "manifest.json"
-LOCK_FILE = ".lock"
 
 
 class StoreMismatchError(ValueError):
     """The store on disk was written by another encoder (or with another dimension)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that readers see either the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class EmbeddingStore:
@@ -188,16 +168,6 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------------------------- writing
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
     def append(self, image_ids: Sequence[str], features: np.ndarray, *, encoder: str | None = None) -> None:
         """Add rows for new ``image_ids`` (all-or-nothing: visible only once completely written)."""
         ids = list(image_ids)
@@ -216,7 +186,7 @@ class EmbeddingStore:
         encoder = encoder or self._want_encoder
         if not ids:
             return
-        with self._locked():
+        with locked(self.root):
             self.refresh()
             dim = self.dim if self.dim is not None else (self._want_dim or feats.shape[1])
             if feats.shape[1] != dim:

@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.defaults import SIMULATION_ENCODER
 from trainer.simulate.datasets import DATASET_KINDS, SimulationDataset, load_dataset
 from trainer.simulate.oracle import Answer, Oracle, OracleAnswer
 from trainer.simulate.protocol import Split, evaluate, split_identities
 from trainer.simulate.runner import (
-    DEFAULT_CYCLES,
-    DEFAULT_SEEDS,
-    DEFAULT_STRATEGIES,
     Simulation,
     SimulationConfig,
     run_simulation,
@@ -89,6 +87,7 @@ def _strategy_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    cfg = SimulationConfig()  # the defaults shown and used
     p = argparse.ArgumentParser(
         prog="reid-al simulate",
         description="Offline active learning: strategies side by side, a simulated annotator answers from "
@@ -103,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--path", help="the .npz file (npz) or image root (folder)")
     p.add_argument(
-        "--encoder", default="mobilenetv2", help="encoder for folder/orl images (default mobilenetv2)"
+        "--encoder", default=SIMULATION_ENCODER, help="encoder for folder/orl images (default %(default)s)"
     )
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/reid-al/simulate)")
     p.add_argument(
@@ -116,24 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategies",
         type=_csv,
-        default=list(DEFAULT_STRATEGIES),
+        default=list(cfg.strategies),
         help="comma-separated samplers, plus 'none' = no-label control "
-        f"(default {','.join(DEFAULT_STRATEGIES)})",
+        f"(default {','.join(cfg.strategies)})",
     )
-    p.add_argument("--seeds", type=_int_csv, default=list(DEFAULT_SEEDS), help="comma-separated seeds")
-    p.add_argument("--cycles", type=int, default=DEFAULT_CYCLES, help="annotation cycles (default 5)")
+    p.add_argument("--seeds", type=_int_csv, default=list(cfg.seeds), help="comma-separated seeds")
+    p.add_argument("--cycles", type=int, default=cfg.n_cycles, help="annotation cycles (default %(default)s)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=int, help="pairs per cycle (absolute)")
     budget.add_argument(
         "--budget-fraction",
         type=float,
         default=None,
-        help="pairs per cycle as a fraction of all pool pairs (default 0.0002 = 0.02%%, AAS)",
+        help=f"pairs per cycle as a fraction of all pool pairs (default {cfg.budget_fraction}, AAS)",
     )
-    p.add_argument("--noise-rate", type=float, default=0.0, help="fraction of wrong oracle answers")
-    p.add_argument("--unsure-rate", type=float, default=0.0, help="fraction of 'unsure' oracle answers")
-    p.add_argument("--test-fraction", type=float, default=0.5, help="identities held out for testing")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the identity split")
+    p.add_argument("--noise-rate", type=float, default=cfg.noise_rate, help="wrong oracle answers (fraction)")
+    p.add_argument("--unsure-rate", type=float, default=cfg.unsure_rate, help="fraction of 'unsure' answers")
+    p.add_argument("--test-fraction", type=float, default=cfg.test_fraction, help="held-out identities")
+    p.add_argument("--split-seed", type=int, default=cfg.split_seed, help="seed of the identity split")
     p.add_argument(
         "--strategy-param",
         action="append",
@@ -158,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads while simulating (default 1: small adapters train faster single-threaded)",
+        default=cfg.torch_threads,
+        help="torch threads while simulating (default %(default)s: small adapters train faster that way)",
     )
     p.add_argument("--no-skyline", action="store_true", help="skip the all-labels skyline")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")

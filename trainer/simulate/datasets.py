@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer.defaults import SIMULATION_ENCODER
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 )
@@ -432,7 +434,7 @@ def default_cache_dir() -> Path:
 def embed_folder(
     items: Sequence[tuple[str, Path]],
     *,
-    encoder: str = "mobilenetv2",
+    encoder: str = SIMULATION_ENCODER,
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = False,
@@ -496,7 +498,7 @@ def _embed_with_trainer(
 def load_image_folder(
     root: str | Path,
     *,
-    encoder: str = "mobilenetv2",
+    encoder: str = SIMULATION_ENCODER,
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = False,
@@ -537,7 +539,7 @@ def orl_root() -> Path:
 
 def load_orl(
     *,
-    encoder: str = "mobilenetv2",
+    encoder: str = SIMULATION_ENCODER,
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = False,
@@ -560,7 +562,7 @@ def load_dataset(
     kind: str,
     *,
     path: str | Path | None = None,
-    encoder: str = "mobilenetv2",
+    encoder: str = SIMULATION_ENCODER,
     cache_dir: str | Path | None = None,
     synthetic_params: dict[str, Any] | None = None,
     progress: bool = False,

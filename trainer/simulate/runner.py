@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from strategies import defaults
+from trainer.defaults import SIMULATION_CYCLES, SIMULATION_SEEDS, SIMULATION_STRATEGIES
 from trainer.simulate.datasets import SimulationDataset
 from trainer.simulate.oracle import Answer, Oracle
 from trainer.simulate.protocol import Split, evaluate, split_identities, unsupervised_pseudo_labels
@@ -42,9 +43,6 @@ from trainer.simulate.report import aggregate_reference, aggregate_runs, summari
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRATEGIES = ("aas", "uncertainty", "random", "none")
-DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_CYCLES = 5
 # Control "strategy": the same cycles (pseudo-labels, warm-started training) with nobody answering, so
 # the curves separate what the labels bring from what more unsupervised training rounds bring.
 NO_LABELS = "none"
@@ -54,9 +52,9 @@ NO_LABELS = "none"
 class SimulationConfig:
     """Everything a simulation needs besides the dataset; defaults reproduce the AAS schedule."""
 
-    strategies: Sequence[str] = DEFAULT_STRATEGIES
-    seeds: Sequence[int] = DEFAULT_SEEDS
-    n_cycles: int = DEFAULT_CYCLES
+    strategies: Sequence[str] = SIMULATION_STRATEGIES
+    seeds: Sequence[int] = SIMULATION_SEEDS
+    n_cycles: int = SIMULATION_CYCLES
     budget: int | None = None  # absolute pairs per cycle; None -> budget_fraction
     budget_fraction: float | None = defaults.AAS_BUDGET_FRACTION  # of all n_pool(n_pool-1)/2 pairs
     min_budget: int = 1

