@@ -76,7 +76,6 @@ def make_pool(root: Path, n: int, seed: int = 0) -> list[str]:
 def prepare(model_dir: Path, images: Path, document_root: Path) -> dict[str, float]:
     """Pool + frozen features (ingest) and one model version (a cycle), as after a first cycle."""
     from ml_backend.ingest import ingest
-    from ml_backend.jobs import FEATURES_DIR
     from ml_backend.settings import Settings
     from strategies.constraints import ConstraintGraph
     from trainer.cycle import CycleConfig, run_cycle
@@ -87,7 +86,7 @@ def prepare(model_dir: Path, images: Path, document_root: Path) -> dict[str, flo
     t0 = time.perf_counter()
     report = ingest(images, PROJECT, settings, push=False, progress=False)
     t1 = time.perf_counter()
-    features = np.asarray(EmbeddingStore(model_dir / str(PROJECT) / FEATURES_DIR).features())
+    features = np.asarray(EmbeddingStore(Settings(model_dir=model_dir).features_dir(str(PROJECT))).features())
     run_cycle(
         features,
         ConstraintGraph(),
@@ -476,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             all_samples = open_loop("127.0.0.1", port, raw, args.rate, args.senders)
             server_cpu_s = tree_cpu_seconds(serve.process) - cpu_before
             samples = all_samples[n_warm:]  # the warm-up is sent and counted, but not in the latency figures
-            stored = state.annotations()
-            counts = state.constraint_counts()
+            stored = state.annotations.all()
+            counts = state.annotations.counts()
             status = client.hgetall(f"reid-al:{PROJECT}:cycle")
             queued = {k.decode(): json.loads(v) for k, v in status.items()}.get("status")
 
@@ -511,10 +510,10 @@ def main(argv: list[str] | None = None) -> int:
                 cold_runs.append(bench_predict(serve.url, tasks, 1))
             client.close()
     load_after = os.getloadavg()
-    from ml_backend.settings import DEFAULT_THREADS, DEFAULT_WORKERS
+    from ml_backend.settings import Settings
 
-    workers = args.workers or DEFAULT_WORKERS
-    threads = args.threads or DEFAULT_THREADS
+    workers = args.workers or Settings.workers
+    threads = args.threads or Settings.threads
 
     latency = np.asarray([s.done - s.scheduled for s in samples])
     service = np.asarray([s.done - s.sent for s in samples])

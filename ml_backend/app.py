@@ -18,27 +18,18 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ml_backend.embedded import read_url_file
-from ml_backend.predict import PredictError, Predictor, label_names
+from ml_backend.errors import InputError, SettingsError
+from ml_backend.predict import Predictor, label_names
 from ml_backend.prom import CONTENT_TYPE, render_metrics
 from ml_backend.queue import CycleQueue
-from ml_backend.settings import Settings, SettingsError
-from ml_backend.state import ProjectState, StateError, list_projects
-from ml_backend.webhook import WebhookError, WebhookHandler, project_id_of
+from ml_backend.settings import Settings
+from ml_backend.state import ProjectState, list_projects
+from ml_backend.webhook import WebhookHandler, project_id_of
 
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health"})
 MODEL_CLASS = "ReidAL"
-
-
-class ApiError(Exception):
-    """An HTTP error with a JSON body naming the offending field."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
 
 
 def redis_from_settings(settings: Settings) -> redis_lib.Redis:
@@ -51,18 +42,18 @@ def redis_from_settings(settings: Settings) -> redis_lib.Redis:
 
 
 def _json_body() -> Any:
-    """The request's JSON, or an ApiError: 415 wrong content type, 400 malformed, 413 too large."""
+    """The request's JSON, or an InputError: 415 wrong content type, 400 malformed, 413 too large."""
     if not request.is_json:
-        raise ApiError(415,
-                       f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", "body")
+        raise InputError(
+            "body", f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", status=415)
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     if not raw.strip():
-        raise ApiError(400, "empty body: expected a JSON object", "body")
+        raise InputError("body", "empty body: expected a JSON object", status=400)
     body = request.get_json(silent=True)
     if body is None:
-        raise ApiError(400, "malformed JSON", "body")
+        raise InputError("body", "malformed JSON", status=400)
     if not isinstance(body, dict):
-        raise ApiError(400, f"expected a JSON object, got {type(body).__name__}", "body")
+        raise InputError("body", f"expected a JSON object, got {type(body).__name__}", status=400)
     return body
 
 
@@ -71,7 +62,7 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
     """Build the app. `redis`/`predictor` default to ones built from `settings` (tests inject theirs)."""
     settings = settings or Settings.from_env()
     redis = redis if redis is not None else redis_from_settings(settings)
-    queue = CycleQueue(redis, queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+    queue = CycleQueue.for_settings(redis, settings)
     handler = WebhookHandler(redis, queue, retrain_every=settings.retrain_every)
     predictor = predictor or Predictor(settings)
 
@@ -80,10 +71,10 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["reid_al"] = {"settings": settings, "redis": redis, "queue": queue, "predictor": predictor}
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> tuple[Response, int]:
+    @app.errorhandler(InputError)
+    def _input_error(exc: InputError) -> tuple[Response, int]:
         # The message reads on its own ("annotation.id: must be int, got str"), the field is for machines.
-        message = exc.message if not exc.field or exc.field in exc.message else f"{exc.field}: {exc.message}"
+        message = exc.message if exc.field in exc.message else f"{exc.field}: {exc.message}"
         body: dict[str, Any] = {"error": message, "field": exc.field}
         headers = {}
         if exc.status == 401:
@@ -115,7 +106,7 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
               and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
               and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode()))
         if not ok:
-            raise ApiError(401, "basic authentication required", "Authorization")
+            raise InputError("Authorization", "basic authentication required", status=401)
 
     @app.get("/health")
     def health() -> tuple[Response, int]:
@@ -133,16 +124,16 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         state = ProjectState(redis, project)
         if schema is not None:
             if not isinstance(schema, str):
-                raise ApiError(422, f"must be the label config XML string, got {type(schema).__name__}",
-                               "schema")
+                raise InputError("schema",
+                                 f"must be the label config XML string, got {type(schema).__name__}")
             try:
                 from_name, to_name = label_names(schema)
-            except PredictError as exc:
-                raise ApiError(422, str(exc).split(": ", 1)[1], "schema") from None
+            except InputError as exc:
+                raise exc.at("schema") from None
             if state.meta().get("from_name") != from_name or state.meta().get("to_name") != to_name:
                 state.set_meta(from_name=from_name, to_name=to_name)
         state.touch()
-        return jsonify({"model_version": state.current_version() or "initial"})
+        return jsonify({"model_version": state.cycles.current_version() or "initial"})
 
     @app.post("/predict")
     def predict() -> Response:
@@ -150,32 +141,21 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         project = _project(body)
         tasks = body.get("tasks")
         if tasks is None:
-            raise ApiError(400, "missing", "tasks")
+            raise InputError("tasks", "missing", status=400)
         if not isinstance(tasks, list):
-            raise ApiError(422, f"must be a list of tasks, got {type(tasks).__name__}", "tasks")
+            raise InputError("tasks", f"must be a list of tasks, got {type(tasks).__name__}")
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
-            raise ApiError(422, f"must be the label config XML string, got {type(label_config).__name__}",
-                           "label_config")
+            raise InputError("label_config",
+                             f"must be the label config XML string, got {type(label_config).__name__}")
         state = ProjectState(redis, project)
-        try:
-            results = predictor.predict(
-                tasks, label_config, state,
-                on_missing=lambda items: queue.request_embedding(project, items))
-        except PredictError as exc:
-            raise ApiError(422, str(exc).split(": ", 1)[1], exc.field) from None
-        return jsonify({"results": results, "model_version": state.current_version() or "initial"})
+        results = predictor.predict(
+            tasks, label_config, state, on_missing=lambda items: queue.request_embedding(project, items))
+        return jsonify({"results": results, "model_version": state.cycles.current_version() or "initial"})
 
     @app.post("/webhook")
     def webhook() -> Response:
-        body = _json_body()
-        try:
-            answer = handler.handle(body)
-        except WebhookError as exc:
-            raise ApiError(exc.status, exc.message, exc.field) from None
-        except StateError as exc:
-            raise ApiError(422, str(exc), exc.field) from None
-        return jsonify(answer)
+        return jsonify(handler.handle(_json_body()))
 
     @app.post("/train")
     def train() -> Response:
@@ -195,10 +175,11 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
     def versions() -> Response:
         project = request.args.get("project")
         if project is not None:
-            return jsonify({"versions": ProjectState(redis, _project({"project": project})).versions()})
+            state = ProjectState(redis, _project({"project": project}))
+            return jsonify({"versions": state.cycles.versions()})
         out: list[str] = []
         for name in list_projects(redis):
-            out.extend(ProjectState(redis, name).versions())
+            out.extend(ProjectState(redis, name).cycles.versions())
         return jsonify({"versions": out})
 
     @app.get("/metrics")
@@ -221,8 +202,5 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
 
 def _project(body: dict[str, Any]) -> str:
     if "project" not in body or body["project"] in (None, ""):
-        raise ApiError(400, "missing", "project")
-    try:
-        return project_id_of(body["project"])
-    except WebhookError as exc:
-        raise ApiError(exc.status, exc.message, exc.field) from None
+        raise InputError("project", "missing", status=400)
+    return project_id_of(body["project"])

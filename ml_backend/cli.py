@@ -278,7 +278,7 @@ def finetune_project(settings: Settings, project: str, out: str | os.PathLike[st
     """Load a project's pool, pseudo-labels and constraints, fine-tune the encoder, write ``out``."""
     import numpy as np
 
-    from ml_backend.jobs import features_dir, load_project_data
+    from ml_backend.jobs import load_project_data
     from trainer.encoders import encoder_from_spec
     from trainer.finetune import FinetuneConfig, finetune_encoder
     from trainer.store import EmbeddingStore
@@ -306,7 +306,7 @@ def finetune_project(settings: Settings, project: str, out: str | os.PathLike[st
     ml, cl = remap(ml), remap(cl)
     encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None,
                                 device=None if device == "auto" else device, precision="fp32")
-    stored_by = EmbeddingStore(features_dir(settings, project)).encoder
+    stored_by = EmbeddingStore(settings.features_dir(project)).encoder
     if stored_by is not None and stored_by != encoder.name:
         # the pseudo-labels describe another network's features: training this one on them is wrong
         raise ValueError(f"REID_AL_ENCODER: project {project}'s features were made by {stored_by!r}, but the "
@@ -342,7 +342,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         f"  export REID_AL_ENCODER={settings.encoder}\n"
         f"  export REID_AL_ENCODER_CHECKPOINT={report['checkpoint']}\n"
         "then re-embed the project: its stored features describe the old backbone. Move "
-        f"{settings.project_dir(args.project) / 'features'} aside and run\n"
+        f"{settings.features_dir(args.project)} aside and run\n"
         f"  reid-al ingest <the same folder or manifest> --project {args.project} --no-push\n"
         "(the pool and Label Studio tasks are kept); the next cycle trains on the new features.")
     return 0
@@ -377,7 +377,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ml_backend.queue import CycleQueue
 
     settings = _settings()
-    queue = CycleQueue(_redis(settings), queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+    queue = CycleQueue.for_settings(_redis(settings), settings)
     if args.project:
         status = {"queue": queue.queue_name, "queue_depth": queue.depth(),
                   "projects": [queue.status(args.project)]}

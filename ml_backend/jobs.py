@@ -1,10 +1,14 @@
-"""RQ job functions, run by `reid-al worker` processes (never by the web server).
+"""The jobs: one cycle of a project, and embedding images that arrived with user-imported tasks.
 
 Why the shape: a cycle job takes the project's lock (two workers never run one project at once),
 reads the constraints as they are when it starts, runs the trainer's cycle, pushes the result to
 Label Studio, and in `finally` hands over to at most one coalesced follow-up. Inputs travel by
 reference (project id -> MODEL_DIR on shared storage, Redis), so a retried job redoes the same work
 and the idempotent push creates nothing twice.
+
+Each job is a plain function of (settings, redis, project, ...): ``run_cycle_job`` and ``embed_images``.
+The RQ entry points ``cycle_job`` and ``embed_job`` (what `reid-al worker` runs) only add the worker's
+own settings and connection; `reid-al ingest` with no backend running calls ``run_cycle_job`` itself.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,9 +33,6 @@ if TYPE_CHECKING:
     from ml_backend.pool import Pool
 
 log = logging.getLogger(__name__)
-
-FEATURES_DIR = "features"
-
 
 def _connection() -> Redis:
     from rq import get_current_job
@@ -78,7 +78,7 @@ def load_project_data(settings: Settings, project: str, *, embed_missing: bool =
     from ml_backend.pool import Pool
     from trainer.store import EmbeddingStore
 
-    store = EmbeddingStore(settings.project_dir(project) / FEATURES_DIR)
+    store = EmbeddingStore(settings.features_dir(project))
     pool = Pool.load(settings.model_dir, project) if Pool.exists(settings.model_dir, project) else None
     if pool is not None and embed_missing:
         missing = store.missing(item.id for item in pool.items)
@@ -101,7 +101,7 @@ def load_project_data(settings: Settings, project: str, *, embed_missing: bool =
 def _url_resolver(settings: Settings, state: ProjectState, data: ProjectData) -> Any:
     from ml_backend.pool import local_files_url
 
-    urls = state.image_urls()
+    urls = state.images.urls()
 
     def url_for(image_id: str) -> str | None:
         if data.pool is not None and image_id in data.pool:
@@ -144,7 +144,7 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
     if result.version is None:
         raise RuntimeError(f"project {project}: the cycle saved no model version")
     version = str(result.version)
-    state.mark_embedded(data.ids)
+    state.images.mark_embedded(data.ids)
 
     # Constraints as they are now (answers may have arrived while training) decide what is implied.
     graph_now, _ = state.constraint_graph(data.row_of, include_pending=False)
@@ -174,7 +174,7 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
             from_name=meta.get("from_name", "answer"), to_name=meta.get("to_name", "image_a"))
         timings["push_s"] = time.perf_counter() - t2
         summary["push"] = report.to_dict()
-    state.add_version(version)
+    state.cycles.add_version(version)
     summary["timings"] = {**{k: round(v, 4) for k, v in timings.items()},
                           **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()}}
     return summary
@@ -185,7 +185,12 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
     redis = _connection()
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level)
-    queue = CycleQueue(redis, queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+    return run_cycle_job(settings, redis, project, reason=reason)
+
+
+def run_cycle_job(settings: Settings, redis: Redis, project: str, *, reason: str = "") -> dict[str, Any]:
+    """One cycle of `project` with the queue's bookkeeping: lock, status, history, follow-up."""
+    queue = CycleQueue.for_settings(redis, settings)
     state = ProjectState(redis, project)
     token = uuid.uuid4().hex
     queue.mark_running(state.project)
@@ -193,35 +198,27 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
     try:
         if not queue.acquire_lock(state.project, token):
             raise RuntimeError(f"project {project}: another cycle held the lock for {queue.ttl} s")
-        with queue.hold_lock(state.project, token):
-            # Read, not reset: the count is consumed only on success, so a failed or killed cycle
-            # leaves the answers that triggered it counted and the next answer can trigger again.
-            # Done under the lock: the in-flight mark only counts while the lock is held.
-            pending = state.start_pending_constraints()
-            state.set_cycle_status(status="running", started_at=started, reason=reason, error=None,
-                                   constraints_since_last=pending)
-            try:
-                summary = run_project_cycle(settings, redis, state.project, reason=reason)
-            except BaseException:
-                state.abandon_pending_constraints()
-                raise
-            state.consume_pending_constraints(pending)
+        # Under the lock: the changes this cycle reads are consumed only if it succeeds (state.pending).
+        with queue.hold_lock(state.project, token), state.pending.cycle() as pending:
+            state.cycles.set_status(status="running", started_at=started, reason=reason, error=None,
+                                    constraints_since_last=pending)
+            summary = run_project_cycle(settings, redis, state.project, reason=reason)
         finished = time.time()
         summary["duration_s"] = round(finished - started, 4)
         summary["finished_at"] = finished
         summary["status"] = "finished"
-        state.set_cycle_status(status="finished", finished_at=finished, version=summary["version"],
-                               contradictions=summary["contradictions"], duration_s=summary["duration_s"])
-        state.record_cycle(summary)
+        state.cycles.set_status(status="finished", finished_at=finished, version=summary["version"],
+                                contradictions=summary["contradictions"], duration_s=summary["duration_s"])
+        state.cycles.record(summary)
         state.incr("cycles_finished")
         return summary
     except Exception as exc:
         finished = time.time()
         error = f"{type(exc).__name__}: {exc}"
         log.error("project %s: cycle failed: %s\n%s", project, error, traceback.format_exc())
-        state.set_cycle_status(status="failed", finished_at=finished, error=error)
-        state.record_cycle({"project": state.project, "status": "failed", "error": error, "reason": reason,
-                            "duration_s": round(finished - started, 4), "finished_at": finished})
+        state.cycles.set_status(status="failed", finished_at=finished, error=error)
+        state.cycles.record({"project": state.project, "status": "failed", "error": error, "reason": reason,
+                             "duration_s": round(finished - started, 4), "finished_at": finished})
         state.incr("cycles_failed")
         raise
     finally:
@@ -229,34 +226,37 @@ def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
 
 
 def embed_job(project: str, items: list[dict[str, str]]) -> dict[str, Any]:
-    """Embed images of user-imported tasks into the project's store, so the next cycle can use them."""
+    """RQ entry point for ``embed_images`` (enqueued by CycleQueue.request_embedding)."""
     redis = _connection()
     state = ProjectState(redis, project)
     try:
-        return _embed_items(state, items)
+        return embed_images(Settings.from_env(), redis, state.project, items)
     except BaseException:
         # A job that dies (bad settings, encoder error, worker timeout) must not leave its images
         # claimed: released, the next TASKS_CREATED or /predict that mentions them asks again.
-        state.release_embedding(item["id"] for item in items)
+        state.images.release(item["id"] for item in items)
         raise
 
 
-def _embed_items(state: ProjectState, items: list[dict[str, str]]) -> dict[str, Any]:
-    from ml_backend.predict import DOWNLOADS_DIR, resolve_image
+def embed_images(
+    settings: Settings, redis: Redis, project: str, items: list[dict[str, str]]
+) -> dict[str, Any]:
+    """Embed images of user-imported tasks (``{"id", "url"}`` items) into the project's store, so the
+    next cycle can use them; images that fail are released for a later retry."""
+    from ml_backend.predict import resolve_image
     from trainer.encoders import encoder_from_spec
     from trainer.extraction import extract_embeddings
     from trainer.store import EmbeddingStore
 
-    project = state.project
-    settings = Settings.from_env()
-    store = EmbeddingStore(settings.project_dir(state.project) / FEATURES_DIR)
+    state = ProjectState(redis, project)
+    store = EmbeddingStore(settings.features_dir(state.project))
     todo = [item for item in items if item["id"] not in store]
     resolved: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
     for item in todo:
         try:
             path = resolve_image(item["url"], document_root=settings.document_root,
-                                 cache_dir=settings.project_dir(state.project) / DOWNLOADS_DIR,
+                                 cache_dir=settings.downloads_dir(state.project),
                                  label_studio_url=settings.label_studio_url,
                                  api_key=settings.label_studio_api_key)
             resolved.append((item["id"], str(path)))
@@ -268,17 +268,15 @@ def _embed_items(state: ProjectState, items: list[dict[str, str]]) -> dict[str, 
         report = extract_embeddings(encoder, resolved, store, progress=False)
         done = report.n_done
         failed.extend(report.failures)
-    state.set_image_urls({item["id"]: item["url"] for item in items})
+    state.images.set_urls({item["id"]: item["url"] for item in items})
     stored = [item["id"] for item in items if item["id"] in store]
-    state.mark_embedded(stored)
+    state.images.mark_embedded(stored)
     state.incr("images_embedded", done)
     if failed:
-        state.release_embedding(image_id for image_id, _error in failed)
+        state.images.release(image_id for image_id, _error in failed)
         state.incr("images_embed_failed", len(failed))
         log.warning("project %s: %d images could not be embedded: %s", project, len(failed), failed[:5])
     return {"project": state.project, "embedded": done, "already": len(items) - len(todo),
             "failed": [list(f) for f in failed]}
 
 
-def features_dir(settings: Settings, project: str) -> Path:
-    return settings.project_dir(project) / FEATURES_DIR

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
+from ml_backend.errors import LabelStudioConnectionError, LabelStudioError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEW_TITLE = "Most informative first"
@@ -28,23 +30,6 @@ DEFAULT_VIEW_ORDERING: tuple[str, ...] = ("tasks:predictions_score",)  # lowest 
 PAGE_SIZE = 100
 BULK_CHUNK = 500  # tasks / predictions / ids per request: keeps each request well under LS's body limits
 _RETRY_STATUSES = frozenset({502, 503, 504})
-_BODY_PREVIEW = 500
-
-
-class LabelStudioError(RuntimeError):
-    """A Label Studio call failed; ``status`` is None when no HTTP answer came back at all."""
-
-    def __init__(self, method: str, url: str, status: int | None, body: str) -> None:
-        self.method = method
-        self.url = url
-        self.status = status
-        self.body = body
-        what = f"HTTP {status}" if status is not None else "no response"
-        super().__init__(f"Label Studio {method} {url} -> {what}: {body[:_BODY_PREVIEW]}")
-
-
-class LabelStudioConnectionError(LabelStudioError):
-    """Label Studio could not be reached (after retries)."""
 
 
 class LabelStudioClient:

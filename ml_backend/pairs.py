@@ -1,4 +1,4 @@
-"""Stable pair ids and the task-data format shared by push, predict, webhook and B's sync.
+"""Stable pair ids and the task-data format shared by push, predict, the webhook and sync.
 
 Why a hash of the sorted image ids: a retried push must recognise the tasks it created before
 (Label Studio has no natural key), and (a, b) and (b, a) are the same question to an annotator.
@@ -42,7 +42,7 @@ def task_data(
     pool: str = "",
     reason: str = "",
 ) -> dict[str, Any]:
-    """The `data` of one pair task, in the format agreed with engineer B (h5common.md)."""
+    """The `data` of one pair task: what label_config.xml shows and what push, sync and /predict read."""
     return {
         "image_a": url_a,
         "image_b": url_b,

@@ -21,7 +21,9 @@ from urllib.parse import quote
 
 POOL_FILENAME = "pool.jsonl"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
-LOCAL_FILES_PREFIX = "/data/local-files/?d="
+# Label Studio serves the files under its LOCAL_FILES_DOCUMENT_ROOT at /data/local-files/?d=<relative path>
+LOCAL_FILES_PATH = "/data/local-files/"
+LOCAL_FILES_PREFIX = f"{LOCAL_FILES_PATH}?d="
 
 # Column names accepted in manifests, mapped to PoolItem fields ("image" is the only required one).
 _MANIFEST_ALIASES: dict[str, str] = {

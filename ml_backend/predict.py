@@ -24,7 +24,9 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
+from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
+from ml_backend.pool import LOCAL_FILES_PATH
 from ml_backend.push import p_same_of, prediction_result, score_of, uncertainty_priority
 
 if TYPE_CHECKING:
@@ -34,34 +36,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNSCORED = 1.0  # a pair we could not score this call is served after every scored one
-LOCAL_FILES_PREFIX = "/data/local-files/"
-FEATURES_DIR = "features"
-DOWNLOADS_DIR = "downloads"
-
-
-class PredictError(ValueError):
-    """Bad /predict input; `field` names the offending part of the request."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def label_names(label_config: str) -> tuple[str, str]:
     """(from_name, to_name) of the first <Choices> tag of a Label Studio label config."""
     if not isinstance(label_config, str) or not label_config.strip():
-        raise PredictError("label_config", "must be a non-empty XML string")
+        raise InputError("label_config", "must be a non-empty XML string")
     try:
         root = ET.fromstring(label_config)
     except ET.ParseError as exc:
-        raise PredictError("label_config", f"not valid XML: {exc}") from None
+        raise InputError("label_config", f"not valid XML: {exc}") from None
     for element in root.iter():
         if element.tag == "Choices":
             name, to_name = element.get("name"), element.get("toName")
             if not name or not to_name:
-                raise PredictError("label_config", "<Choices> needs both name and toName")
+                raise InputError("label_config", "<Choices> needs both name and toName")
             return name, to_name.split(",")[0].strip()
-    raise PredictError("label_config", "has no <Choices> tag (expected the same/different/unsure choice)")
+    raise InputError("label_config", "has no <Choices> tag (expected the same/different/unsure choice)")
 
 
 def resolve_image(url: str, *, document_root: str = "", cache_dir: Path | None = None,
@@ -70,7 +61,7 @@ def resolve_image(url: str, *, document_root: str = "", cache_dir: Path | None =
     if not isinstance(url, str) or not url:
         raise ValueError(f"url must be a non-empty string, got {url!r}")
     parsed = urlparse(url)
-    if url.startswith(LOCAL_FILES_PREFIX):
+    if url.startswith(LOCAL_FILES_PATH):
         if not document_root:
             raise ValueError(f"{url!r} is a local-files URL but REID_AL_DOCUMENT_ROOT is not set")
         rel = parse_qs(parsed.query).get("d", [""])[0]
@@ -131,12 +122,12 @@ ModelLoader = Callable[["ProjectState"], "ServingModel | None"]
 Embedder = Callable[[list[Path]], np.ndarray]
 
 
-def load_serving_model(model_dir: Path, state: ProjectState) -> ServingModel | None:
+def load_serving_model(settings: Settings, state: ProjectState) -> ServingModel | None:
     """The project's pushed version's embeddings (frozen store features before the first push),
     with a P(same) calibrator fitted on the answers recorded so far. None: nothing to serve.
 
-    Why the pushed version (state.current_version()) and not registry.latest(): a cycle saves to the
-    registry before its push, and the push records the version only once it is done; serving the newer
+    Why the pushed version (state.cycles.current_version()) and not registry.latest(): a cycle saves to
+    the registry before its push, and the push records the version only once it is done; serving the newer
     registry entry meanwhile would label predictions with a version Label Studio does not serve yet,
     and Label Studio would average two scores for one task."""
     from strategies.calibration import PSameCalibrator
@@ -144,21 +135,21 @@ def load_serving_model(model_dir: Path, state: ProjectState) -> ServingModel | N
     from trainer.registry import ModelRegistry
     from trainer.store import EmbeddingStore
 
-    store_dir = Path(model_dir) / state.project / FEATURES_DIR
+    store_dir = settings.features_dir(state.project)
     if not store_dir.exists():
         return None
     store = EmbeddingStore(store_dir)
     ids = store.ids()
     if not ids:
         return None
-    version = state.current_version()
+    version = state.cycles.current_version()
     adapter_state = None
     if version is None:
         embeddings = apply_adapter(None, np.asarray(store.features()))
         version = "initial"
     else:
         try:
-            loaded = ModelRegistry(model_dir, state.project).load(version)
+            loaded = ModelRegistry(settings.model_dir, state.project).load(version)
         except (FileNotFoundError, ValueError) as exc:  # pruned or foreign: serve nothing rather than another
             log.warning("project %s: pushed version %s cannot be loaded: %s", state.project, version, exc)
             return None
@@ -169,7 +160,7 @@ def load_serving_model(model_dir: Path, state: ProjectState) -> ServingModel | N
             embeddings = np.vstack([embeddings, extra])
     row_of = {image_id: row for row, image_id in enumerate(ids[: embeddings.shape[0]])}
     sims, same = [], []
-    for record in state.annotations():
+    for record in state.annotations.all():
         i, j = row_of.get(record["image_a"]), row_of.get(record["image_b"])
         if i is not None and j is not None and record["answer"] in ("same", "different"):
             sims.append(float(embeddings[i] @ embeddings[j]))
@@ -193,7 +184,7 @@ class Predictor:
 
     # --- model loading ---------------------------------------------------------------------------------
     def _default_loader(self, state: ProjectState) -> ServingModel | None:
-        return load_serving_model(self.settings.model_dir, state)
+        return load_serving_model(self.settings, state)
 
     def _default_embedder(self, paths: list[Path]) -> np.ndarray:
         from trainer.encoders import encoder_from_spec
@@ -222,7 +213,7 @@ class Predictor:
                 *, on_missing: Callable[[list[dict[str, str]]], Any] | None = None) -> list[dict[str, Any]]:
         """One prediction per task, same order (Label Studio's contract)."""
         if not isinstance(tasks, Sequence) or isinstance(tasks, (str, bytes)):
-            raise PredictError("tasks", f"must be a list, got {type(tasks).__name__}")
+            raise InputError("tasks", f"must be a list, got {type(tasks).__name__}")
         meta = state.meta()
         if label_config:
             from_name, to_name = label_names(label_config)
@@ -231,20 +222,20 @@ class Predictor:
         parsed: list[tuple[str, str, Mapping[str, Any]]] = []
         for index, task in enumerate(tasks):
             if not isinstance(task, Mapping):
-                raise PredictError(f"tasks[{index}]", "must be an object")
+                raise InputError(f"tasks[{index}]", "must be an object")
             data = task.get("data")
             if not isinstance(data, Mapping):
-                raise PredictError(f"tasks[{index}].data", "must be an object")
+                raise InputError(f"tasks[{index}].data", "must be an object")
             try:
                 a, b = image_ids_of(data)
             except ValueError as exc:
-                raise PredictError(f"tasks[{index}].data", str(exc)) from None
+                raise InputError(f"tasks[{index}].data", str(exc)) from None
             parsed.append((a, b, data))
         # Only a request that passed validation may change meta: a rejected (422) one changes nothing.
         if label_config and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
             state.set_meta(from_name=from_name, to_name=to_name)
 
-        version = state.current_version()
+        version = state.cycles.current_version()
         # reload on a new version, and refit the calibrator as answers accumulate
         model = self.model(state, (version, state.counters().get("pairs_asked", 0) // 25))
         model_version = model.version if model is not None else (version or "initial")
@@ -256,7 +247,7 @@ class Predictor:
         vec_a: list[np.ndarray] = []
         vec_b: list[np.ndarray] = []
         for index, (a, b, _data) in enumerate(parsed):
-            record = state.pair(pair_id(a, b))
+            record = state.pairs.get(pair_id(a, b))
             if (record is not None and record.get("model_version") == model_version
                     and record.get("p_same") is not None and record.get("priority") is not None):
                 results.append(self._result(float(record["p_same"]), float(record["priority"]),
@@ -302,7 +293,7 @@ class Predictor:
         deadline = time.monotonic() + self.settings.predict_embed_seconds
         todo = list(urls.items())
         done: list[str] = []
-        cache_dir = self.settings.project_dir(state.project) / DOWNLOADS_DIR
+        cache_dir = self.settings.downloads_dir(state.project)
         batch = 4
         while todo and len(done) < budget and time.monotonic() < deadline:
             chunk, todo = todo[:min(batch, budget - len(done))], todo[min(batch, budget - len(done)):]
@@ -335,6 +326,6 @@ class Predictor:
         if todo:
             state.incr("predict_embed_deferred", len(todo))
         # Every image seen here (embedded now or not) is stored by a worker job, once, for the next cycle.
-        claimed = state.claim_embedding(urls)
+        claimed = state.images.claim(urls)
         if claimed and on_missing is not None:
             on_missing([{"id": image_id, "url": urls[image_id]} for image_id in claimed])

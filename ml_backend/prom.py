@@ -100,22 +100,22 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         for key, value in sorted(counters.items()):
             if key.startswith("events:"):
                 events.add(value, project=project, event=key.split(":", 1)[1])
-        for answer, count in state.constraint_counts().items():
+        for answer, count in state.annotations.counts().items():
             constraints.add(count, project=project, answer=answer)
         asked.add(counters.get("pairs_asked", 0), project=project)
         saved.add(counters.get("pairs_saved", 0), project=project)
         pushed.add(counters.get("pairs_pushed", 0), project=project)
-        conflicts.add(len(state.conflicts()), project=project)
-        status = state.cycle_status()
+        conflicts.add(len(state.annotations.conflicts()), project=project)
+        status = state.cycles.status()
         contradictions.add(int(status.get("contradictions", 0) or 0), project=project)
         for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed"):
             cycles.add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
-        total, count = state.cycle_seconds()
+        total, count = state.cycles.seconds()
         duration.add(total, "_sum", project=project).add(count, "_count", project=project)
-        history = state.cycles()
+        history = state.cycles.history()
         if history:
             last.add(float(history[0].get("duration_s", 0.0)), project=project)
-        pending.add(state.pending_constraints(), project=project)
+        pending.add(state.pending.count(), project=project)
         running.add(1 if status.get("status") == "running" else 0, project=project)
 
     if queue is not None:

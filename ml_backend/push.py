@@ -30,7 +30,7 @@ VIEW_ORDERING = ("tasks:predictions_score",)
 
 
 class LabelStudioLike(Protocol):
-    """The part of B's LabelStudioClient that a push uses."""
+    """The part of LabelStudioClient that a push uses."""
 
     def task_ids_by_pair(self, pid: int) -> dict[str, int]: ...
     def create_tasks(self, pid: int, tasks: list[dict[str, Any]]) -> list[int]: ...
@@ -152,7 +152,7 @@ def push_cycle(
         proposal_meta[pid] = meta
         if pid in existing:
             report.existing += 1
-            state.register_pair(pid, id_a, id_b, task_id=int(existing[pid]), **meta)
+            state.pairs.register(pid, id_a, id_b, task_id=int(existing[pid]), **meta)
             continue
         url_a, url_b = url_for(id_a), url_for(id_b)
         if not url_a or not url_b:
@@ -168,7 +168,7 @@ def push_cycle(
             raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for {len(new_tasks)} requested")
         for task_id, meta in zip(task_ids, new_meta, strict=True):
             extra = {k: v for k, v in meta.items() if k not in ("pair_id", "id_a", "id_b")}
-            state.register_pair(meta["pair_id"], meta["id_a"], meta["id_b"], task_id=int(task_id),
+            state.pairs.register(meta["pair_id"], meta["id_a"], meta["id_b"], task_id=int(task_id),
                                 model_version=model_version, status="open", **extra)
         report.created = len(task_ids)
 
@@ -189,7 +189,7 @@ def push_cycle(
             continue
         open_tasks.append((int(task["id"]), pid, i, j))
 
-    already = state.pushed_tasks(model_version)
+    already = state.pairs.pushed_tasks(model_version)
     todo = [t for t in open_tasks if t[0] not in already]
     p_same = p_same_of(embeddings, [t[2] for t in todo], [t[3] for t in todo], calibrator)
     predictions = []
@@ -202,11 +202,11 @@ def push_cycle(
             report.rescored += 1
         predictions.append({"task": task_id, "result": prediction_result(p_value, from_name, to_name),
                             "score": score_of(priority), "model_version": model_version})
-        state.register_pair(pid, *sorted((image_ids[_i], image_ids[_j])), task_id=task_id,
+        state.pairs.register(pid, *sorted((image_ids[_i], image_ids[_j])), task_id=task_id,
                             model_version=model_version, p_same=p_value, priority=priority)
     if predictions:
         client.import_predictions(project_id, predictions)
-        state.mark_pushed_tasks(model_version, [p["task"] for p in predictions])
+        state.pairs.mark_pushed(model_version, [p["task"] for p in predictions])
     report.predictions = len(predictions)
 
     # 3. the project serves this version's scores, through a view ordered by score.
@@ -229,11 +229,11 @@ def push_cycle(
     if retire:
         client.delete_tasks(project_id, [task_id for task_id, _pid in retire])
         for _task_id, pid in retire:
-            state.set_pair_status(pid, "retired")
+            state.pairs.set_status(pid, "retired")
         state.incr("pairs_saved", len(retire))
     report.retired = len(retire)
     report.retired_task_ids = [task_id for task_id, _pid in retire]
-    state.add_version(model_version)
+    state.cycles.add_version(model_version)
     state.incr("pairs_pushed", report.created)
     log.info("project %s: pushed %s", state.project, report.to_dict())
     return report

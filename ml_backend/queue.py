@@ -22,8 +22,9 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from ml_backend.settings import DEFAULT_JOB_TIMEOUT, DEFAULT_QUEUE_NAME
-from ml_backend.state import KEY_PREFIX, ProjectState, list_projects
+from ml_backend.settings import Settings
+from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, list_projects
+from ml_backend.state.base import as_text
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -108,17 +109,11 @@ def _claimed_at(claim: str) -> float:
         return 0.0
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class CycleQueue:
     """RQ queue access for cycles and embedding jobs; coalescing keys live beside ProjectState's."""
 
-    def __init__(self, redis: Redis, *, queue_name: str = DEFAULT_QUEUE_NAME,
-                 job_timeout: int = DEFAULT_JOB_TIMEOUT, lock_ttl: int = LOCK_TTL) -> None:
+    def __init__(self, redis: Redis, *, queue_name: str = Settings.queue_name,
+                 job_timeout: int = Settings.job_timeout, lock_ttl: int = LOCK_TTL) -> None:
         if not queue_name:
             raise ValueError("queue_name must not be empty")
         if job_timeout < 1:
@@ -136,6 +131,11 @@ class CycleQueue:
         self._release = redis.register_script(_RELEASE_LUA)
         self._extend = redis.register_script(_EXTEND_LUA)
 
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> CycleQueue:
+        """The queue REID_AL_QUEUE names, with REID_AL_JOB_TIMEOUT."""
+        return cls(redis, queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+
     # --- keys ----------------------------------------------------------------------------------------
     @staticmethod
     def _keys(project: str) -> list[str]:
@@ -144,7 +144,7 @@ class CycleQueue:
 
     @staticmethod
     def lock_key(project: str) -> str:
-        return f"{KEY_PREFIX}:{project}:cycle:lock"
+        return cycle_lock_key(project)
 
     @property
     def ttl(self) -> int:
@@ -156,7 +156,7 @@ class CycleQueue:
         """Ask for a cycle of `project`; enqueues only when no cycle is queued or running."""
         state = ProjectState(self.redis, project)
         claim = _claim(f"cycle-{state.project}-{uuid.uuid4().hex[:12]}")
-        outcome, active = (_text(v) for v in self._request(keys=self._keys(state.project),
+        outcome, active = (as_text(v) for v in self._request(keys=self._keys(state.project),
                                                            args=[claim, self.ttl]))
         # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over.
         if (outcome != "enqueue" and active is not None and self._is_dead(active)
@@ -169,7 +169,7 @@ class CycleQueue:
         if outcome == "enqueue":
             assert job_id is not None
             self._enqueue_cycle(state.project, job_id, reason)
-            state.set_cycle_status(status="queued", job_id=job_id, enqueued_at=time.time(), reason=reason)
+            state.cycles.set_status(status="queued", job_id=job_id, enqueued_at=time.time(), reason=reason)
             state.touch()
             state.incr("cycles_enqueued")
             return CycleRequest(state.project, "enqueued", job_id)
@@ -217,14 +217,14 @@ class CycleQueue:
     def finish(self, project: str, *, enqueue_follow_up: bool = True) -> str | None:
         """The job ended: enqueue exactly one follow-up if a request arrived while it ran."""
         claim = _claim(f"cycle-{project}-{uuid.uuid4().hex[:12]}")
-        claimed = _text(self._finish(keys=self._keys(project), args=[claim, self.ttl]))
+        claimed = as_text(self._finish(keys=self._keys(project), args=[claim, self.ttl]))
         if claimed is None:
             return None
         result = _job_of(claimed)
         if enqueue_follow_up:
             self._enqueue_cycle(project, result, "coalesced follow-up")
             state = ProjectState(self.redis, project)
-            state.set_cycle_status(status="queued", job_id=result, enqueued_at=time.time(),
+            state.cycles.set_status(status="queued", job_id=result, enqueued_at=time.time(),
                                    reason="coalesced follow-up")
             state.incr("cycles_follow_up")
         return result
@@ -279,7 +279,7 @@ class CycleQueue:
         """Everything `GET /status?project=P` and `reid-al status` show for one project."""
         state = ProjectState(self.redis, project)
         active_key, running_key, rerun_key = self._keys(state.project)
-        claim = _text(self.redis.get(active_key))
+        claim = as_text(self.redis.get(active_key))
         active = _job_of(claim) if claim is not None else None
         job_status = None
         if active is not None:
@@ -288,17 +288,17 @@ class CycleQueue:
                 job_status = str(getattr(fetched, "value", fetched))
             except NoSuchJobError:
                 job_status = "missing"
-        cycles = state.cycles()
+        cycles = state.cycles.history()
         return {
             "project": state.project,
             "active_job": active,
             "active_job_status": job_status,
             "running": bool(self.redis.exists(running_key)),
             "rerun_requested": bool(self.redis.exists(rerun_key)),
-            "pending_constraints": state.pending_constraints(),
-            "conflicts": state.conflicts(),
-            "current_version": state.current_version(),
-            "cycle": state.cycle_status(),
+            "pending_constraints": state.pending.count(),
+            "conflicts": state.annotations.conflicts(),
+            "current_version": state.cycles.current_version(),
+            "cycle": state.cycles.status(),
             "last_cycle": cycles[0] if cycles else None,
             "n_cycles": len(cycles),
             "queue_depth": self.depth(),

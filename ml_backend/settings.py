@@ -3,84 +3,92 @@
 Why one object: every process (web server, RQ worker, CLI) must agree on MODEL_DIR, Redis and the
 encoder, and a typo in an environment variable should fail at start-up with the variable's name,
 not deep inside a job. The names follow Label Studio's ML-backend conventions (see DESIGN.md).
+
+Each setting is declared once, as a field: its variable, default, help line and bounds. ``--help``,
+``from_env`` and ``to_env`` are generated from those declarations; the cycle's and the encoder's
+defaults come from trainer/defaults.py.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# --- service defaults (architecture.md: service defaults live here, nowhere else) ---------------------
-DEFAULT_MODEL_DIR = "./model_dir"
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 9090
-DEFAULT_WORKERS = 1
-DEFAULT_THREADS = 8
-DEFAULT_LOG_LEVEL = "INFO"
-DEFAULT_ENCODER = "open_clip:ViT-B-32:laion2b_s34b_b79k"
-DEFAULT_STRATEGY = "aas"
-DEFAULT_BUDGET = 50  # pairs pushed per cycle
-DEFAULT_RETRAIN_EVERY = 20  # new constraints that trigger an automatic cycle
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # a 100-task /predict body with long URLs is ~100 kB
-DEFAULT_PREDICT_EMBED_MAX = 16  # images embedded on the fly per /predict call
-DEFAULT_PREDICT_EMBED_SECONDS = 20.0  # Label Studio's /predict timeout is 100 s
-DEFAULT_QUEUE_NAME = "reid-al"
-DEFAULT_JOB_TIMEOUT = 3600  # seconds a cycle job may run (also the per-project lock TTL)
-DEFAULT_LABEL_STUDIO_URL = "http://localhost:8080"
-DEFAULT_TORCH_THREADS = 0  # 0 = torch's own default; 1 is several times faster when workers share a CPU
+from ml_backend.errors import SettingsError
+from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY, DEFAULT_ENCODER_SPEC
+
+__all__ = ["LOG_LEVELS", "SETTINGS_HELP", "Settings", "SettingsError", "settings_help_text"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MODEL_DIR = Path("./model_dir")
 
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the environment variable."""
-
-    def __init__(self, variable: str, message: str) -> None:
-        super().__init__(f"{variable}: {message}")
-        self.variable = variable
+def _setting(variable: str, default: Any, help_text: str, *, low: int | None = None,
+             high: int | None = None, empty_ok: bool = False) -> Any:
+    """One setting: its environment ``variable``, ``default`` and ``help_text``; ``low``/``high`` bound an
+    integer; ``empty_ok``: an empty variable means the empty string (else it means "use the default")."""
+    shown = f"./{default}" if isinstance(default, Path) and not default.is_absolute() else str(default)
+    return field(default=default, metadata={"variable": variable, "help": help_text, "low": low,
+                                            "high": high, "empty_ok": empty_ok, "shown": shown})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """All service settings. Build with `Settings.from_env()`; each field documents its variable."""
+    """All service settings. Build with `Settings.from_env()`; each field declares its variable."""
 
-    label_studio_url: str = DEFAULT_LABEL_STUDIO_URL
-    label_studio_api_key: str = ""
-    model_dir: Path = Path(DEFAULT_MODEL_DIR)
-    basic_auth_user: str = ""
-    basic_auth_pass: str = ""
-    redis_url: str = ""
-    workers: int = DEFAULT_WORKERS
-    threads: int = DEFAULT_THREADS
-    log_level: str = DEFAULT_LOG_LEVEL
-    port: int = DEFAULT_PORT
-    host: str = DEFAULT_HOST
-    encoder: str = DEFAULT_ENCODER
-    encoder_checkpoint: str = ""
-    strategy: str = DEFAULT_STRATEGY
-    budget: int = DEFAULT_BUDGET
-    retrain_every: int = DEFAULT_RETRAIN_EVERY
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    predict_embed_max: int = DEFAULT_PREDICT_EMBED_MAX
-    predict_embed_seconds: float = DEFAULT_PREDICT_EMBED_SECONDS
-    document_root: str = ""
-    queue_name: str = DEFAULT_QUEUE_NAME
-    job_timeout: int = DEFAULT_JOB_TIMEOUT
-    torch_threads: int = DEFAULT_TORCH_THREADS
+    label_studio_url: str = _setting(
+        "LABEL_STUDIO_URL", "http://localhost:8080",
+        "Label Studio base URL the worker pushes tasks and predictions to")
+    label_studio_api_key: str = _setting(
+        "LABEL_STUDIO_API_KEY", "", "Label Studio API token (Authorization: Token ...)", empty_ok=True)
+    model_dir: Path = _setting(  # noqa: RUF009 - _setting returns a dataclasses.field
+        "MODEL_DIR", _MODEL_DIR, "per-project pools, features, model versions and the embedded Redis data")
+    basic_auth_user: str = _setting(
+        "BASIC_AUTH_USER", "", "basic-auth user required on every route but /health", empty_ok=True)
+    basic_auth_pass: str = _setting(
+        "BASIC_AUTH_PASS", "", "basic-auth password (set together with BASIC_AUTH_USER)", empty_ok=True)
+    redis_url: str = _setting(
+        "REDIS_URL", "", "external Redis (production); empty = embedded redis-server + worker", empty_ok=True)
+    workers: int = _setting("WORKERS", 1, "gunicorn worker processes", low=1)
+    threads: int = _setting("THREADS", 8, "gunicorn threads per worker", low=1)
+    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    port: int = _setting("PORT", 9090, "HTTP port of the backend", low=1, high=65535)
+    host: str = _setting("HOST", "0.0.0.0", "HTTP bind address of the backend")
+    encoder: str = _setting(
+        "REID_AL_ENCODER", DEFAULT_ENCODER_SPEC,
+        "frozen encoder spec (open_clip:<model>:<tag> or mobilenetv2)")
+    encoder_checkpoint: str = _setting(
+        "REID_AL_ENCODER_CHECKPOINT", "", "local checkpoint file for the encoder", empty_ok=True)
+    strategy: str = _setting(
+        "REID_AL_STRATEGY", CYCLE_STRATEGY, "pair sampler: aas, uncertainty, random, coreset, margin")
+    budget: int = _setting("REID_AL_BUDGET", CYCLE_BUDGET, "pairs pushed to Label Studio per cycle", low=1)
+    retrain_every: int = _setting(
+        "REID_AL_RETRAIN_EVERY", 20, "new constraints that trigger an automatic cycle", low=1)
+    max_body_bytes: int = _setting(  # a 100-task /predict body with long URLs is ~100 kB
+        "REID_AL_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest accepted request body", low=1024)
+    predict_embed_max: int = _setting(
+        "REID_AL_PREDICT_EMBED_MAX", 16, "images /predict may embed on the fly per call", low=0)
+    predict_embed_seconds: float = _setting(  # Label Studio's /predict timeout is 100 s
+        "REID_AL_PREDICT_EMBED_SECONDS", 20.0, "time /predict may spend embedding on the fly per call")
+    document_root: str = _setting(
+        "REID_AL_DOCUMENT_ROOT", "",
+        "directory that Label Studio's /data/local-files/?d= URLs are relative to", empty_ok=True)
+    queue_name: str = _setting("REID_AL_QUEUE", "reid-al", "RQ queue name")
+    job_timeout: int = _setting(
+        "REID_AL_JOB_TIMEOUT", 3600, "seconds a cycle may run (also the per-project lock lifetime)", low=10)
+    torch_threads: int = _setting(  # 1 is several times faster when workers share a CPU
+        "REID_AL_TORCH_THREADS", 0,
+        "torch threads for adapter training in a worker (0 = torch default; 1 when workers share a CPU)",
+        low=0)
 
     def __post_init__(self) -> None:
-        _check_int("PORT", self.port, 1, 65535)
-        _check_int("WORKERS", self.workers, 1)
-        _check_int("THREADS", self.threads, 1)
-        _check_int("REID_AL_BUDGET", self.budget, 1)
-        _check_int("REID_AL_RETRAIN_EVERY", self.retrain_every, 1)
-        _check_int("REID_AL_MAX_BODY_BYTES", self.max_body_bytes, 1024)
-        _check_int("REID_AL_PREDICT_EMBED_MAX", self.predict_embed_max, 0)
-        _check_int("REID_AL_JOB_TIMEOUT", self.job_timeout, 10)
-        _check_int("REID_AL_TORCH_THREADS", self.torch_threads, 0)
+        for f in fields(self):
+            if f.type == "int":
+                meta = f.metadata
+                _check_int(meta["variable"], getattr(self, f.name), meta["low"], meta["high"])
         if not self.predict_embed_seconds >= 0:
             raise SettingsError("REID_AL_PREDICT_EMBED_SECONDS",
                                 f"must be >= 0, got {self.predict_embed_seconds}")
@@ -109,69 +117,38 @@ class Settings:
         return not self.redis_url
 
     def project_dir(self, project: str) -> Path:
+        """MODEL_DIR/<project>: the pool file, the feature store, model versions and downloads."""
         return self.model_dir / str(project)
+
+    def features_dir(self, project: str) -> Path:
+        """The project's embedding store (trainer.store.EmbeddingStore), read by every cycle."""
+        return self.project_dir(project) / "features"
+
+    def downloads_dir(self, project: str) -> Path:
+        """Images of user-imported tasks fetched over HTTP, cached for embedding."""
+        return self.project_dir(project) / "downloads"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read every variable in `SETTINGS_HELP` from `env` (default os.environ); unset -> default."""
+        """Read every declared variable from `env` (default os.environ); unset -> default."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        by_field = {f.name: f for f in fields(cls)}
-        for variable, field_name, _default, _help in SETTINGS_HELP:
+        for f in fields(cls):
+            variable = f.metadata["variable"]
             raw = env.get(variable)
-            if raw is None or (raw == "" and field_name not in _EMPTY_ALLOWED):
+            if raw is None or (raw == "" and not f.metadata["empty_ok"]):
                 continue
-            values[field_name] = _convert(variable, by_field[field_name].type, raw.strip())
+            values[f.name] = _convert(variable, f.type, raw.strip())
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
         """The inverse of from_env, so `reid-al serve` can hand its settings to child processes."""
-        out: dict[str, str] = {}
-        for variable, field_name, _default, _help in SETTINGS_HELP:
-            out[variable] = str(getattr(self, field_name))
-        return out
+        return {f.metadata["variable"]: str(getattr(self, f.name)) for f in fields(self)}
 
 
-_EMPTY_ALLOWED = {"redis_url", "label_studio_api_key", "basic_auth_user", "basic_auth_pass",
-                  "encoder_checkpoint", "document_root"}
-
-# (environment variable, field, default shown in --help, what it does)
-SETTINGS_HELP: tuple[tuple[str, str, str, str], ...] = (
-    ("LABEL_STUDIO_URL", "label_studio_url", DEFAULT_LABEL_STUDIO_URL,
-     "Label Studio base URL the worker pushes tasks and predictions to"),
-    ("LABEL_STUDIO_API_KEY", "label_studio_api_key", "", "Label Studio API token (Authorization: Token ...)"),
-    ("MODEL_DIR", "model_dir", DEFAULT_MODEL_DIR,
-     "per-project pools, features, model versions and the embedded Redis data"),
-    ("BASIC_AUTH_USER", "basic_auth_user", "", "basic-auth user required on every route but /health"),
-    ("BASIC_AUTH_PASS", "basic_auth_pass", "", "basic-auth password (set together with BASIC_AUTH_USER)"),
-    ("REDIS_URL", "redis_url", "", "external Redis (production); empty = embedded redis-server + worker"),
-    ("WORKERS", "workers", str(DEFAULT_WORKERS),
-     "gunicorn worker processes"),
-    ("THREADS", "threads", str(DEFAULT_THREADS), "gunicorn threads per worker"),
-    ("LOG_LEVEL", "log_level", DEFAULT_LOG_LEVEL, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-    ("PORT", "port", str(DEFAULT_PORT), "HTTP port of the backend"),
-    ("HOST", "host", DEFAULT_HOST, "HTTP bind address of the backend"),
-    ("REID_AL_ENCODER", "encoder", DEFAULT_ENCODER,
-     "frozen encoder spec (open_clip:<model>:<tag> or mobilenetv2)"),
-    ("REID_AL_ENCODER_CHECKPOINT", "encoder_checkpoint", "", "local checkpoint file for the encoder"),
-    ("REID_AL_STRATEGY", "strategy", DEFAULT_STRATEGY,
-     "pair sampler: aas, uncertainty, random, coreset, margin"),
-    ("REID_AL_BUDGET", "budget", str(DEFAULT_BUDGET), "pairs pushed to Label Studio per cycle"),
-    ("REID_AL_RETRAIN_EVERY", "retrain_every", str(DEFAULT_RETRAIN_EVERY),
-     "new constraints that trigger an automatic cycle"),
-    ("REID_AL_MAX_BODY_BYTES", "max_body_bytes", str(DEFAULT_MAX_BODY_BYTES),
-     "largest accepted request body"),
-    ("REID_AL_PREDICT_EMBED_MAX", "predict_embed_max", str(DEFAULT_PREDICT_EMBED_MAX),
-     "images /predict may embed on the fly per call"),
-    ("REID_AL_PREDICT_EMBED_SECONDS", "predict_embed_seconds", str(DEFAULT_PREDICT_EMBED_SECONDS),
-     "time /predict may spend embedding on the fly per call"),
-    ("REID_AL_DOCUMENT_ROOT", "document_root", "",
-     "directory that Label Studio's /data/local-files/?d= URLs are relative to"),
-    ("REID_AL_QUEUE", "queue_name", DEFAULT_QUEUE_NAME, "RQ queue name"),
-    ("REID_AL_JOB_TIMEOUT", "job_timeout", str(DEFAULT_JOB_TIMEOUT),
-     "seconds a cycle may run (also the per-project lock lifetime)"),
-    ("REID_AL_TORCH_THREADS", "torch_threads", str(DEFAULT_TORCH_THREADS),
-     "torch threads for adapter training in a worker (0 = torch default; 1 when workers share a CPU)"),
+# (environment variable, field, default shown in --help, what it does), generated from the fields
+SETTINGS_HELP: tuple[tuple[str, str, str, str], ...] = tuple(
+    (f.metadata["variable"], f.name, f.metadata["shown"], f.metadata["help"]) for f in fields(Settings)
 )
 
 
@@ -204,9 +181,9 @@ def _convert(variable: str, type_name: Any, raw: str) -> Any:
     return raw
 
 
-def _check_int(variable: str, value: Any, low: int, high: int | None = None) -> None:
+def _check_int(variable: str, value: Any, low: int | None, high: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SettingsError(variable, f"must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
+    if (low is not None and value < low) or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise SettingsError(variable, f"must be {bound}, got {value}")

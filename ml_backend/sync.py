@@ -6,8 +6,8 @@ lost an event recovers with one sync. Answers are read with the webhook's own ``
 synced constraint is exactly what the webhook would have recorded.
 
 Why a diff and not a replacement: reading every task takes a while, and webhooks keep arriving
-meanwhile. The snapshot is applied through ``record_annotation`` (which ignores a stale ``updated_at``
-and a deleted id, atomically) and ``remove_annotation`` (which keeps the tombstone), and only what was
+meanwhile. The snapshot is applied through ``annotations.record`` (which ignores a stale ``updated_at``
+and a deleted id, atomically) and ``annotations.remove`` (which keeps the tombstone), and only what was
 stored before the sync started and is untouched since may be removed; so an answer or a deletion that
 a webhook recorded during the listing survives the sync.
 """
@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
-from ml_backend.state import ANSWERS, ProjectState, StateError, parse_timestamp
-from ml_backend.webhook import WebhookError, parse_answer
+from ml_backend.state import ANSWERS, ProjectState, parse_timestamp
+from ml_backend.webhook import parse_answer
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -91,7 +92,7 @@ def _completed_by(annotation: Mapping[str, Any]) -> int | str | None:
 
 def _stored(state: ProjectState) -> dict[str, dict[str, Any]]:
     """The stored annotations by id: the whole record, so any change (answer, updated_at) shows."""
-    return {str(r["annotation_id"]): r for r in state.annotations()}
+    return {str(r["annotation_id"]): r for r in state.annotations.all()}
 
 
 def sync(
@@ -131,7 +132,7 @@ def sync(
     report = SyncReport(project=state.project, from_name=from_name)
     # What was stored before the listing: only these may be removed, and only if still identical at the end.
     before = _stored(state)
-    open_before = {pid_: record for pid_, record in state.pairs().items() if record.get("status") == "open"}
+    open_before = {pid_: r for pid_, r in state.pairs.all().items() if r.get("status") == "open"}
 
     records: dict[str, dict[str, Any]] = {}
     listed: set[str] = set()
@@ -158,7 +159,7 @@ def sync(
                 was_cancelled = bool(annotation.get("was_cancelled", False))
                 answer = parse_answer(annotation.get("result") or [], from_name, was_cancelled=was_cancelled)
                 parse_timestamp(updated_at)
-            except (WebhookError, StateError) as exc:
+            except InputError as exc:
                 report.invalid.append({"annotation_id": annotation_id, "task_id": task_id, "error": str(exc)})
                 continue
             records[str(annotation_id)] = {
@@ -179,27 +180,27 @@ def sync(
     for task_id, (image_a, image_b) in pair_tasks.items():
         pid_ = pair_id(image_a, image_b)
         live_pairs.add(pid_)
-        if state.pair_for_task(task_id) != pid_:
-            report.pairs_registered += int(state.register_pair(pid_, image_a, image_b, task_id=task_id))
+        if state.pairs.for_task(task_id) != pid_:
+            report.pairs_registered += int(state.pairs.register(pid_, image_a, image_b, task_id=task_id))
     # Only a pair that was open before the listing and is unchanged since: one a TASKS_CREATED webhook
     # registered during the sync is live even though the listing did not see its task.
-    for pid_, record in state.pairs().items():
+    for pid_, record in state.pairs.all().items():
         if (
             record.get("status") == "open"
             and pid_ not in live_pairs
             and record.get("task_id") is not None
             and open_before.get(pid_) == record
         ):
-            report.pairs_closed += int(state.set_pair_status(pid_, "deleted"))
+            report.pairs_closed += int(state.pairs.set_status(pid_, "deleted"))
 
-    report.conflicts = len(state.conflicts())
+    report.conflicts = len(state.annotations.conflicts())
     if report.n_changes:
-        state.add_pending_constraints(report.n_changes)
+        state.pending.add(report.n_changes)
     state.incr("syncs")
     if request_cycle and report.n_changes:
         from ml_backend.queue import CycleQueue
 
-        queue = CycleQueue(redis, queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+        queue = CycleQueue.for_settings(redis, settings)
         request = queue.request_cycle(state.project, reason=f"sync: {report.n_changes} changed annotations")
         report.cycle = {"outcome": request.outcome, "job_id": request.job_id}
     if report.invalid:
@@ -222,14 +223,14 @@ def _apply(
 ) -> None:
     """Apply Label Studio's snapshot as a diff that never overrides what changed since ``before``.
 
-    Why per annotation: ``record_annotation`` ignores a stale ``updated_at`` and a deleted id atomically,
+    Why per annotation: ``annotations.record`` ignores a stale ``updated_at`` and a deleted id atomically,
     so a webhook answer or deletion that arrived during the listing wins; removals are limited to ids
     that were stored at the start, that Label Studio did not list at all (an unreadable annotation is
     left alone, as the webhook leaves it), and whose stored record is still the one seen at the start.
     """
     for key, record in records.items():
         try:
-            outcome = state.record_annotation(
+            outcome, _ = state.annotations.record(
                 record["annotation_id"],
                 task_id=record["task_id"],
                 image_a=record["image_a"],
@@ -238,7 +239,7 @@ def _apply(
                 completed_by=record["completed_by"],
                 updated_at=record["updated_at"],
             )
-        except StateError as exc:
+        except InputError as exc:
             report.invalid.append(
                 {"annotation_id": record["annotation_id"], "task_id": record["task_id"], "error": str(exc)}
             )
@@ -256,9 +257,9 @@ def _apply(
     for key, old in before.items():
         if key in listed or key in records:
             continue
-        if now.get(key) == old and state.remove_annotation(key):
+        if now.get(key) == old and state.annotations.remove(key) is not None:
             report.removed += 1
-    for stored in state.annotations():
+    for stored in state.annotations.all():
         report.answers[stored["answer"]] += 1
 
 

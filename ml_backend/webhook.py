@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
 from ml_backend.prom import GLOBAL_COUNTERS_KEY
-from ml_backend.state import ProjectState, StateError
+from ml_backend.state import ProjectState
+from ml_backend.state.annotations import is_user_id
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -31,16 +33,6 @@ IGNORED_EVENTS = ("PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "ANNO
                   "REVIEW_UPDATED", "REVIEWS_DELETED")
 
 
-class WebhookError(ValueError):
-    """A malformed event: HTTP `status` with a message naming the offending `field`."""
-
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
-
-
 def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bool = False) -> str:
     """An annotation's `result` list -> "same", "different", "unsure" or "skip".
 
@@ -51,33 +43,33 @@ def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bo
     if was_cancelled:
         return "skip"
     if not isinstance(result, list):
-        raise WebhookError("annotation.result", f"must be a list, got {type(result).__name__}")
+        raise InputError("annotation.result", f"must be a list, got {type(result).__name__}")
     found: list[str] = []
     for index, item in enumerate(result):
         if not isinstance(item, Mapping):
-            raise WebhookError(f"annotation.result[{index}]", "must be an object")
+            raise InputError(f"annotation.result[{index}]", "must be an object")
         if item.get("type", "choices") != "choices":
             continue
         if from_name is not None and item.get("from_name") != from_name:
             continue
         value = item.get("value")
         if not isinstance(value, Mapping) or not isinstance(value.get("choices"), list):
-            raise WebhookError(f"annotation.result[{index}].value.choices", "must be a list of choices")
+            raise InputError(f"annotation.result[{index}].value.choices", "must be a list of choices")
         for position, choice_ in enumerate(value["choices"]):
             # Checked before the set below: an unhashable choice (a list) would be a 500, not a 422.
             if not isinstance(choice_, str):
-                raise WebhookError(f"annotation.result[{index}].value.choices[{position}]",
+                raise InputError(f"annotation.result[{index}].value.choices[{position}]",
                                    f"must be a string, got {type(choice_).__name__}")
         found.extend(value["choices"])
     if not found:
         return "skip"
     answers = {c.strip().lower() for c in found}
     if len(answers) != 1:
-        raise WebhookError("annotation.result",
+        raise InputError("annotation.result",
                            f"expected exactly one choice, got {sorted(map(str, answers))}")
     answer = answers.pop()
     if answer not in CHOICES:
-        raise WebhookError("annotation.result", f"choice must be one of {', '.join(CHOICES)}, got {answer!r}")
+        raise InputError("annotation.result", f"choice must be one of {', '.join(CHOICES)}, got {answer!r}")
     return str(answer)
 
 
@@ -87,10 +79,10 @@ def project_id_of(value: Any, field: str = "project") -> str:
         value = value.get("id")
         field = f"{field}.id"
     if isinstance(value, bool) or value is None:
-        raise WebhookError(field, "missing project id", status=400)
+        raise InputError(field, "missing project id", status=400)
     if isinstance(value, int):
         if value < 0:
-            raise WebhookError(field, f"must be a positive integer, got {value}")
+            raise InputError(field, f"must be a positive integer, got {value}")
         return str(value)
     if isinstance(value, str):
         head = value.strip().split(".", 1)[0]
@@ -98,19 +90,29 @@ def project_id_of(value: Any, field: str = "project") -> str:
             return head
         if head and head.replace("-", "").replace("_", "").isalnum():
             return head
-    raise WebhookError(field, f"must be a project id, got {value!r}")
+    raise InputError(field, f"must be a project id, got {value!r}")
 
 
 def _require(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
              field: str | None = None) -> Any:
     field = field or key
     if key not in payload:
-        raise WebhookError(field, "missing", status=400)
+        raise InputError(field, "missing", status=400)
     value = payload[key]
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise WebhookError(field, f"must be {names}, got {type(value).__name__}")
+        raise InputError(field, f"must be {names}, got {type(value).__name__}")
     return value
+
+
+def _ids(payload: Mapping[str, Any], key: str) -> list[int]:
+    """The ``id`` of every object listed under ``key`` (ANNOTATIONS_DELETED, TASKS_DELETED)."""
+    ids = []
+    for index, item in enumerate(_require(payload, key, list)):
+        if not isinstance(item, Mapping):
+            raise InputError(f"{key}[{index}]", "must be an object with an id")
+        ids.append(_require(item, "id", int, f"{key}[{index}].id"))
+    return ids
 
 
 def _constraint_of(record: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -136,7 +138,7 @@ class _AnnotationEvent:
 
 
 class WebhookHandler:
-    """Dispatch one parsed JSON event. `handle` returns the JSON answer or raises WebhookError."""
+    """Dispatch one parsed JSON event. `handle` returns the JSON answer or raises InputError."""
 
     def __init__(self, redis: Redis, queue: CycleQueue | None, *, retrain_every: int,
                  from_name: str | None = None) -> None:
@@ -149,7 +151,7 @@ class WebhookHandler:
 
     def handle(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, Mapping):
-            raise WebhookError("body", f"must be a JSON object, got {type(payload).__name__}", status=400)
+            raise InputError("body", f"must be a JSON object, got {type(payload).__name__}", status=400)
         action = _require(payload, "action", str)
         if action in ANNOTATION_EVENTS:
             return self._annotation(action, payload)
@@ -172,7 +174,7 @@ class WebhookHandler:
         known = action in IGNORED_EVENTS
         try:
             project: str | None = project_id_of(payload.get("project"))
-        except WebhookError:
+        except InputError:
             project = None
         counter = f"events:{action}" if known else "events:unknown"
         if project is not None:
@@ -194,18 +196,17 @@ class WebhookHandler:
         try:
             image_a, image_b = image_ids_of(data)
         except ValueError as exc:
-            raise WebhookError("task.data", str(exc)) from None
+            raise InputError("task.data", str(exc)) from None
         was_cancelled = annotation.get("was_cancelled", False)
         if not isinstance(was_cancelled, bool):
-            raise WebhookError("annotation.was_cancelled",
+            raise InputError("annotation.was_cancelled",
                                f"must be a boolean, got {type(was_cancelled).__name__}")
         answer = parse_answer(annotation.get("result", []), from_name, was_cancelled=was_cancelled)
         completed_by = annotation.get("completed_by")
         if isinstance(completed_by, Mapping):
             completed_by = completed_by.get("id")
-        if completed_by is not None and (isinstance(completed_by, bool)
-                                         or not isinstance(completed_by, (int, str))):
-            raise WebhookError("annotation.completed_by", f"must be a user id, got {completed_by!r}")
+        if completed_by is not None and not is_user_id(completed_by):
+            raise InputError("annotation.completed_by", f"must be a user id, got {completed_by!r}")
         return _AnnotationEvent(annotation_id, task_id, image_a, image_b, answer, completed_by,
                                 annotation.get("updated_at") or annotation.get("created_at"))
 
@@ -215,11 +216,11 @@ class WebhookHandler:
         from_name = self.from_name or state.meta().get("from_name")
         event = self._parse_annotation(payload, from_name)
         try:
-            outcome, old = state.record_annotation_change(
+            outcome, old = state.annotations.record(
                 event.annotation_id, task_id=event.task_id, image_a=event.image_a, image_b=event.image_b,
                 answer=event.answer, completed_by=event.completed_by, updated_at=event.updated_at)
-        except StateError as exc:
-            raise WebhookError(f"annotation.{exc.field}", str(exc).split(": ", 1)[1]) from None
+        except InputError as exc:
+            raise exc.at(f"annotation.{exc.field}") from None
         state.incr(f"events:{action}")
         body: dict[str, Any] = {"status": "ok", "action": action, "project": project,
                                 "annotation": event.annotation_id, "answer": event.answer, "outcome": outcome}
@@ -228,33 +229,26 @@ class WebhookHandler:
             return body
         state.incr("pairs_asked" if outcome == "created" else "annotations_updated")
         pid = pair_id(event.image_a, event.image_b)
-        if event.answer in ("same", "different") and state.pair_in_conflict(pid):
+        if event.answer in ("same", "different") and state.annotations.pair_in_conflict(pid):
             # Recorded, never overwritten: both answers stay; NP3's policy decides, /status lists it.
             body["conflict"] = True
             state.incr("conflicts_detected")
             log.warning("project %s: annotators disagree on pair %s: %s", project, pid,
-                        state.pair_answers(pid))
-        if not state.redis.hexists(state.key("pairs"), pid):
-            state.register_pair(pid, event.image_a, event.image_b, task_id=event.task_id)
+                        state.annotations.on_pair(pid))
+        if not state.pairs.exists(pid):
+            state.pairs.register(pid, event.image_a, event.image_b, task_id=event.task_id)
         if _constraint_of(old) != _constraint_of({"answer": event.answer, "pair_id": pid}):
-            pending = state.add_pending_constraints(running_lock=self._lock_key(project))
-            if pending >= self.retrain_every:
-                body.update(self._request_cycle(project, f"{pending} new constraints"))
+            body.update(self._count_changes(state, 1, "new constraints"))
         return body
 
     def _deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         project = project_id_of(payload.get("project"))
-        annotations = _require(payload, "annotations", list)
-        ids = []
-        for index, item in enumerate(annotations):
-            if not isinstance(item, Mapping):
-                raise WebhookError(f"annotations[{index}]", "must be an object with an id")
-            ids.append(_require(item, "id", int, f"annotations[{index}].id"))
+        ids = _ids(payload, "annotations")
         state = ProjectState(self.redis, project)
         removed: list[int] = []
         constraints_removed = 0
         for annotation_id in ids:
-            record = state.pop_annotation(annotation_id)
+            record = state.annotations.remove(annotation_id)
             if record is not None:
                 removed.append(annotation_id)
                 constraints_removed += _constraint_of(record) is not None
@@ -264,9 +258,7 @@ class WebhookHandler:
                                 "removed": removed, "unknown": [i for i in ids if i not in removed]}
         if constraints_removed:
             # Deleting a skip/unsure answer changes no constraint, so it does not count to a retrain.
-            pending = state.add_pending_constraints(constraints_removed, running_lock=self._lock_key(project))
-            if pending >= self.retrain_every:
-                body.update(self._request_cycle(project, f"{pending} changed constraints"))
+            body.update(self._count_changes(state, constraints_removed, "changed constraints"))
         return body
 
     def _tasks_created(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,7 +268,7 @@ class WebhookHandler:
         unusable = 0
         for index, task in enumerate(tasks):
             if not isinstance(task, Mapping):
-                raise WebhookError(f"tasks[{index}]", "must be an object")
+                raise InputError(f"tasks[{index}]", "must be an object")
             task_id = _require(task, "id", int, f"tasks[{index}].id")
             data = task.get("data")
             try:
@@ -290,16 +282,16 @@ class WebhookHandler:
         if unusable:
             state.incr("tasks_unusable", unusable)
             log.warning("project %s: %d created tasks carry no image pair and are ignored", project, unusable)
-        state.register_task_pairs([(task_id, image_a, image_b) for task_id, image_a, image_b, _ in parsed])
+        state.pairs.register_tasks([(task_id, image_a, image_b) for task_id, image_a, image_b, _ in parsed])
         urls: dict[str, str] = {}
         for _task_id, image_a, image_b, data in parsed:
             urls.setdefault(image_a, str(data.get("image_a", image_a)))
             urls.setdefault(image_b, str(data.get("image_b", image_b)))
-        missing = state.missing_embeddings(urls)
+        missing = state.images.missing(urls)
         body: dict[str, Any] = {"status": "ok", "action": "TASKS_CREATED", "project": project,
                                 "tasks": len(parsed), "unusable": unusable,
                                 "missing_embeddings": len(missing)}
-        claimed = state.claim_embedding(missing) if self.queue is not None else []
+        claimed = state.images.claim(missing) if self.queue is not None else []
         if claimed and self.queue is not None:
             items = [{"id": i, "url": urls[i]} for i in claimed]
             body["embed_job"] = self.queue.request_embedding(project, items)
@@ -307,24 +299,23 @@ class WebhookHandler:
 
     def _tasks_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         project = project_id_of(payload.get("project"))
-        tasks = _require(payload, "tasks", list)
-        task_ids = []
-        for index, task in enumerate(tasks):
-            if not isinstance(task, Mapping):
-                raise WebhookError(f"tasks[{index}]", "must be an object with an id")
-            task_ids.append(_require(task, "id", int, f"tasks[{index}].id"))
+        task_ids = _ids(payload, "tasks")
         state = ProjectState(self.redis, project)
         state.incr("events:TASKS_DELETED")
         closed = 0
         for task_id in task_ids:
-            pid = state.pair_for_task(task_id)
-            if pid is not None and (state.pair(pid) or {}).get("status") == "open":
-                closed += int(state.set_pair_status(pid, "deleted"))
+            pid = state.pairs.for_task(task_id)
+            if pid is not None and (state.pairs.get(pid) or {}).get("status") == "open":
+                closed += int(state.pairs.set_status(pid, "deleted"))
         return {"status": "ok", "action": "TASKS_DELETED", "project": project, "closed_pairs": closed}
 
-    def _lock_key(self, project: str) -> str | None:
-        """The cycle lock: while a cycle holds it, the changes it already read do not trigger another."""
-        return None if self.queue is None else self.queue.lock_key(project)
+    def _count_changes(self, state: ProjectState, n: int, what: str) -> dict[str, Any]:
+        """Count ``n`` constraint changes (state.pending) and request a cycle once REID_AL_RETRAIN_EVERY
+        of them are waiting."""
+        pending = state.pending.add(n)
+        if pending < self.retrain_every:
+            return {}
+        return self._request_cycle(state.project, f"{pending} {what}")
 
     def _request_cycle(self, project: str, reason: str) -> dict[str, Any]:
         if self.queue is None:

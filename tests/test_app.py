@@ -79,7 +79,7 @@ def test_setup_reads_label_config(http: FlaskClient, redis_client: redis.Redis) 
     response = http.post("/setup", json={"project": "3.1712345678", "schema": LABEL_CONFIG}, headers=AUTH)
     assert response.status_code == 200 and response.json == {"model_version": "initial"}
     assert ProjectState(redis_client, "3").meta() == {"from_name": "answer", "to_name": "image_a"}
-    ProjectState(redis_client, "3").add_version("v0002-20260101T0000")
+    ProjectState(redis_client, "3").cycles.add_version("v0002-20260101T0000")
     assert http.post("/setup", json={"project": 3},
                      headers=AUTH).json["model_version"] == "v0002-20260101T0000"
 
@@ -137,7 +137,7 @@ def test_webhook_records_and_acknowledges(http: FlaskClient, redis_client: redis
     assert response.status_code == 200 and response.json["outcome"] == "created"
     assert http.post("/webhook", json={"action": "NEW_THING", "project": {"id": 3}},
                      headers=AUTH).json["status"] == "ignored"
-    assert len(ProjectState(redis_client, "3").annotations()) == 1
+    assert len(ProjectState(redis_client, "3").annotations.all()) == 1
 
 
 @pytest.mark.parametrize(("kwargs", "status", "field"), [
@@ -171,7 +171,7 @@ def test_oversized_body_named_in_error(http: FlaskClient) -> None:
 
 
 def test_versions_metrics_status_jobs(http: FlaskClient, redis_client: redis.Redis) -> None:
-    ProjectState(redis_client, "3").add_version("v0001-20260101T0000")
+    ProjectState(redis_client, "3").cycles.add_version("v0001-20260101T0000")
     http.post("/webhook", json=event(), headers=AUTH)
     assert http.get("/versions?project=3", headers=AUTH).json == {"versions": ["v0001-20260101T0000"]}
     assert http.get("/versions", headers=AUTH).json == {"versions": ["v0001-20260101T0000"]}

@@ -50,8 +50,8 @@ def test_status_prints_projects(redis_client: redis.Redis, redis_url: str, monke
     monkeypatch.setenv("REDIS_URL", redis_url)
     state = ProjectState(redis_client, "12")
     state.touch()
-    state.add_version("v0001-20260101T0000")
-    state.record_cycle({"status": "finished", "duration_s": 2.5, "version": "v0001-20260101T0000"})
+    state.cycles.add_version("v0001-20260101T0000")
+    state.cycles.record({"status": "finished", "duration_s": 2.5, "version": "v0001-20260101T0000"})
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "project 12: version v0001-20260101T0000" in out and "last cycle: finished in 2.5 s" in out
@@ -117,7 +117,7 @@ def test_serve_runs_redis_worker_and_web_server_and_stops_cleanly(tmp_path: Path
         assert answer.status_code == 200 and answer.json()["outcome"] == "created"
         url = (tmp_path / "model" / "redis" / "redis.url").read_text().strip()
         client = redis.Redis.from_url(url)
-        assert ProjectState(client, "1").annotations()[0]["answer"] == "different"
+        assert ProjectState(client, "1").annotations.all()[0]["answer"] == "different"
         deadline = time.monotonic() + 60
         while not client.smembers("rq:workers") and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from ml_backend.cli import finetune_project, main
-from ml_backend.jobs import features_dir
 from ml_backend.pool import Pool, PoolItem
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
@@ -49,7 +48,7 @@ def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     settings = Settings.from_env()
     Pool(items).save(root, PROJECT)
     encoder = create_encoder("open_clip_tiny", device="cpu")
-    store = EmbeddingStore(features_dir(settings, PROJECT))
+    store = EmbeddingStore(settings.features_dir(PROJECT))
     report = extract_embeddings(encoder, [(i.id, i.path) for i in items], store, num_workers=0,
                                 progress=False)
     assert report.n_done == len(items)
@@ -92,10 +91,10 @@ def test_finetune_project_uses_registry_labels_and_redis_constraints(
         embeddings=np.eye(n - 2, 4, dtype=np.float32), adapter_state=None, config={}, metrics={},
         extra={"pseudo_labels.npy": buf.getvalue()})
     state = ProjectState(redis_client, PROJECT)
-    state.record_annotation(1, task_id=1, image_a="p0_0", image_b="p0_1", answer="same")
-    state.record_annotation(2, task_id=2, image_a="p0_0", image_b="p1_0", answer="different")
-    state.record_annotation(3, task_id=3, image_a="p2_0", image_b="p3_0", answer="unsure")
-    state.record_annotation(4, task_id=4, image_a="p2_0", image_b="gone", answer="same")
+    state.annotations.record(1, task_id=1, image_a="p0_0", image_b="p0_1", answer="same")
+    state.annotations.record(2, task_id=2, image_a="p0_0", image_b="p1_0", answer="different")
+    state.annotations.record(3, task_id=3, image_a="p2_0", image_b="p3_0", answer="unsure")
+    state.annotations.record(4, task_id=4, image_a="p2_0", image_b="gone", answer="same")
     out = tmp_path / "tuned.pt"
     report = finetune_project(settings, PROJECT, out, epochs=1, device="cpu", num_workers=0,
                               redis=redis_client)

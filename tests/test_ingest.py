@@ -165,7 +165,7 @@ def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
         assert report.cycle["outcome"] == "enqueued"
         queue = Queue(settings.queue_name, connection=redis_client)
         assert queue.job_ids == [report.cycle["job_id"]]
-        assert ProjectState(redis_client, str(project)).cycle_status()["status"] == "queued"
+        assert ProjectState(redis_client, str(project)).cycles.status()["status"] == "queued"
         # re-ingesting is idempotent in Label Studio too, and the queued cycle absorbs the request
         again = ingest(images, project, settings, client=ls_client, redis=redis_client, progress=False)
         assert again.n_new == 0 and again.embedded == 0 and len(ls_client.list_local_storages(project)) == 1
@@ -210,7 +210,7 @@ def test_ingest_with_no_backend_running_runs_the_first_cycle_itself(
         assert not (settings.model_dir / "redis" / "redis.url").exists()  # the temporary server is gone
         with EmbeddedRedis(settings.model_dir / "redis") as server:  # ... and `reid-al serve` finds its state
             client = redis_lib.Redis.from_url(server.url)
-            assert ProjectState(client, str(project)).versions() == [cycle["version"]]
+            assert ProjectState(client, str(project)).cycles.versions() == [cycle["version"]]
             client.close()
     finally:
         ls_client.delete_project(project)

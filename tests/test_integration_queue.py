@@ -129,11 +129,11 @@ def test_webhook_constraints_coalesce_into_one_follow_up_and_new_versions(
     wait_for(lambda: idle(queue, "3", 2), "the cycle and its one follow-up", worker, log)
     time.sleep(1.0)
     state = ProjectState(queue_redis, "3")
-    cycles = state.cycles()
+    cycles = state.cycles.history()
     assert [c["status"] for c in cycles] == ["finished", "finished"], cycles
     assert len(cycles) == 2  # exactly one follow-up, however many requests arrived while it ran
     versions = [info.version for info in ModelRegistry(env["MODEL_DIR"], "3").list()]
-    assert len(versions) == 2 and state.versions() == versions
+    assert len(versions) == 2 and state.cycles.versions() == versions
     assert cycles[0]["version"] == versions[1] and cycles[1]["version"] == versions[0]
     assert cycles[0]["n_constraints"] == 4 and cycles[0]["push"] is None
     assert state.counters()["cycles_follow_up"] == 1
@@ -173,12 +173,12 @@ def test_duplicated_and_reordered_events_give_the_same_final_constraints(
 
     def final(project: str) -> list[tuple[str, str, str, str]]:
         return [(r["annotation_id"], r["image_a"], r["image_b"], r["answer"])
-                for r in ProjectState(redis_client, project).annotations()]
+                for r in ProjectState(redis_client, project).annotations.all()]
 
     assert final("5") == final("6") == [("2", ids[2], ids[3], "same"), ("3", ids[4], ids[9], "different"),
                                         ("4", ids[5], ids[6], "skip"), ("5", ids[7], ids[8], "unsure"),
                                         ("1", ids[0], ids[1], "different")]
-    c5, c6 = ProjectState(redis_client, "5").cycles()[0], ProjectState(redis_client, "6").cycles()[0]
+    c5, c6 = (ProjectState(redis_client, p).cycles.history()[0] for p in ("5", "6"))
     assert c5["status"] == c6["status"] == "finished"
     assert c5["n_constraints"] == c6["n_constraints"] == 3
 
@@ -213,5 +213,5 @@ def test_user_imported_pairs_are_embedded_by_the_worker(
     store = EmbeddingStore(Path(env["MODEL_DIR"]) / "8" / "features")
     urls = [f"/data/local-files/?d=p{k}.png" for k in (1, 2, 3)]
     assert sorted(store.ids()) == sorted(urls) and store.dim is not None
-    assert state.missing_embeddings(urls) == []
+    assert state.images.missing(urls) == []
     assert state.counters()["images_embed_failed"] == 1  # gone.png: reported, not fatal

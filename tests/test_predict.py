@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import redis
 
+from ml_backend.errors import InputError
 from ml_backend.pairs import pair_id
 from ml_backend.predict import (
     UNSCORED,
-    PredictError,
     Predictor,
     ServingModel,
     label_names,
@@ -43,7 +43,7 @@ def test_shipped_label_config_copies_are_identical() -> None:
                                                 ("<View><Image name='i' value='$i'/></View>", "no <Choices>"),
                                                 ('<View><Choices name="q"/></View>', "toName")])
 def test_label_names_errors(config: str, needle: str) -> None:
-    with pytest.raises(PredictError, match=needle) as info:
+    with pytest.raises(InputError, match=needle) as info:
         label_names(config)
     assert info.value.field == "label_config"
 
@@ -83,8 +83,8 @@ def _task(a: str, b: str) -> dict:
 
 def test_predict_scores_by_uncertainty_and_registry(redis_client: redis.Redis, tmp_path: Path) -> None:
     state = ProjectState(redis_client, "3")
-    state.add_version("v0003-x")
-    state.register_pair(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.2, priority=0.95)
+    state.cycles.add_version("v0003-x")
+    state.pairs.register(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.2, priority=0.95)
     predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
     results = predictor.predict([_task("a", "b"), _task("a", "c"), _task("a", "zz")], None, state)
     p_ab = (0.6 + 1) / 2
@@ -150,19 +150,19 @@ def test_load_serving_model_from_store_and_registry(redis_client: redis.Redis, t
     from trainer.store import EmbeddingStore
 
     state = ProjectState(redis_client, "3")
-    assert load_serving_model(tmp_path, state) is None
+    assert load_serving_model(Settings(model_dir=tmp_path), state) is None
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(6, 4)).astype(np.float32)
     store = EmbeddingStore(tmp_path / "3" / "features")
     store.append([f"i{k}" for k in range(6)], feats, encoder="test")
-    frozen = load_serving_model(tmp_path, state)
+    frozen = load_serving_model(Settings(model_dir=tmp_path), state)
     assert frozen is not None and frozen.version == "initial" and frozen.embeddings.shape == (6, 4)
     assert np.allclose(np.linalg.norm(frozen.embeddings, axis=1), 1.0, atol=1e-5)
     registry = ModelRegistry(tmp_path, "3")
     emb = feats[:5] / np.linalg.norm(feats[:5], axis=1, keepdims=True)
     version = registry.save(embeddings=emb, adapter_state=None, config={}, metrics={})
-    state.add_version(version)  # what push_cycle records once the version is in Label Studio
-    served = load_serving_model(tmp_path, state)
+    state.cycles.add_version(version)  # what push_cycle records once the version is in Label Studio
+    served = load_serving_model(Settings(model_dir=tmp_path), state)
     assert served is not None and served.version == version
     assert served.embeddings.shape == (6, 4)  # the 6th row, stored after the cycle, is appended
     assert served.row_of["i5"] == 5 and served.calibrator is not None
@@ -180,18 +180,19 @@ def test_serving_model_is_the_pushed_version_not_the_newest_saved(redis_client: 
     EmbeddingStore(tmp_path / "3" / "features").append([f"i{k}" for k in range(4)], feats, encoder="test")
     registry = ModelRegistry(tmp_path, "3")
     pushed = registry.save(embeddings=feats, adapter_state=None, config={}, metrics={})
-    state.add_version(pushed)
+    state.cycles.add_version(pushed)
     unpushed = registry.save(embeddings=feats[::-1].copy(), adapter_state=None, config={}, metrics={})
     assert registry.latest() == unpushed
-    served = load_serving_model(tmp_path, state)
+    served = load_serving_model(Settings(model_dir=tmp_path), state)
     assert served is not None and served.version == pushed
     assert np.array_equal(served.embeddings, feats)
     predictor = Predictor(Settings(model_dir=tmp_path))
     task = {"id": 1, "data": {"id_a": "i0", "id_b": "i1", "image_a": "/i0.jpg", "image_b": "/i1.jpg"}}
     assert predictor.predict([task], None, state)[0]["model_version"] == pushed
-    state.add_version(unpushed)  # the push finished: the new version is served from now on
+    state.cycles.add_version(unpushed)  # the push finished: the new version is served from now on
     assert predictor.predict([task], None, state)[0]["model_version"] == unpushed
-    assert load_serving_model(tmp_path, ProjectState(redis_client, "4")) is None  # no features: nothing
+    no_features = ProjectState(redis_client, "4")
+    assert load_serving_model(Settings(model_dir=tmp_path), no_features) is None
 
 
 def test_a_rejected_predict_does_not_change_meta(redis_client: redis.Redis, tmp_path: Path) -> None:
@@ -199,7 +200,7 @@ def test_a_rejected_predict_does_not_change_meta(redis_client: redis.Redis, tmp_
     state = ProjectState(redis_client, "3")
     state.set_meta(from_name="answer", to_name="image_a")
     config = '<View><Choices name="other" toName="img"/></View>'
-    with pytest.raises(PredictError) as info:
+    with pytest.raises(InputError) as info:
         predictor.predict([_task("a", "b"), {"data": 1}], config, state)
     assert info.value.field == "tasks[1].data"
     assert state.meta() == {"from_name": "answer", "to_name": "image_a"}
@@ -211,7 +212,7 @@ def test_predict_rejects_bad_tasks(redis_client: redis.Redis, tmp_path: Path) ->
     predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
     state = ProjectState(redis_client, "3")
     for tasks, field in (("x", "tasks"), ([1], "tasks[0]"), ([{"data": 1}], "tasks[0].data")):
-        with pytest.raises(PredictError) as info:
+        with pytest.raises(InputError) as info:
             predictor.predict(tasks, None, state)  # type: ignore[arg-type]
         assert info.value.field == field
 

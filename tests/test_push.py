@@ -110,8 +110,8 @@ def test_first_push_creates_tasks_predictions_view_and_version(redis_client: red
                                 "value": {"choices": ["same"]}}]
     assert min(client.predictions, key=lambda p: p["score"]) is first  # most informative served first
     assert client.project == {"model_version": "v0001-x"}
-    assert report.view_id == 1 and state.versions() == ["v0001-x"]
-    assert state.pair(pair_id("a", "b"))["task_id"] in client.tasks
+    assert report.view_id == 1 and state.cycles.versions() == ["v0001-x"]
+    assert state.pairs.get(pair_id("a", "b"))["task_id"] in client.tasks
 
 
 def test_retried_push_creates_no_duplicates(redis_client: redis.Redis) -> None:
@@ -151,7 +151,7 @@ def test_next_version_rescores_open_tasks_and_retires_implied(redis_client: redi
     assert report.retired == 2  # (a, b) implied same; (b, c) is itself constrained
     assert {t["data"]["id_a"] + t["data"]["id_b"] for t in client.tasks.values()} == {"ad", "de"}
     assert state.counters()["pairs_saved"] == 2
-    assert state.pair(pair_id("a", "b"))["status"] == "retired"
+    assert state.pairs.get(pair_id("a", "b"))["status"] == "retired"
     v2 = [p for p in client.predictions if p["model_version"] == "v0002-y"]
     assert len(v2) == 1  # only the new open task; the answered one is not re-scored
     assert client.project["model_version"] == "v0002-y"
@@ -188,7 +188,7 @@ def test_nothing_open_to_score_leaves_the_project_version(redis_client: redis.Re
     report = push(client, state, "v0002-y", [])
     assert (report.predictions, report.model_version_set) == (0, False)
     assert client.project["model_version"] == "v0001-x"
-    assert state.versions() == ["v0001-x", "v0002-y"]
+    assert state.cycles.versions() == ["v0001-x", "v0002-y"]
 
 
 def test_unservable_images_are_not_pushed(redis_client: redis.Redis) -> None:
@@ -242,7 +242,7 @@ def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_c
     first = run_project_cycle(settings, redis_client, "3", client=client)
     version = first["version"]
     assert first["push"]["created"] == len(client.tasks) > 0
-    assert client.project["model_version"] == version and state.versions() == [version]
+    assert client.project["model_version"] == version and state.cycles.versions() == [version]
     assert {p["model_version"] for p in client.predictions} == {version}
     from trainer.registry import ModelRegistry
 
@@ -254,10 +254,10 @@ def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_c
     # Two answers that imply the open task's pair: it must be retired by the next cycle's push.
     a, b = task["data"]["id_a"], task["data"]["id_b"]
     c = next(i for i in ids if i not in (a, b))
-    state.record_annotation(901, task_id=None, image_a=a, image_b=c, answer="same")
-    state.record_annotation(902, task_id=None, image_a=c, image_b=b, answer="different")
+    state.annotations.record(901, task_id=None, image_a=a, image_b=c, answer="same")
+    state.annotations.record(902, task_id=None, image_a=c, image_b=b, answer="different")
     second = run_project_cycle(settings, redis_client, "3", client=client)
-    assert second["version"] != version and state.versions() == [version, second["version"]]
+    assert second["version"] != version and state.cycles.versions() == [version, second["version"]]
     assert task["id"] not in client.tasks and second["push"]["retired"] >= 1
     assert state.counters()["pairs_saved"] >= 1
     pair_ids = [t["data"]["pair_id"] for t in client.tasks.values()]

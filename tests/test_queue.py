@@ -128,8 +128,8 @@ def test_status_and_counters(queue: CycleQueue) -> None:
     assert status["cycle"]["status"] == "queued" and status["queue_depth"] == 1
     assert status["conflicts"] == []
     state = ProjectState(queue.redis, "4")
-    state.record_annotation(1, task_id=1, image_a="a", image_b="b", answer="same", completed_by=1)
-    state.record_annotation(2, task_id=1, image_a="a", image_b="b", answer="different", completed_by=2)
+    state.annotations.record(1, task_id=1, image_a="a", image_b="b", answer="same", completed_by=1)
+    state.annotations.record(2, task_id=1, image_a="a", image_b="b", answer="different", completed_by=2)
     assert queue.status("4")["conflicts"][0]["annotations"] == {"1": "same", "2": "different"}
     everything = queue.status_all()
     assert [p["project"] for p in everything["projects"]] == ["4"]
@@ -170,7 +170,7 @@ def test_failed_cycle_keeps_the_pending_count_that_triggered_it(in_worker: redis
     from ml_backend import jobs
 
     state = ProjectState(in_worker, "7")
-    state.add_pending_constraints(25)
+    state.pending.add(25)
 
     def push_fails(*_args: object, **_kwargs: object) -> dict:
         raise ConnectionError("Label Studio is restarting")
@@ -178,9 +178,9 @@ def test_failed_cycle_keeps_the_pending_count_that_triggered_it(in_worker: redis
     monkeypatch.setattr(jobs, "run_project_cycle", push_fails)
     with pytest.raises(ConnectionError):
         jobs.cycle_job("7")
-    assert state.pending_constraints() == 25  # 5 more answers reach 30 >= 20: a cycle is requested again
+    assert state.pending.count() == 25  # 5 more answers reach 30 >= 20: a cycle is requested again
     assert in_worker.get(state.key("pending_in_flight")) is None  # nothing left marked as being trained on
-    assert state.cycle_status()["status"] == "failed"
+    assert state.cycles.status()["status"] == "failed"
 
 
 def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
@@ -188,18 +188,18 @@ def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
     from ml_backend import jobs
 
     state = ProjectState(in_worker, "7")
-    state.add_pending_constraints(25)
+    state.pending.add(25)
 
     def answers_arrive_while_training(*_args: object, **_kwargs: object) -> dict:
         # While the cycle holds its lock, the 25 it read do not count towards the next trigger.
-        assert state.add_pending_constraints(4, running_lock=CycleQueue.lock_key("7")) == 4
+        assert state.pending.add(4) == 4
         return {"version": "v1", "contradictions": 0}
 
     monkeypatch.setattr(jobs, "run_project_cycle", answers_arrive_while_training)
     summary = jobs.cycle_job("7")
     assert summary["status"] == "finished"
-    assert state.cycle_status()["constraints_since_last"] == 25
-    assert state.pending_constraints() == 4
+    assert state.cycles.status()["constraints_since_last"] == 25
+    assert state.pending.count() == 4
 
 
 def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
@@ -207,7 +207,7 @@ def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
     from ml_backend import jobs, predict
 
     state = ProjectState(in_worker, "7")
-    assert state.claim_embedding(["a", "b"]) == ["a", "b"]
+    assert state.images.claim(["a", "b"]) == ["a", "b"]
 
     def unreachable(url: str, **_kwargs: object) -> None:
         raise OSError(f"{url}: not there yet")
@@ -215,7 +215,7 @@ def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
     monkeypatch.setattr(predict, "resolve_image", unreachable)
     result = jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}, {"id": "b", "url": "/u/b.jpg"}])
     assert [f[0] for f in result["failed"]] == ["a", "b"]
-    assert state.claim_embedding(["a", "b"]) == ["a", "b"]  # requested again by the next event
+    assert state.images.claim(["a", "b"]) == ["a", "b"]  # requested again by the next event
 
 
 def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
@@ -223,7 +223,7 @@ def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
     from ml_backend import jobs, predict
 
     state = ProjectState(in_worker, "7")
-    assert state.claim_embedding(["a", "c"]) == ["a", "c"]
+    assert state.images.claim(["a", "c"]) == ["a", "c"]
 
     def crash(url: str, **_kwargs: object) -> None:
         raise RuntimeError("worker bug")
@@ -231,4 +231,4 @@ def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
     monkeypatch.setattr(predict, "resolve_image", crash)
     with pytest.raises(RuntimeError, match="worker bug"):
         jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}])
-    assert state.claim_embedding(["a", "c"]) == ["a"]  # "c" was not this job's: still claimed
+    assert state.images.claim(["a", "c"]) == ["a"]  # "c" was not this job's: still claimed

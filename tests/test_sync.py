@@ -97,12 +97,12 @@ def test_sync_records_every_answer_kind_and_reports_unreadable_ones(
     assert report.conflicts == 1
     assert report.pairs_registered == 8
     state = ProjectState(redis_client, "5")
-    stored = {r["annotation_id"]: r for r in state.annotations()}
+    stored = {r["annotation_id"]: r for r in state.annotations.all()}
     assert stored["19"]["answer"] == "same"  # only the "answer" control counts
     assert stored["11"]["pair_id"] == pair_id("a", "b") and stored["11"]["task_id"] == 1
     assert stored["14"]["answer"] == "skip"
-    assert state.pending_constraints() == 6
-    assert {p["task_id"] for p in state.pairs().values()} == {1, 2, 3, 4, 5, 6, 7, 9}
+    assert state.pending.count() == 6
+    assert {p["task_id"] for p in state.pairs.all().values()} == {1, 2, 3, 4, 5, 6, 7, 9}
 
 
 def test_sync_diffs_against_state_and_is_idempotent(
@@ -110,15 +110,16 @@ def test_sync_diffs_against_state_and_is_idempotent(
     settings: Settings,
 ) -> None:
     state = ProjectState(redis_client, "5")
-    state.record_annotation(11, task_id=1, image_a="a", image_b="b", answer="different")  # LS now says same
-    state.record_annotation(99, task_id=9, image_a="x", image_b="y", answer="same")  # deleted in LS meanwhile
-    state.record_annotation(12, task_id=2, image_a="a", image_b="c", answer="different")
-    state.register_pair(pair_id("x", "y"), "x", "y", task_id=9)
+    state.annotations.record(11, task_id=1, image_a="a", image_b="b", answer="different")  # LS now says same
+    state.annotations.record(99, task_id=9, image_a="x", image_b="y", answer="same")  # deleted in LS since
+    state.annotations.record(12, task_id=2, image_a="a", image_b="c", answer="different")
+    state.pairs.register(pair_id("x", "y"), "x", "y", task_id=9)
     tasks = [pair(1, "a", "b", [ann(11, result("same"))]), pair(2, "a", "c", [ann(12, result("different"))])]
     first = sync(5, settings, ListingClient(tasks), redis=redis_client)
     assert (first.added, first.changed, first.removed, first.unchanged) == (0, 1, 1, 1)
-    assert first.pairs_closed == 1 and state.pair(pair_id("x", "y"))["status"] == "deleted"
-    assert {r["annotation_id"]: r["answer"] for r in state.annotations()} == {"11": "same", "12": "different"}
+    assert first.pairs_closed == 1 and state.pairs.get(pair_id("x", "y"))["status"] == "deleted"
+    answers = {r["annotation_id"]: r["answer"] for r in state.annotations.all()}
+    assert answers == {"11": "same", "12": "different"}
     second = sync(5, settings, ListingClient(tasks), redis=redis_client)
     assert (second.added, second.changed, second.removed, second.unchanged) == (0, 0, 0, 2)
     assert second.n_changes == 0
@@ -131,7 +132,7 @@ def test_sync_requests_a_cycle_only_when_something_changed(
     tasks = [pair(1, "a", "b", [ann(11, result("same"))])]
     report = sync(5, settings, ListingClient(tasks), redis=redis_client, request_cycle=True)
     assert report.cycle is not None and report.cycle["outcome"] == "enqueued"
-    assert ProjectState(redis_client, "5").cycle_status()["status"] == "queued"
+    assert ProjectState(redis_client, "5").cycles.status()["status"] == "queued"
     again = sync(5, settings, ListingClient(tasks), redis=redis_client, request_cycle=True)
     assert again.cycle is None
 
@@ -161,14 +162,14 @@ class RacingClient(ListingClient):
         assert fields == "all"
         yield from self.tasks[:2]
         later = "2026-01-02T00:00:00Z"
-        self.state.record_annotation(
+        self.state.annotations.record(
             21, task_id=1, image_a="a", image_b="b", answer="different", completed_by=2, updated_at=later
         )
-        self.state.record_annotation(
+        self.state.annotations.record(
             11, task_id=1, image_a="a", image_b="b", answer="different", completed_by=1, updated_at=later
         )
-        self.state.remove_annotation(12)
-        self.state.register_pair(pair_id("p", "q"), "p", "q", task_id=40)
+        self.state.annotations.remove(12)
+        self.state.pairs.register(pair_id("p", "q"), "p", "q", task_id=40)
         yield from self.tasks[2:]
 
 
@@ -178,24 +179,24 @@ def test_sync_keeps_answers_and_deletions_that_webhooks_record_during_the_listin
 ) -> None:
     state = ProjectState(redis_client, "5")
     ts = "2026-01-01T00:00:00Z"
-    state.record_annotation(11, task_id=1, image_a="a", image_b="b", answer="same", updated_at=ts)
-    state.record_annotation(12, task_id=2, image_a="a", image_b="c", answer="different", updated_at=ts)
-    state.record_annotation(99, task_id=9, image_a="x", image_b="y", answer="same", updated_at=ts)  # LS: gone
+    state.annotations.record(11, task_id=1, image_a="a", image_b="b", answer="same", updated_at=ts)
+    state.annotations.record(12, task_id=2, image_a="a", image_b="c", answer="different", updated_at=ts)
+    state.annotations.record(99, task_id=9, image_a="x", image_b="y", answer="same", updated_at=ts)  # gone
     tasks = [
         pair(1, "a", "b", [ann(11, result("same"))]),  # read before annotation 21 existed, 11 was updated
         pair(2, "a", "c", [ann(12, result("different"))]),  # read before annotation 12 was deleted
         pair(3, "b", "c", [ann(13, result("same"))]),
     ]
     report = sync(5, settings, RacingClient(tasks, state), redis=redis_client)
-    stored = {r["annotation_id"]: r["answer"] for r in state.annotations()}
+    stored = {r["annotation_id"]: r["answer"] for r in state.annotations.all()}
     assert stored == {"11": "different", "13": "same", "21": "different"}  # 21 kept, 12 not resurrected
     assert (report.added, report.removed) == (1, 1)  # 13 added, 99 (stored before, absent in LS) removed
-    assert state.pair(pair_id("p", "q"))["status"] == "open"  # task created during the sync stays open
+    assert state.pairs.get(pair_id("p", "q"))["status"] == "open"  # task created during the sync stays open
     # The deletion stays remembered and the newer answer stays newer: a listing that still shows 12 and
     # the old answer of 11 (read just before those webhooks) changes nothing.
     tasks[0]["annotations"].append(ann(21, result("different"), ts="2026-01-02T00:00:00Z"))
     again = sync(5, settings, ListingClient(tasks), redis=redis_client)
-    assert {r["annotation_id"]: r["answer"] for r in state.annotations()} == stored
+    assert {r["annotation_id"]: r["answer"] for r in state.annotations.all()} == stored
     assert again.n_changes == 0
 
 
@@ -221,7 +222,7 @@ def test_sync_from_a_real_label_studio(
         assert report.from_name == "answer"
         assert report.added == 3 and report.answers == {"same": 1, "different": 1, "unsure": 0, "skip": 1}
         state = ProjectState(redis_client, str(project))
-        assert {r["annotation_id"] for r in state.annotations()} == {
+        assert {r["annotation_id"] for r in state.annotations.all()} == {
             str(same["id"]),
             str(skip["id"]),
             str(diff["id"]),
@@ -230,7 +231,7 @@ def test_sync_from_a_real_label_studio(
         ls_client.update_annotation(same["id"], result=result("different"))
         report = sync(project, settings, ls_client, redis=redis_client)
         assert (report.removed, report.changed, report.unchanged) == (1, 1, 1)
-        assert state.annotation(same["id"])["answer"] == "different"
-        assert state.annotation(diff["id"]) is None
+        assert state.annotations.get(same["id"])["answer"] == "different"
+        assert state.annotations.get(diff["id"]) is None
     finally:
         ls_client.delete_project(project)

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import redis
 
+from ml_backend.errors import InputError
 from ml_backend.pairs import pair_id
 from ml_backend.queue import CycleQueue
 from ml_backend.state import ProjectState
-from ml_backend.webhook import WebhookError, WebhookHandler, parse_answer, project_id_of
+from ml_backend.webhook import WebhookHandler, parse_answer, project_id_of
 
 
 def choice(value: str, from_name: str = "answer") -> list[dict[str, Any]]:
@@ -73,7 +74,7 @@ def test_parse_answer_choices() -> None:
     (choice("same") + choice("different"), "annotation.result"),
 ])
 def test_parse_answer_errors(result: Any, field: str) -> None:
-    with pytest.raises(WebhookError) as info:
+    with pytest.raises(InputError) as info:
         parse_answer(result)
     assert info.value.field == field and info.value.status == 422
 
@@ -83,7 +84,7 @@ def test_project_id_of() -> None:
     assert project_id_of(4) == "4"
     assert project_id_of("5.1700000000") == "5"
     for bad, status in ((None, 400), ({"title": "x"}, 400), (True, 400), ("a b", 422), (-1, 422)):
-        with pytest.raises(WebhookError) as info:
+        with pytest.raises(InputError) as info:
             project_id_of(bad)
         assert info.value.status == status
 
@@ -96,11 +97,11 @@ def test_created_updated_deleted(handler: WebhookHandler, redis_client: redis.Re
     body = handler.handle(annotation_event(1, "different", action="ANNOTATION_UPDATED",
                                            updated_at="2024-05-01T11:00:00Z"))
     assert body["outcome"] == "updated"
-    assert [r["answer"] for r in state.annotations()] == ["different"]
+    assert [r["answer"] for r in state.annotations.all()] == ["different"]
     body = handler.handle({"action": "ANNOTATIONS_DELETED", "project": {"id": 3},
                            "annotations": [{"id": 1}, {"id": 99}]})
     assert body["removed"] == [1] and body["unknown"] == [99]
-    assert state.annotations() == []
+    assert state.annotations.all() == []
     counters = state.counters()
     assert counters["events:ANNOTATION_CREATED"] == 2 and counters["events:ANNOTATIONS_DELETED"] == 1
 
@@ -111,9 +112,10 @@ def test_two_annotators_disagreeing_is_a_recorded_conflict(handler: WebhookHandl
     second = handler.handle(annotation_event(2, "different", a="b", b="a"))
     assert "conflict" not in first and second["conflict"] is True
     state = ProjectState(redis_client, "3")
-    assert {r["annotation_id"]: r["answer"] for r in state.annotations()} == {"1": "same", "2": "different"}
+    answers = {r["annotation_id"]: r["answer"] for r in state.annotations.all()}
+    assert answers == {"1": "same", "2": "different"}
     assert state.counters()["conflicts_detected"] == 1
-    assert len(state.conflicts()) == 1
+    assert len(state.annotations.conflicts()) == 1
 
 
 def test_skip_and_unsure_record_no_constraint_but_are_asked(handler: WebhookHandler,
@@ -121,11 +123,11 @@ def test_skip_and_unsure_record_no_constraint_but_are_asked(handler: WebhookHand
     handler.handle(annotation_event(1, cancelled=True, a="a", b="b"))
     handler.handle(annotation_event(2, "unsure", a="c", b="d"))
     state = ProjectState(redis_client, "3")
-    assert {r["answer"] for r in state.annotations()} == {"skip", "unsure"}
+    assert {r["answer"] for r in state.annotations.all()} == {"skip", "unsure"}
     graph, unmapped = state.constraint_graph({"a": 0, "b": 1, "c": 2, "d": 3}.get)
     assert len(graph) == 0 and unmapped == 0
     assert graph.was_asked(0, 1) and graph.was_asked(2, 3)
-    assert state.pending_constraints() == 0
+    assert state.pending.count() == 0
 
 
 def test_every_n_constraints_enqueues_one_cycle(handler: WebhookHandler, redis_client: redis.Redis) -> None:
@@ -145,7 +147,7 @@ def test_start_training_enqueues_and_coalesces(handler: WebhookHandler, redis_cl
 def test_tasks_created_registers_pairs_and_enqueues_embedding(handler: WebhookHandler,
                                                                 redis_client: redis.Redis) -> None:
     state = ProjectState(redis_client, "3")
-    state.mark_embedded(["e1", "e2"])
+    state.images.mark_embedded(["e1", "e2"])
     body = handler.handle({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [
         {"id": 1, "data": {"id_a": "e1", "id_b": "e2", "image_a": "/1", "image_b": "/2"}},
         {"id": 2, "data": {"image_a": "http://h/new.jpg", "image_b": "/2"}},
@@ -153,7 +155,7 @@ def test_tasks_created_registers_pairs_and_enqueues_embedding(handler: WebhookHa
     ]})
     assert (body["tasks"], body["unusable"], body["missing_embeddings"]) == (2, 1, 2)
     assert body["embed_job"]
-    assert state.pair_for_task(1) is not None and state.pair_for_task(2) is not None
+    assert state.pairs.for_task(1) is not None and state.pairs.for_task(2) is not None
     body = handler.handle({"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [
         {"id": 1, "data": {"id_a": "e1", "id_b": "e2", "image_a": "/1", "image_b": "/2"}}]})
     assert body["missing_embeddings"] == 0 and "embed_job" not in body
@@ -164,7 +166,7 @@ def test_tasks_deleted_closes_pairs(handler: WebhookHandler, redis_client: redis
         {"id": 1, "data": {"id_a": "e1", "id_b": "e2", "image_a": "/1", "image_b": "/2"}}]})
     body = handler.handle({"action": "TASKS_DELETED", "project": {"id": 3}, "tasks": [{"id": 1}, {"id": 5}]})
     assert body["closed_pairs"] == 1
-    assert next(iter(ProjectState(redis_client, "3").pairs().values()))["status"] == "deleted"
+    assert next(iter(ProjectState(redis_client, "3").pairs.all().values()))["status"] == "deleted"
 
 
 def test_unknown_and_ignored_events_are_acknowledged_and_counted(handler: WebhookHandler,
@@ -222,7 +224,7 @@ def test_bad_events_are_rejected_without_state_change(handler: WebhookHandler, r
                                                       event: Any, field: str, status: int) -> None:
     handler.handle(annotation_event(50, "same", a="keep-a", b="keep-b"))
     before = snapshot(redis_client)
-    with pytest.raises(WebhookError) as info:
+    with pytest.raises(InputError) as info:
         handler.handle(event)
     assert (info.value.field, info.value.status) == (field, status)
     assert snapshot(redis_client) == before
@@ -246,21 +248,21 @@ def test_update_that_only_moves_updated_at_counts_nothing(handler: WebhookHandle
                                                           redis_client: redis.Redis) -> None:
     state = ProjectState(redis_client, "3")
     handler.handle(annotation_event(1, "same"))
-    assert state.pending_constraints() == 1
+    assert state.pending.count() == 1
     for minute in range(10, 15):  # re-saves of the same answer: Label Studio moves updated_at only
         body = handler.handle(annotation_event(1, "same", action="ANNOTATION_UPDATED",
                                                updated_at=f"2024-05-01T10:{minute}:00Z"))
         assert body["outcome"] == "updated" and "cycle" not in body
-    assert state.pending_constraints() == 1
+    assert state.pending.count() == 1
     handler.handle(annotation_event(1, "different", action="ANNOTATION_UPDATED",
                                     updated_at="2024-05-01T11:00:00Z"))
-    assert state.pending_constraints() == 2  # the constraint changed
+    assert state.pending.count() == 2  # the constraint changed
     handler.handle(annotation_event(1, "unsure", action="ANNOTATION_UPDATED",
                                     updated_at="2024-05-01T12:00:00Z"))
-    assert state.pending_constraints() == 3  # a cannot-link was withdrawn
+    assert state.pending.count() == 3  # a cannot-link was withdrawn
     handler.handle(annotation_event(1, "skip", action="ANNOTATION_UPDATED", cancelled=True,
                                     updated_at="2024-05-01T13:00:00Z"))
-    assert state.pending_constraints() == 3  # unsure -> skip: still no constraint
+    assert state.pending.count() == 3  # unsure -> skip: still no constraint
 
 
 def test_deleting_skip_or_unsure_counts_nothing(handler: WebhookHandler, redis_client: redis.Redis) -> None:
@@ -268,19 +270,19 @@ def test_deleting_skip_or_unsure_counts_nothing(handler: WebhookHandler, redis_c
     handler.handle(annotation_event(1, cancelled=True, a="a", b="b"))
     handler.handle(annotation_event(2, "unsure", a="c", b="d"))
     handler.handle(annotation_event(3, "different", a="e", b="f"))
-    assert state.pending_constraints() == 1
+    assert state.pending.count() == 1
     body = handler.handle({"action": "ANNOTATIONS_DELETED", "project": {"id": 3},
                            "annotations": [{"id": 1}, {"id": 2}]})
-    assert body["removed"] == [1, 2] and state.pending_constraints() == 1
+    assert body["removed"] == [1, 2] and state.pending.count() == 1
     handler.handle({"action": "ANNOTATIONS_DELETED", "project": {"id": 3}, "annotations": [{"id": 3}]})
-    assert state.pending_constraints() == 2
+    assert state.pending.count() == 2
 
 
 def test_tasks_created_costs_a_fixed_number_of_redis_commands(redis_client: redis.Redis) -> None:
     """Label Studio gives the webhook 1 s: registering N tasks must not cost N round trips."""
     handler = WebhookHandler(redis_client, None, retrain_every=3)
     state = ProjectState(redis_client, "3")
-    state.register_pair(pair_id("i0", "j0"), "i0", "j0", model_version="v1", p_same=0.25)
+    state.pairs.register(pair_id("i0", "j0"), "i0", "j0", model_version="v1", p_same=0.25)
     tasks = [{"id": i, "data": {"id_a": f"i{i}", "id_b": f"j{i}", "image_a": f"/i{i}", "image_b": f"/j{i}"}}
              for i in range(500)]
     redis_client.config_resetstat()
@@ -288,8 +290,8 @@ def test_tasks_created_costs_a_fixed_number_of_redis_commands(redis_client: redi
     stats = redis_client.info("commandstats")
     calls = sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
     assert body["tasks"] == 500 and calls < 20, stats
-    assert all(state.pair_for_task(i) == pair_id(f"i{i}", f"j{i}") for i in range(500))
-    first = state.pair(pair_id("i0", "j0"))
+    assert all(state.pairs.for_task(i) == pair_id(f"i{i}", f"j{i}") for i in range(500))
+    first = state.pairs.get(pair_id("i0", "j0"))
     assert first is not None and first["p_same"] == 0.25 and first["task_id"] == 0
 
 
@@ -297,11 +299,11 @@ def test_answers_during_a_cycle_trigger_a_follow_up_only_after_retrain_every(
         handler: WebhookHandler, redis_client: redis.Redis) -> None:
     queue = CycleQueue(redis_client)
     state = ProjectState(redis_client, "3")
-    state.add_pending_constraints(5)
+    state.pending.add(5)
     assert queue.acquire_lock("3", "tok", wait=0)  # a cycle runs and read the 5 changes
-    assert state.start_pending_constraints() == 5
+    assert state.pending.start() == 5
     bodies = [handler.handle(annotation_event(i, "same", a=f"x{i}", b=f"y{i}")) for i in range(1, 4)]
     assert [b.get("cycle") for b in bodies] == [None, None, "enqueued"]
     assert queue.release_lock("3", "tok")  # the worker died (lock gone): its 5 changes count again
     assert handler.handle(annotation_event(9, "same", a="x9", b="y9"))["cycle"] == "queued"
-    assert state.pending_constraints() == 9
+    assert state.pending.count() == 9

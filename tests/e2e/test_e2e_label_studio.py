@@ -312,7 +312,7 @@ def test_active_learning_loop_through_label_studio(
     # Label Studio posts the webhook inside the annotation request; on a loaded machine its 1 s timeout may
     # cut the wait short while the backend still records the event, so allow a few seconds.
     def recorded(annotation_id: int, answer: str) -> Callable[[], bool]:
-        return lambda: (state.annotation(annotation_id) or {}).get("answer") == answer
+        return lambda: (state.annotations.get(annotation_id) or {}).get("answer") == answer
 
     for task_id, annotation_id in answered.items():
         wait_for(
@@ -321,7 +321,7 @@ def test_active_learning_loop_through_label_studio(
             10,
             on_timeout=backend.log_tail,
         )
-        assert state.annotation(annotation_id)["task_id"] == task_id
+        assert state.annotations.get(annotation_id)["task_id"] == task_id
     wait_for("the skip at the webhook", recorded(skipped, "skip"), 10)  # no constraint, never asked again
     flipped = tasks[0]["id"]  # an annotator changes their mind: UPDATED replaces
     new_answer = "different" if truth[flipped] == "same" else "same"
@@ -339,7 +339,7 @@ def test_active_learning_loop_through_label_studio(
     by_id = {t["id"]: t for t in after_tasks}
     assert ac not in by_id, "the implied pair (a, c) must be retired"
     assert state.counters().get("pairs_saved", 0) >= 1
-    assert state.pair(pair_id(a, c))["status"] == "retired"
+    assert state.pairs.get(pair_id(a, c))["status"] == "retired"
     new_pairs = {t["data"]["pair_id"] for t in after_tasks} - before
     assert new_pairs, "the second cycle must push new pairs"
     open_tasks = [t for t in after_tasks if not t["total_annotations"] and not t["cancelled_annotations"]]
@@ -351,14 +351,14 @@ def test_active_learning_loop_through_label_studio(
     # -- deleting an annotation in Label Studio removes its constraint
     gone = answered[bc]
     ls_client.delete_annotation(gone)
-    wait_for("ANNOTATIONS_DELETED to reach the backend", lambda: state.annotation(gone) is None, 10)
+    wait_for("ANNOTATIONS_DELETED to reach the backend", lambda: state.annotations.get(gone) is None, 10)
 
     # -- a sync from Label Studio finds exactly what the webhooks recorded
     sync = backend.cli("sync", "--project", str(project), timeout=120)
     assert sync.returncode == 0, sync.stderr[-4000:]
     synced = json.loads(sync.stdout)
     assert synced["n_changes"] == 0 and synced["invalid"] == [], synced
-    assert synced["unchanged"] == len(state.annotations()) == len(answered) - 1 + 1
+    assert synced["unchanged"] == len(state.annotations.all()) == len(answered) - 1 + 1
     status = backend.cli("status", "--project", str(project), "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["projects"][0]["current_version"] == v2
     redis.close()

@@ -1,0 +1,119 @@
+"""The backend's small per-project state in Redis, one object per key family (rq style).
+
+``ProjectState(redis, project)`` bundles them: ``annotations`` (answers by annotation id),
+``pairs`` (the pair registry), ``images`` (embedded / requested images), ``pending`` (constraint
+changes not trained on yet), ``cycles`` (status, history, versions), plus the project's counters and
+the settings seen from Label Studio (``meta``). Everything here can be rebuilt from Label Studio
+(`reid-al sync`), so losing it is an inconvenience.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ml_backend.errors import InputError
+from ml_backend.state.annotations import ANSWERS, CONSTRAINT_ANSWERS, Annotations, parse_timestamp, sort_key
+from ml_backend.state.base import KEY_PREFIX, PROJECTS_KEY, KeyFamily, json_hash, text_hash, text_list
+from ml_backend.state.cycles import CycleRecords
+from ml_backend.state.images import ImageRecords
+from ml_backend.state.pairs import PairRegistry
+from ml_backend.state.pending import PendingChanges, cycle_lock_key
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from strategies.constraints import ConstraintGraph
+
+__all__ = [
+    "ANSWERS",
+    "CONSTRAINT_ANSWERS",
+    "KEY_PREFIX",
+    "PROJECTS_KEY",
+    "ProjectState",
+    "cycle_lock_key",
+    "list_projects",
+    "parse_timestamp",
+]
+
+
+class ProjectState(KeyFamily):
+    """All Redis state of one Label Studio project (project key = the project id as a string)."""
+
+    def __init__(self, redis: Redis, project: str | int) -> None:
+        project_key = str(project).strip()
+        if not project_key or ":" in project_key or any(c.isspace() for c in project_key):
+            raise InputError("project", f"must be a non-empty id without ':' or spaces, got {project!r}")
+        super().__init__(redis, project_key)
+        self.annotations = Annotations(redis, project_key)
+        self.pairs = PairRegistry(redis, project_key)
+        self.images = ImageRecords(redis, project_key)
+        self.pending = PendingChanges(redis, project_key)
+        self.cycles = CycleRecords(redis, project_key)
+
+    def touch(self) -> None:
+        """Register the project so /metrics and `reid-al status` list it."""
+        self.redis.sadd(PROJECTS_KEY, self.project)
+
+    # --- counters (what /metrics exports) ------------------------------------------------------------
+    def incr(self, name: str, by: int = 1) -> int:
+        """Increment a counter (and list the project, so /metrics shows it)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.key("counters"), name, by)
+        pipe.sadd(PROJECTS_KEY, self.project)
+        return int(pipe.execute()[0])
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in text_hash(self.redis.hgetall(self.key("counters"))).items()}
+
+    # --- settings seen from Label Studio (from_name, to_name, view id) -------------------------------
+    def set_meta(self, **values: Any) -> None:
+        if values:
+            self.redis.hset(self.key("meta"), mapping={k: json.dumps(v) for k, v in values.items()})
+
+    def meta(self) -> dict[str, Any]:
+        return json_hash(self.redis.hgetall(self.key("meta")))
+
+    # --- the constraints a cycle trains on -----------------------------------------------------------
+    def constraint_graph(
+        self,
+        row_of: Callable[[str], int | None],
+        *,
+        include_pending: bool = True,
+    ) -> tuple[ConstraintGraph, int]:
+        """Build the ConstraintGraph over pool rows; returns (graph, number of unmapped annotations).
+
+        "same" -> must-link, "different" -> cannot-link, "unsure"/"skip" -> asked (never proposed
+        again). With include_pending, every pair pushed to Label Studio and not retired is marked
+        asked too, so a cycle never proposes a pair that is already waiting for an annotator.
+        """
+        from strategies.constraints import ConstraintGraph, ConstraintKind
+
+        graph = ConstraintGraph()
+        unmapped = 0
+        for record in self.annotations.all():
+            i, j = row_of(record["image_a"]), row_of(record["image_b"])
+            if i is None or j is None or i == j:
+                unmapped += 1
+                continue
+            answer = record["answer"]
+            if answer == "same":
+                graph.add(record["annotation_id"], i, j, ConstraintKind.MUST_LINK)
+            elif answer == "different":
+                graph.add(record["annotation_id"], i, j, ConstraintKind.CANNOT_LINK)
+            else:
+                graph.mark_asked(min(i, j), max(i, j))
+        if include_pending:
+            for record in self.pairs.all().values():
+                if record.get("status") != "open":
+                    continue
+                i, j = row_of(record["image_a"]), row_of(record["image_b"])
+                if i is not None and j is not None and i != j:
+                    graph.mark_asked(min(i, j), max(i, j))
+        return graph, unmapped
+
+
+def list_projects(redis: Redis) -> list[str]:
+    """Every project that has state, sorted numerically where possible."""
+    return sorted(text_list(redis.smembers(PROJECTS_KEY)), key=sort_key)

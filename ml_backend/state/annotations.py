@@ -1,0 +1,246 @@
+"""Annotations keyed by annotation id, and the answers recorded on each pair.
+
+Why keyed by annotation id: Label Studio sends every event once, synchronously, and may send them out
+of order or twice (a retried request, a sync racing a webhook). Keying each answer by its annotation id
+makes CREATED/UPDATED idempotent replacements and deletions exact; a Lua script makes each write atomic
+so two gunicorn threads never interleave half an update. Deleted ids are remembered (tombstones), so a
+late event for a deleted annotation changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ml_backend.errors import InputError
+from ml_backend.pairs import ordered, pair_id
+from ml_backend.state.base import PROJECTS_KEY, KeyFamily, as_text, text_hash, text_list
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+ANSWERS = ("same", "different", "unsure", "skip")
+CONSTRAINT_ANSWERS = ("same", "different")
+
+# KEYS: annotations hash, timestamps hash, tombstone set. ARGV: id, json, timestamp ('' = unknown).
+# A stale event (older updated_at than the stored one) or an event for a deleted annotation changes
+# nothing, so duplicated and reordered deliveries converge on the same final state.
+_RECORD_LUA = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'unchanged', false} end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+  return {'created', false}
+end
+if old == ARGV[2] then return {'unchanged', false} end
+local old_ts = redis.call('HGET', KEYS[2], ARGV[1])
+if old_ts and ARGV[3] ~= '' and tonumber(ARGV[3]) < tonumber(old_ts) then return {'unchanged', false} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+return {'updated', old}
+"""
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Label Studio's ISO-8601 `updated_at` (or epoch seconds) -> epoch seconds; None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InputError("updated_at", f"must be an ISO-8601 string or a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            raise InputError("updated_at", f"not an ISO-8601 timestamp: {value!r}") from None
+    raise InputError("updated_at", f"must be an ISO-8601 string or a number, got {type(value).__name__}")
+
+
+def annotation_key(annotation_id: Any) -> str:
+    if isinstance(annotation_id, bool) or not isinstance(annotation_id, (int, str)):
+        raise InputError("annotation_id", f"must be an integer or a string, got {annotation_id!r}")
+    key = str(annotation_id).strip()
+    if not key:
+        raise InputError("annotation_id", "must not be empty")
+    return key
+
+
+def is_user_id(value: Any) -> bool:
+    """A Label Studio user id: an int or a string (never a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, str))
+
+
+def sort_key(annotation_id: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order, then the others."""
+    return (0, int(annotation_id)) if annotation_id.isdigit() else (1, annotation_id)
+
+
+def _record(annotation_id: Any, task_id: Any, image_a: Any, image_b: Any, answer: Any, completed_by: Any,
+            updated_at: Any) -> tuple[str, dict[str, Any], float | None]:
+    """(key, stored record, timestamp) of one answer, every field checked."""
+    key = annotation_key(annotation_id)
+    if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
+        raise InputError("task_id", f"must be an integer or None, got {task_id!r}")
+    for name, value in (("image_a", image_a), ("image_b", image_b)):
+        if not isinstance(value, str) or not value:
+            raise InputError(name, f"must be a non-empty image id, got {value!r}")
+    if image_a == image_b:
+        raise InputError("image_b", f"a pair needs two different images, got {image_a!r} twice")
+    if answer not in ANSWERS:
+        raise InputError("answer", f"must be one of {', '.join(ANSWERS)}, got {answer!r}")
+    if completed_by is not None and not is_user_id(completed_by):
+        raise InputError("completed_by", f"must be a user id, got {completed_by!r}")
+    ts = parse_timestamp(updated_at)
+    low, high = ordered(image_a, image_b)
+    record = {
+        "annotation_id": key,
+        "task_id": task_id,
+        "image_a": low,
+        "image_b": high,
+        "pair_id": pair_id(low, high),
+        "answer": answer,
+        "completed_by": completed_by,
+        "updated_at": ts,
+    }
+    return key, record, ts
+
+
+class Annotations(KeyFamily):
+    """``annotations`` (id -> record), ``annotation_ts``, the ``deleted`` tombstones, and per pair the
+    answers recorded on it (``pair_answers:<pair id>``, listed in ``pair_answer_keys``)."""
+
+    def __init__(self, redis: Redis, project: str) -> None:
+        super().__init__(redis, project)
+        self._record = redis.register_script(_RECORD_LUA)
+
+    def record(
+        self,
+        annotation_id: int | str,
+        *,
+        task_id: int | None,
+        image_a: str,
+        image_b: str,
+        answer: str,
+        completed_by: int | str | None = None,
+        updated_at: str | float | None = None,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Store one annotation's answer; returns ("created" | "updated" | "unchanged", replaced record).
+
+        "unchanged" also covers a stale event (older `updated_at` than what is stored) and an event for
+        an annotation already deleted (Label Studio never reuses ids). The replaced record (None unless
+        "updated") tells a caller whether the constraint itself changed or only `updated_at` moved.
+        """
+        key, record, ts = _record(annotation_id, task_id, image_a, image_b, answer, completed_by, updated_at)
+        raw_outcome, old = self._record(
+            keys=[self.key("annotations"), self.key("annotation_ts"), self.key("deleted")],
+            args=[key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts)],
+        )
+        outcome = as_text(raw_outcome)
+        if outcome != "unchanged":
+            pipe = self.redis.pipeline(transaction=True)
+            if old:
+                old_pid = json.loads(old)["pair_id"]
+                if old_pid != record["pair_id"]:
+                    pipe.hdel(self.key(f"pair_answers:{old_pid}"), key)
+            pipe.hset(self.key(f"pair_answers:{record['pair_id']}"), key, answer)
+            pipe.sadd(self.key("pair_answer_keys"), record["pair_id"])
+            pipe.sadd(PROJECTS_KEY, self.project)
+            pipe.execute()
+        return str(outcome), (json.loads(old) if old else None)
+
+    def remove(self, annotation_id: int | str) -> dict[str, Any] | None:
+        """Delete one annotation; returns its record (None when it did not exist). The id is remembered
+        as deleted either way."""
+        key = annotation_key(annotation_id)
+        old = self.redis.hget(self.key("annotations"), key)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.key("annotations"), key)
+        pipe.hdel(self.key("annotation_ts"), key)
+        pipe.sadd(self.key("deleted"), key)
+        if old is not None:
+            pipe.hdel(self.key(f"pair_answers:{json.loads(old)['pair_id']}"), key)
+        removed = pipe.execute()[0]
+        return json.loads(old) if removed and old is not None else None
+
+    def replace_all(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Replace every stored annotation by ``records`` (each: the keyword arguments of ``record`` plus
+        ``annotation_id``). All are checked before anything is written, so a bad one changes nothing."""
+        prepared: dict[str, tuple[str, float | None]] = {}
+        for index, raw in enumerate(records):
+            if not isinstance(raw, Mapping):
+                raise InputError(f"records[{index}]", "must be a mapping")
+            if "annotation_id" not in raw:
+                raise InputError(f"records[{index}].annotation_id", "missing")
+            try:
+                key, record, ts = _record(
+                    raw["annotation_id"], raw.get("task_id"), raw.get("image_a"), raw.get("image_b"),
+                    raw.get("answer"), raw.get("completed_by"), raw.get("updated_at"))
+            except InputError as exc:
+                raise exc.at(f"records[{index}].{exc.field}") from None
+            prepared[key] = (json.dumps(record, sort_keys=True), ts)
+        old_pairs = text_list(self.redis.smembers(self.key("pair_answer_keys")))
+        by_pair: dict[str, dict[str, str]] = {}
+        for key, (payload, _ts) in prepared.items():
+            record = json.loads(payload)
+            by_pair.setdefault(record["pair_id"], {})[key] = record["answer"]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key("annotations"), self.key("annotation_ts"), self.key("deleted"),
+                    self.key("pair_answer_keys"), *(self.key(f"pair_answers:{p}") for p in old_pairs))
+        if prepared:
+            pipe.hset(self.key("annotations"), mapping={k: v[0] for k, v in prepared.items()})
+            stamps = {k: repr(v[1]) for k, v in prepared.items() if v[1] is not None}
+            if stamps:
+                pipe.hset(self.key("annotation_ts"), mapping=stamps)
+            for pid, answers in by_pair.items():
+                pipe.hset(self.key(f"pair_answers:{pid}"), mapping=answers)
+            pipe.sadd(self.key("pair_answer_keys"), *by_pair)
+        pipe.sadd(PROJECTS_KEY, self.project)
+        pipe.execute()
+        return len(prepared)
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every stored annotation, oldest first (by updated_at, then annotation id)."""
+        out = [json.loads(v) for v in self.redis.hgetall(self.key("annotations")).values()]
+        out.sort(key=lambda r: (r["updated_at"] is None, r["updated_at"] or 0.0,
+                                sort_key(str(r["annotation_id"]))))
+        return out
+
+    def get(self, annotation_id: int | str) -> dict[str, Any] | None:
+        raw = self.redis.hget(self.key("annotations"), annotation_key(annotation_id))
+        return None if raw is None else json.loads(raw)
+
+    def counts(self) -> dict[str, int]:
+        """Annotations by answer: same (must-link), different (cannot-link), unsure, skip."""
+        counts = dict.fromkeys(ANSWERS, 0)
+        for record in self.all():
+            counts[record["answer"]] += 1
+        return counts
+
+    def on_pair(self, pair_id_: str) -> dict[str, str]:
+        """Every recorded answer on one pair, by annotation id (several annotators may answer it)."""
+        return text_hash(self.redis.hgetall(self.key(f"pair_answers:{pair_id_}")))
+
+    def pair_in_conflict(self, pair_id_: str) -> bool:
+        """True when one annotator said "same" and another "different" about this pair."""
+        return {"same", "different"} <= set(self.on_pair(pair_id_).values())
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        """Pairs on which annotators disagree (a "same" and a "different"): recorded, never overwritten."""
+        by_pair: dict[str, list[dict[str, Any]]] = {}
+        for record in self.all():
+            if record["answer"] in CONSTRAINT_ANSWERS:
+                by_pair.setdefault(record["pair_id"], []).append(record)
+        out = []
+        for pid, records in sorted(by_pair.items()):
+            if len({r["answer"] for r in records}) > 1:
+                first = records[0]
+                out.append({"pair_id": pid, "image_a": first["image_a"], "image_b": first["image_b"],
+                            "annotations": {r["annotation_id"]: r["answer"] for r in records}})
+        return out
