@@ -430,11 +430,6 @@ def guard(stage: str, n: int, args: argparse.Namespace) -> dict[str, Any] | None
         if need > 0.8 * free:
             why = f"needs ~{need / 2**30:.0f} GiB of dense matrices, {free / 2**30:.0f} GiB available"
             return {"stage": stage, "n": n, "skipped": why}
-    if stage == "np3":
-        try:
-            import strategies.np3  # noqa: F401  (owned by another engineer; may be absent)
-        except ImportError as exc:
-            return {"stage": stage, "n": n, "skipped": f"strategies.np3 missing: {exc}"}
     return None
 
 

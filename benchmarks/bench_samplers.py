@@ -202,7 +202,7 @@ def write_outputs(report: dict, stem: str) -> None:
         f"Command: `{report['command']}`",
         "",
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores_visible']} cores visible, "
-        f"load average at start {report['machine']['load_avg_at_start']} (shared by 8 engineers' jobs), "
+        f"load average at start {report['machine']['load_avg_at_start']} (a shared machine), "
         f"Python {report['machine']['python']}, numpy {report['machine']['numpy']}.",
         "",
         f"Data: synthetic unit vectors, d={report['d']}, ~{report['per_identity']} images per identity, "

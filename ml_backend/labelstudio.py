@@ -1,3 +1,4 @@
+# Long on purpose: one client for every Label Studio endpoint the backend calls, each a few lines.
 """A small HTTP client for the Label Studio 1.23 REST API: the dozen calls the backend makes.
 
 Plain ``requests`` rather than ``label-studio-sdk``: the SDK pulls pandas, OpenCV and nltk for what is

@@ -1,3 +1,4 @@
+# Long on purpose: the constraint graph, its union-find index and the contradiction policies go together.
 """Pairwise constraints from human answers: must-link / cannot-link graph (ALGORITHMS.md §3).
 
 Every constraint is keyed by the Label Studio annotation id that produced it, so an annotation update

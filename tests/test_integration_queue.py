@@ -1,6 +1,6 @@
 """Webhook -> constraint -> coalesced RQ job -> new model version, with a real redis-server and a real
 `reid-al worker` process running the trainer's cycle (no Label Studio: the push is skipped without an
-API key; push.py has its own tests and B's e2e test covers the real thing)."""
+API key; push.py has its own tests and the e2e test covers the real thing)."""
 
 from __future__ import annotations
 

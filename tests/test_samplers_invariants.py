@@ -1,4 +1,4 @@
-"""Property tests of the sampler contract (issue 3, item 2) for EVERY registered strategy.
+"""Property tests of the sampler contract (docs/architecture.md) for EVERY registered strategy.
 
 Never a pair already asked, never a pair the constraints imply, never (i, i), no duplicates, never more
 than the budget, deterministic for a fixed random_state; "nothing left" is PoolExhaustedError.

@@ -1,3 +1,4 @@
+# Long on purpose: AAS's pure steps (regions, U_os, U_us, eq. 6) sit beside the sampler that wires them.
 """Ambiguity-Aware Sampling (seed 001 §3.1 A-D, Alg. 1; ALGORITHMS.md §5).
 
 Two clusterings, A = DBSCAN on the Jaccard distance and B = a FINCH level, both refined by NP3 with the

@@ -1,3 +1,4 @@
+# Long on purpose: units, u_i, the greedy batch and the pair choice are one algorithm (ALGORITHMS.md §6).
 """Uncertainty + diversity batch sampler (seed 000 §2.3-2.4; ALGORITHMS.md §6).
 
 Units are tracklets (renormalised mean of their frames) when given, else images. For an unlabelled

@@ -1,3 +1,4 @@
+# Long on purpose: every dataset the simulator loads (synthetic, npz, folder, ORL) behind one type.
 """Datasets for the offline simulator: a seeded synthetic Re-ID generator, .npz files, image folders, ORL.
 
 Every loader returns the same `SimulationDataset` (L2-normalised float32 features + integer identity
