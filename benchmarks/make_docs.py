@@ -1,9 +1,9 @@
-"""Refresh the generated part of docs/benchmarks.md from the benchmark scripts' own write-ups.
+"""Refresh the generated part of docs/benchmarks.md: one row per benchmark result, linking its write-up,
+data and plot under benchmarks/results/ and giving the command that reproduces it.
 
-Each benchmark writes `benchmarks/results/<name>.md` next to its JSON and PNG; this script copies them
-between the BEGIN/END markers of docs/benchmarks.md (headings demoted one level, relative links
-re-pointed), so the document always shows what the scripts last measured. The hand-written summary
-above the markers is left alone.
+Each benchmark writes `benchmarks/results/<name>.md` (and `.json`, `.png`) itself; the command is read
+from that write-up, so the table always matches what the scripts last wrote. The hand-written summary
+and reading above the BEGIN/END markers are left alone. A test runs `--check`.
 
     python benchmarks/make_docs.py [--check]
 """
@@ -21,56 +21,76 @@ DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN GENERATED: python benchmarks/make_docs.py -->"
 END = "<!-- END GENERATED -->"
 
-# (fragment, why it is here) in reading order: core algorithms -> samplers -> trainer -> service -> AL.
-SECTIONS: tuple[str, ...] = (
-    "core.md",
-    "core_exact100k.md",
-    "core_finch50k.md",
-    "samplers.md",
-    "embedding.md",
-    "embedding_vit_512.md",
-    "embedding_load11.md",
-    "training.md",
-    "webhook.md",
-    "simulate.md",
+# (result under benchmarks/results/, what it measures), in reading order: core algorithms -> samplers ->
+# trainer -> service -> active learning. A result is a write-up (.md) or, without one, its JSON.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("core.md", "kNN, Jaccard, DBSCAN, FINCH and NP3 at 10k, 50k and 100k points"),
+    ("core_exact100k.md", "exact kNN and the clustering pipeline at 100k points"),
+    ("core_finch50k.md", "FINCH against finch-clust at 50k points, three runs"),
+    ("np3_timing.json", "NP3 refinement at 100k points and 5k constraints, three constraint shapes"),
+    ("samplers.md", "every pair sampler's selection time and peak memory at 10k-100k"),
+    ("embedding.md", "embedding pipeline against bare forward, quiet machine"),
+    ("embedding_vit_512.md", "the same for ViT-B-32 at 512 images"),
+    ("embedding_load11.md", "the same on a loaded machine"),
+    ("training.md", "adapter training time per cycle at 10k and 100k images"),
+    ("training_threads1.md", "adapter training at 2k images, one torch thread"),
+    ("training_threads_default.md", "adapter training at 2k images, torch's default threads"),
+    ("webhook.md", "webhook latency at 200 req/s and /predict for 100 tasks"),
+    ("simulate.md", "active learning: every strategy on synthetic data and ORL faces"),
 )
 
-# Plots shown under a section besides the one named like its fragment (e.g. core.md -> core.png).
+# Plots shown for a result besides the one named like it (e.g. core.md -> core.png).
 EXTRA_PLOTS: dict[str, tuple[str, ...]] = {
     "simulate.md": ("simulate/synthetic/curves.png", "simulate/orl/curves.png"),
 }
+# Commands of results without a write-up (their script prints them in its docstring).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "np3_timing.json": ("python benchmarks/np3_timing.py",),
+}
 
-_LINK = re.compile(r"(!?\[[^\]]*\]\()(?!https?://|/|#|\.\./)([^)\s]+)\)")
+_COMMAND = re.compile(r"((?:\.venv/bin/)?python benchmarks/\S+\.py[^`\n]*|reid-al simulate --[^`\n#]*)")
+_SHOWN = 3  # commands per row; a write-up with more lists them all
 
 
-def _relink(text: str, fragment: Path) -> str:
-    """Links in a fragment are relative to benchmarks/results/: make them relative to docs/."""
-    base = fragment.parent.relative_to(ROOT).as_posix()
-    return _LINK.sub(lambda m: f"{m.group(1)}../{base}/{m.group(2)})", text)
+def _link(name: str) -> str:
+    return f"[{name}](../benchmarks/results/{name})"
 
 
-def _demote(text: str) -> str:
-    out, fenced = [], False
-    for line in text.splitlines():
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        out.append("#" + line if (not fenced and line.startswith("#")) else line)
-    return "\n".join(out)
+def commands(name: str) -> list[str]:
+    """The commands a write-up says it was made with, in order, each once."""
+    if name in COMMANDS:
+        return list(COMMANDS[name])
+    found = [m.group(1).strip() for m in _COMMAND.finditer((RESULTS / name).read_text())]
+    return list(dict.fromkeys(found))
+
+
+def row(name: str, what: str) -> str:
+    if not (RESULTS / name).exists():
+        raise SystemExit(f"benchmarks/results/{name} is missing: run its benchmark first")
+    stem = Path(name).with_suffix("")
+    files = [_link(name)]
+    for related in (f"{stem}.json", f"{stem}.png", *EXTRA_PLOTS.get(name, ())):
+        if related != name and (RESULTS / related).exists():
+            files.append(_link(related))
+    found = commands(name)
+    shown = [f"`{c}`" for c in found[:_SHOWN]]
+    if len(found) > _SHOWN:
+        shown.append(f"(+{len(found) - _SHOWN} more in the write-up)")
+    return f"| {what} | {', '.join(files)} | {'<br>'.join(shown)} |"
 
 
 def generated_part() -> str:
-    parts = []
-    for name in SECTIONS:
-        fragment = RESULTS / name
-        if not fragment.exists():
-            raise SystemExit(f"benchmarks/results/{name} is missing: run its benchmark first")
-        body = _relink(_demote(fragment.read_text().strip()), fragment)
-        plots = [fragment.with_suffix(".png").name, *EXTRA_PLOTS.get(name, ())]
-        for plot in plots:
-            if (RESULTS / plot).exists() and plot not in body:
-                body += f"\n\n![{plot}](../benchmarks/results/{plot})"
-        parts.append(f"<!-- from benchmarks/results/{name} -->\n{body}")
-    return "\n\n".join(parts)
+    lines = [
+        "## Results and how to reproduce them",
+        "",
+        "Every figure above comes from one of these results. Each write-up states its machine, load and",
+        "full tables; run its command from the repository root to measure again.",
+        "",
+        "| what it measures | files | command |",
+        "|---|---|---|",
+        *(row(name, what) for name, what in SECTIONS),
+    ]
+    return "\n".join(lines)
 
 
 def render(doc: str) -> str:
@@ -93,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     DOC.write_text(new)
-    print(f"wrote {DOC.relative_to(ROOT)} ({len(SECTIONS)} sections)")
+    print(f"wrote {DOC.relative_to(ROOT)} ({len(SECTIONS)} results)")
     return 0
 
 

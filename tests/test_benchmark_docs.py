@@ -21,13 +21,19 @@ def test_benchmarks_doc_is_up_to_date() -> None:
     assert _make_docs().main(["--check"]) == 0, "run: python benchmarks/make_docs.py"
 
 
-def test_generated_part_relinks_and_demotes() -> None:
+def test_a_row_links_the_result_files_and_quotes_the_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     md = _make_docs()
-    fragment = md.RESULTS / "x.md"
-    source = "# Title\n```\n# not a heading\n```\n![p](x.png) [web](https://a.b/c)"
-    text = md._relink(md._demote(source), fragment)
-    assert text.splitlines()[0] == "## Title" and "# not a heading" in text.splitlines()
-    assert "(../benchmarks/results/x.png)" in text and "(https://a.b/c)" in text
+    monkeypatch.setattr(md, "RESULTS", tmp_path)
+    command = "python benchmarks/bench_x.py --n 3"
+    (tmp_path / "x.md").write_text(f"# X\nCommand: `{command}`\n\n    {command}\n")  # the same one twice
+    (tmp_path / "x.json").write_text("{}")
+    row = md.row("x.md", "what x measures")
+    files = "[x.md](../benchmarks/results/x.md), [x.json](../benchmarks/results/x.json)"
+    assert row == f"| what x measures | {files} | `{command}` |"
+    with pytest.raises(SystemExit, match="missing"):
+        md.row("y.md", "absent")
 
 
 def test_missing_markers_are_an_error() -> None:
