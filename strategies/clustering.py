@@ -173,24 +173,18 @@ class FINCH:
             first[r] = block[np.arange(r.size), best]
         return first
 
-    def fit(self, features: np.ndarray, knn: KnnGraph | None = None) -> FinchResult:
+    def fit(
+        self, features: np.ndarray, knn: KnnGraph | None = None, *, check_input: bool = True
+    ) -> FinchResult:
         """Cluster ``features`` (n, d); ``knn`` (self in column 0, k >= 2) reuses an existing graph for
-        the level-0 first neighbours instead of searching again."""
-        data = check_features(features, unit_norm="any")
+        the level-0 first neighbours instead of searching again. ``check_input=False`` skips the checks
+        of ``features`` and ``knn`` for a caller that made them (``features`` float32, no zero row)."""
         check_int(self.random_state, "random_state", 0)
         check_int(self.n_candidates, "n_candidates", 1)
-        zero = np.flatnonzero(~data.any(axis=1))
-        if zero.size:
-            raise ValueError(f"features row {int(zero[0])} is all zeros: its cosine similarity is undefined")
+        data = _check_fit_inputs(features, knn) if check_input else features
         n = data.shape[0]
         candidates = sims = None
         if knn is not None:
-            if not isinstance(knn, KnnGraph):
-                raise ValueError(f"knn must be a KnnGraph, got {type(knn).__name__}")
-            if knn.n != n:
-                raise ValueError(f"knn has {knn.n} rows but features has {n}")
-            if knn.k < 2 and n > 1:
-                raise ValueError(f"knn needs at least 2 columns (self + one neighbour), got k={knn.k}")
             candidates = knn.indices[:, 1 : 1 + self.n_candidates]
             sims = knn.similarities[:, 1 : 1 + self.n_candidates]
 
@@ -208,6 +202,22 @@ class FINCH:
             partitions.append(labels)
             n_clusters.append(count)
         return FinchResult(partitions=partitions, n_clusters=n_clusters)
+
+
+def _check_fit_inputs(features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
+    data = check_features(features, unit_norm="any")
+    zero = np.flatnonzero(~data.any(axis=1))
+    if zero.size:
+        raise ValueError(f"features row {int(zero[0])} is all zeros: its cosine similarity is undefined")
+    n = data.shape[0]
+    if knn is not None:
+        if not isinstance(knn, KnnGraph):
+            raise ValueError(f"knn must be a KnnGraph, got {type(knn).__name__}")
+        if knn.n != n:
+            raise ValueError(f"knn has {knn.n} rows but features has {n}")
+        if knn.k < 2 and n > 1:
+            raise ValueError(f"knn needs at least 2 columns (self + one neighbour), got k={knn.k}")
+    return data
 
 
 def select_finch_level(result: FinchResult, n_target: int) -> int:

@@ -65,12 +65,15 @@ class NP3:
         labels: np.ndarray | Sequence[int],
         features: np.ndarray,
         constraints: ConstraintGraph | tuple[np.ndarray, np.ndarray],
+        *,
+        check_input: bool = True,
     ) -> NP3Result:
         """Return labels satisfying every constraint kept by the contradiction policy.
 
         ``constraints`` is a ConstraintGraph or a tuple ``(ml_pairs (m, 2), cl_pairs (c, 2))``; a tuple
         carries no time order, so under ``latest_wins`` its cannot-links count as newer than its
         must-links. Labels of -1 are outliers (each its own singleton); those no constraint moves stay -1.
+        ``check_input=False`` skips the checks of labels and features for a caller that made them.
         """
         if self.contradiction_policy not in CONTRADICTION_POLICIES:
             raise ValueError(
@@ -81,9 +84,9 @@ class NP3:
             self.exact_colouring_max_nodes, int | np.integer
         ):
             raise ValueError("exact_colouring_max_nodes: must be an int")
-        lab_in = check_labels(labels)
+        lab_in = check_labels(labels) if check_input else np.asarray(labels).astype(np.int64)
         n = lab_in.shape[0]
-        feats = check_features(features, rows=n, unit_norm="any", dtype=None)
+        feats = check_features(features, rows=n, unit_norm="any", dtype=None) if check_input else features
         graph = _as_graph(constraints)
         if graph.max_node() >= n:
             raise ValueError(f"constraints: reference row {graph.max_node()} but labels has {n} rows")

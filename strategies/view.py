@@ -136,7 +136,7 @@ class ClusteringView:
     def np3(self) -> NP3Result:
         """DBSCAN's labels refined by NP3 so that every kept constraint holds."""
         np3 = NP3(self.contradiction_policy, random_state=self.random_state)
-        return np3.refine(self.dbscan_labels, self.features, self.constraints)
+        return np3.refine(self.dbscan_labels, self.features, self.constraints, check_input=False)
 
     @property
     def pseudo_labels(self) -> np.ndarray:
@@ -147,7 +147,7 @@ class ClusteringView:
     def finch(self) -> FinchResult:
         """The FINCH hierarchy, its first neighbours read from the kNN graph (when it has any)."""
         knn = self.knn if self.knn.k >= 2 else None
-        return FINCH(random_state=self.random_state).fit(self.features, knn=knn)
+        return FINCH(random_state=self.random_state).fit(self.features, knn=knn, check_input=False)
 
     @cached_property
     def calibrator(self) -> PSameCalibrator:
