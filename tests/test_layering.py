@@ -65,3 +65,44 @@ def test_ruleset_catches_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import torch\nfrom flask import Flask\n")
     assert _imported_roots(bad) & FORBIDDEN["strategies"] == {"torch", "flask"}
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (every import, TYPE_CHECKING and local ones too)."""
+    modules = {}
+    for package in ("strategies", "trainer", "ml_backend"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            # a package importing its own submodules (re-exports in __init__) is not a cycle
+            edges[name] |= {t for t in targets if t in modules and t != name and not t.startswith(name + ".")}
+    return edges
+
+
+def test_no_two_modules_import_each_other() -> None:
+    edges = _module_imports()
+    cycles = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
