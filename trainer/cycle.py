@@ -256,6 +256,66 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class _Sampled:
+    proposals: list[PairProposal]
+    shortfall: int
+    pool_sizes: dict[str, int]
+    exhausted: int
+
+
+def _train(
+    config: CycleConfig, x: np.ndarray, emb: np.ndarray, before: ClusteringView,
+    init_state: dict[str, Any] | None, cameras: np.ndarray | None, progress: bool,
+) -> TrainResult:
+    """The adapter trained on ``before``'s pseudo-labels and the constraints kept by the policy."""
+    effective = before.constraints.effective(
+        config.contradiction_policy, similarity=lambda i, j: float(np.dot(emb[i], emb[j]))
+    )
+    return train_adapter(
+        x,
+        before.pseudo_labels,
+        effective.must_link,
+        effective.cannot_link,
+        config.train,
+        init_state=init_state,
+        cameras=cameras,
+        progress=progress,
+    )
+
+
+def _sample(
+    config: CycleConfig, emb: np.ndarray, view: ClusteringView, say: Callable[[str], None], **side_info: Any
+) -> _Sampled:
+    """The next pairs from the configured sampler, reusing ``view``; an exhausted pool is no error."""
+    sampler = make_sampler(config.strategy, **config.sampler_params())
+    try:
+        sampled = sampler.select(emb, view.constraints, int(config.budget), view=view, **side_info)
+        out = _Sampled(list(sampled.proposals), int(sampled.shortfall), dict(sampled.pool_sizes), 0)
+    except PoolExhaustedError as exc:
+        say(f"cycle: pool exhausted ({exc})")
+        out = _Sampled([], int(config.budget), {}, 1)
+    say(f"cycle: {len(out.proposals)} pairs proposed by {config.strategy} (shortfall {out.shortfall})")
+    return out
+
+
+def _save(
+    registry: Any, config: CycleConfig, previous: str | None, emb: np.ndarray, state: dict[str, Any] | None,
+    metrics: dict[str, float | int], labels: np.ndarray, calibrator: PSameCalibrator,
+    proposals: list[PairProposal],
+) -> str:
+    """A new registry version: embeddings, adapter, config, metrics, pseudo-labels, calibrator, proposals."""
+    extra = {
+        "pseudo_labels.npy": _npy_bytes(labels.astype(np.int64)),
+        "calibrator.json": json.dumps(calibrator.to_dict()).encode(),
+        "proposals.json": json.dumps([asdict(p) for p in proposals]).encode(),
+    }
+    return registry.save(
+        embeddings=emb, adapter_state=state, config={**config.to_dict(), "previous_version": previous},
+        metrics=metrics, extra=extra,
+    )
+
+
 def run_cycle(
     features: np.ndarray,
     constraints: ConstraintGraph | str | bytes | None,
@@ -290,37 +350,24 @@ def run_cycle(
     say(f"cycle: n={n} d={d} constraints={len(graph)} previous={previous or 'none'}")
     stages.done("load")
 
-    device = config.train.device
-    emb = apply_adapter(init_state, x, device=device)
+    emb = apply_adapter(init_state, x, device=config.train.device)
     stages.done("embed")
+
     before = config.view(emb, graph)
-    n_clusters_before = before.n_clusters
     n_outliers = int((before.pseudo_labels < 0).sum())
-    say(f"cycle: {n_clusters_before} clusters, {n_outliers} outliers before training")
+    say(f"cycle: {before.n_clusters} clusters, {n_outliers} outliers before training")
     stages.done("cluster")
 
-    skipped = _why_not_train(config, n, graph, n_clusters_before)
+    skipped = _why_not_train(config, n, graph, before.n_clusters)
     train_result: TrainResult | None = None
     state, after = init_state, before
     if not any(skipped.values()):
-        effective = graph.effective(
-            config.contradiction_policy, similarity=lambda i, j: float(np.dot(emb[i], emb[j]))
-        )
-        train_result = train_adapter(
-            x,
-            before.pseudo_labels,
-            effective.must_link,
-            effective.cannot_link,
-            config.train,
-            init_state=init_state,
-            cameras=cameras,
-            progress=progress,
-        )
+        train_result = _train(config, x, emb, before, init_state, cameras, progress)
         state = train_result.adapter_state
         say(f"cycle: trained {train_result.steps} steps in {train_result.seconds:.1f}s, "
             f"loss {train_result.losses_per_epoch[0]:.4f} -> {train_result.losses_per_epoch[-1]:.4f}")
         stages.done("train")
-        emb = apply_adapter(state, x, device=device)
+        emb = apply_adapter(state, x, device=config.train.device)
         stages.done("reembed")
         after = config.view(emb, graph)
         after.np3  # noqa: B018 - computed here so that its time counts as "recluster"
@@ -332,19 +379,8 @@ def run_cycle(
     calibrator = after.calibrator
     stages.done("calibrate")
 
-    sampler = make_sampler(config.strategy, **config.sampler_params())
-    exhausted = 0
-    try:
-        sampled = sampler.select(
-            emb, graph, int(config.budget), cameras=cameras, tracklets=tracklets,
-            text_embeddings=text_features, view=after,
-        )
-        proposals, shortfall = list(sampled.proposals), int(sampled.shortfall)
-        pool_sizes = dict(sampled.pool_sizes)
-    except PoolExhaustedError as exc:
-        say(f"cycle: pool exhausted ({exc})")
-        proposals, shortfall, pool_sizes, exhausted = [], int(config.budget), {}, 1
-    say(f"cycle: {len(proposals)} pairs proposed by {config.strategy} (shortfall {shortfall})")
+    sampled = _sample(config, emb, after, say, cameras=cameras, tracklets=tracklets,
+                      text_embeddings=text_features)
     stages.done("sample")
 
     labels = after.pseudo_labels
@@ -356,41 +392,34 @@ def run_cycle(
         "n_cannot_links": len(graph.cannot_links()),
         "contradictions": len(after.np3.contradictions),
         "np3_changed": after.np3.n_changed,
-        "n_clusters_before": n_clusters_before,
+        "n_clusters_before": before.n_clusters,
         "n_clusters": after.n_clusters,
         "n_outliers": int((labels < 0).sum()),
         "warm_start": int(init_state is not None),
         "trained": int(train_result is not None),
         **skipped,
-        "pairs_proposed": len(proposals),
-        "shortfall": shortfall,
-        "exhausted": exhausted,
+        "pairs_proposed": len(sampled.proposals),
+        "shortfall": sampled.shortfall,
+        "exhausted": sampled.exhausted,
         "calibrator_prior": int(calibrator.is_prior),
         **_train_metrics(train_result),
     }
     version: str | None = None
     if registry is not None:
-        extra = {
-            "pseudo_labels.npy": _npy_bytes(labels.astype(np.int64)),
-            "calibrator.json": json.dumps(calibrator.to_dict()).encode(),
-            "proposals.json": json.dumps([asdict(p) for p in proposals]).encode(),
-        }
-        version = registry.save(
-            embeddings=emb, adapter_state=state, config={**config.to_dict(), "previous_version": previous},
-            metrics=metrics, extra=extra,
-        )
+        version = _save(registry, config, previous, emb, state, metrics, labels, calibrator,
+                        sampled.proposals)
         say(f"cycle: saved version {version}")
     stages.done("save")
     return CycleResult(
         version=version,
         embeddings=emb,
         pseudo_labels=labels,
-        proposals=proposals,
-        shortfall=shortfall,
+        proposals=sampled.proposals,
+        shortfall=sampled.shortfall,
         metrics=metrics,
         timings=stages.total(),
         calibrator=calibrator,
-        pool_sizes=pool_sizes,
+        pool_sizes=sampled.pool_sizes,
         train_result=train_result,
         previous_version=previous,
     )

@@ -140,8 +140,9 @@ class PairSampler(ABC):
     ) -> SamplingResult:
         """Return up to ``budget`` ranked proposals (best first).
 
-        ``view``: the clustering of ``embeddings`` already computed by the caller (the retraining cycle
-        passes its own); without one, the sampler builds what it needs, seeded with its random_state.
+        ``view``: the clustering of ``embeddings`` under these ``constraints``, already computed by the
+        caller (the retraining cycle passes its own); without one, the sampler builds what it needs,
+        seeded with its random_state.
         ``timestamps`` (per image, seconds) feed the uncertainty sampler's (camera, time segment) cap.
         """
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
