@@ -23,6 +23,7 @@ from strategies.defaults import (
     CALIBRATION_LOGISTIC_C,
     CALIBRATION_METHOD,
     CALIBRATION_MIN_LABELS,
+    CALIBRATION_MIN_PER_CLASS,
     CALIBRATION_PRIOR_CENTER,
     CALIBRATION_PRIOR_SLOPE,
 )
@@ -45,12 +46,14 @@ class PSameCalibrator:
         self,
         method: str = CALIBRATION_METHOD,
         min_labels: int = CALIBRATION_MIN_LABELS,
+        min_per_class: int = CALIBRATION_MIN_PER_CLASS,
         prior_center: float = CALIBRATION_PRIOR_CENTER,
         prior_slope: float = CALIBRATION_PRIOR_SLOPE,
         C: float = CALIBRATION_LOGISTIC_C,
     ) -> None:
         self.method = method
         self.min_labels = min_labels
+        self.min_per_class = min_per_class
         self.prior_center = prior_center
         self.prior_slope = prior_slope
         self.C = C
@@ -59,7 +62,9 @@ class PSameCalibrator:
     def fit(
         self, similarities: np.ndarray | Sequence[float], same: np.ndarray | Sequence[bool]
     ) -> PSameCalibrator:
-        """Fit on answered pairs; falls back to the prior with too few labels or a single class."""
+        """Fit on answered pairs; falls back to the prior with fewer than ``min_labels`` answers or fewer
+        than ``min_per_class`` of either kind (a logistic fit on one "same" among hundreds of "different"
+        predicts P(same) near 0 for every pair, which is no calibration at all)."""
         self._check_params()
         x = _check_similarities(similarities, "similarities")
         y_raw = np.asarray(same)
@@ -71,7 +76,7 @@ class PSameCalibrator:
         self.n_labels_ = int(x.size)
         self.thresholds_x_ = np.zeros(0)
         self.thresholds_y_ = np.zeros(0)
-        both_classes = bool(y.any() and (~y).any())
+        both_classes = min(int(y.sum()), int((~y).sum())) >= max(1, int(self.min_per_class))
         if x.size < self.min_labels or not both_classes:
             self._set_prior()
             return self
@@ -121,6 +126,7 @@ class PSameCalibrator:
             "version": _DICT_VERSION,
             "method": self.method,
             "min_labels": int(self.min_labels),
+            "min_per_class": int(self.min_per_class),
             "prior_center": float(self.prior_center),
             "prior_slope": float(self.prior_slope),
             "C": float(self.C),
@@ -140,6 +146,7 @@ class PSameCalibrator:
             calibrator = cls(
                 method=d["method"],
                 min_labels=d["min_labels"],
+                min_per_class=d.get("min_per_class", 1),
                 prior_center=d["prior_center"],
                 prior_slope=d["prior_slope"],
                 C=d["C"],
@@ -167,6 +174,7 @@ class PSameCalibrator:
     def __repr__(self) -> str:
         return (
             f"PSameCalibrator(method={self.method!r}, min_labels={self.min_labels}, "
+            f"min_per_class={self.min_per_class}, "
             f"prior_center={self.prior_center}, prior_slope={self.prior_slope}, C={self.C})"
         )
 
@@ -180,6 +188,10 @@ class PSameCalibrator:
             raise ValueError(f"min_labels: must be an int, got {self.min_labels!r}")
         if self.min_labels < 2:
             raise ValueError(f"min_labels: must be at least 2 (one label per class), got {self.min_labels}")
+        if isinstance(self.min_per_class, bool) or not isinstance(self.min_per_class, int | np.integer):
+            raise ValueError(f"min_per_class: must be an int, got {self.min_per_class!r}")
+        if self.min_per_class < 1:
+            raise ValueError(f"min_per_class: must be at least 1, got {self.min_per_class}")
         if not _is_finite_number(self.prior_center):
             raise ValueError(f"prior_center: must be a finite number, got {self.prior_center!r}")
         if not _is_finite_number(self.prior_slope) or self.prior_slope <= 0:

@@ -23,6 +23,14 @@ DBSCAN_MIN_SAMPLES = 4
 CONTRADICTION_POLICY = "ml_wins"  # or "cl_wins", "latest_wins"
 EXACT_COLOURING_MAX_NODES = 15
 
+# §11 identities and the samplers that build them
+# [ours] a first-neighbour link whose calibrated P(same) is below this is not made (the image stays a new
+# individual); 0.05 changed nothing on two glyph sets and helped the icon set a little (docs/benchmarks.md)
+IDENTITY_MIN_P_SAME = 0.05
+CANDIDATE_NEIGHBORS = 10  # kNN columns whose edges are candidate pairs for match-first / hybrid
+MAX_PAIRS_PER_IMAGE = 2  # an image appears in at most this many proposals of one batch
+HYBRID_MATCH_FRACTION = 0.5  # share of a hybrid batch asked match-first; the rest at the boundary
+
 # §5 AAS (seed 001)
 AAS_EPSILON = 0.6  # ε: mixture weight of U_os (eq. 6)
 AAS_K_MAX = 5  # k_max: nearest other medoids per medoid
@@ -39,6 +47,7 @@ UNC_TOP_IDENTITIES = 3  # pairs per selected unit: its representatives of the to
 
 # §7 calibration of P(same)
 CALIBRATION_MIN_LABELS = 6
+CALIBRATION_MIN_PER_CLASS = 3  # "same" and "different" answers each needed before the fit replaces the prior
 
 # §1-2 kNN / Jaccard / FINCH implementation knobs (strategies/knn.py, jaccard.py, clustering.py)
 HNSW_EF_CONSTRUCTION = 200  # HNSW build beam (80 gave recall@30 0.86 at 10k, 200 gave 0.98); >= k

@@ -21,7 +21,16 @@ import scipy.sparse as sp
 from strategies.calibration import PSameCalibrator
 from strategies.clustering import FINCH, DBSCANClusterer, FinchResult
 from strategies.constraints import ConstraintGraph
-from strategies.defaults import CONTRADICTION_POLICY, DBSCAN_EPS, DBSCAN_MIN_SAMPLES, K1, K2, KNN_K
+from strategies.defaults import (
+    CONTRADICTION_POLICY,
+    DBSCAN_EPS,
+    DBSCAN_MIN_SAMPLES,
+    IDENTITY_MIN_P_SAME,
+    K1,
+    K2,
+    KNN_K,
+)
+from strategies.identities import IdentityAssigner, IdentityAssignment
 from strategies.jaccard import jaccard_distance
 from strategies.knn import KnnGraph, build_knn
 from strategies.np3 import NP3, NP3Result
@@ -30,7 +39,7 @@ from strategies.validation import check_features, check_int
 __all__ = ["PRECOMPUTABLE", "ClusteringView", "labelled_pairs"]
 
 # the pieces a caller may hand in already computed
-PRECOMPUTABLE = ("knn", "jaccard", "dbscan_labels", "finch", "calibrator")
+PRECOMPUTABLE = ("knn", "jaccard", "dbscan_labels", "finch", "calibrator", "identities")
 
 
 def labelled_pairs(constraints: ConstraintGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +59,8 @@ class ClusteringView:
 
     Parameters keep the papers' names: ``k1``/``k2`` (k-reciprocal Jaccard, clamped to the pool),
     ``knn_k`` (columns of the kNN graph, at least ``k1``), ``eps``/``min_samples`` (DBSCAN),
-    ``contradiction_policy`` (NP3) and ``random_state`` (approximate kNN index, FINCH, NP3).
+    ``contradiction_policy`` (NP3 and the identities), ``min_p_same`` (the identities' weakest link)
+    and ``random_state`` (approximate kNN index, FINCH, NP3).
     """
 
     def __init__(
@@ -64,6 +74,7 @@ class ClusteringView:
         eps: float = DBSCAN_EPS,
         min_samples: int = DBSCAN_MIN_SAMPLES,
         contradiction_policy: str = CONTRADICTION_POLICY,
+        min_p_same: float = IDENTITY_MIN_P_SAME,
         random_state: int = 0,
         **precomputed: Any,
     ) -> None:
@@ -76,6 +87,7 @@ class ClusteringView:
         self.eps = eps
         self.min_samples = min_samples
         self.contradiction_policy = contradiction_policy
+        self.min_p_same = min_p_same
         self.random_state = check_int(random_state, "random_state", 0)
         unknown = sorted(set(precomputed) - set(PRECOMPUTABLE))
         if unknown:
@@ -107,6 +119,9 @@ class ClusteringView:
             for level, part in enumerate(value.partitions):
                 if np.asarray(part).shape != (n,):
                     raise ValueError(f"finch.partitions[{level}] must have shape ({n},)")
+        elif name == "identities":
+            if not isinstance(value, IdentityAssignment) or value.labels.shape != (n,):
+                raise ValueError(f"identities must be an IdentityAssignment over the {n} rows")
         elif name == "calibrator" and not hasattr(value, "predict"):
             raise ValueError(f"calibrator must have a predict method, got {type(value).__name__}")
 
@@ -156,6 +171,15 @@ class ClusteringView:
         emb = self.features
         sims = (emb[pairs[:, 0]] * emb[pairs[:, 1]]).sum(axis=1).astype(np.float64)
         return PSameCalibrator().fit(sims, same)
+
+    @cached_property
+    def identities(self) -> IdentityAssignment:
+        """Every row's individual: must-link components joined by first-neighbour links under the
+        constraints (strategies.identities). What the team exports and what training learns from."""
+        assigner = IdentityAssigner(
+            min_p_same=self.min_p_same, contradiction_policy=self.contradiction_policy
+        )
+        return assigner.assign(self.features, self.constraints, self.knn, self.calibrator)
 
     @property
     def n_clusters(self) -> int:

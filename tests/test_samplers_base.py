@@ -24,8 +24,10 @@ def _x(n: int, d: int = 4, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_registry_lists_the_five_strategies() -> None:
-    assert available_samplers() == ["aas", "coreset", "margin", "random", "uncertainty"]
+def test_registry_lists_the_strategies() -> None:
+    assert available_samplers() == [
+        "aas", "coreset", "hybrid", "margin", "match_first", "random", "uncertainty"
+    ]
     for name in available_samplers():
         s = make_sampler(name, random_state=5)
         assert isinstance(s, PairSampler)

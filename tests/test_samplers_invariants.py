@@ -86,4 +86,6 @@ def test_sampler_invariants(name: str, case) -> None:
 
 
 def test_the_property_test_covers_every_registered_strategy() -> None:
-    assert set(available_samplers()) == {"aas", "uncertainty", "random", "coreset", "margin"}
+    assert set(available_samplers()) == {
+        "aas", "uncertainty", "random", "coreset", "margin", "match_first", "hybrid"
+    }

@@ -1,7 +1,9 @@
 """Pair samplers: one interface, chosen by name (``make_sampler("aas")``); see base.py for the contract.
 
-Registered names: ``aas`` (Ambiguity-Aware Sampling), ``uncertainty`` (uncertainty + diversity),
-``random``, ``coreset`` (k-centre greedy) and ``margin`` (calibrated P(same) closest to 1/2).
+Registered names: ``hybrid`` (match-first plus the identity assignment's boundary), ``match_first``
+(the most likely unresolved match, WBIA's priority), ``aas`` (Ambiguity-Aware Sampling),
+``uncertainty`` (uncertainty + diversity), ``random``, ``coreset`` (k-centre greedy) and ``margin``
+(calibrated P(same) closest to 1/2).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from strategies.samplers.base import (
     register_sampler,
 )
 from strategies.samplers.coreset import CoresetSampler
+from strategies.samplers.hybrid import HybridSampler
 from strategies.samplers.margin import MarginSampler
+from strategies.samplers.match_first import MatchFirstSampler
 from strategies.samplers.pool import EmptyPoolError, PairPool, PoolExhaustedError
 from strategies.samplers.random_pairs import RandomPairSampler
 from strategies.samplers.uncertainty import UncertaintySampler
@@ -25,7 +29,9 @@ __all__ = [
     "AASSampler",
     "CoresetSampler",
     "EmptyPoolError",
+    "HybridSampler",
     "MarginSampler",
+    "MatchFirstSampler",
     "PairPool",
     "PairProposal",
     "PairSampler",

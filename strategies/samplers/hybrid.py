@@ -1,0 +1,80 @@
+"""Hybrid: match-first for building identities, plus the pairs whose answer most likely changes them.
+
+Half of a batch (``match_fraction``) asks the most likely matches (MatchFirstSampler's ranking); the
+rest asks at the identity assignment's decision boundary: between two images the assignment puts in
+different identities, the chance the answer is "same" (P(same)); inside one inferred identity, the
+chance it is "different" (1 - P(same)). Those answers fix the assignment where it is most likely wrong,
+and they are the hard positives and hard negatives a model learns from, which the near-duplicate pairs
+match-first finds first teach little (measured: docs/benchmarks.md). Until the calibrator has answers
+of both kinds there is no boundary to ask about, and the whole batch is match-first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from strategies.defaults import CANDIDATE_NEIGHBORS, HYBRID_MATCH_FRACTION, MAX_PAIRS_PER_IMAGE
+from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
+from strategies.samplers.components import Batch, component_pairs
+from strategies.samplers.numeric import predict_p_same
+from strategies.samplers.pool import PairPool
+from strategies.validation import check_int
+
+
+@register_sampler
+@dataclass(eq=False, repr=False)
+class HybridSampler(PairSampler):
+    """``match_fraction`` of the batch match-first, the rest at the boundary (module docstring)."""
+
+    name: ClassVar[str] = "hybrid"
+
+    match_fraction: float = HYBRID_MATCH_FRACTION
+    n_neighbors: int = CANDIDATE_NEIGHBORS
+    max_per_image: int = MAX_PAIRS_PER_IMAGE
+    random_state: int | None = 0
+
+    def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
+        if not 0.0 <= float(self.match_fraction) <= 1.0:
+            raise ValueError(f"match_fraction must be in [0, 1], got {self.match_fraction!r}")
+        per_image = check_int(self.max_per_image, "max_per_image", 1)
+        cand = component_pairs(pool, check_int(self.n_neighbors, "n_neighbors", 1))
+        calibrator = pool.view.calibrator
+        p = predict_p_same(calibrator, cand.similarity)
+        n_match = budget if calibrator.is_prior else round(float(self.match_fraction) * budget)
+
+        labels = pool.view.identities.labels
+        a, b = labels[cand.i], labels[cand.j]
+        merged = a == b
+        change = np.where(merged, 1.0 - p, p)
+        # one question per pair of identities across the boundary, one per component pair inside one
+        m = np.int64(max(int(labels.max()), int(cand.cb.max(initial=0))) + 1)
+        groups = np.where(merged, -(cand.ca * m + cand.cb) - 1, np.minimum(a, b) * m + np.maximum(a, b))
+
+        batch = Batch(cand.i, cand.j, per_image)
+        first = set(batch.fill(np.arange(cand.size), n_match))
+        batch.fill(np.argsort(-change, kind="stable"), budget, groups=groups)
+        if len(batch.rows) < budget:  # too few boundary pairs: the next most likely matches
+            batch.fill(np.arange(cand.size), budget)
+        kept = batch.rows
+
+        pairs = [(int(cand.i[t]), int(cand.j[t])) for t in kept]
+        pools, reasons, priority = [], [], []
+        for t in kept:
+            if t in first:
+                pools.append("match_first")
+                priority.append(p[t])
+                reasons.append(f"most likely match between two unlinked identities: P(same) {p[t]:.2f}")
+            elif merged[t]:
+                pools.append("boundary:inside")
+                priority.append(change[t])
+                reasons.append(f"inferred to be one individual, P(different) {change[t]:.2f}")
+            else:
+                pools.append("boundary:across")
+                priority.append(change[t])
+                reasons.append(f"inferred to be two individuals, P(same) {change[t]:.2f}")
+        proposals = self._proposals(pool, pairs, np.asarray(priority), pools, reasons, p_same=p[kept])
+        sizes = {"component_pairs": cand.size, "inside_identities": int(merged.sum())}
+        return self._result(proposals, budget, sizes)

@@ -1,0 +1,158 @@
+"""The identity assignment: verified components + first-neighbour links under the constraints."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from strategies.calibration import PSameCalibrator
+from strategies.clustering import FINCH
+from strategies.constraints import ConstraintGraph
+from strategies.identities import IdentityAssigner
+from strategies.knn import build_knn
+from strategies.metrics import pairwise_prf
+from strategies.view import ClusteringView
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _line(positions: list[float]) -> np.ndarray:
+    """Points on a short arc of the unit circle: cosine order = position order."""
+    angles = np.asarray(positions, dtype=np.float64) * 0.05
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+
+
+def _assign(x: np.ndarray, graph: ConstraintGraph, **params) -> np.ndarray:
+    knn = build_knn(x, min(len(x), 8))
+    return IdentityAssigner(**params).assign(x, graph, knn).labels
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = {(int(x), int(y)) for x, y in zip(a, b, strict=True)}
+    return len({x for x, _ in pairs}) == len(pairs) == len({y for _, y in pairs})
+
+
+def test_without_answers_it_is_finch_first_partition() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 16))
+    x = _unit(np.repeat(centres, 4, axis=0) + 0.35 * rng.normal(size=(48, 16)))
+    labels = _assign(x, ConstraintGraph(), min_p_same=0.0)
+    assert _same_partition(labels, FINCH().fit(x).partitions[0])
+
+
+def test_images_join_their_first_neighbour() -> None:
+    # 0 1 | 3 4 (gaps of 1), 2 is nearer to 1 than to 3
+    x = _line([0, 1, 1.8, 4, 5])
+    labels = _assign(x, ConstraintGraph(), min_p_same=0.0)
+    assert labels[0] == labels[1] == labels[2]
+    assert labels[3] == labels[4] != labels[0]
+
+
+def test_cannot_link_keeps_mutual_neighbours_apart_and_they_join_their_next_choice() -> None:
+    x = _line([0, 1, 1.2, 2.5])  # 1 and 2 are each other's first neighbour
+    g = ConstraintGraph()
+    g.add("a", 1, 2, "cannot_link")
+    labels = _assign(x, g, min_p_same=0.0)
+    assert labels[1] != labels[2]
+    assert labels[0] == labels[1]  # 1's next allowed neighbour
+    assert labels[2] == labels[3]  # 2's next allowed neighbour
+
+
+def test_a_verified_component_does_not_absorb_its_neighbours() -> None:
+    # 0..3 answered "same"; 4 is far; 4's nearest is 3 but 3's nearest is inside its component
+    x = _line([0, 0.2, 0.4, 0.6, 3.0, 3.5])
+    g = ConstraintGraph()
+    for k, (i, j) in enumerate([(0, 1), (1, 2), (2, 3)]):
+        g.add(f"m{k}", i, j, "must_link")
+    g.add("c", 3, 4, "cannot_link")
+    result = IdentityAssigner(min_p_same=0.0).assign(x, g, build_knn(x, 6))
+    assert len(set(result.labels[:4].tolist())) == 1
+    assert result.labels[4] != result.labels[0]
+    assert result.labels[4] == result.labels[5]
+    assert result.verified.tolist() == [True, True, True, True, False, False]
+    assert result.confidence[:4].tolist() == [1.0] * 4
+    assert result.answers[:4].tolist() == [4, 4, 4, 4]  # three must-links and one cannot-link
+    assert result.answers[4] == 1 and result.answers[5] == 0
+
+
+def test_a_cannot_link_blocks_a_chain_through_a_third_image() -> None:
+    # 0-1 and 1-2 would chain 0 and 2 together; CL(0, 2) must hold whatever the link order
+    x = _line([0, 1, 2])
+    g = ConstraintGraph()
+    g.add("c", 0, 2, "cannot_link")
+    labels = _assign(x, g, min_p_same=0.0)
+    assert labels[0] != labels[2]
+
+
+def test_min_p_same_leaves_an_outlier_alone() -> None:
+    x = _line([0, 0.5, 1.0, 1.5, 30])
+    cal = PSameCalibrator().fit(np.array([0.999, 0.998, 0.997, 0.5, 0.4, 0.3]), np.array([1, 1, 1, 0, 0, 0]))
+    knn = build_knn(x, 5)
+    kept = IdentityAssigner(min_p_same=0.5).assign(x, ConstraintGraph(), knn, cal)
+    linked = IdentityAssigner(min_p_same=0.0).assign(x, ConstraintGraph(), knn, cal)
+    assert np.bincount(kept.labels)[kept.labels[4]] == 1
+    assert kept.confidence[4] > 0.5  # confidently a new individual
+    assert np.bincount(linked.labels)[linked.labels[4]] > 1
+
+
+def test_input_errors_name_the_argument() -> None:
+    x = _line([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="knn"):
+        IdentityAssigner().assign(x, ConstraintGraph(), build_knn(x[:3], 2))
+    with pytest.raises(ValueError, match="min_p_same"):
+        IdentityAssigner(min_p_same=1.5).assign(x, ConstraintGraph(), build_knn(x, 3))
+
+
+def test_the_view_exposes_identities_and_summary() -> None:
+    rng = np.random.default_rng(1)
+    x = _unit(np.repeat(rng.normal(size=(5, 8)), 3, axis=0) + 0.05 * rng.normal(size=(15, 8)))
+    g = ConstraintGraph()
+    g.add("a", 0, 1, "must_link")
+    view = ClusteringView(x, g)
+    ids = view.identities
+    assert ids.labels.shape == (15,)
+    assert ids.labels[0] == ids.labels[1]
+    summary = ids.summary()
+    assert summary["identities"] == ids.n_identities == len(set(ids.labels.tolist()))
+    assert summary["images_verified"] == 2 and summary["identities_verified"] == 1
+    assert pairwise_prf(ids.labels, np.repeat(np.arange(5), 3))[2] == pytest.approx(1.0)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[np.ndarray, ConstraintGraph]:
+    n = draw(st.integers(2, 20))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.normal(size=(n, 4))
+    x[np.linalg.norm(x, axis=1) < 1e-6] = 1.0
+    x = _unit(x)
+    g = ConstraintGraph()
+    picks = draw(st.lists(st.tuples(st.sampled_from(list(combinations(range(n), 2))), st.booleans()),
+                          max_size=15))
+    for k, ((i, j), same) in enumerate(picks):
+        g.add(f"a{k}", i, j, "must_link" if same else "cannot_link")
+    return x, g
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.sampled_from([0.0, 0.3]))
+def test_every_kept_constraint_holds(case: tuple[np.ndarray, ConstraintGraph], min_p_same: float) -> None:
+    x, g = case
+    result = IdentityAssigner(min_p_same=min_p_same).assign(x, g, build_knn(x, min(len(x), 6)),
+                                                            PSameCalibrator())
+    labels = result.labels
+    effective = g.effective()
+    for i, j in effective.must_link:
+        assert labels[i] == labels[j]
+    for i, j in effective.cannot_link:
+        assert labels[i] != labels[j]
+    assert labels.min() == 0 and labels.max() == len(set(labels.tolist())) - 1
+    assert ((result.confidence >= 0) & (result.confidence <= 1)).all()
+    comp = g.component_labels(len(x)) if len(effective.contradictions) == 0 else None
+    if comp is not None:
+        assert (result.verified == (np.bincount(comp)[comp] >= 2)).all()
