@@ -1,4 +1,5 @@
-"""run_cycle end to end on synthetic pools: sampler invariants, registry versions, warm start, edge cases."""
+"""run_cycle end to end on synthetic pools: sampler invariants, identities, the validation gate, registry
+versions, edge cases."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from strategies.constraints import ConstraintGraph, Relation
-from trainer.adapter import TrainConfig, apply_adapter
+from trainer.adapter import Adapter, TrainConfig, apply_adapter
 from trainer.cycle import CycleConfig, CycleResult, run_cycle
+from trainer.gate import ValidationGate
 from trainer.registry import ModelRegistry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,7 +52,8 @@ def answered_graph(ids: np.ndarray, n_answers: int, seed: int = 0) -> Constraint
 
 def cycle_config(**overrides: object) -> CycleConfig:
     train = TrainConfig(epochs=2, batch_size=64, hidden_dim=32, device="cpu")
-    params: dict[str, object] = {"budget": 15, "train": train}
+    gate = ValidationGate(min_positives=2, min_negatives=1)
+    params: dict[str, object] = {"budget": 15, "train": train, "gate": gate}
     params.update(overrides)
     return CycleConfig(**params)  # type: ignore[arg-type]
 
@@ -73,11 +76,16 @@ def assert_labels_respect_constraints(labels: np.ndarray, graph: ConstraintGraph
         assert labels[c.i] != labels[c.j] or labels[c.i] < 0
 
 
-@pytest.mark.parametrize("strategy", ["aas", "uncertainty", "random", "coreset", "margin"])
+STAGES = {"load", "embed", "identify", "train", "validate", "recluster", "calibrate", "sample", "save",
+          "total"}
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "match_first", "aas", "uncertainty", "random", "coreset",
+                                      "margin"])
 def test_run_cycle_end_to_end_with_registry(
     pool: dict[str, np.ndarray], tmp_path: Path, strategy: str
 ) -> None:
-    graph = answered_graph(pool["ids"], 24)
+    graph = answered_graph(pool["ids"], 60)
     registry = ModelRegistry(tmp_path, "proj")
     lines: list[str] = []
     result = run_cycle(
@@ -89,21 +97,26 @@ def test_run_cycle_end_to_end_with_registry(
     assert all(p.strategy == strategy for p in result.proposals)
     assert_labels_respect_constraints(result.pseudo_labels, graph)
     m = result.metrics
-    assert m["trained"] == 1 and m["warm_start"] == 0 and m["exhausted"] == 0
-    assert m["n_constraints"] == 24 and m["pairs_proposed"] == len(result.proposals)
-    assert m["n_clusters"] >= 2 and m["n_outliers"] == int((result.pseudo_labels < 0).sum())
-    assert {"loss_first", "loss_last", "loss_cluster", "loss_pair", "loss_ua", "loss_gm"} <= set(m)
-    stages = {"load", "embed", "cluster", "train", "reembed", "recluster", "calibrate", "sample", "save"}
-    stages.add("total")
-    assert set(result.timings) == stages and all(v >= 0 for v in result.timings.values())
+    assert m["trained"] == 1 and m["exhausted"] == 0 and m["served"] in ("candidate", "frozen")
+    assert m["n_constraints"] == 60 and m["pairs_proposed"] == len(result.proposals)
+    assert m["identities"] == result.identities.n_identities >= 2
+    assert m["gate_held_out_positives"] >= 2 and m["gate_held_out_negatives"] >= 1
+    assert {"gate_candidate_auc", "gate_frozen_map", "gate_candidate_score"} <= set(m)
+    assert {"loss_first", "loss_last", "loss_cluster", "loss_pair"} <= set(m)
+    assert set(result.timings) == STAGES and all(v >= 0 for v in result.timings.values())
     assert result.calibrator.to_dict()["mode"] in ("prior", "logistic")
-    assert any("saved version" in line for line in lines)
+    assert any("saved version" in line for line in lines) and any("gate:" in line for line in lines)
 
     assert result.version is not None and registry.latest() == result.version
     saved = registry.load(result.version)
     np.testing.assert_allclose(np.asarray(saved.embeddings), result.embeddings, atol=1e-6)
     np.testing.assert_allclose(apply_adapter(saved.adapter_state, pool["x"]), result.embeddings, atol=1e-5)
+    assert (saved.adapter_state is None) == (m["served"] == "frozen")
     np.testing.assert_array_equal(np.load(io.BytesIO(saved.extra["pseudo_labels.npy"])), result.pseudo_labels)
+    ids = np.load(io.BytesIO(saved.extra["identities.npz"]))
+    np.testing.assert_array_equal(ids["labels"], result.identities.labels)
+    np.testing.assert_array_equal(ids["verified"], result.identities.verified)
+    assert json.loads(saved.extra["gate.json"])["served"] == m["served"]
     assert json.loads(saved.extra["calibrator.json"]) == result.calibrator.to_dict()
     assert [(p["i"], p["j"]) for p in json.loads(saved.extra["proposals.json"])] == [
         (p.i, p.j) for p in result.proposals
@@ -112,48 +125,76 @@ def test_run_cycle_end_to_end_with_registry(
     assert saved.config["strategy"] == strategy and saved.config["train"]["epochs"] == 2
 
 
-def test_second_cycle_warm_starts_from_the_saved_adapter(pool: dict[str, np.ndarray], tmp_path: Path) -> None:
-    graph = answered_graph(pool["ids"], 20)
-    registry = ModelRegistry(tmp_path, "proj")
-    first = run_cycle(pool["x"], graph, cycle_config(), registry=registry, cameras=pool["cams"])
-    for k, p in enumerate(first.proposals):  # the annotator answers the proposals
-        ids = pool["ids"]
-        graph.add(f"b{k}", p.i, p.j, "must_link" if ids[p.i] == ids[p.j] else "cannot_link")
-    # training off: the cycle must reproduce the first cycle's embedding from the loaded adapter
-    no_train = cycle_config(train_when_fewer_than=10)
-    second = run_cycle(pool["x"], graph, no_train, registry=registry, cameras=pool["cams"])
-    assert second.previous_version == first.version and second.version != first.version
-    assert second.metrics["warm_start"] == 1 and second.metrics["trained"] == 0
-    assert second.metrics["skipped_pool_size"] == 1
-    np.testing.assert_allclose(second.embeddings, first.embeddings, atol=1e-5)
-    assert_sampler_invariants(second, graph, 15)
-    third = run_cycle(pool["x"], graph, cycle_config(), registry=registry, cameras=pool["cams"])
-    assert third.previous_version == second.version and third.metrics["trained"] == 1
-    assert registry.latest() == third.version and len(registry.list()) == 3
-
-
-def test_cold_start_trains_on_pseudo_labels_or_skips(pool: dict[str, np.ndarray]) -> None:
-    empty = ConstraintGraph()
-    trained = run_cycle(pool["x"], empty, cycle_config(strategy="uncertainty"))
-    assert trained.metrics["trained"] == 1 and trained.metrics["n_constraints"] == 0
-    assert "loss_pair" in trained.metrics and trained.metrics["loss_pair"] == 0.0
-    assert trained.version is None and len(trained.proposals) > 0
-    skipped = run_cycle(pool["x"], None, cycle_config(strategy="uncertainty", cold_start="skip"))
-    assert skipped.metrics["trained"] == 0 and skipped.metrics["skipped_cold_start"] == 1
+def test_no_answers_keeps_the_frozen_encoder(pool: dict[str, np.ndarray], tmp_path: Path) -> None:
+    result = run_cycle(pool["x"], None, cycle_config(), registry=ModelRegistry(tmp_path, "cold"))
+    m = result.metrics
+    assert m["trained"] == 0 and m["skipped_unvalidated"] == 1 and m["served"] == "frozen"
     normalised = pool["x"] / np.linalg.norm(pool["x"], axis=1, keepdims=True)
-    np.testing.assert_allclose(skipped.embeddings, normalised, atol=1e-6)
-    assert skipped.train_result is None and trained.train_result is not None
+    np.testing.assert_allclose(result.embeddings, normalised, atol=1e-6)
+    assert result.train_result is None and result.gate is None and len(result.proposals) > 0
+    assert ModelRegistry(tmp_path, "cold").load().adapter_state is None
+    assert result.metrics["images_verified"] == 0 and result.identities.n_identities >= 2
 
 
-def test_fewer_than_two_clusters_skips_training(tmp_path: Path) -> None:
+def test_the_gate_never_serves_a_model_that_validates_worse(
+    pool: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    graph = answered_graph(pool["ids"], 60)
+    # a learning rate that wrecks the embedding: the candidate must lose to the frozen encoder
+    wild = cycle_config(train=TrainConfig(epochs=3, batch_size=64, hidden_dim=32, lr=50.0, device="cpu"))
+    result = run_cycle(pool["x"], graph, wild, registry=ModelRegistry(tmp_path, "wild"), cameras=pool["cams"])
+    gate = result.gate
+    assert gate is not None and result.metrics["trained"] == 1
+    assert gate.scores["candidate"]["score"] < gate.scores["frozen"]["score"]
+    assert gate.served == "frozen" and result.metrics["served"] == "frozen"
+    normalised = pool["x"] / np.linalg.norm(pool["x"], axis=1, keepdims=True)
+    np.testing.assert_allclose(result.embeddings, normalised, atol=1e-6)
+    assert ModelRegistry(tmp_path, "wild").load().adapter_state is None
+
+
+def test_the_served_model_is_the_next_incumbent_and_same_answers_do_not_drift(
+    pool: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    graph = answered_graph(pool["ids"], 60)
+    registry = ModelRegistry(tmp_path, "proj")
+    config = cycle_config(train=TrainConfig(epochs=4, batch_size=64, hidden_dim=32, device="cpu"))
+    first = run_cycle(pool["x"], graph, config, registry=registry, cameras=pool["cams"])
+    second = run_cycle(pool["x"], graph, config, registry=registry, cameras=pool["cams"])
+    assert second.previous_version == first.version and second.version != first.version
+    # no new answer: nothing is trained and the model in service does not move
+    assert second.metrics["trained"] == 0 and second.metrics["skipped_no_new_answers"] == 1
+    np.testing.assert_allclose(second.embeddings, first.embeddings, atol=1e-5)
+    np.testing.assert_array_equal(second.pseudo_labels, first.pseudo_labels)
+    # a new answer: a new candidate, judged against the model in service
+    ids = pool["ids"]
+    i, j = (int(r) for r in np.flatnonzero(ids == 7)[:2])
+    graph.add("new", i, j, "must_link")
+    third = run_cycle(pool["x"], graph, config, registry=registry, cameras=pool["cams"])
+    assert third.metrics["trained"] == 1 and third.gate is not None
+    assert ("previous" in third.gate.scores) == (first.metrics["served"] != "frozen")
+    # training off: the cycle serves the saved adapter again
+    fourth = run_cycle(pool["x"], graph, cycle_config(train_when_fewer_than=10), registry=registry)
+    assert fourth.metrics["trained"] == 0 and fourth.metrics["skipped_no_new_answers"] == 1
+    np.testing.assert_allclose(fourth.embeddings, third.embeddings, atol=1e-5)
+    assert registry.latest() == fourth.version and len(registry.list()) == 4
+
+
+def test_fewer_than_two_training_identities_skips_training(tmp_path: Path) -> None:
+    # two verified individuals; the one whose first row is 12 is held out (fold 0 of 5), leaving one
     rng = np.random.default_rng(1)
-    blob = (np.ones(D) + 0.01 * rng.normal(size=(60, D))).astype(np.float32)  # one tight cluster
-    result = run_cycle(blob, ConstraintGraph(), cycle_config(strategy="random"),
-                       registry=ModelRegistry(tmp_path, "blob"))
-    assert result.metrics["n_clusters_before"] < 2
-    assert result.metrics["skipped_few_clusters"] == 1 and result.metrics["trained"] == 0
-    assert result.version is not None and len(result.proposals) == 15
-    assert ModelRegistry(tmp_path, "blob").load().adapter_state is None
+    centres = np.eye(D)[:2]
+    rows = np.array([0] * 12 + [1] * 8)
+    x = (centres[rows] + 0.01 * rng.normal(size=(20, D))).astype(np.float32)
+    graph = ConstraintGraph()
+    for k in range(19):
+        if rows[k] == rows[k + 1]:
+            graph.add(f"m{k}", k, k + 1, "must_link")
+    graph.add("c", 0, 12, "cannot_link")
+    result = run_cycle(x, graph, cycle_config(strategy="random", budget=5),
+                       registry=ModelRegistry(tmp_path, "two"))
+    assert result.metrics["trained"] == 0 and result.metrics["skipped_few_clusters"] == 1
+    assert result.version is not None and result.metrics["served"] == "frozen"
+    assert ModelRegistry(tmp_path, "two").load().adapter_state is None
 
 
 def test_exhausted_pool_returns_no_proposals(tmp_path: Path) -> None:
@@ -185,6 +226,7 @@ def test_contradictions_are_counted_not_fatal(pool: dict[str, np.ndarray]) -> No
     graph.add("c1", 0, 2, "cannot_link")  # contradicts the ML path 0-1-2
     result = run_cycle(pool["x"], graph, cycle_config(strategy="random"))
     assert result.metrics["contradictions"] == 1
+    assert result.identities.verified[:3].all()
     labels = result.pseudo_labels
     assert labels[0] == labels[1] == labels[2]  # ml_wins keeps the must-links
 
@@ -210,7 +252,7 @@ def test_run_cycle_rejects_bad_input(pool: dict[str, np.ndarray], tmp_path: Path
     with pytest.raises(TypeError, match="log"):
         run_cycle(x, None, cycle_config(), log=42)  # type: ignore[arg-type]
     registry = ModelRegistry(tmp_path, "dims")
-    run_cycle(x, None, cycle_config(strategy="random"), registry=registry)
+    registry.save(embeddings=x, adapter_state=Adapter(x.shape[1]).to_state(), config={}, metrics={})
     with pytest.raises(ValueError, match="registry version"):
         run_cycle(np.hstack([x, x]), None, cycle_config(), registry=registry)
 
@@ -225,7 +267,8 @@ def test_run_cycle_rejects_bad_input(pool: dict[str, np.ndarray], tmp_path: Path
         ("eps", 0.0),
         ("min_samples", 0),
         ("train_when_fewer_than", 0),
-        ("cold_start", "wait"),
+        ("min_p_same", 1.0),
+        ("gate", {"folds": 3}),
         ("train", {"epochs": 1}),
         ("strategy_params", [1, 2]),
     ],
@@ -240,7 +283,7 @@ def test_text_features_and_tracklets_reach_the_sampler(pool: dict[str, np.ndarra
     text = rng.normal(size=(pool["x"].shape[0], 16)).astype(np.float32)
     tracklets = np.arange(pool["x"].shape[0]) // 2  # pairs of frames
     graph = answered_graph(pool["ids"], 10, seed=4)
-    config = cycle_config(strategy="uncertainty", cold_start="skip", train_when_fewer_than=10)
+    config = cycle_config(strategy="uncertainty", train_when_fewer_than=10)
     result = run_cycle(pool["x"], graph, config, text_features=text, tracklets=tracklets)
     assert_sampler_invariants(result, graph, 15)
     assert len(result.proposals) > 0

@@ -16,7 +16,7 @@ def test_defaults_from_empty_environment() -> None:
     assert s.redis_url == ""
     assert s.embedded_redis
     assert s.encoder == "open_clip:ViT-B-32:laion2b_s34b_b79k"
-    assert s.strategy == "aas"
+    assert s.strategy == "hybrid"
     assert not s.auth_enabled
 
 

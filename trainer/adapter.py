@@ -45,6 +45,7 @@ from trainer.defaults import (
     TRAIN_LR,
     TRAIN_PAIRS_PER_BATCH,
     TRAIN_STEPS_PER_EPOCH_MAX,
+    TRAIN_TERMS,
     TRAIN_WEIGHT_DECAY,
     UA_ALPHA,
     UA_PAIRED_WEIGHT,
@@ -173,7 +174,7 @@ class TrainConfig:
     lr: float = TRAIN_LR
     weight_decay: float = TRAIN_WEIGHT_DECAY
     max_steps_per_epoch: int | None = TRAIN_STEPS_PER_EPOCH_MAX  # None: a full pass over the rows
-    terms: tuple[str, ...] = LOSS_TERMS
+    terms: tuple[str, ...] = TRAIN_TERMS
     cluster_weight: float = 1.0
     pair_weight: float = 1.0
     ua_weight: float = 1.0

@@ -1,26 +1,32 @@
 """One active-learning cycle, the unit an RQ job runs (DESIGN.md "The loop", step 5).
 
 ``run_cycle`` is a sequence of stages, each timed under its name in ``CycleResult.timings``:
-``load`` (the previous version's adapter: the warm start) -> ``embed`` (adapter(frozen features)) ->
-``cluster`` (the embedding's ClusteringView: kNN -> k-reciprocal Jaccard -> DBSCAN -> NP3 with the
-constraints) -> ``train`` the adapter -> ``reembed`` the cached features (the backbone never runs
-here) -> ``recluster`` (a view of the new embedding: what the sampler and the returned labels use) ->
-``calibrate`` P(same) on the labelled pairs -> ``sample`` the next pairs -> ``save`` a new version.
+``load`` (the adapter in service: the latest version's) -> ``embed`` (that adapter on the frozen
+features) -> ``identify`` (the embedding's ClusteringView and its identity assignment: verified
+must-link components joined by first-neighbour links under the constraints) -> ``train`` a candidate
+adapter from the identity on the answers outside the held-out identities (the identity assignment
+as pseudo-labels) -> ``validate`` (trainer.gate: the candidate, the adapter in service and the frozen
+encoder scored on the held-out answers; only a winner is served) -> ``recluster`` (a new view, only
+when the served model changed) -> ``calibrate`` P(same) on the answered pairs -> ``sample`` the next
+pairs -> ``save`` a new version (the served adapter, the identities, the gate's decision).
+
+A candidate always starts from the identity (the frozen embedding), never from the previous cycle's
+adapter: the same answers give the same candidate, so cycles without new answers cannot drift, and a
+model that validated worse than the one in service or than the frozen encoder is never served.
 
 Everything derived from an embedding lives on its ``strategies.view.ClusteringView`` and is computed
-once: the sampler receives the post-training view, so it reuses the kNN graph, Jaccard distance, DBSCAN
-labels and calibrator, and builds the FINCH hierarchy only when it asks for it (AAS).
+once: the sampler receives the served embedding's view, so it reuses the kNN graph, the calibrator
+and the identities, and builds Jaccard, DBSCAN or FINCH only when it asks for them (AAS).
 
 Edge cases, each with a visible outcome in ``CycleResult.metrics``:
 
-- **cold start** (no constraints): by default the adapter still trains, on pseudo-labels only (the
-  SpCL base objective AAS builds on; the human-pair terms simply have no pairs); set
-  ``cold_start="skip"`` to keep the frozen / previous embedding until the first answer
-  (``skipped_cold_start=1``);
-- **fewer than 2 clusters** after NP3: nothing to contrast, training is skipped
-  (``skipped_few_clusters=1``) and sampling runs on the current embedding;
+- **no answers to learn from or to validate on** (cold start, or too few held-out answers): no
+  candidate is trained (``skipped_unvalidated=1``) and the model in service stays;
+- **the same answers as the version in service**: nothing new to learn (``skipped_no_new_answers=1``);
+  the model in service stays, so repeated cycles never drift;
+- **fewer than 2 training identities**: ``skipped_few_clusters=1``;
 - **large pools on CPU**: ``train_when_fewer_than=N`` trains only while the pool has fewer than ``N``
-  images (``skipped_pool_size=1`` otherwise): re-clustering and sampling still run;
+  images (``skipped_pool_size=1`` otherwise): identities and sampling still run;
 - **PoolExhaustedError** from the sampler: no proposals, ``exhausted=1``, ``shortfall=budget``.
 
 Pure of Flask and Label Studio: inputs are arrays, a ConstraintGraph (or its JSON) and an optional
@@ -29,6 +35,7 @@ Pure of Flask and Label Studio: inputs are arrays, a ConstraintGraph (or its JSO
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import json
@@ -42,16 +49,24 @@ import numpy as np
 
 from strategies.calibration import PSameCalibrator
 from strategies.constraints import CONTRADICTION_POLICIES, ConstraintGraph
-from strategies.defaults import CONTRADICTION_POLICY, DBSCAN_EPS, DBSCAN_MIN_SAMPLES, K1, K2, KNN_K
+from strategies.defaults import (
+    CONTRADICTION_POLICY,
+    DBSCAN_EPS,
+    DBSCAN_MIN_SAMPLES,
+    IDENTITY_MIN_P_SAME,
+    K1,
+    K2,
+    KNN_K,
+)
+from strategies.identities import IdentityAssignment
 from strategies.samplers import PairProposal, PoolExhaustedError, available_samplers, make_sampler
 from strategies.validation import check_features, check_per_item
 from strategies.view import ClusteringView
 from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
 from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY
+from trainer.gate import GateDecision, Holdout, ValidationGate
 
-__all__ = ["COLD_START_POLICIES", "CycleConfig", "CycleResult", "run_cycle"]
-
-COLD_START_POLICIES = ("pseudo_labels", "skip")
+__all__ = ["CycleConfig", "CycleResult", "run_cycle"]
 
 LogTarget = Callable[[str], Any] | logging.Logger | None
 
@@ -62,22 +77,22 @@ class CycleConfig:
 
     ``train.seed`` seeds the adapter training, ``random_state`` everything else (kNN index, NP3,
     sampler). ``train_when_fewer_than``: train only while the pool has fewer images than this
-    (``None``: always). ``cold_start``: ``"pseudo_labels"`` (train on pseudo-labels only while there is
-    no constraint) or ``"skip"``.
+    (``None``: always). ``gate``: the validation gate that decides which model is served.
     """
 
     strategy: str = CYCLE_STRATEGY
     budget: int = CYCLE_BUDGET
     strategy_params: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gate: ValidationGate = field(default_factory=ValidationGate)
     contradiction_policy: str = CONTRADICTION_POLICY
     k1: int = K1
     k2: int = K2
     eps: float = DBSCAN_EPS
     min_samples: int = DBSCAN_MIN_SAMPLES
+    min_p_same: float = IDENTITY_MIN_P_SAME
     random_state: int = 0
     train_when_fewer_than: int | None = None
-    cold_start: str = "pseudo_labels"
     knn_k: int = KNN_K
 
     def __post_init__(self) -> None:
@@ -89,6 +104,8 @@ class CycleConfig:
             raise ValueError(f"strategy_params must be a dict, got {type(self.strategy_params).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        if not isinstance(self.gate, ValidationGate):
+            raise ValueError(f"gate must be a ValidationGate, got {type(self.gate).__name__}")
         if self.contradiction_policy not in CONTRADICTION_POLICIES:
             raise ValueError(
                 f"contradiction_policy must be one of {CONTRADICTION_POLICIES}, "
@@ -99,16 +116,18 @@ class CycleConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0.0 < float(self.eps) <= 1.0:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
+        if not 0.0 <= float(self.min_p_same) < 1.0:
+            raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
         if self.train_when_fewer_than is not None and self.train_when_fewer_than < 1:
             raise ValueError(
                 f"train_when_fewer_than must be >= 1 or None, got {self.train_when_fewer_than!r}"
             )
-        if self.cold_start not in COLD_START_POLICIES:
-            raise ValueError(f"cold_start must be one of {COLD_START_POLICIES}, got {self.cold_start!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (what the registry stores as the version's config)."""
-        return json.loads(json.dumps(asdict(self), default=str))
+        out = asdict(self)
+        out["gate"] = dict(vars(self.gate))
+        return json.loads(json.dumps(out, default=str))
 
     def view(self, embeddings: np.ndarray, graph: ConstraintGraph) -> ClusteringView:
         """The clustering view of one embedding under this cycle's parameters."""
@@ -121,6 +140,7 @@ class CycleConfig:
             eps=self.eps,
             min_samples=self.min_samples,
             contradiction_policy=self.contradiction_policy,
+            min_p_same=self.min_p_same,
             random_state=self.random_state,
         )
 
@@ -139,20 +159,26 @@ class CycleConfig:
 
 @dataclass
 class CycleResult:
-    """What a cycle produced. ``embeddings`` are the post-training embeddings the proposals refer to;
-    ``pseudo_labels`` the NP3-refined clustering of them; ``calibrator`` maps their cosine to P(same)."""
+    """What a cycle produced. ``embeddings`` are the served model's embeddings the proposals refer to;
+    ``identities`` every image's individual under them (``pseudo_labels`` = ``identities.labels``);
+    ``calibrator`` maps their cosine to P(same); ``gate`` says which model is served and why."""
 
     version: str | None
     embeddings: np.ndarray
-    pseudo_labels: np.ndarray
+    identities: IdentityAssignment
     proposals: list[PairProposal]
     shortfall: int
-    metrics: dict[str, float | int]
+    metrics: dict[str, Any]
     timings: dict[str, float]
     calibrator: PSameCalibrator
     pool_sizes: dict[str, int] = field(default_factory=dict)
     train_result: TrainResult | None = None
+    gate: GateDecision | None = None
     previous_version: str | None = None
+
+    @property
+    def pseudo_labels(self) -> np.ndarray:
+        return self.identities.labels
 
 
 class _Stages:
@@ -209,28 +235,75 @@ def _as_graph(constraints: ConstraintGraph | str | bytes | None, n: int) -> Cons
     return graph
 
 
-def _warm_start(registry: Any, d: int) -> tuple[str | None, dict[str, Any] | None]:
-    """(latest version, its adapter state): what this cycle continues from."""
+@dataclass(frozen=True)
+class _InService:
+    version: str | None = None
+    adapter_state: dict[str, Any] | None = None  # None: the frozen encoder
+    answers: str | None = None  # fingerprint of the answers that version's cycle saw
+    trained_on: np.ndarray | None = None  # the images its adapter learned from (None: none)
+
+
+def _in_service(registry: Any, d: int) -> _InService:
+    """The latest version: the adapter it serves and the answers it was decided on."""
     previous = registry.latest() if registry is not None else None
     if previous is None:
-        return None, None
-    state = registry.load(previous).adapter_state
+        return _InService()
+    loaded = registry.load(previous)
+    state = loaded.adapter_state
     if state is not None and int(state.get("in_dim", -1)) != d:
         raise ValueError(
             f"registry version {previous} has an adapter for {state.get('in_dim')}-d features, "
             f"but features are {d}-d"
         )
-    return previous, state
+    trained_on = None
+    if state is not None and "trained_images.npy" in loaded.extra:
+        trained_on = np.load(io.BytesIO(loaded.extra["trained_images.npy"]), allow_pickle=False)
+    return _InService(previous, state, loaded.metrics.get("answers_fingerprint"), trained_on)
 
 
-def _why_not_train(config: CycleConfig, n: int, graph: ConstraintGraph, n_clusters: int) -> dict[str, int]:
-    """The skip flags of the metrics; all zero means "train"."""
-    skipped = {"skipped_cold_start": 0, "skipped_few_clusters": 0, "skipped_pool_size": 0}
-    if config.train_when_fewer_than is not None and n >= config.train_when_fewer_than:
+def _fingerprint(must_link: np.ndarray, cannot_link: np.ndarray) -> str:
+    """Identifies a set of answers: a cycle that sees the same ones as the last trains nothing new."""
+    digest = hashlib.sha1()
+    for pairs in (must_link, cannot_link):
+        arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        arr = np.sort(arr, axis=1)
+        digest.update(arr[np.lexsort((arr[:, 1], arr[:, 0]))].tobytes() + b"|")
+    return digest.hexdigest()
+
+
+def _training_labels(identities: IdentityAssignment, holdout: Holdout) -> np.ndarray:
+    """The identity assignment as pseudo-labels, without any identity that holds a held-out image
+    (nothing about a held-out individual may reach the candidate) and without single images."""
+    labels = identities.labels.copy()
+    touched = np.unique(labels[holdout.images])
+    labels[np.isin(labels, touched)] = -1
+    sizes = np.bincount(labels[labels >= 0], minlength=int(labels.max()) + 1 if labels.size else 0)
+    labels[(labels >= 0) & (sizes[np.maximum(labels, 0)] < 2)] = -1
+    return labels
+
+
+def _trained_images(n: int, labels: np.ndarray, holdout: Holdout) -> np.ndarray:
+    """Every image a candidate learned from: a pseudo-label or an end of a training answer."""
+    seen = labels >= 0
+    for pairs in (holdout.train_must_link, holdout.train_cannot_link):
+        if pairs.size:
+            seen[pairs.reshape(-1)] = True
+    return seen
+
+
+def _why_not_train(config: CycleConfig, n: int, holdout: Holdout, labels: np.ndarray,
+                   same_answers: bool) -> dict[str, int]:
+    """The skip flags of the metrics; all zero means "train a candidate"."""
+    skipped = {"skipped_no_new_answers": 0, "skipped_unvalidated": 0, "skipped_few_clusters": 0,
+               "skipped_pool_size": 0}
+    gate = config.gate
+    if same_answers:
+        skipped["skipped_no_new_answers"] = 1
+    elif config.train_when_fewer_than is not None and n >= config.train_when_fewer_than:
         skipped["skipped_pool_size"] = 1
-    elif len(graph) == 0 and config.cold_start == "skip":
-        skipped["skipped_cold_start"] = 1
-    elif n_clusters < 2:
+    elif not gate.can_validate(holdout):
+        skipped["skipped_unvalidated"] = 1
+    elif np.unique(labels[labels >= 0]).size < 2:
         skipped["skipped_few_clusters"] = 1
     return skipped
 
@@ -250,9 +323,30 @@ def _train_metrics(result: TrainResult | None) -> dict[str, float | int]:
     return out
 
 
+def _gate_metrics(decision: GateDecision | None, served: str) -> dict[str, Any]:
+    """The gate's outcome as flat metrics: what is served, why, and every model's held-out scores."""
+    out: dict[str, Any] = {"served": served}
+    if decision is None:
+        return out
+    out["gate_reason"] = decision.reason
+    out["gate_held_out_images"] = decision.held_out_images
+    out["gate_held_out_positives"] = decision.held_out_positives
+    out["gate_held_out_negatives"] = decision.held_out_negatives
+    for model, scores in decision.scores.items():
+        for name, value in scores.items():
+            out[f"gate_{model}_{name}"] = float(value)
+    return out
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -262,26 +356,6 @@ class _Sampled:
     shortfall: int
     pool_sizes: dict[str, int]
     exhausted: int
-
-
-def _train(
-    config: CycleConfig, x: np.ndarray, emb: np.ndarray, before: ClusteringView,
-    init_state: dict[str, Any] | None, cameras: np.ndarray | None, progress: bool,
-) -> TrainResult:
-    """The adapter trained on ``before``'s pseudo-labels and the constraints kept by the policy."""
-    effective = before.constraints.effective(
-        config.contradiction_policy, similarity=lambda i, j: float(np.dot(emb[i], emb[j]))
-    )
-    return train_adapter(
-        x,
-        before.pseudo_labels,
-        effective.must_link,
-        effective.cannot_link,
-        config.train,
-        init_state=init_state,
-        cameras=cameras,
-        progress=progress,
-    )
 
 
 def _sample(
@@ -301,15 +375,23 @@ def _sample(
 
 def _save(
     registry: Any, config: CycleConfig, previous: str | None, emb: np.ndarray, state: dict[str, Any] | None,
-    metrics: dict[str, float | int], labels: np.ndarray, calibrator: PSameCalibrator,
-    proposals: list[PairProposal],
+    metrics: dict[str, Any], identities: IdentityAssignment, calibrator: PSameCalibrator,
+    proposals: list[PairProposal], decision: GateDecision | None, trained_on: np.ndarray | None,
 ) -> str:
-    """A new registry version: embeddings, adapter, config, metrics, pseudo-labels, calibrator, proposals."""
+    """A new registry version: the served embeddings and adapter, config, metrics, identities,
+    calibrator, proposals and the gate's decision."""
     extra = {
-        "pseudo_labels.npy": _npy_bytes(labels.astype(np.int64)),
+        "pseudo_labels.npy": _npy_bytes(identities.labels.astype(np.int64)),
+        "identities.npz": _npz_bytes(
+            labels=identities.labels, verified=identities.verified,
+            confidence=identities.confidence, answers=identities.answers,
+        ),
         "calibrator.json": json.dumps(calibrator.to_dict()).encode(),
         "proposals.json": json.dumps([asdict(p) for p in proposals]).encode(),
+        "gate.json": json.dumps(None if decision is None else decision.to_dict()).encode(),
     }
+    if trained_on is not None:
+        extra["trained_images.npy"] = _npy_bytes(np.asarray(trained_on, dtype=bool))
     return registry.save(
         embeddings=emb, adapter_state=state, config={**config.to_dict(), "previous_version": previous},
         metrics=metrics, extra=extra,
@@ -331,7 +413,8 @@ def run_cycle(
     """Run one cycle on the frozen backbone ``features`` (rows = images) and the constraints so far.
 
     ``registry``: a ``trainer.registry.ModelRegistry``; when given, the latest version's adapter is the
-    warm start and the cycle's outcome is saved as a new version (``CycleResult.version``).
+    model in service (the gate's incumbent) and the cycle's outcome is saved as a new version
+    (``CycleResult.version``).
     """
     config = CycleConfig() if config is None else config
     if not isinstance(config, CycleConfig):
@@ -346,58 +429,82 @@ def run_cycle(
     if text_features is not None:
         text_features = check_features(text_features, "text_features", unit_norm="any", dtype=None, rows=n)
 
-    previous, init_state = _warm_start(registry, d)
-    say(f"cycle: n={n} d={d} constraints={len(graph)} previous={previous or 'none'}")
+    service = _in_service(registry, d)
+    previous, in_service = service.version, service.adapter_state
+    incumbent = "frozen" if in_service is None else "previous"
+    say(f"cycle: n={n} d={d} constraints={len(graph)} previous={previous or 'none'} serving {incumbent}")
     stages.done("load")
 
-    emb = apply_adapter(init_state, x, device=config.train.device)
+    emb = apply_adapter(in_service, x, device=config.train.device)
     stages.done("embed")
 
-    before = config.view(emb, graph)
-    n_outliers = int((before.pseudo_labels < 0).sum())
-    say(f"cycle: {before.n_clusters} clusters, {n_outliers} outliers before training")
-    stages.done("cluster")
+    view = config.view(emb, graph)
+    before = view.identities
+    say(f"cycle: {before.n_identities} identities ({before.summary()['identities_verified']} verified)")
+    stages.done("identify")
 
-    skipped = _why_not_train(config, n, graph, before.n_clusters)
+    effective = graph.effective(config.contradiction_policy)
+    unseen = None
+    if service.trained_on is not None and service.trained_on.shape == (n,):
+        unseen = ~service.trained_on
+    holdout = config.gate.split(n, effective.must_link, effective.cannot_link, unseen=unseen)
+    labels = _training_labels(before, holdout)
+    fingerprint = _fingerprint(effective.must_link, effective.cannot_link)
+    skipped = _why_not_train(config, n, holdout, labels, same_answers=fingerprint == service.answers)
     train_result: TrainResult | None = None
-    state, after = init_state, before
+    decision: GateDecision | None = None
+    state, trained_on = in_service, service.trained_on
     if not any(skipped.values()):
-        train_result = _train(config, x, emb, before, init_state, cameras, progress)
-        state = train_result.adapter_state
+        train_result = train_adapter(
+            x, labels, holdout.train_must_link, holdout.train_cannot_link, config.train,
+            cameras=cameras, progress=progress,
+        )
         say(f"cycle: trained {train_result.steps} steps in {train_result.seconds:.1f}s, "
             f"loss {train_result.losses_per_epoch[0]:.4f} -> {train_result.losses_per_epoch[-1]:.4f}")
         stages.done("train")
-        emb = apply_adapter(state, x, device=config.train.device)
-        stages.done("reembed")
-        after = config.view(emb, graph)
-        after.np3  # noqa: B018 - computed here so that its time counts as "recluster"
+        frozen = apply_adapter(None, x)
+        models = {
+            "candidate": (train_result.adapter_state, apply_adapter(train_result.adapter_state, x,
+                                                                    device=config.train.device)),
+            "frozen": (None, frozen),
+        }
+        if in_service is not None:
+            models["previous"] = (in_service, emb)
+        decision = config.gate.decide(holdout, {k: e for k, (_, e) in models.items()}, incumbent)
+        say(f"cycle: gate: {decision.reason}")
+        stages.done("validate")
+        if decision.served != incumbent:
+            state, emb = models[decision.served]
+            trained_on = _trained_images(n, labels, holdout) if decision.served == "candidate" else None
+            view = config.view(emb, graph)
+            view.identities  # noqa: B018 - computed here so that its time counts as "recluster"
         stages.done("recluster")
     else:
-        say(f"cycle: training skipped ({', '.join(k for k, v in skipped.items() if v)})")
-        stages.skipped("train", "reembed", "recluster")
+        say(f"cycle: no candidate trained ({', '.join(k for k, v in skipped.items() if v)}); "
+            f"{incumbent} stays in service")
+        stages.skipped("train", "validate", "recluster")
+    served = incumbent if decision is None else decision.served
 
-    calibrator = after.calibrator
+    calibrator = view.calibrator
     stages.done("calibrate")
 
-    sampled = _sample(config, emb, after, say, cameras=cameras, tracklets=tracklets,
+    sampled = _sample(config, emb, view, say, cameras=cameras, tracklets=tracklets,
                       text_embeddings=text_features)
     stages.done("sample")
 
-    labels = after.pseudo_labels
-    metrics: dict[str, float | int] = {
+    identities = view.identities
+    metrics: dict[str, Any] = {
         "n_images": n,
         "dim": int(emb.shape[1]),
         "n_constraints": len(graph),
         "n_must_links": len(graph.must_links()),
         "n_cannot_links": len(graph.cannot_links()),
-        "contradictions": len(after.np3.contradictions),
-        "np3_changed": after.np3.n_changed,
-        "n_clusters_before": before.n_clusters,
-        "n_clusters": after.n_clusters,
-        "n_outliers": int((labels < 0).sum()),
-        "warm_start": int(init_state is not None),
+        "contradictions": len(effective.contradictions),
+        "answers_fingerprint": fingerprint,
+        **identities.summary(),
         "trained": int(train_result is not None),
         **skipped,
+        **_gate_metrics(decision, served),
         "pairs_proposed": len(sampled.proposals),
         "shortfall": sampled.shortfall,
         "exhausted": sampled.exhausted,
@@ -406,14 +513,14 @@ def run_cycle(
     }
     version: str | None = None
     if registry is not None:
-        version = _save(registry, config, previous, emb, state, metrics, labels, calibrator,
-                        sampled.proposals)
-        say(f"cycle: saved version {version}")
+        version = _save(registry, config, previous, emb, state, metrics, identities, calibrator,
+                        sampled.proposals, decision, trained_on)
+        say(f"cycle: saved version {version} ({served} served)")
     stages.done("save")
     return CycleResult(
         version=version,
         embeddings=emb,
-        pseudo_labels=labels,
+        identities=identities,
         proposals=sampled.proposals,
         shortfall=sampled.shortfall,
         metrics=metrics,
@@ -421,5 +528,6 @@ def run_cycle(
         calibrator=calibrator,
         pool_sizes=sampled.pool_sizes,
         train_result=train_result,
+        gate=decision,
         previous_version=previous,
     )

@@ -1,0 +1,236 @@
+"""The validation gate: a model version is served only if it beats the one in service and the frozen
+encoder on human answers it did not train on (ALGORITHMS.md §11).
+
+Held out: every must-link component (two or more images) whose smallest row falls in fold 0 of
+``folds`` — a stable choice, so mostly the same identities stay held out from cycle to cycle. Training
+sees no answer that touches a held-out image and no pseudo-label of an identity holding one. Only the
+held-out images the model in service never trained on are scored (its version records what it saw), so
+a model that learned an identity in an earlier cycle is not judged on it. Scores:
+
+* ``auc``: how often a held-out "same" pair (every pair inside a held-out component) is more similar
+  than a held-out "different" pair (every cannot-link with an end in one) — the hard cases annotators
+  resolved, which is what a better re-ID model must get right (only with ``min_negatives`` of them);
+* ``map``: retrieval mAP of each held-out image against every verified image (positives: its own
+  component), which also sees a model that pulls unrelated individuals together.
+
+A model's validation ``score`` is the mean of the two (``map`` alone without enough "different"
+pairs). A candidate is served when its score beats the frozen encoder's by more than ``min_gain`` and
+is no lower than the model in service's; otherwise the better of the model in service and the frozen
+encoder stays (ties: the model in service). Too few held-out "same" answers to tell: no candidate is
+trained and the model in service stays.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from strategies.constraints import must_link_components
+from trainer.defaults import (
+    GATE_FOLDS,
+    GATE_MAX_QUERIES,
+    GATE_MIN_GAIN,
+    GATE_MIN_NEGATIVES,
+    GATE_MIN_POSITIVES,
+)
+
+__all__ = ["GateDecision", "Holdout", "ValidationGate"]
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Which images are held out, the answers training may use (none touches a held-out image), and
+    the held-out answers the models are scored on (none touches an image the model in service saw)."""
+
+    images: np.ndarray  # bool (n,): held out of training
+    scored: np.ndarray  # bool (n,): held out and never seen by the model in service: the queries
+    components: np.ndarray  # must-link component per row
+    train_must_link: np.ndarray  # (m, 2)
+    train_cannot_link: np.ndarray  # (k, 2)
+    positives: np.ndarray  # (p, 2) held-out "same" pairs
+    negatives: np.ndarray  # (q, 2) held-out "different" pairs
+
+
+@dataclass
+class GateDecision:
+    """What is served (``candidate``, ``previous`` or ``frozen``), why, and every score behind it."""
+
+    served: str
+    reason: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    held_out_images: int = 0
+    held_out_positives: int = 0
+    held_out_negatives: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stable_fold(row: int, folds: int) -> int:
+    return zlib.crc32(str(int(row)).encode()) % folds
+
+
+class ValidationGate:
+    """Splits the answers once per cycle (:meth:`split`) and picks the model to serve (:meth:`decide`)."""
+
+    def __init__(
+        self,
+        *,
+        folds: int = GATE_FOLDS,
+        min_gain: float = GATE_MIN_GAIN,
+        min_positives: int = GATE_MIN_POSITIVES,
+        min_negatives: int = GATE_MIN_NEGATIVES,
+    ) -> None:
+        self.folds = folds
+        self.min_gain = min_gain
+        self.min_positives = min_positives
+        self.min_negatives = min_negatives
+
+    def split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
+              unseen: np.ndarray | None = None) -> Holdout:
+        """Hold out fold 0 of the verified components; ``must_link``/``cannot_link`` are the answers the
+        contradiction policy keeps (``ConstraintGraph.effective``). ``unseen``: the images the model in
+        service never trained on (None: all); only answers among those are scored, so no model is
+        judged on what it learned from."""
+        if self.folds < 2:
+            raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
+        ml = np.asarray(must_link, dtype=np.int64).reshape(-1, 2)
+        cl = np.asarray(cannot_link, dtype=np.int64).reshape(-1, 2)
+        comp = must_link_components(ml, n)
+        sizes = np.bincount(comp) if n else np.zeros(0, dtype=np.int64)
+        first_row = np.full(sizes.size, n, dtype=np.int64)
+        np.minimum.at(first_row, comp, np.arange(n))
+        held_comp = np.array(
+            [sizes[c] >= 2 and _stable_fold(first_row[c], self.folds) == 0 for c in range(sizes.size)],
+            dtype=bool,
+        )
+        held = held_comp[comp] if n else np.zeros(0, dtype=bool)
+        fresh = np.ones(n, dtype=bool) if unseen is None else np.asarray(unseen, dtype=bool)
+        if fresh.shape != (n,):
+            raise ValueError(f"unseen: must be a boolean mask over the {n} rows, got shape {fresh.shape}")
+        scored = held & fresh
+
+        def touches(pairs: np.ndarray) -> np.ndarray:
+            return held[pairs[:, 0]] | held[pairs[:, 1]]
+
+        def clean(pairs: np.ndarray) -> np.ndarray:
+            """No end is a held-out image that the model in service saw."""
+            return ~((held & ~fresh)[pairs[:, 0]] | (held & ~fresh)[pairs[:, 1]])
+
+        positives = []
+        order = np.argsort(comp, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        for c in np.flatnonzero(held_comp):
+            rows = order[starts[c] : starts[c + 1]]
+            rows = rows[fresh[rows]]
+            positives.extend((int(a), int(b)) for k, a in enumerate(rows) for b in rows[k + 1 :])
+        negatives = cl[touches(cl) & clean(cl)] if cl.size else cl
+        return Holdout(
+            images=held,
+            scored=scored,
+            components=comp,
+            train_must_link=ml[~touches(ml)] if ml.size else ml,
+            train_cannot_link=cl[~touches(cl)] if cl.size else cl,
+            positives=np.asarray(positives, dtype=np.int64).reshape(-1, 2),
+            negatives=negatives,
+        )
+
+    def can_validate(self, holdout: Holdout) -> bool:
+        """Enough held-out "same" answers to tell models apart."""
+        return int(holdout.positives.shape[0]) >= self.min_positives
+
+    def score(self, embeddings: np.ndarray, holdout: Holdout) -> dict[str, float]:
+        """``auc``, ``map`` and the ``score`` they make for one embedding (unit rows) on the held-out
+        answers: their mean, or ``map`` alone while there are too few "different" answers for an AUC."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        mean_ap = _verified_map(x, holdout)
+        if holdout.negatives.shape[0] < self.min_negatives:
+            return {"map": mean_ap, "score": mean_ap}
+        pos = np.einsum("ij,ij->i", x[holdout.positives[:, 0]], x[holdout.positives[:, 1]])
+        neg = np.einsum("ij,ij->i", x[holdout.negatives[:, 0]], x[holdout.negatives[:, 1]])
+        auc = _auc(pos, neg)
+        return {"auc": auc, "map": mean_ap, "score": (auc + mean_ap) / 2.0}
+
+    def decide(self, holdout: Holdout, embeddings: dict[str, np.ndarray], incumbent: str) -> GateDecision:
+        """Pick among ``embeddings`` (keys ``candidate``, ``frozen`` and possibly ``previous``);
+        ``incumbent`` is the key of the model in service now."""
+        n_pos, n_neg = int(holdout.positives.shape[0]), int(holdout.negatives.shape[0])
+        base = {
+            "held_out_images": int(holdout.scored.sum()),
+            "held_out_positives": n_pos,
+            "held_out_negatives": n_neg,
+        }
+        if not self.can_validate(holdout):
+            return GateDecision(
+                incumbent,
+                f"too few held-out answers to validate ({n_pos} same; need {self.min_positives}): "
+                f"{incumbent} stays",
+                **base,
+            )
+        scores = {name: self.score(emb, holdout) for name, emb in embeddings.items()}
+        score = {name: v["score"] for name, v in scores.items()}
+        if "candidate" in score:
+            c = score["candidate"]
+            beats_frozen = "frozen" not in score or c > score["frozen"] + self.min_gain
+            keeps_up = "previous" not in score or c >= score["previous"]
+            if beats_frozen and keeps_up:
+                return GateDecision(
+                    "candidate",
+                    f"candidate scores {c:.3f} on held-out answers ("
+                    + ", ".join(f"{k} {v:.3f}" for k, v in score.items() if k != "candidate") + ")",
+                    scores,
+                    **base,
+                )
+        stay = incumbent
+        if incumbent != "frozen" and "frozen" in score and score["frozen"] > score[incumbent]:
+            stay = "frozen"
+        return GateDecision(
+            stay,
+            "candidate does not beat the others on held-out answers ("
+            + ", ".join(f"{k} {v:.3f}" for k, v in score.items()) + f"): {stay} served",
+            scores,
+            **base,
+        )
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a random held-out same pair is more similar than a random different pair); ties count 1/2."""
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    both = np.concatenate([pos, neg])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size, dtype=np.float64)
+    sorted_vals = both[order]
+    # average ranks over ties
+    _, start, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
+    avg = start + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
+
+
+def _verified_map(x: np.ndarray, holdout: Holdout, max_queries: int = GATE_MAX_QUERIES) -> float:
+    """Mean AP of held-out images querying every verified image (any fold), positives = own component;
+    at most ``max_queries`` queries (evenly spaced), scored in blocks so memory stays bounded."""
+    comp = holdout.components
+    sizes = np.bincount(comp)
+    gallery = np.flatnonzero(sizes[comp] >= 2)
+    queries = np.flatnonzero(holdout.scored)
+    if queries.size == 0:
+        return float("nan")
+    if queries.size > max_queries:
+        queries = queries[np.linspace(0, queries.size - 1, max_queries).astype(np.int64)]
+    aps: list[float] = []
+    block = max(1, 4_000_000 // max(1, gallery.size))
+    for start in range(0, queries.size, block):
+        chunk = queries[start : start + block]
+        sims = x[chunk] @ x[gallery].T
+        for t, q in enumerate(chunk):
+            keep = gallery != q
+            order = np.argsort(-sims[t, keep], kind="stable")
+            hits = np.flatnonzero(comp[gallery[keep][order]] == comp[q])
+            if hits.size:
+                aps.append(float(np.mean((np.arange(hits.size) + 1) / (hits + 1))))
+    return float(np.mean(aps)) if aps else float("nan")
