@@ -370,6 +370,14 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
                          + (f" -> {last['version']}" if last.get("version") else "")
                          + (f" error: {last['error']}" if last.get("error") else ""))
+            if last.get("identities"):
+                ids = last["identities"]
+                lines.append(f"  identities: {ids['identities']} ({ids['identities_verified']} verified); "
+                             f"images verified {ids['images_verified']}, inferred {ids['images_inferred']}")
+            if last.get("served"):
+                gate = last.get("gate") or {}
+                lines.append(f"  model served: {last['served']}"
+                             + (f" ({gate['reason']})" if gate.get("reason") else ""))
     return "\n".join(lines)
 
 

@@ -153,6 +153,9 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
         "n_constraints": len(graph), "unmapped_annotations": unmapped,
         "contradictions": len(graph_now.contradictions()), "proposals": len(result.proposals),
         "shortfall": int(getattr(result, "shortfall", 0) or 0),
+        "served": result.metrics.get("served"),
+        "gate": None if result.gate is None else result.gate.to_dict(),
+        "identities": result.identities.summary(),
     }
     if client is None and settings.label_studio_api_key:
         from ml_backend.labelstudio import LabelStudioClient

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainer.defaults import SIMULATION_ENCODER
+from trainer.simulate.realsets import REAL_SETS, build_real_set
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
@@ -25,7 +26,7 @@ IMAGE_EXTENSIONS = frozenset(
 ORL_EXTENSIONS = frozenset({".pgm"})
 NPZ_REQUIRED_KEYS = ("features", "labels")
 NPZ_OPTIONAL_KEYS = ("cameras", "tracklets", "names")
-DATASET_KINDS = ("synthetic", "npz", "folder", "orl")
+DATASET_KINDS = ("synthetic", "npz", "folder", "orl", *REAL_SETS)
 
 
 @dataclass(frozen=True)
@@ -568,7 +569,11 @@ def load_dataset(
     synthetic_params: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> SimulationDataset:
-    """Dispatch on `--dataset`: synthetic | npz | folder | orl."""
+    """Dispatch on `--dataset`: synthetic | npz | folder | orl | a real set (trainer.simulate.realsets)."""
+    if kind in REAL_SETS:
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = build_real_set(kind, cache)
+        return load_image_folder(root, encoder=encoder, cache_dir=cache, progress=progress, name=kind)
     if kind == "synthetic":
         return make_synthetic(**(synthetic_params or {}))
     if kind == "orl":

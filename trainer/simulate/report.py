@@ -15,6 +15,7 @@ import numpy as np
 CURVE_FIELDS = (
     "pairs_annotated",
     "pairs_annotated_pct",
+    "answers_per_image",
     "pairs_constrained",
     "identities_touched",
     "pairs_by_transitivity",
@@ -34,17 +35,22 @@ CURVE_FIELDS = (
     "pairwise_f1",
     "ari",
     "n_clusters",
+    "identities",
+    "identities_verified",
+    "images_verified",
+    "serving_adapter",
     "wall_s",
 )
 PLOT_METRICS = (
-    ("mAP", "mAP"),
-    ("rank1", "Rank-1"),
-    ("mINP", "mINP"),
-    ("pairwise_f1", "pairwise F1 (pool)"),
-    ("ari", "ARI (pool)"),
-    ("pairs_by_transitivity", "pairs answered by transitivity"),
+    ("mAP", "held-out mAP"),
+    ("rank1", "held-out Rank-1"),
+    ("pairwise_f1", "pool identities: pairwise F1"),
+    ("pairwise_precision", "pool identities: pairwise precision"),
+    ("pairwise_recall", "pool identities: pairwise recall"),
+    ("images_verified", "pool images verified by answers"),
 )
 SKYLINE_FRACTION = 0.95
+F1_TARGETS = (0.8, 0.9)  # pool identity F1 a team wants: answers per pool image to reach each
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
@@ -131,6 +137,22 @@ def pairs_to_reach(
     return result
 
 
+def answers_to_f1(curve: Sequence[dict[str, Any]], target: float) -> float | None:
+    """Answers per pool image at which the mean pool identity F1 first reaches ``target`` (linearly
+    interpolated between the two cycles around it); None if it never does."""
+    prev_x, prev_y = None, None
+    for row in curve:
+        x, y = _mean(row, "answers_per_image"), _mean(row, "pairwise_f1")
+        if x is None or y is None:
+            continue
+        if y >= target:
+            if prev_x is None or prev_y is None or y <= prev_y:
+                return float(x)
+            return float(prev_x + (target - prev_y) / (y - prev_y) * (x - prev_x))
+        prev_x, prev_y = x, y
+    return None
+
+
 def value_at_pairs(curve: Sequence[dict[str, Any]], pairs: float | None, field: str = "mAP") -> float | None:
     """Mean `field` linearly interpolated at `pairs` annotated pairs along the mean curve.
 
@@ -174,9 +196,13 @@ def summarise(
         "reference_pairs": None,
         "reference_pairs_pct": None,
         "mAP_at_reference_pairs": {},
+        "answers_per_image_to_f1": {},
     }
     for name, block in strategies.items():
         summary["reach_target"][name] = pairs_to_reach(block["curve"], block["per_seed"], target)
+        summary["answers_per_image_to_f1"][name] = {
+            str(t): answers_to_f1(block["curve"], t) for t in F1_TARGETS
+        }
     ref = reference_strategy if reference_strategy in strategies else None
     if ref is not None:
         last = strategies[ref]["curve"][-1]
@@ -271,6 +297,14 @@ def _cell(row: dict[str, Any], field: str, spec: str = ".3f", with_std: bool = F
     return f"{text} ± {format(std, spec)}" if with_std and std is not None else text
 
 
+def _served(block: dict[str, Any], cycle: int) -> str:
+    """Which model each seed served after ``cycle`` (the validation gate's decision), e.g. "2/3 adapter"."""
+    seeds = [rows[cycle] for rows in block.get("per_seed", []) if len(rows) > cycle]
+    if not seeds or "serving_adapter" not in seeds[0]:
+        return "—"
+    return f"{sum(int(r['serving_adapter']) for r in seeds)}/{len(seeds)} adapter"
+
+
 def markdown_summary(results: dict[str, Any]) -> str:
     """Markdown tables of a results dict (what results.md holds and the benchmark write-up quotes)."""
     cfg, ds, split = results["config"], results["dataset"], results["split"]
@@ -284,33 +318,44 @@ def markdown_summary(results: dict[str, Any]) -> str:
         f"oracle noise {cfg['noise_rate']}, unsure {cfg['unsure_rate']}; "
         f"wall {results.get('wall_s', 0):.0f} s.",
         "",
-        "| reference | mAP | Rank-1 | mINP | pairwise F1 (pool) | ARI (pool) |",
-        "|---|---|---|---|---|---|",
+        "| reference | held-out mAP | Rank-1 | mINP | pool F1 | pool precision | pool recall |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, ref in (("baseline (frozen, no labels)", base), ("skyline (all pool labels)", sky)):
         if ref:
             lines.append(
                 f"| {name} | "
                 + " | ".join(
-                    _cell(ref, f, with_std=True) for f in ("mAP", "rank1", "mINP", "pairwise_f1", "ari")
+                    _cell(ref, f, with_std=True)
+                    for f in ("mAP", "rank1", "mINP", "pairwise_f1", "pairwise_precision", "pairwise_recall")
                 )
                 + " |"
             )
     lines += [
         "",
-        "| strategy | cycle | pairs (cum.) | % of pairs | identities | by transitivity | same answers | "
-        "mAP | Rank-1 | mINP | pairwise F1 | ARI |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | cycle | answers (cum.) | per pool image | same answers | by transitivity | "
+        "model served | held-out mAP | Rank-1 | pool F1 | pool precision | pool recall | images verified |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, block in results["strategies"].items():
         for row in block["curve"]:
             lines.append(
                 f"| {name} | {row['cycle']} | {_cell(row, 'pairs_annotated', '.0f')} | "
-                f"{_cell(row, 'pairs_annotated_pct', '.4f')} | {_cell(row, 'identities_touched', '.1f')} | "
-                f"{_cell(row, 'pairs_by_transitivity', '.0f')} | {_cell(row, 'answers_same', '.1f')} | "
-                f"{_cell(row, 'mAP', with_std=True)} | {_cell(row, 'rank1')} | {_cell(row, 'mINP')} | "
-                f"{_cell(row, 'pairwise_f1')} | {_cell(row, 'ari')} |"
+                f"{_cell(row, 'answers_per_image', '.2f')} | {_cell(row, 'answers_same', '.1f')} | "
+                f"{_cell(row, 'pairs_by_transitivity', '.0f')} | {_served(block, row['cycle'])} | "
+                f"{_cell(row, 'mAP', with_std=True)} | {_cell(row, 'rank1')} | "
+                f"{_cell(row, 'pairwise_f1', with_std=True)} | {_cell(row, 'pairwise_precision')} | "
+                f"{_cell(row, 'pairwise_recall')} | {_cell(row, 'images_verified', '.0f')} |"
             )
+    lines += [
+        "",
+        "| strategy | answers per pool image to pool F1 0.8 | to 0.9 |",
+        "|---|---|---|",
+    ]
+    for name in results["strategies"]:
+        reach = s.get("answers_per_image_to_f1", {}).get(name, {})
+        cells = ["not reached" if (c := reach.get(str(t))) is None else format(c, ".2f") for t in F1_TARGETS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     target = s.get("target_mAP")
     lines += [
         "",

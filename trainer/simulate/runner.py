@@ -2,13 +2,15 @@
 
 One run (strategy, seed) on the pool (rows of the split's pool, renumbered 0..n_pool-1):
 
-    cycle 0: run_cycle with no constraints (unsupervised adapter on pseudo-labels) -> evaluate
+    cycle 0: run_cycle with no constraints (the frozen encoder, its identities, the first proposals)
+             -> evaluate
     cycle c: the oracle answers the previous cycle's proposals (at most `budget`) -> constraints
-             -> run_cycle (NP3 pseudo-labels, warm-started adapter training, re-embed, next proposals)
+             -> run_cycle (identities, a candidate adapter, the validation gate, next proposals)
              -> evaluate
 
-The adapter of every cycle is saved to a throw-away `ModelRegistry`, which is how the warm start works
-in production too, and is applied to the held-out test features for retrieval.
+Every cycle's version is saved to a throw-away `ModelRegistry`, as in production: the model the gate
+serves is the next cycle's incumbent, and it is what is applied to the held-out test features for
+retrieval. The pool's clustering scores are those of the identity assignment (what a team exports).
 
 "Pairs answered by transitivity" (per cycle, cumulative): the number of unordered pool pairs whose
 answer the constraint graph implies (SAME inside one must-link component, DIFFERENT across two
@@ -38,13 +40,13 @@ from strategies import defaults
 from trainer.defaults import SIMULATION_CYCLES, SIMULATION_SEEDS, SIMULATION_STRATEGIES
 from trainer.simulate.datasets import SimulationDataset
 from trainer.simulate.oracle import Answer, Oracle
-from trainer.simulate.protocol import Split, evaluate, split_identities, unsupervised_pseudo_labels
+from trainer.simulate.protocol import Split, evaluate, split_identities
 from trainer.simulate.report import aggregate_reference, aggregate_runs, summarise
 
 log = logging.getLogger(__name__)
 
-# Control "strategy": the same cycles (pseudo-labels, warm-started training) with nobody answering, so
-# the curves separate what the labels bring from what more unsupervised training rounds bring.
+# Control "strategy": the same cycles with nobody answering, so the curves separate what the labels
+# bring from what the cycles would do on their own.
 NO_LABELS = "none"
 
 
@@ -196,14 +198,21 @@ class Simulation:
 
     # ------------------------------------------------------------------ references
     def _baseline(self, dataset: SimulationDataset, split: Split, pool: _Pool) -> dict[str, Any]:
-        """Frozen encoder, no labels: retrieval on raw features, DBSCAN pseudo-labels on the pool."""
-        labels = unsupervised_pseudo_labels(pool.features)
-        return evaluate(dataset.features, labels, dataset, split)
+        """Frozen encoder, no labels: retrieval on raw features; on the pool, the identity assignment
+        with no answer (first-neighbour links) and, for reference, DBSCAN's clusters."""
+        from strategies.view import ClusteringView
+        from trainer.simulate.protocol import clustering_scores
+
+        view = ClusteringView(np.asarray(pool.features, dtype=np.float32))
+        out = evaluate(dataset.features, view.identities.labels, dataset, split)
+        dbscan = clustering_scores(view.dbscan_labels, pool.labels)
+        out["dbscan_pairwise_f1"] = dbscan["pairwise_f1"]
+        return out
 
     def _skyline(self, dataset: SimulationDataset, split: Split, pool: _Pool, seed: int) -> dict[str, Any]:
-        """Adapter trained with every pool label: pseudo-labels = truth, a must-link spanning chain per
-        identity and a cannot-link from each identity to its nearest other identity; trained for as many
-        warm-started rounds as an active-learning run gets (n_cycles + 1)."""
+        """Adapter trained with every pool label, as a cycle trains (from the identity, one run):
+        pseudo-labels = truth, a must-link spanning chain per identity and a cannot-link from each
+        identity to its nearest other identity."""
         from trainer.adapter import apply_adapter, train_adapter
 
         t0 = time.perf_counter()
@@ -223,13 +232,10 @@ class Simulation:
         cl = sorted({(min(reps[a], reps[b]), max(reps[a], reps[b])) for a, b in enumerate(nearest)})
         ml_arr = np.asarray(ml, dtype=np.int64).reshape(-1, 2)
         cl_arr = np.asarray(cl, dtype=np.int64).reshape(-1, 2)
-        state = None
-        config = self._train_config(seed)
-        for _ in range(int(self._cfg.n_cycles) + 1):
-            res = train_adapter(
-                pool.features, labels, ml_arr, cl_arr, config, init_state=state, cameras=pool.cameras
-            )
-            state = res.adapter_state
+        res = train_adapter(
+            pool.features, labels, ml_arr, cl_arr, self._train_config(seed), cameras=pool.cameras
+        )
+        state = res.adapter_state
         emb = np.asarray(apply_adapter(state, dataset.features), dtype=np.float32)
         out = evaluate(emb, labels, dataset, split)
         out["wall_s"] = time.perf_counter() - t0
@@ -296,10 +302,12 @@ class Simulation:
             emb = self._embed_all(registry, result.version, dataset.features)
             scores = evaluate(emb, np.asarray(result.pseudo_labels), dataset, split)
             trans = transitivity_counts(graph, n_pool)
+            metrics = result.metrics
             rec: dict[str, Any] = {
                 "cycle": cycle,
                 "pairs_annotated": counters["asked"],
                 "pairs_annotated_pct": 100.0 * counters["asked"] / total_pairs,
+                "answers_per_image": counters["asked"] / n_pool,
                 "pairs_constrained": trans["pairs_constrained"],
                 "identities_touched": len(touched),
                 "pairs_by_transitivity": trans["pairs_by_transitivity"],
@@ -311,12 +319,21 @@ class Simulation:
                 "shortfall": shortfall,
                 "next_proposals": len(proposals),
                 **scores,
+                "identities": metrics["identities"],
+                "identities_verified": metrics["identities_verified"],
+                "images_verified": metrics["images_verified"],
+                "served": metrics["served"],
+                "serving_adapter": int(registry.load(result.version).adapter_state is not None),
+                "gate_reason": metrics.get("gate_reason", "no candidate trained"),
                 "wall_s": time.perf_counter() - t0,
                 "cycle_timings": {k: float(v) for k, v in dict(result.timings).items()},
             }
             prev_transitive = trans["pairs_by_transitivity"]
             records.append(rec)
-            tick(f"{strategy} seed {seed} cycle {cycle}: mAP {scores['mAP']:.3f} pairs {counters['asked']}")
+            tick(
+                f"{strategy} seed {seed} cycle {cycle}: mAP {scores['mAP']:.3f} "
+                f"pool F1 {scores['pairwise_f1']:.3f} pairs {counters['asked']} ({metrics['served']})"
+            )
         return records
 
     # ------------------------------------------------------------------ entry point
