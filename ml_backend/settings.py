@@ -63,7 +63,8 @@ class Settings:
     encoder_checkpoint: str = _setting(
         "REID_AL_ENCODER_CHECKPOINT", "", "local checkpoint file for the encoder", empty_ok=True)
     strategy: str = _setting(
-        "REID_AL_STRATEGY", CYCLE_STRATEGY, "pair sampler: aas, uncertainty, random, coreset, margin")
+        "REID_AL_STRATEGY", CYCLE_STRATEGY,
+        "pair sampler: hybrid, match_first, aas, uncertainty, random, coreset, margin")
     budget: int = _setting("REID_AL_BUDGET", CYCLE_BUDGET, "pairs pushed to Label Studio per cycle", low=1)
     retrain_every: int = _setting(
         "REID_AL_RETRAIN_EVERY", 20, "new constraints that trigger an automatic cycle", low=1)

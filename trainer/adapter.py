@@ -2,8 +2,8 @@
 
 A cycle never runs the backbone: it trains a small projection head on the cached features, then
 re-embeds the pool through it. The head starts as the identity (``Adapter`` output = the normalised
-input), so cycle 0 cannot destroy the frozen embedding, and a warm-started head continues from the
-previous cycle's state.
+input): the retraining cycle trains every candidate from there, and ``init_state`` continues from a
+saved head (the fine-tuning tools and tests use it).
 
 Training batches (trainer/training.py) are built so that every term sees signal even on a large pool:
 anchors and one partner each (a human must-link partner, else a co-cluster member, else a random row).
