@@ -26,7 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._machine import cpu_model
-from strategies.clustering import select_finch_level
 from strategies.constraints import ConstraintGraph
 from strategies.samplers import AASSampler, PoolExhaustedError, available_samplers, make_sampler
 from strategies.view import ClusteringView
@@ -153,7 +152,7 @@ def run_one(name: str, x: np.ndarray, g: ConstraintGraph, budget: int, ctx: Clus
 
 def aas_breakdown(x: np.ndarray, g: ConstraintGraph, ctx: ClusteringView) -> dict[str, float]:
     """Where AAS spends its selection time: NP3 on both clusterings vs the pool and its sampling."""
-    from strategies.samplers.aas import aas_pool
+    from strategies.samplers.aas import aas_finch_level, aas_pool
 
     s = AASSampler(random_state=0)
     t0 = time.perf_counter()
@@ -163,7 +162,7 @@ def aas_breakdown(x: np.ndarray, g: ConstraintGraph, ctx: ClusteringView) -> dic
     pool = aas_pool(x, a, b, outlier=outlier, jaccard=ctx.jaccard)
     t_pool = time.perf_counter() - t0
     dbscan = np.asarray(ctx.dbscan_labels)
-    level = select_finch_level(ctx.finch, int(np.unique(dbscan[dbscan >= 0]).size))
+    level = aas_finch_level(dbscan, ctx.finch)
     return {
         "np3_and_level_s": round(t_np3, 3),
         "pool_s": round(t_pool, 3),

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
 
+from strategies.calibration import PSameCalibrator
 from strategies.clustering import FinchResult
 from strategies.constraints import ConstraintGraph
 from strategies.samplers import AASSampler, PoolExhaustedError, make_sampler
 from strategies.samplers.aas import (
     POOL_NAMES,
     aas_budget,
+    aas_finch_level,
     aas_pool,
     aas_probabilities,
     efraimidis_spirakis,
@@ -434,3 +436,44 @@ def test_cosine_similarity_option_fills_u_os_where_jaccard_is_silent() -> None:
     assert by_jaccard.pool_sizes["U_os"] == 0
     assert by_cosine.pool_sizes["U_os"] == 1
     assert "U_os" in {p.pool for p in by_cosine.proposals}
+
+
+# ----------------------------------------------------------------------------- the FINCH level
+
+
+def _outlier_heavy_pool() -> tuple[np.ndarray, np.ndarray, FinchResult]:
+    """40 points; DBSCAN: two clusters of 5 and 30 outliers (32 groups with the outliers, 2 without).
+
+    FINCH level 0 (28 groups) keeps DBSCAN's clusters, pairs outliers 10-17 two by two and leaves the
+    rest single; level 1 (2 groups) lumps rows 0-24 and rows 25-39.
+    """
+    rng = np.random.default_rng(5)
+    x = _unit(rng.normal(size=(40, 8)))
+    dbscan = np.full(40, -1)
+    dbscan[:5], dbscan[5:10] = 0, 1
+    fine = np.concatenate([[0] * 5, [1] * 5, np.repeat(np.arange(2, 6), 2), np.arange(6, 28)])
+    coarse = (np.arange(40) >= 25).astype(np.int64)
+    return x, dbscan, FinchResult([fine, coarse], [28, 2])
+
+
+def test_finch_level_counts_every_dbscan_outlier_as_its_own_group() -> None:
+    x, dbscan, finch = _outlier_heavy_pool()
+    view = ClusteringView(x, dbscan_labels=dbscan, finch=finch, calibrator=PSameCalibrator())
+    a, b, outlier = AASSampler().clusterings(x, ConstraintGraph(), view)
+    assert np.array_equal(b, finch.partitions[0])  # |28 - 32| < |2 - 32|
+    pool = aas_pool(x, a, b, outlier=outlier)
+    sizes = np.bincount(pool.regions[pool.regions >= 0])
+    # the regions are the four outlier pairs that FINCH joins, not two blobs of 25 and 15 points
+    assert sizes.tolist() == [2, 2, 2, 2]
+    result = AASSampler().select(x, ConstraintGraph(), 50, view=view)
+    assert result.pool_sizes["regions"] == 4
+    assert result.pool_sizes["U_us:beta3"] == 4  # one outlier-outlier pair per region, not hundreds
+    assert aas_finch_level(dbscan, finch) == 0
+
+
+def test_aas_finch_level_ties_go_to_the_finer_level() -> None:
+    finch = FinchResult([np.arange(40), np.arange(40) // 2], [40, 20])
+    dbscan = np.array([0] * 36 + [-1] * 4)  # 1 cluster + 4 outliers = 5 groups
+    assert aas_finch_level(dbscan, finch) == 1  # |20 - 5| < |40 - 5|
+    dbscan = np.concatenate([np.arange(36) % 26, [-1] * 4])  # 26 clusters + 4 outliers = 30 groups
+    assert aas_finch_level(dbscan, finch) == 0  # |40 - 30| = |20 - 30|: the finer level

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from strategies.clustering import FinchResult, select_finch_level
 from strategies.constraints import CONTRADICTION_POLICIES
 from strategies.defaults import (
     AAS_BUDGET_FRACTION,
@@ -50,6 +51,7 @@ __all__ = [
     "AASPool",
     "AASSampler",
     "aas_budget",
+    "aas_finch_level",
     "aas_pool",
     "aas_probabilities",
     "efraimidis_spirakis",
@@ -181,6 +183,19 @@ def outlier_status(dbscan_labels: np.ndarray, refined_a: np.ndarray) -> np.ndarr
     dense = singletonize(ref)
     size = np.bincount(dense)[dense]
     return (ref < 0) | ((raw < 0) & (size == 1))
+
+
+def aas_finch_level(dbscan_labels: np.ndarray, finch: FinchResult) -> int:
+    """The FINCH level B that AAS compares with DBSCAN: its group count is closest to DBSCAN's with every
+    outlier counted as its own group (ties -> finer; ALGORITHMS.md §2).
+
+    Regions treat each outlier as a singleton cluster, so the level must match that granularity; matching
+    the non-outlier clusters alone picks a far coarser level when DBSCAN leaves many outliers, and the
+    regions then collapse into a few giant blobs full of outlier-outlier pairs.
+    """
+    labels = np.asarray(dbscan_labels)
+    n_groups = int(np.unique(labels[labels >= 0]).size + (labels < 0).sum())
+    return select_finch_level(finch, n_groups)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -601,13 +616,10 @@ class AASSampler(PairSampler):
     def clusterings(
         self, features: np.ndarray, constraints: ConstraintGraph, view: ClusteringView
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(A, B, outlier mask): DBSCAN and the matching FINCH level, each refined by NP3."""
-        from strategies.clustering import select_finch_level
-
+        """(A, B, outlier mask): DBSCAN and the matching FINCH level (``aas_finch_level``), each refined
+        by NP3."""
         dbscan = np.asarray(view.dbscan_labels)
-        n_target = int(np.unique(dbscan[dbscan >= 0]).size)
-        level = select_finch_level(view.finch, n_target)
-        finch = np.asarray(view.finch.partitions[level])
+        finch = np.asarray(view.finch.partitions[aas_finch_level(dbscan, view.finch)])
         a, b = dbscan, finch
         if self.refine and len(constraints) > 0:
             from strategies.np3 import NP3
