@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from itertools import combinations
 
 import numpy as np
@@ -515,3 +516,31 @@ def test_aas_finch_level_ties_go_to_the_finer_level() -> None:
     assert aas_finch_level(dbscan, finch) == 1  # |20 - 5| < |40 - 5|
     dbscan = np.concatenate([np.arange(36) % 26, [-1] * 4])  # 26 clusters + 4 outliers = 30 groups
     assert aas_finch_level(dbscan, finch) == 0  # |40 - 30| = |20 - 30|: the finer level
+
+
+# ----------------------------------------------------------------------------- warnings
+
+
+def test_sampler_warns_when_u_os_is_empty(caplog: pytest.LogCaptureFixture) -> None:
+    x, a, b = _two_merged_identities()
+    with caplog.at_level(logging.WARNING, logger="strategies.samplers.aas"):
+        result = AASSampler().select(x, ConstraintGraph(), 50, view=_view(x, a, b))
+    assert result.pool_sizes["U_os"] == 0 and result.pool_sizes["regions"] == 1
+    assert any("U_os is empty (fewer than two regions" in r.getMessage() for r in caplog.records)
+    assert not any("U_us is empty" in r.getMessage() for r in caplog.records)
+
+
+def test_sampler_warns_when_u_us_is_empty(caplog: pytest.LogCaptureFixture) -> None:
+    x, a, b = _bridged_regions()
+    view = _bridged_view(x, a, b)
+    with caplog.at_level(logging.WARNING, logger="strategies.samplers.aas"):
+        AASSampler().select(x, ConstraintGraph(), 10, view=view)
+    assert not caplog.records  # both pools have pairs: nothing to say
+    graph = ConstraintGraph()
+    graph.mark_asked(0, 1)
+    graph.mark_asked(2, 3)
+    with caplog.at_level(logging.WARNING, logger="strategies.samplers.aas"):
+        result = AASSampler(refine=False).select(x, graph, 10, view=view)
+    assert result.pairs() == [(0, 2)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("U_us is empty (all 2 pairs are already asked or implied" in m for m in messages)

@@ -18,6 +18,7 @@ candidates existed but every one is already asked or implied).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -48,6 +49,8 @@ from strategies.validation import check_random_state
 if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
     from strategies.view import ClusteringView
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AAS_SIMILARITIES",
@@ -584,7 +587,7 @@ class AASSampler(PairSampler):
     ``exact_medoid_max``: regions above this size use the point nearest the mean as medoid;
     ``contradiction_policy``: NP3's policy; ``refine``: apply NP3 to both clusterings (the paper does);
     ``similarity``: sim of U_os and eq. 4, "jaccard" (k-reciprocal, SpCL's, our default; computed for each
-    candidate medoid pair from its V rows) or "cosine".
+    candidate medoid pair from its V rows) or "cosine". An empty U_os or U_us is logged as a warning.
     """
 
     name: ClassVar[str] = "aas"
@@ -660,6 +663,7 @@ class AASSampler(PairSampler):
                 f"aas: all {len(candidates)} pairs of the pool are already asked or implied "
                 f"(pool sizes {sizes})"
             )
+        _warn_empty_pools(open_pool, candidates, self.similarity, self.s_min)
         prob = aas_probabilities(open_pool, self.epsilon)
         if len(open_pool) <= budget:
             chosen = np.arange(len(open_pool))
@@ -686,6 +690,36 @@ def _jaccard_knn(view: ClusteringView) -> KnnGraph:
         return view.knn
     width = min(view.n, max(view.k1, view.knn_k))
     return build_knn(view.features, width, random_state=view.random_state, check_input=False)
+
+
+def _warn_empty_pools(open_pool: AASPool, candidates: AASPool, similarity: str, s_min: float) -> None:
+    """Say why all of P(Y) goes to one pool (eq. 6 with the other pool empty); the counts are also in
+    ``SamplingResult.pool_sizes``."""
+    n_os = int((open_pool.code == 0).sum())
+    n_us = len(open_pool) - n_os
+    if n_os == 0:
+        found = int((candidates.code == 0).sum())
+        if found:
+            why = f"all {found} medoid pairs are already asked or implied"
+        elif candidates.n_regions < 2:
+            why = "fewer than two regions"
+        else:
+            why = f"no pair of nearest region medoids reaches s_min={s_min} ({similarity} similarity)"
+        log.warning(
+            "aas: U_os is empty (%s; %d regions); all of P(Y) goes to U_us (%d pairs)",
+            why,
+            candidates.n_regions,
+            n_us,
+        )
+    if n_us == 0:
+        found = len(candidates) - int((candidates.code == 0).sum())
+        why = f"all {found} pairs are already asked or implied" if found else "no inconsistent closest pair"
+        log.warning(
+            "aas: U_us is empty (%s; %d regions); all of P(Y) goes to U_os (%d pairs)",
+            why,
+            candidates.n_regions,
+            n_os,
+        )
 
 
 def _reason(pool: AASPool, t: int, p: float) -> str:
