@@ -43,9 +43,15 @@ def _reciprocal(indices: np.ndarray, kk: int, rows: np.ndarray | None = None) ->
         both = forward.multiply(forward.T.tocsr()).tocsr()
         if rows is None:
             return both
-        keep = np.zeros(n, dtype=np.int32)
-        keep[rows] = 1
-        return (sp.diags(keep, dtype=np.int32) @ both).tocsr()
+        keep = np.zeros(n, dtype=bool)
+        keep[rows] = True
+        lengths = np.diff(both.indptr) * keep
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        entries = np.repeat(keep, np.diff(both.indptr))
+        out = sp.csr_matrix((both.data[entries], both.indices[entries], indptr), shape=(n, n))
+        out.has_canonical_format = True
+        return out
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     cols = indices[rows, :kk]
     back = np.empty(cols.shape, dtype=bool)
@@ -73,7 +79,13 @@ def _expanded_sets(indices: np.ndarray, k1: int, rows: np.ndarray | None = None)
 
     With ``rows``, only those rows (and the half-sets they read) are built."""
     r_full = _reciprocal(indices, k1, rows)
-    r_half = _reciprocal(indices, round(k1 / 2), None if rows is None else np.unique(r_full.indices))
+    half_rows = None
+    if rows is not None:
+        # the half-sets read are those of R(i, k1)'s members: a mark per row, cheaper than a sort
+        read = np.zeros(indices.shape[0], dtype=bool)
+        read[r_full.indices] = True
+        half_rows = np.flatnonzero(read)
+    r_half = _reciprocal(indices, round(k1 / 2), half_rows)
     # overlap[i, j] = |R(i, k1) ∩ R(j, half)|, kept only where j ∈ R(i, k1)
     overlap = (r_full @ r_half.T).multiply(r_full).tocoo()
     half_size = np.diff(r_half.indptr)

@@ -18,6 +18,7 @@ candidates existed but every one is already asked or implied).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -223,15 +224,19 @@ def region_medoids(
     medoids = np.full(n_regions, -1, dtype=np.int64)
     if n_regions == 0:
         return medoids
-    x = np.asarray(features, dtype=np.float64)
     order = np.argsort(regions, kind="stable")
     starts = np.searchsorted(regions[order], np.arange(n_regions))
     ends = np.searchsorted(regions[order], np.arange(n_regions), side="right")
+    # the points inside regions only, in region order: each region is then a contiguous slice
+    inside = order[starts[0] :]
+    x = np.asarray(np.asarray(features)[inside], dtype=np.float64)
+    sq_all = _sq_norms(x)
     for r in range(n_regions):
-        members = order[starts[r] : ends[r]]
-        xm = x[members]
+        lo, hi = starts[r] - starts[0], ends[r] - starts[0]
+        members = inside[lo:hi]
+        xm = x[lo:hi]
         if members.size <= exact_max:
-            sq = _sq_norms(xm)
+            sq = sq_all[lo:hi]
             d2 = sq[:, None] + sq[None, :] - 2.0 * (xm @ xm.T)
             total = np.sqrt(np.maximum(d2, 0.0)).sum(axis=1)
             medoids[r] = members[int(np.argmin(total))]
@@ -318,16 +323,21 @@ def overseg_pairs(
 
 
 def _closest_cross_pairs(
-    x: np.ndarray, sq: np.ndarray, members: list[np.ndarray], c1: np.ndarray, c2: np.ndarray
+    x: np.ndarray,
+    sq: np.ndarray,
+    members: list[np.ndarray],
+    sizes: np.ndarray,
+    first: np.ndarray,
+    c1: np.ndarray,
+    c2: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """argmin Euclidean distance over members[c1[t]] x members[c2[t]] for each t (eq. 2), in blocks.
-    Ties: the first row of the larger cluster, then the first column."""
+    """argmin Euclidean distance over members[c1[t]] x members[c2[t]] for each t (eq. 2), in blocks
+    (``sizes`` and ``first`` as ``_cluster_members`` gives them). Ties: the first row of the larger
+    cluster, then the first column."""
     u = np.empty(c1.size, dtype=np.int64)
     v = np.empty(c1.size, dtype=np.int64)
-    sizes = np.fromiter((m.size for m in members), dtype=np.int64, count=len(members))
     single = (sizes[c1] == 1) & (sizes[c2] == 1)
     if single.any():
-        first = np.fromiter((m[0] if m.size else -1 for m in members), dtype=np.int64, count=len(members))
         u[single] = first[c1[single]]
         v[single] = first[c2[single]]
     rest = np.flatnonzero(~single)
@@ -340,8 +350,9 @@ def _closest_cross_pairs(
     order = np.lexsort((small, big))
     rest, big, small, swapped = rest[order], big[order], small[order], swapped[order]
     bounds = np.flatnonzero(np.diff(big)) + 1
-    for grp in np.split(np.arange(rest.size), bounds):
-        rows = members[big[grp[0]]]
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, rest.size], strict=True):
+        grp = np.arange(lo, hi)
+        rows = members[big[lo]]
         partner_members = [members[s] for s in small[grp]]
         seg_len = np.array([p.size for p in partner_members], dtype=np.int64)
         cols = np.concatenate(partner_members)
@@ -370,10 +381,23 @@ def _closest_cross_pairs(
     return u, v
 
 
-def _cluster_members(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+@functools.lru_cache(maxsize=256)
+def _upper_pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.triu_indices(size, 1), kept per size: underseg_pairs asks for the same few sizes thousands of
+    times (read-only arrays, so sharing them is safe)."""
+    t1, t2 = np.triu_indices(size, 1)
+    t1.flags.writeable = False
+    t2.flags.writeable = False
+    return t1, t2
+
+
+def _cluster_members(labels: np.ndarray, n_clusters: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Members of each cluster 0..n_clusters-1 (ascending rows), their sizes and first rows (-1 if empty)."""
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
-    return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)]
+    sizes = np.diff(bounds)
+    first = np.where(sizes > 0, order[np.minimum(bounds[:-1], max(order.size - 1, 0))], -1)
+    return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)], sizes, first
 
 
 def _type_counts(groups: np.ndarray, outlier: np.ndarray, n_groups: int) -> np.ndarray:
@@ -417,18 +441,18 @@ def underseg_pairs(
         bounds = np.flatnonzero(np.diff(ge)) + 1
         pa: list[np.ndarray] = []
         pb: list[np.ndarray] = []
-        for grp in np.split(np.arange(cells.size), bounds):
-            if grp.size < 2:
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, cells.size], strict=True):
+            if hi - lo < 2:
                 continue
-            t1, t2 = np.triu_indices(grp.size, 1)
+            grp = np.arange(lo, hi)
+            t1, t2 = _upper_pairs(int(hi - lo))
             pa.append(cz[grp][t1])
             pb.append(cz[grp][t2])
         if not pa:
             continue
         keys = np.unique(np.concatenate(pa) * nz + np.concatenate(pb))
         c1, c2 = keys // nz, keys % nz
-        members = _cluster_members(zeta, nz)
-        u, v = _closest_cross_pairs(x, sq, members, c1, c2)
+        u, v = _closest_cross_pairs(x, sq, *_cluster_members(zeta, nz), c1, c2)
         keep = eta[u] == eta[v]
         out_i.append(np.minimum(u[keep], v[keep]))
         out_j.append(np.maximum(u[keep], v[keep]))
