@@ -223,7 +223,8 @@ def _check_fit_inputs(features: np.ndarray, knn: KnnGraph | None) -> np.ndarray:
 def select_finch_level(result: FinchResult, n_target: int) -> int:
     """Index of the FINCH level whose cluster count is closest to ``n_target`` (ties -> the finer level).
 
-    AAS passes DBSCAN's number of non-outlier clusters, so that both clusterings work at one granularity.
+    AAS passes DBSCAN's number of groups with every outlier its own group (``aas_finch_level``), so that
+    both clusterings work at the granularity its regions of uncertainty see.
     """
     if not isinstance(result, FinchResult):
         raise ValueError(f"result must be a FinchResult, got {type(result).__name__}")

@@ -1,4 +1,4 @@
-"""k-reciprocal Jaccard distance against a direct dense implementation of ALGORITHMS.md §1."""
+"""k-reciprocal Jaccard distance and similarity against a direct dense implementation of ALGORITHMS.md §1."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from strategies.jaccard import jaccard_distance
+import strategies.jaccard as jaccard_module
+from strategies.jaccard import jaccard_distance, jaccard_encodings, jaccard_similarity_pairs
 from strategies.knn import KnnGraph, build_knn
 
 
@@ -151,3 +152,54 @@ def test_bad_inputs_raise() -> None:
         jaccard_distance(x, k1=10, knn=build_knn(x, 5))
     with pytest.raises(ValueError, match="knn must be a KnnGraph"):
         jaccard_distance(x, knn=np.zeros((20, 5)))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- pairs off the kNN graph
+
+
+@pytest.mark.parametrize("rows_factor", [0, 10**9])  # whole-graph reciprocity, then row by row
+@pytest.mark.parametrize(("n_pairs", "k1", "k2"), [(6, 30, 6), (400, 30, 6), (50, 9, 1), (50, 8, 8)])
+def test_similarity_pairs_match_dense_reference_off_the_knn_graph(
+    n_pairs: int, k1: int, k2: int, rows_factor: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jaccard_module, "JACCARD_ROWS_FACTOR", rows_factor)
+    x = clustered_rows(300, 16, 12, 0.5, seed=7)
+    knn = build_knn(x, 30)
+    ref = 1.0 - dense_reference(x, knn.indices, k1, k2)
+    rng = np.random.default_rng(n_pairs)
+    i, j = rng.integers(300, size=n_pairs), rng.integers(300, size=n_pairs)
+    sim = jaccard_similarity_pairs(x, i, j, k1=k1, k2=k2, knn=knn)
+    np.testing.assert_allclose(sim, ref[i, j], atol=1e-6)
+    # most random pairs are no kNN edge: the distance matrix has nothing for them
+    assert not set(zip(i.tolist(), j.tolist(), strict=True)) <= edge_set(knn)
+
+
+def test_similarity_pairs_equal_one_minus_distance_on_edges() -> None:
+    x = clustered_rows(250, 8, 10, 0.6, seed=8)
+    knn = build_knn(x, 30)
+    coo = jaccard_distance(x, knn=knn).tocoo()
+    sim = jaccard_similarity_pairs(x, coo.row, coo.col, knn=knn)
+    np.testing.assert_allclose(sim, 1.0 - coo.data.astype(np.float64), atol=1e-6)
+
+
+def test_encodings_of_some_rows_equal_those_rows_of_all() -> None:
+    x = clustered_rows(200, 8, 10, 0.6, seed=9)
+    knn = build_knn(x, 30)
+    every = jaccard_encodings(x, knn=knn)
+    assert every.shape == (200, 200)
+    np.testing.assert_allclose(np.asarray(every.sum(axis=1)).ravel(), 1.0)
+    rows = np.array([17, 3, 17, 150])
+    some = jaccard_encodings(x, rows, knn=knn)
+    assert some.shape == (4, 200)
+    np.testing.assert_allclose(some.toarray(), every[rows].toarray(), atol=1e-15)
+
+
+def test_similarity_pairs_bad_inputs_raise() -> None:
+    x = clustered_rows(20, 4, 2, 0.3, seed=0)
+    assert jaccard_similarity_pairs(x, [], []).shape == (0,)
+    with pytest.raises(ValueError, match="same length"):
+        jaccard_similarity_pairs(x, [0, 1], [2])
+    with pytest.raises(ValueError, match=r"pair indices must lie in \[0, 20\)"):
+        jaccard_similarity_pairs(x, [0], [20])
+    with pytest.raises(ValueError, match="rows must be"):
+        jaccard_encodings(x, np.array([-1]))

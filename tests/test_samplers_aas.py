@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from itertools import combinations
 
 import numpy as np
 import pytest
-from scipy.sparse import csr_matrix
 
+from strategies.calibration import PSameCalibrator
 from strategies.clustering import FinchResult
 from strategies.constraints import ConstraintGraph
+from strategies.jaccard import jaccard_similarity_pairs
 from strategies.samplers import AASSampler, PoolExhaustedError, make_sampler
 from strategies.samplers.aas import (
     POOL_NAMES,
     aas_budget,
+    aas_finch_level,
     aas_pool,
     aas_probabilities,
     efraimidis_spirakis,
+    nearest_medoids,
     outlier_status,
     overseg_pairs,
     region_medoids,
@@ -45,6 +49,37 @@ def _blobs(centres: list[np.ndarray], per: int, spread: float, seed: int) -> tup
     pts = [c + spread * rng.normal(size=(per, c.size)) for c in centres]
     ids = np.repeat(np.arange(len(centres)), per)
     return _unit(np.concatenate(pts)), ids
+
+
+def _bridged_regions() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two regions of uncertainty, {0, 1} and {2, 3}, on either side of a tight group C = rows 4-8
+    (points on a small patch of the sphere, coordinates in the tangent plane).
+
+    With k1 = k2 = knn_k = 6, the medoids 0 and 2 are no kNN edge of each other (C is nearer to both),
+    yet most of their query-expanded V rows lies on C: their Jaccard similarity is about 0.47.
+    A = "DBSCAN" joins each region's two points, B = "FINCH" splits them; C and two far groups agree.
+    """
+    rng = np.random.default_rng(0)
+    plane = [(-0.10, 0.0), (-0.12, 0.0), (0.10, 0.0), (0.12, 0.0)]
+    plane += [tuple(0.005 * rng.normal(size=2)) for _ in range(5)]
+    plane += [(0.8 + 0.01 * k, 0.8) for k in range(5)] + [(-0.8, -0.8 + 0.01 * k) for k in range(5)]
+    p = np.asarray(plane)
+    x = _unit(np.column_stack([p, np.ones(len(p))]))
+    a = np.array([1, 1, 2, 2, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4])
+    b = np.array([1, 2, 3, 4, 0, 0, 0, 0, 0, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6])
+    return x, a, b
+
+
+def _bridged_view(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> ClusteringView:
+    return ClusteringView(
+        x,
+        k1=6,
+        k2=6,
+        knn_k=6,
+        dbscan_labels=a,
+        finch=FinchResult([b], [int(np.unique(b).size)]),
+        calibrator=PSameCalibrator(),
+    )
 
 
 def _brute_closest(x: np.ndarray, left: np.ndarray, right: np.ndarray) -> tuple[int, int]:
@@ -181,27 +216,39 @@ def test_region_medoid_is_least_total_distance_and_mean_rule_for_large_regions()
     assert approx.tolist() == [2, 5]
 
 
-def test_overseg_pairs_use_jaccard_similarity_k_max_and_s_min() -> None:
-    x = _unit(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]))
-    medoids = np.array([0, 1, 2, 3])
-    d = np.ones((4, 4))
-    np.fill_diagonal(d, 0.0)
-    d[0, 1] = d[1, 0] = 0.2  # sim 0.8
-    d[2, 3] = d[3, 2] = 0.75  # sim 0.25 < s_min
-    d[0, 2] = d[2, 0] = 0.0  # stored zero: sim 1.0 (an edge at distance 0)
-    mask = d < 1.0
-    jac = csr_matrix((d[mask], np.nonzero(mask)), shape=(4, 4))
-    a, b, s = overseg_pairs(x, medoids, jaccard=jac, k_max=5, s_min=0.3)
-    got = {(int(p), int(q)): round(float(v), 6) for p, q, v in zip(a, b, s, strict=True)}
-    assert got == {(0, 1): 0.8, (0, 2): 1.0}
-    a, b, _ = overseg_pairs(x, medoids, jaccard=jac, k_max=1, s_min=0.3)
-    # medoid 0 keeps only its best (2, sim 1.0); medoid 1 keeps 0; medoid 2 keeps 0
-    assert {(int(p), int(q)) for p, q in zip(a, b, strict=True)} == {(0, 2), (0, 1)}
+def test_nearest_medoids_are_the_k_max_nearest_by_cosine_ties_to_the_lower_position() -> None:
+    deg = np.deg2rad([0.0, 10.0, -10.0, 90.0])
+    x = _unit(np.column_stack([np.cos(deg), np.sin(deg)]))
+    medoids = np.array([7, 3, 5, 1])  # positions 0..3 index this array
+    full = np.zeros((8, 2), dtype=np.float32)
+    full[medoids] = x
+    a, b = nearest_medoids(full, medoids, k_max=1)
+    # 0 -> 1 (tie with 2 at the same cosine: lower position); 1 -> 0; 2 -> 0; 3 -> 1 (80° beats 100°)
+    assert list(zip(a.tolist(), b.tolist(), strict=True)) == [(0, 1), (0, 2), (1, 3)]
+    a, b = nearest_medoids(full, medoids, k_max=10)  # clamped to the other m - 1 medoids
+    assert a.size == 6
+    a, b = nearest_medoids(full, medoids[:1], k_max=5)
+    assert a.size == 0
+
+
+def test_overseg_pairs_compute_jaccard_for_medoids_that_are_no_knn_edge() -> None:
+    x, a, b = _bridged_regions()
+    view = _bridged_view(x, a, b)
+    assert 2 not in view.knn.indices[0] and 0 not in view.knn.indices[2]  # no kNN edge either way
+    assert view.jaccard[0, 2] == 0 and 2 not in view.jaccard[0].indices  # so d_J is not stored there
+    medoids = np.array([0, 2])
+    want = float(jaccard_similarity_pairs(x, [0], [2], k1=6, k2=6, knn=view.knn)[0])
+    assert want > 0.3
+    pa, pb, sim = overseg_pairs(x, medoids, knn=view.knn, k1=6, k2=6, k_max=5, s_min=0.3)
+    assert (pa.tolist(), pb.tolist()) == ([0], [1])
+    assert sim[0] == pytest.approx(want)
+    pa, _, _ = overseg_pairs(x, medoids, knn=view.knn, k1=6, k2=6, k_max=5, s_min=want + 0.01)
+    assert pa.size == 0
 
 
 def test_overseg_pairs_with_cosine_when_no_jaccard() -> None:
     x = _unit(np.array([[1.0, 0.0], [0.95, 0.3], [-1.0, 0.05]]))
-    a, b, s = overseg_pairs(x, np.arange(3), jaccard=None, k_max=1, s_min=0.3)
+    a, b, s = overseg_pairs(x, np.arange(3), k_max=1, s_min=0.3)
     assert {(int(p), int(q)) for p, q in zip(a, b, strict=True)} == {(0, 1)}
     assert s[0] == pytest.approx(float(x[0] @ x[1]))
 
@@ -212,7 +259,7 @@ def test_overseg_pool_joins_two_regions_of_one_identity() -> None:
     x, _ids = _blobs(centres, per=6, spread=0.02, seed=4)
     a = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
     b = np.array([0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3])
-    pool = aas_pool(x, a, b, k_max=5, s_min=0.3)  # cosine sim (no Jaccard given)
+    pool = aas_pool(x, a, b, k_max=5, s_min=0.3)  # cosine sim (no kNN graph given)
     assert pool.n_regions == 2
     os_pairs = [(int(i), int(j)) for i, j, c in zip(pool.i, pool.j, pool.code, strict=True) if c == 0]
     m = pool.medoids
@@ -274,16 +321,8 @@ def test_efraimidis_spirakis_is_seeded_without_replacement_and_proportional() ->
 
 
 def _view(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> ClusteringView:
-    n = x.shape[0]
-    sims = x @ x.T
-    dist = np.clip(1.0 - sims, 0.0, 1.0)
-    rows, cols = np.nonzero(np.ones((n, n), dtype=bool))
-    jac = csr_matrix((dist[rows, cols], (rows, cols)), shape=(n, n))
-    from strategies.calibration import PSameCalibrator
-
     return ClusteringView(
         x,
-        jaccard=jac,
         dbscan_labels=a,
         finch=FinchResult([np.asarray(b)], [int(np.unique(b).size)]),
         calibrator=PSameCalibrator(),
@@ -337,7 +376,7 @@ def test_sampler_samples_budget_without_replacement_deterministically() -> None:
     b = ids.copy()
     b[b % 3 == 0] = 99  # FINCH merges others
     ctx = _view(x, a, b)
-    s = AASSampler(random_state=3, s_min=0.0)  # with the cosine-like Jaccard stand-in, every medoid pair
+    s = AASSampler(random_state=3, s_min=0.0)  # every candidate medoid pair qualifies
     r1 = s.select(x, ConstraintGraph(), 4, view=ctx)
     r2 = s.select(x, ConstraintGraph(), 4, view=ctx)
     assert r1.pairs() == r2.pairs()
@@ -414,23 +453,94 @@ def test_aas_budget_is_the_paper_fraction_of_all_pairs() -> None:
         aas_budget(100, 0.0)
 
 
-def test_cosine_similarity_option_fills_u_os_where_jaccard_is_silent() -> None:
-    # two regions of one identity; the Jaccard stand-in has no edge between them (sim 0 < s_min)
-    centres = [np.array([1.0, 0.0, 0.0]), np.array([0.97, 0.25, 0.0])]
-    x, _ = _blobs(centres, per=6, spread=0.02, seed=4)
-    a = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
-    b = np.array([0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3])
-    n = x.shape[0]
-    from strategies.calibration import PSameCalibrator
+def test_u_os_pairs_region_medoids_that_share_no_knn_edge() -> None:
+    x, a, b = _bridged_regions()
+    result = AASSampler().select(x, ConstraintGraph(), 10, view=_bridged_view(x, a, b))
+    assert result.pool_sizes["regions"] == 2
+    assert result.pool_sizes["U_os"] == 1
+    by_pool = {(p.i, p.j): p.pool for p in result.proposals}
+    assert by_pool[(0, 2)] == "U_os"
+    assert by_pool[(0, 1)] == by_pool[(2, 3)] == "U_us:beta1"
 
-    same_region = np.equal.outer(np.arange(n) < 6, np.arange(n) < 6)
-    rows, cols = np.nonzero(same_region)
-    jac = csr_matrix((np.full(rows.size, 0.5), (rows, cols)), shape=(n, n))
-    ctx = ClusteringView(
-        x, jaccard=jac, dbscan_labels=a, finch=FinchResult([b], [4]), calibrator=PSameCalibrator()
-    )
-    by_jaccard = AASSampler().select(x, ConstraintGraph(), 20, view=ctx)
-    by_cosine = AASSampler(similarity="cosine").select(x, ConstraintGraph(), 20, view=ctx)
+
+def test_cosine_similarity_option_uses_raw_cosine() -> None:
+    x, a, b = _bridged_regions()
+    view = _bridged_view(x, a, b)
+    jac = float(jaccard_similarity_pairs(x, [0], [2], k1=6, k2=6, knn=view.knn)[0])
+    cos = float(x[0] @ x[2])
+    assert jac < 0.6 < cos
+    by_jaccard = AASSampler(s_min=0.6).select(x, ConstraintGraph(), 10, view=view)
+    by_cosine = AASSampler(similarity="cosine", s_min=0.6).select(x, ConstraintGraph(), 10, view=view)
     assert by_jaccard.pool_sizes["U_os"] == 0
     assert by_cosine.pool_sizes["U_os"] == 1
-    assert "U_os" in {p.pool for p in by_cosine.proposals}
+    os_reason = next(p.reason for p in by_cosine.proposals if p.pool == "U_os")
+    assert f"similarity {cos:.3f}" in os_reason
+
+
+# ----------------------------------------------------------------------------- the FINCH level
+
+
+def _outlier_heavy_pool() -> tuple[np.ndarray, np.ndarray, FinchResult]:
+    """40 points; DBSCAN: two clusters of 5 and 30 outliers (32 groups with the outliers, 2 without).
+
+    FINCH level 0 (28 groups) keeps DBSCAN's clusters, pairs outliers 10-17 two by two and leaves the
+    rest single; level 1 (2 groups) lumps rows 0-24 and rows 25-39.
+    """
+    rng = np.random.default_rng(5)
+    x = _unit(rng.normal(size=(40, 8)))
+    dbscan = np.full(40, -1)
+    dbscan[:5], dbscan[5:10] = 0, 1
+    fine = np.concatenate([[0] * 5, [1] * 5, np.repeat(np.arange(2, 6), 2), np.arange(6, 28)])
+    coarse = (np.arange(40) >= 25).astype(np.int64)
+    return x, dbscan, FinchResult([fine, coarse], [28, 2])
+
+
+def test_finch_level_counts_every_dbscan_outlier_as_its_own_group() -> None:
+    x, dbscan, finch = _outlier_heavy_pool()
+    view = ClusteringView(x, dbscan_labels=dbscan, finch=finch, calibrator=PSameCalibrator())
+    a, b, outlier = AASSampler().clusterings(x, ConstraintGraph(), view)
+    assert np.array_equal(b, finch.partitions[0])  # |28 - 32| < |2 - 32|
+    pool = aas_pool(x, a, b, outlier=outlier)
+    sizes = np.bincount(pool.regions[pool.regions >= 0])
+    # the regions are the four outlier pairs that FINCH joins, not two blobs of 25 and 15 points
+    assert sizes.tolist() == [2, 2, 2, 2]
+    result = AASSampler().select(x, ConstraintGraph(), 50, view=view)
+    assert result.pool_sizes["regions"] == 4
+    assert result.pool_sizes["U_us:beta3"] == 4  # one outlier-outlier pair per region, not hundreds
+    assert aas_finch_level(dbscan, finch) == 0
+
+
+def test_aas_finch_level_ties_go_to_the_finer_level() -> None:
+    finch = FinchResult([np.arange(40), np.arange(40) // 2], [40, 20])
+    dbscan = np.array([0] * 36 + [-1] * 4)  # 1 cluster + 4 outliers = 5 groups
+    assert aas_finch_level(dbscan, finch) == 1  # |20 - 5| < |40 - 5|
+    dbscan = np.concatenate([np.arange(36) % 26, [-1] * 4])  # 26 clusters + 4 outliers = 30 groups
+    assert aas_finch_level(dbscan, finch) == 0  # |40 - 30| = |20 - 30|: the finer level
+
+
+# ----------------------------------------------------------------------------- warnings
+
+
+def test_sampler_warns_when_u_os_is_empty(caplog: pytest.LogCaptureFixture) -> None:
+    x, a, b = _two_merged_identities()
+    with caplog.at_level(logging.WARNING, logger="strategies.samplers.aas"):
+        result = AASSampler().select(x, ConstraintGraph(), 50, view=_view(x, a, b))
+    assert result.pool_sizes["U_os"] == 0 and result.pool_sizes["regions"] == 1
+    assert any("U_os is empty (fewer than two regions" in r.getMessage() for r in caplog.records)
+    assert not any("U_us is empty" in r.getMessage() for r in caplog.records)
+
+
+def test_sampler_warns_when_u_us_is_empty(caplog: pytest.LogCaptureFixture) -> None:
+    x, a, b = _bridged_regions()
+    view = _bridged_view(x, a, b)
+    with caplog.at_level(logging.WARNING, logger="strategies.samplers.aas"):
+        AASSampler().select(x, ConstraintGraph(), 10, view=view)
+    assert not caplog.records  # both pools have pairs: nothing to say
+    graph = ConstraintGraph()
+    graph.mark_asked(0, 1)
+    graph.mark_asked(2, 3)
+    with caplog.at_level(logging.WARNING, logger="strategies.samplers.aas"):
+        result = AASSampler(refine=False).select(x, graph, 10, view=view)
+    assert result.pairs() == [(0, 2)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("U_us is empty (all 2 pairs are already asked or implied" in m for m in messages)

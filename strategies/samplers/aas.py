@@ -9,7 +9,7 @@ over-segmentation; the closest cross pair of two clusters of one method that the
 P(Y) = ε P(Y|U_os) + (1 - ε) P(Y|U_us) (eq. 4-6), or taken whole when it is smaller than the budget.
 
 Every step is a pure function over label arrays (testable with hand-made labels); ``AASSampler`` wires
-them to the kNN graph, Jaccard distance, DBSCAN, FINCH and NP3 modules.
+them to the kNN graph, the k-reciprocal Jaccard similarity, DBSCAN, FINCH and NP3 modules.
 
 No region of uncertainty means the two views agree everywhere: the result is empty with
 ``shortfall == budget`` ("rely on base training this cycle"), not ``PoolExhaustedError`` (which means
@@ -18,13 +18,16 @@ candidates existed but every one is already asked or implied).
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from strategies.clustering import FinchResult, select_finch_level
 from strategies.constraints import CONTRADICTION_POLICIES
 from strategies.defaults import (
     AAS_BUDGET_FRACTION,
@@ -34,7 +37,11 @@ from strategies.defaults import (
     AAS_S_MIN,
     AAS_SIMILARITY,
     CONTRADICTION_POLICY,
+    K1,
+    K2,
 )
+from strategies.jaccard import jaccard_similarity_pairs
+from strategies.knn import KnnGraph, build_knn
 from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
 from strategies.samplers.numeric import BLOCK_ELEMENTS, unresolved_mask
 from strategies.samplers.pool import PairPool, PoolExhaustedError
@@ -44,15 +51,19 @@ if TYPE_CHECKING:
     from strategies.constraints import ConstraintGraph
     from strategies.view import ClusteringView
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "AAS_SIMILARITIES",
     "POOL_NAMES",
     "AASPool",
     "AASSampler",
     "aas_budget",
+    "aas_finch_level",
     "aas_pool",
     "aas_probabilities",
     "efraimidis_spirakis",
+    "nearest_medoids",
     "outlier_status",
     "overseg_pairs",
     "region_medoids",
@@ -183,6 +194,19 @@ def outlier_status(dbscan_labels: np.ndarray, refined_a: np.ndarray) -> np.ndarr
     return (ref < 0) | ((raw < 0) & (size == 1))
 
 
+def aas_finch_level(dbscan_labels: np.ndarray, finch: FinchResult) -> int:
+    """The FINCH level B that AAS compares with DBSCAN: its group count is closest to DBSCAN's with every
+    outlier counted as its own group (ties -> finer; ALGORITHMS.md §2).
+
+    Regions treat each outlier as a singleton cluster, so the level must match that granularity; matching
+    the non-outlier clusters alone picks a far coarser level when DBSCAN leaves many outliers, and the
+    regions then collapse into a few giant blobs full of outlier-outlier pairs.
+    """
+    labels = np.asarray(dbscan_labels)
+    n_groups = int(np.unique(labels[labels >= 0]).size + (labels < 0).sum())
+    return select_finch_level(finch, n_groups)
+
+
 # --------------------------------------------------------------------------------------------------
 # B. U_os: medoid pairs across regions
 # --------------------------------------------------------------------------------------------------
@@ -200,15 +224,19 @@ def region_medoids(
     medoids = np.full(n_regions, -1, dtype=np.int64)
     if n_regions == 0:
         return medoids
-    x = np.asarray(features, dtype=np.float64)
     order = np.argsort(regions, kind="stable")
     starts = np.searchsorted(regions[order], np.arange(n_regions))
     ends = np.searchsorted(regions[order], np.arange(n_regions), side="right")
+    # the points inside regions only, in region order: each region is then a contiguous slice
+    inside = order[starts[0] :]
+    x = np.asarray(np.asarray(features)[inside], dtype=np.float64)
+    sq_all = _sq_norms(x)
     for r in range(n_regions):
-        members = order[starts[r] : ends[r]]
-        xm = x[members]
+        lo, hi = starts[r] - starts[0], ends[r] - starts[0]
+        members = inside[lo:hi]
+        xm = x[lo:hi]
         if members.size <= exact_max:
-            sq = _sq_norms(xm)
+            sq = sq_all[lo:hi]
             d2 = sq[:, None] + sq[None, :] - 2.0 * (xm @ xm.T)
             total = np.sqrt(np.maximum(d2, 0.0)).sum(axis=1)
             medoids[r] = members[int(np.argmin(total))]
@@ -218,82 +246,75 @@ def region_medoids(
     return medoids
 
 
+def nearest_medoids(
+    features: np.ndarray, medoids: np.ndarray, k_max: int = AAS_K_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """U_os candidates: each medoid's ``k_max`` nearest other medoids by cosine (ties -> lower position).
+
+    Returns (pos_a, pos_b), positions into ``medoids`` with pos_a < pos_b, each unordered pair once, sorted.
+    Blocked m x m products: the medoids are few (one per region), so no index is needed.
+    """
+    m = medoids.size
+    k = min(int(k_max), m - 1)
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    if k < 1:
+        return empty
+    mx = np.asarray(features)[medoids]
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    step = max(1, BLOCK_ELEMENTS // m)
+    for start in range(0, m, step):
+        cos = mx[start : start + step] @ mx.T
+        rr = np.arange(cos.shape[0])
+        cos[rr, start + rr] = -np.inf
+        # the k-th largest cosine per row: everything at or above it, unless a tie at it overflows k;
+        # then the tied ones by lowest position
+        kth = -np.partition(-cos, k - 1, axis=1)[:, k - 1 : k]
+        keep = cos >= kth
+        over = np.flatnonzero(keep.sum(axis=1) > k)
+        if over.size:
+            tied = cos[over] == kth[over]
+            need = k - (cos[over] > kth[over]).sum(axis=1, keepdims=True)
+            keep[over] = (cos[over] > kth[over]) | (tied & (np.cumsum(tied, axis=1) <= need))
+        r, c = np.nonzero(keep)
+        rows.append(start + r)
+        cols.append(c)
+    r = np.concatenate(rows).astype(np.int64)
+    c = np.concatenate(cols).astype(np.int64)
+    keys = np.unique(np.minimum(r, c) * m + np.maximum(r, c))
+    return keys // m, keys % m
+
+
 def overseg_pairs(
     features: np.ndarray,
     medoids: np.ndarray,
     *,
-    jaccard: csr_matrix | None = None,
+    knn: KnnGraph | None = None,
+    k1: int = K1,
+    k2: int = K2,
     k_max: int = AAS_K_MAX,
     s_min: float = AAS_S_MIN,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """U_os: for each medoid, its k_max nearest other medoids by sim (ties by cosine, then row), kept
-    when sim >= s_min. sim = Jaccard similarity 1 - d_J (0 off the Jaccard graph's edges) when
-    ``jaccard`` is given, else cosine. Returns (pos_a, pos_b, sim) with positions into ``medoids``,
-    each unordered pair once."""
-    m = medoids.size
-    empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))
-    if m < 2 or k_max < 1:
-        return empty
-    x = np.asarray(features)
-    mx = x[medoids]
-    cand_r: list[np.ndarray] = []
-    cand_c: list[np.ndarray] = []
-    if jaccard is not None:
-        # Jaccard edges among medoids, read straight from the CSR arrays (explicit zeros are edges)
-        pos = np.full(jaccard.shape[0], -1, dtype=np.int64)
-        pos[medoids] = np.arange(m)
-        indptr = jaccard.indptr
-        lens = (indptr[medoids + 1] - indptr[medoids]).astype(np.int64)
-        offsets = np.repeat(np.cumsum(lens) - lens, lens)
-        flat = np.repeat(indptr[medoids].astype(np.int64), lens) + (np.arange(int(lens.sum())) - offsets)
-        rows = np.repeat(np.arange(m), lens)
-        cols = pos[jaccard.indices[flat]]
-        keep = (cols >= 0) & (cols != rows)
-        cand_r.append(rows[keep])
-        cand_c.append(cols[keep])
-        jac_sim = 1.0 - np.asarray(jaccard.data[flat][keep], dtype=np.float64)
-    if jaccard is None or s_min <= 0:
-        # cosine-nearest medoids: all sim candidates when sim is cosine; the sim-0 (non-edge) candidates
-        # when s_min <= 0 lets them qualify. k_max + (edges in the row) covers the top k_max non-edges.
-        extra = k_max + (int(np.bincount(cand_r[0], minlength=m).max()) if cand_r and cand_r[0].size else 0)
-        extra = min(extra, m - 1)
-        step = max(1, BLOCK_ELEMENTS // m)
-        for start in range(0, m, step):
-            cos = mx[start : start + step] @ mx.T
-            rr = np.arange(cos.shape[0])
-            cos[rr, start + rr] = -np.inf
-            top = (
-                np.argpartition(-cos, extra - 1, axis=1)[:, :extra] if extra < m else np.argsort(-cos, axis=1)
-            )
-            cand_r.append(np.repeat(start + rr, top.shape[1]))
-            cand_c.append(top.reshape(-1))
-    r = np.concatenate(cand_r)
-    c = np.concatenate(cand_c)
-    keys = np.unique(r * m + c)
-    r, c = keys // m, keys % m
-    cos = np.einsum("ij,ij->i", mx[r], mx[c]).astype(np.float64)
-    if jaccard is not None:
-        # look each candidate's Jaccard similarity up among the edges (0 when it is no edge)
-        sim = np.zeros(r.size)
-        ekeys = cand_r[0] * m + cand_c[0]
-        if ekeys.size:
-            eorder = np.argsort(ekeys)
-            loc = np.minimum(np.searchsorted(ekeys[eorder], keys), ekeys.size - 1)
-            hit = ekeys[eorder][loc] == keys
-            sim[hit] = jac_sim[eorder[loc[hit]]]
-    else:
-        sim = cos
-    # rank inside each row by (sim desc, cosine desc, column asc) and keep the first k_max
-    order = np.lexsort((c, -cos, -sim, r))
-    r, c, sim = r[order], c[order], sim[order]
-    row_start = np.searchsorted(r, r, side="left")
-    rank = np.arange(r.size) - row_start
-    keep = (rank < k_max) & (sim >= s_min)
-    a, b, s = np.minimum(r[keep], c[keep]), np.maximum(r[keep], c[keep]), sim[keep]
+    """U_os: each medoid's k_max nearest other medoids (by cosine), kept when sim >= s_min.
+
+    With ``knn`` (the pool's kNN graph), sim is the k-reciprocal Jaccard similarity computed from the two
+    medoids' V rows (``k1``/``k2`` as for the pool's Jaccard distance): medoids of different regions are
+    rarely kNN edges of each other, so a similarity read off the kNN graph would be 0 for almost every
+    candidate. Without ``knn``, sim is cosine. Returns (pos_a, pos_b, sim), positions into ``medoids``,
+    pos_a < pos_b, each unordered pair once.
+    """
+    a, b = nearest_medoids(features, medoids, k_max)
     if a.size == 0:
-        return empty
-    _, first = np.unique(a * m + b, return_index=True)
-    return a[first], b[first], s[first]
+        return a, b, np.zeros(0)
+    x = np.asarray(features)
+    if knn is not None:
+        if knn.n != x.shape[0]:
+            raise ValueError(f"knn has {knn.n} rows but features has {x.shape[0]}")
+        sim = jaccard_similarity_pairs(x, medoids[a], medoids[b], k1=k1, k2=k2, knn=knn, check_input=False)
+    else:
+        sim = np.einsum("ij,ij->i", x[medoids[a]], x[medoids[b]]).astype(np.float64)
+    keep = sim >= s_min
+    return a[keep], b[keep], sim[keep]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,16 +323,21 @@ def overseg_pairs(
 
 
 def _closest_cross_pairs(
-    x: np.ndarray, sq: np.ndarray, members: list[np.ndarray], c1: np.ndarray, c2: np.ndarray
+    x: np.ndarray,
+    sq: np.ndarray,
+    members: list[np.ndarray],
+    sizes: np.ndarray,
+    first: np.ndarray,
+    c1: np.ndarray,
+    c2: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """argmin Euclidean distance over members[c1[t]] x members[c2[t]] for each t (eq. 2), in blocks.
-    Ties: the first row of the larger cluster, then the first column."""
+    """argmin Euclidean distance over members[c1[t]] x members[c2[t]] for each t (eq. 2), in blocks
+    (``sizes`` and ``first`` as ``_cluster_members`` gives them). Ties: the first row of the larger
+    cluster, then the first column."""
     u = np.empty(c1.size, dtype=np.int64)
     v = np.empty(c1.size, dtype=np.int64)
-    sizes = np.fromiter((m.size for m in members), dtype=np.int64, count=len(members))
     single = (sizes[c1] == 1) & (sizes[c2] == 1)
     if single.any():
-        first = np.fromiter((m[0] if m.size else -1 for m in members), dtype=np.int64, count=len(members))
         u[single] = first[c1[single]]
         v[single] = first[c2[single]]
     rest = np.flatnonzero(~single)
@@ -324,8 +350,9 @@ def _closest_cross_pairs(
     order = np.lexsort((small, big))
     rest, big, small, swapped = rest[order], big[order], small[order], swapped[order]
     bounds = np.flatnonzero(np.diff(big)) + 1
-    for grp in np.split(np.arange(rest.size), bounds):
-        rows = members[big[grp[0]]]
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, rest.size], strict=True):
+        grp = np.arange(lo, hi)
+        rows = members[big[lo]]
         partner_members = [members[s] for s in small[grp]]
         seg_len = np.array([p.size for p in partner_members], dtype=np.int64)
         cols = np.concatenate(partner_members)
@@ -354,10 +381,23 @@ def _closest_cross_pairs(
     return u, v
 
 
-def _cluster_members(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+@functools.lru_cache(maxsize=256)
+def _upper_pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.triu_indices(size, 1), kept per size: underseg_pairs asks for the same few sizes thousands of
+    times (read-only arrays, so sharing them is safe)."""
+    t1, t2 = np.triu_indices(size, 1)
+    t1.flags.writeable = False
+    t2.flags.writeable = False
+    return t1, t2
+
+
+def _cluster_members(labels: np.ndarray, n_clusters: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Members of each cluster 0..n_clusters-1 (ascending rows), their sizes and first rows (-1 if empty)."""
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
-    return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)]
+    sizes = np.diff(bounds)
+    first = np.where(sizes > 0, order[np.minimum(bounds[:-1], max(order.size - 1, 0))], -1)
+    return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)], sizes, first
 
 
 def _type_counts(groups: np.ndarray, outlier: np.ndarray, n_groups: int) -> np.ndarray:
@@ -401,18 +441,18 @@ def underseg_pairs(
         bounds = np.flatnonzero(np.diff(ge)) + 1
         pa: list[np.ndarray] = []
         pb: list[np.ndarray] = []
-        for grp in np.split(np.arange(cells.size), bounds):
-            if grp.size < 2:
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, cells.size], strict=True):
+            if hi - lo < 2:
                 continue
-            t1, t2 = np.triu_indices(grp.size, 1)
+            grp = np.arange(lo, hi)
+            t1, t2 = _upper_pairs(int(hi - lo))
             pa.append(cz[grp][t1])
             pb.append(cz[grp][t2])
         if not pa:
             continue
         keys = np.unique(np.concatenate(pa) * nz + np.concatenate(pb))
         c1, c2 = keys // nz, keys % nz
-        members = _cluster_members(zeta, nz)
-        u, v = _closest_cross_pairs(x, sq, members, c1, c2)
+        u, v = _closest_cross_pairs(x, sq, *_cluster_members(zeta, nz), c1, c2)
         keep = eta[u] == eta[v]
         out_i.append(np.minimum(u[keep], v[keep]))
         out_j.append(np.maximum(u[keep], v[keep]))
@@ -459,7 +499,9 @@ def aas_pool(
     labels_b: np.ndarray,
     *,
     outlier: np.ndarray | None = None,
-    jaccard: csr_matrix | None = None,
+    knn: KnnGraph | None = None,
+    k1: int = K1,
+    k2: int = K2,
     k_max: int = AAS_K_MAX,
     s_min: float = AAS_S_MIN,
     exact_medoid_max: int = AAS_EXACT_MEDOID_MAX,
@@ -468,7 +510,8 @@ def aas_pool(
 
     ``outlier`` defaults to ``labels_a == -1``. ``features`` may be any real vectors (the worked
     example of ALGORITHMS.md uses 1-D points); distances are Euclidean, which on unit vectors ranks
-    pairs exactly as cosine does.
+    pairs exactly as cosine does. ``knn`` (with ``k1``/``k2``) makes U_os's sim the k-reciprocal
+    Jaccard similarity; without it, sim is cosine (see ``overseg_pairs``).
     """
     x = np.asarray(features)
     if x.ndim != 2:
@@ -484,7 +527,7 @@ def aas_pool(
         raise ValueError(f"outlier must have shape {la.shape}, got {outlier.shape}")
     regions, m = uncertainty_regions(la, lb)
     medoids = region_medoids(x, regions, m, exact_max=exact_medoid_max)
-    pa, pb, sim = overseg_pairs(x, medoids, jaccard=jaccard, k_max=k_max, s_min=s_min)
+    pa, pb, sim = overseg_pairs(x, medoids, knn=knn, k1=k1, k2=k2, k_max=k_max, s_min=s_min)
     os_i = np.minimum(medoids[pa], medoids[pb])
     os_j = np.maximum(medoids[pa], medoids[pb])
     us_i, us_j, us_reg, us_kind, us_by, counts = underseg_pairs(x, la, lb, regions, m, outlier)
@@ -567,7 +610,8 @@ class AASSampler(PairSampler):
 
     ``exact_medoid_max``: regions above this size use the point nearest the mean as medoid;
     ``contradiction_policy``: NP3's policy; ``refine``: apply NP3 to both clusterings (the paper does);
-    ``similarity``: sim of U_os and eq. 4, "jaccard" (k-reciprocal, SpCL's, our default) or "cosine".
+    ``similarity``: sim of U_os and eq. 4, "jaccard" (k-reciprocal, SpCL's, our default; computed for each
+    candidate medoid pair from its V rows) or "cosine". An empty U_os or U_us is logged as a warning.
     """
 
     name: ClassVar[str] = "aas"
@@ -601,13 +645,10 @@ class AASSampler(PairSampler):
     def clusterings(
         self, features: np.ndarray, constraints: ConstraintGraph, view: ClusteringView
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(A, B, outlier mask): DBSCAN and the matching FINCH level, each refined by NP3."""
-        from strategies.clustering import select_finch_level
-
+        """(A, B, outlier mask): DBSCAN and the matching FINCH level (``aas_finch_level``), each refined
+        by NP3."""
         dbscan = np.asarray(view.dbscan_labels)
-        n_target = int(np.unique(dbscan[dbscan >= 0]).size)
-        level = select_finch_level(view.finch, n_target)
-        finch = np.asarray(view.finch.partitions[level])
+        finch = np.asarray(view.finch.partitions[aas_finch_level(dbscan, view.finch)])
         a, b = dbscan, finch
         if self.refine and len(constraints) > 0:
             from strategies.np3 import NP3
@@ -628,7 +669,9 @@ class AASSampler(PairSampler):
             a,
             b,
             outlier=outlier,
-            jaccard=pool.view.jaccard if self.similarity == "jaccard" else None,
+            knn=_jaccard_knn(pool.view) if self.similarity == "jaccard" else None,
+            k1=pool.view.k1,
+            k2=pool.view.k2,
             k_max=self.k_max,
             s_min=self.s_min,
             exact_medoid_max=self.exact_medoid_max,
@@ -644,6 +687,7 @@ class AASSampler(PairSampler):
                 f"aas: all {len(candidates)} pairs of the pool are already asked or implied "
                 f"(pool sizes {sizes})"
             )
+        _warn_empty_pools(open_pool, candidates, self.similarity, self.s_min)
         prob = aas_probabilities(open_pool, self.epsilon)
         if len(open_pool) <= budget:
             chosen = np.arange(len(open_pool))
@@ -660,6 +704,45 @@ class AASSampler(PairSampler):
         proposals = self._proposals(pool, pairs, priority[chosen], pools, reasons)
         return SamplingResult(
             proposals=proposals, shortfall=max(0, budget - len(proposals)), pool_sizes=sizes
+        )
+
+
+def _jaccard_knn(view: ClusteringView) -> KnnGraph:
+    """The view's kNN graph when it is wide enough for its k1 (as the view's Jaccard distance needs),
+    else a graph of the default width."""
+    if view.knn.k >= view.k1:
+        return view.knn
+    width = min(view.n, max(view.k1, view.knn_k))
+    return build_knn(view.features, width, random_state=view.random_state, check_input=False)
+
+
+def _warn_empty_pools(open_pool: AASPool, candidates: AASPool, similarity: str, s_min: float) -> None:
+    """Say why all of P(Y) goes to one pool (eq. 6 with the other pool empty); the counts are also in
+    ``SamplingResult.pool_sizes``."""
+    n_os = int((open_pool.code == 0).sum())
+    n_us = len(open_pool) - n_os
+    if n_os == 0:
+        found = int((candidates.code == 0).sum())
+        if found:
+            why = f"all {found} medoid pairs are already asked or implied"
+        elif candidates.n_regions < 2:
+            why = "fewer than two regions"
+        else:
+            why = f"no pair of nearest region medoids reaches s_min={s_min} ({similarity} similarity)"
+        log.warning(
+            "aas: U_os is empty (%s; %d regions); all of P(Y) goes to U_us (%d pairs)",
+            why,
+            candidates.n_regions,
+            n_us,
+        )
+    if n_us == 0:
+        found = len(candidates) - int((candidates.code == 0).sum())
+        why = f"all {found} pairs are already asked or implied" if found else "no inconsistent closest pair"
+        log.warning(
+            "aas: U_us is empty (%s; %d regions); all of P(Y) goes to U_os (%d pairs)",
+            why,
+            candidates.n_regions,
+            n_os,
         )
 
 
