@@ -11,7 +11,13 @@ import pytest
 
 from trainer.simulate import build_parser, main
 from trainer.simulate.datasets import make_synthetic, save_npz, validate_dataset
-from trainer.simulate.protocol import clustering_scores, evaluate, retrieval_scores, split_identities
+from trainer.simulate.protocol import (
+    clustering_scores,
+    evaluate,
+    open_set_auc,
+    retrieval_scores,
+    split_identities,
+)
 from trainer.simulate.report import (
     CURVE_FIELDS,
     aggregate_runs,
@@ -41,7 +47,12 @@ def test_split_is_identity_disjoint_with_camera_queries() -> None:
     split = split_identities(ds, test_fraction=0.5, random_state=1)
     pool_ids, test_ids = set(ds.labels[split.pool]), set(ds.labels[split.test])
     assert not pool_ids & test_ids and len(pool_ids) + len(test_ids) == 40 and len(test_ids) == 20
-    assert np.array_equal(np.sort(np.concatenate([split.pool, split.test])), np.arange(ds.n))
+    every = np.sort(np.concatenate([split.pool, split.test, split.known]))
+    assert np.array_equal(every, np.arange(ds.n))
+    # open set: one image of a fifth of the pool identities (>= 3 images) kept out as a known query
+    assert split.known.size == round(0.2 * 20) and set(ds.labels[split.known]) <= pool_ids
+    assert len(set(ds.labels[split.known])) == split.known.size
+    assert not set(split.known) & set(split.pool)
     assert not set(split.query) & set(split.gallery)
     assert set(split.query) | set(split.gallery) == set(split.test)
     # at most one query per (identity, camera), at least one per identity, each with a cross-camera mate
@@ -68,6 +79,11 @@ def test_split_without_cameras_is_leave_one_out() -> None:
     onehot = np.eye(10, dtype=np.float32)[labels]
     scores = retrieval_scores(onehot, ds, split)
     assert scores["mAP"] == pytest.approx(1.0) and scores["n_skipped"] == 0 and scores["n_queries"] == 12
+    # known individuals find a mate in the pool (cosine 1), unknown ones none (cosine 0): AUC 1
+    assert split.known.size == 1
+    assert open_set_auc(onehot, split) == pytest.approx(1.0)
+    assert open_set_auc(np.ones_like(onehot), split) == pytest.approx(0.5)  # a constant score: chance
+    assert split_identities(ds, test_fraction=0.3, random_state=0, known_fraction=0.0).known.size == 0
 
 
 def test_split_tracklets_exclude_near_duplicates() -> None:
@@ -96,6 +112,7 @@ def test_evaluate_scores_truth_and_noise() -> None:
     perfect = evaluate(np.eye(40, dtype=np.float32)[ds.labels], pool_truth, ds, split)
     assert perfect["mAP"] == pytest.approx(1.0) and perfect["rank1"] == pytest.approx(1.0)
     assert perfect["pairwise_f1"] == pytest.approx(1.0) and perfect["ari"] == pytest.approx(1.0)
+    assert perfect["open_set_auc"] == pytest.approx(1.0)
     raw = evaluate(ds.features, -np.ones_like(pool_truth), ds, split)
     assert 0.0 < raw["mAP"] < 1.0
     assert raw["pairwise_f1"] == 0.0 and raw["n_outliers"] == pool_truth.size

@@ -63,10 +63,15 @@ from strategies.samplers import PairProposal, PoolExhaustedError, available_samp
 from strategies.validation import check_features, check_per_item
 from strategies.view import ClusteringView
 from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
-from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY
+from trainer.defaults import CYCLE_BUDGET, CYCLE_PSEUDO_LABELS, CYCLE_STRATEGY
 from trainer.gate import GateDecision, Holdout, ValidationGate
 
-__all__ = ["CycleConfig", "CycleResult", "run_cycle"]
+__all__ = ["PSEUDO_LABELS", "CycleConfig", "CycleResult", "run_cycle"]
+
+# What a candidate learns identities from: the assignment under the model in service ("identities"),
+# the assignment under the frozen encoder ("frozen": a function of the answers alone), or only the
+# must-link components ("verified").
+PSEUDO_LABELS = ("identities", "frozen", "verified")
 
 LogTarget = Callable[[str], Any] | logging.Logger | None
 
@@ -94,6 +99,7 @@ class CycleConfig:
     random_state: int = 0
     train_when_fewer_than: int | None = None
     knn_k: int = KNN_K
+    pseudo_labels: str = CYCLE_PSEUDO_LABELS
 
     def __post_init__(self) -> None:
         if self.strategy not in available_samplers():
@@ -118,6 +124,8 @@ class CycleConfig:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
         if not 0.0 <= float(self.min_p_same) < 1.0:
             raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
+        if self.pseudo_labels not in PSEUDO_LABELS:
+            raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABELS}, got {self.pseudo_labels!r}")
         if self.train_when_fewer_than is not None and self.train_when_fewer_than < 1:
             raise ValueError(
                 f"train_when_fewer_than must be >= 1 or None, got {self.train_when_fewer_than!r}"
@@ -280,6 +288,18 @@ def _training_labels(identities: IdentityAssignment, holdout: Holdout) -> np.nda
     sizes = np.bincount(labels[labels >= 0], minlength=int(labels.max()) + 1 if labels.size else 0)
     labels[(labels >= 0) & (sizes[np.maximum(labels, 0)] < 2)] = -1
     return labels
+
+
+def _label_source(config: CycleConfig, x: np.ndarray, graph: ConstraintGraph, view: ClusteringView,
+                  in_service: dict[str, Any] | None) -> IdentityAssignment:
+    """The identities a candidate learns from (``CycleConfig.pseudo_labels``)."""
+    if config.pseudo_labels == "identities" or (config.pseudo_labels == "frozen" and in_service is None):
+        return view.identities
+    if config.pseudo_labels == "frozen":
+        return config.view(apply_adapter(None, x), graph).identities
+    comp = graph.component_labels(x.shape[0])
+    n = comp.shape[0]
+    return IdentityAssignment(comp, np.bincount(comp)[comp] >= 2, np.ones(n), np.zeros(n, dtype=np.int64))
 
 
 def _trained_images(n: int, labels: np.ndarray, holdout: Holdout) -> np.ndarray:
@@ -448,7 +468,7 @@ def run_cycle(
     if service.trained_on is not None and service.trained_on.shape == (n,):
         unseen = ~service.trained_on
     holdout = config.gate.split(n, effective.must_link, effective.cannot_link, unseen=unseen)
-    labels = _training_labels(before, holdout)
+    labels = _training_labels(_label_source(config, x, graph, view, in_service), holdout)
     fingerprint = _fingerprint(effective.must_link, effective.cannot_link)
     skipped = _why_not_train(config, n, holdout, labels, same_answers=fingerprint == service.answers)
     train_result: TrainResult | None = None

@@ -32,6 +32,7 @@ UA_PAIRED_WEIGHT = 0.0  # [ours] weight of the feature-noise view as a UA positi
 # the retraining cycle (trainer/cycle.py; also the service's REID_AL_STRATEGY / REID_AL_BUDGET)
 CYCLE_STRATEGY = "hybrid"  # builds identities fastest and teaches the model most on real sets
 CYCLE_BUDGET = 50  # pairs proposed per cycle
+CYCLE_PSEUDO_LABELS = "identities"  # what a candidate learns from (trainer.cycle.PSEUDO_LABELS)
 
 # encoders, extraction, model registry (trainer/encoders.py, extraction.py, registry.py)
 OPEN_CLIP_DEFAULT_MODEL = "ViT-B-32"
@@ -59,6 +60,7 @@ SIMULATION_ENCODER = "mobilenetv2"  # works offline: its weights ship in deep-so
 SIMULATION_STRATEGIES = ("hybrid", "match_first", "aas", "uncertainty", "random", "none")
 SIMULATION_SEEDS = (0, 1, 2)
 SIMULATION_CYCLES = 5
+OPEN_SET_KNOWN_FRACTION = 0.2  # pool identities that lend one image to the open-set "known" queries
 
 # the validation gate (trainer/gate.py): a trained adapter is served only if it wins on held-out answers
 GATE_FOLDS = 5  # one verified identity in five is held out from training and scores the models

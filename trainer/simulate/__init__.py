@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="CycleConfig override, repeatable (e.g. eps=0.5)",
+        help="CycleConfig override, repeatable (e.g. pseudo_labels=frozen; gate.folds=4 sets the "
+        "validation gate's parameters)",
     )
     p.add_argument(
         "--threads",

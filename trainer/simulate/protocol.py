@@ -12,17 +12,22 @@ Protocol (documented in benchmarks/results/simulate.md):
   * without cameras: every test image queries all test images (leave-one-out); the query itself,
     and its tracklet-mates when tracklets exist, are ignored (passed as the "camera" exclusion group).
   mAP, CMC Rank-1/5/10 and mINP; queries with no positive left are skipped and counted.
-- Clustering quality on the pool: pairwise precision/recall/F1 and ARI of the (NP3-refined)
-  pseudo-labels against the truth; -1 (outlier) counts as a singleton.
+- Clustering quality on the pool: pairwise precision/recall/F1 and ARI of the identity assignment
+  against the truth; -1 (outlier) counts as a singleton.
+- Open set (seed 001's open-world evaluation): one image of a fifth of the pool identities (those with
+  >= 3 images) is kept out of the pool as a *known* query; the test queries are *unknown* individuals.
+  Each query's score is its largest cosine to the pool; ``open_set_auc`` is the AUC-ROC of telling the
+  unknown from the known by a low score.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from trainer.defaults import OPEN_SET_KNOWN_FRACTION
 from trainer.simulate.datasets import SimulationDataset
 
 RANKS = (1, 5, 10)
@@ -40,6 +45,7 @@ class Split:
     gallery_groups: np.ndarray
     group_kind: str  # "camera" | "tracklet" | "image"
     random_state: int | None
+    known: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # open-set queries
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -47,15 +53,37 @@ class Split:
             "n_test": int(self.test.size),
             "n_queries": int(self.query.size),
             "n_gallery": int(self.gallery.size),
+            "n_known_queries": int(self.known.size),
             "exclusion_group": self.group_kind,
             "random_state": self.random_state,
         }
 
 
 def split_identities(
-    dataset: SimulationDataset, *, test_fraction: float = 0.5, random_state: int | None = 0
+    dataset: SimulationDataset,
+    *,
+    test_fraction: float = 0.5,
+    random_state: int | None = 0,
+    known_fraction: float = OPEN_SET_KNOWN_FRACTION,
 ) -> Split:
-    """Identity-disjoint pool/test split plus query/gallery rows inside test (see module docstring)."""
+    """Identity-disjoint pool/test split plus query/gallery rows inside test and the open-set known
+    queries kept out of the pool (see module docstring)."""
+    split = _split(dataset, test_fraction=test_fraction, random_state=random_state)
+    if not 0.0 <= float(known_fraction) < 1.0:
+        raise ValueError(f"known_fraction: must be in [0, 1), got {known_fraction}")
+    labels = dataset.labels[split.pool]
+    ids, counts = np.unique(labels, return_counts=True)
+    eligible = ids[counts >= 3]
+    n_known = round(float(known_fraction) * eligible.size)
+    if n_known == 0:
+        return split
+    rng = np.random.default_rng(None if random_state is None else int(random_state) + 1)
+    chosen = rng.choice(eligible, size=n_known, replace=False)
+    known = np.sort([int(rng.choice(split.pool[labels == c])) for c in chosen]).astype(np.int64)
+    return replace(split, pool=np.setdiff1d(split.pool, known), known=known)
+
+
+def _split(dataset: SimulationDataset, *, test_fraction: float, random_state: int | None) -> Split:
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction: must be in (0, 1), got {test_fraction}")
     labels = dataset.labels
@@ -102,6 +130,33 @@ def split_identities(
         return Split(pool, test, test, test, groups[test], groups[test], "tracklet", random_state)
     rows = np.arange(dataset.n, dtype=np.int64)
     return Split(pool, test, test, test, rows[test], rows[test], "image", random_state)
+
+
+def open_set_auc(embeddings: np.ndarray, split: Split) -> float | None:
+    """AUC-ROC of telling unknown individuals (test queries) from known ones (the known queries) by a
+    low largest cosine to the pool; None without known queries."""
+    if split.known.size == 0 or split.query.size == 0:
+        return None
+    emb = np.asarray(embeddings, dtype=np.float32)
+    pool = emb[split.pool]
+
+    def best(rows: np.ndarray) -> np.ndarray:
+        out = np.empty(rows.size, dtype=np.float64)
+        step = max(1, 4_000_000 // max(1, pool.shape[0]))
+        for start in range(0, rows.size, step):
+            out[start : start + step] = (emb[rows[start : start + step]] @ pool.T).max(axis=1)
+        return out
+
+    known, unknown = best(split.known), best(split.query)
+    # P(an unknown query scores lower than a known one), ties counted one half
+    both = np.concatenate([unknown, known])
+    ranks = np.empty(both.size)
+    order = np.argsort(both, kind="mergesort")
+    sorted_vals = both[order]
+    _, start, count = np.unique(sorted_vals, return_index=True, return_counts=True)
+    ranks[order] = np.repeat(start + (count - 1) / 2.0 + 1.0, count)
+    r_known = ranks[unknown.size :].sum() - known.size * (known.size + 1) / 2.0
+    return float(r_known / (known.size * unknown.size))
 
 
 def retrieval_scores(embeddings: np.ndarray, dataset: SimulationDataset, split: Split) -> dict[str, float]:
@@ -155,10 +210,14 @@ def evaluate(
     split: Split,
 ) -> dict[str, float]:
     """Both halves of the protocol in one flat dict (what results.json stores per cycle and seed)."""
-    return {
+    scores = {
         **retrieval_scores(embeddings, dataset, split),
         **clustering_scores(pool_pseudo_labels, dataset.labels[split.pool]),
     }
+    auc = open_set_auc(embeddings, split)
+    if auc is not None:
+        scores["open_set_auc"] = auc
+    return scores
 
 
 def unsupervised_pseudo_labels(features: np.ndarray, **params: Any) -> np.ndarray:

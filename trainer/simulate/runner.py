@@ -167,12 +167,19 @@ class Simulation:
 
     def _cycle_config(self, strategy: str, budget: int, seed: int, cycle: int) -> Any:
         from trainer.cycle import CycleConfig
+        from trainer.gate import ValidationGate
 
         params = dict(self._cfg.cycle_params)
+        gate = {k.split(".", 1)[1]: params.pop(k) for k in list(params) if k.startswith("gate.")}
         names = {f.name for f in dataclasses.fields(CycleConfig)}
         unknown = sorted(set(params) - names)
         if unknown:
             raise ValueError(f"cycle_params: unknown CycleConfig field(s) {unknown}; known: {sorted(names)}")
+        if gate:
+            try:
+                params["gate"] = ValidationGate(**gate)
+            except TypeError as exc:
+                raise ValueError(f"cycle_params: gate.* names no ValidationGate parameter ({exc})") from None
         if strategy == NO_LABELS:  # the control runs a cheap sampler whose proposals nobody answers
             strategy, budget = "random", 1
         return CycleConfig(
