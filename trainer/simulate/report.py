@@ -319,7 +319,8 @@ def markdown_summary(results: dict[str, Any]) -> str:
         f"oracle noise {cfg['noise_rate']}, unsure {cfg['unsure_rate']}; "
         f"wall {results.get('wall_s', 0):.0f} s.",
         "",
-        "| reference | held-out mAP | Rank-1 | mINP | open-set AUC | pool F1 | pool precision | pool recall |",
+        "| reference | held-out mAP | Rank-1 | mINP | open-set AUC | pool F1 | pool precision "
+        "| pool recall |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, ref in (("baseline (frozen, no labels)", base), ("skyline (all pool labels)", sky)):
@@ -328,8 +329,10 @@ def markdown_summary(results: dict[str, Any]) -> str:
                 f"| {name} | "
                 + " | ".join(
                     _cell(ref, f, with_std=True)
-                    for f in ("mAP", "rank1", "mINP", "open_set_auc", "pairwise_f1", "pairwise_precision",
-                              "pairwise_recall")
+                    for f in (
+                        "mAP", "rank1", "mINP", "open_set_auc",
+                        "pairwise_f1", "pairwise_precision", "pairwise_recall",
+                    )
                 )
                 + " |"
             )
@@ -347,7 +350,8 @@ def markdown_summary(results: dict[str, Any]) -> str:
                 f"{_cell(row, 'answers_per_image', '.2f')} | {_cell(row, 'answers_same', '.1f')} | "
                 f"{_cell(row, 'pairs_by_transitivity', '.0f')} | {_served(block, row['cycle'])} | "
                 f"{_cell(row, 'mAP', with_std=True)} | {_cell(row, 'rank1')} | "
-                f"{_cell(row, 'open_set_auc')} | {_cell(row, 'pairwise_f1', with_std=True)} | {_cell(row, 'pairwise_precision')} | "
+                f"{_cell(row, 'open_set_auc')} | {_cell(row, 'pairwise_f1', with_std=True)} | "
+                f"{_cell(row, 'pairwise_precision')} | "
                 f"{_cell(row, 'pairwise_recall')} | {_cell(row, 'images_verified', '.0f')} |"
             )
     lines += [
