@@ -370,6 +370,16 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
                          + (f" -> {last['version']}" if last.get("version") else "")
                          + (f" error: {last['error']}" if last.get("error") else ""))
+    counters = status.get("unregistered") or {}
+    rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
+    if rejected:
+        shown = (f"{route.rsplit(':', 1)[0]} -> {route.rsplit(':', 1)[1]} x{n}"
+                 for route, n in sorted(rejected.items()))
+        lines.append("rejected requests: " + ", ".join(shown))
+    other = {k: v for k, v in counters.items() if not k.startswith("rejected:")}
+    if other:
+        lines.append("not about a registered project: " + ", ".join(
+            f"{name} x{n}" for name, n in sorted(other.items())))
     return "\n".join(lines)
 
 

@@ -232,7 +232,8 @@ class Predictor:
                 raise InputError(f"tasks[{index}].data", str(exc)) from None
             parsed.append((a, b, data))
         # Only a request that passed validation may change meta: a rejected (422) one changes nothing.
-        if label_config and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
+        if (label_config and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name)
+                and state.exists()):
             state.set_meta(from_name=from_name, to_name=to_name)
 
         version = state.cycles.current_version()
@@ -269,7 +270,7 @@ class Predictor:
             for index, value in zip(pending_rows, p, strict=True):
                 results[index] = self._result(float(value), uncertainty_priority(float(value)), model_version,
                                               from_name, to_name)
-        state.incr("predictions_served", len(results))
+        state.count("predictions_served", len(results))
         return results
 
     @staticmethod

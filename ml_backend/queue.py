@@ -23,7 +23,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from ml_backend.settings import Settings
-from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, list_projects
+from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, global_counters, list_projects
 from ml_backend.state.base import as_text
 
 if TYPE_CHECKING:
@@ -305,5 +305,8 @@ class CycleQueue:
         }
 
     def status_all(self) -> dict[str, Any]:
+        """Every project's status, plus the counters that belong to no project (rejected requests,
+        ignored events and calls about unknown projects)."""
         return {"queue": self.queue_name, "queue_depth": self.depth(),
-                "projects": [self.status(p) for p in list_projects(self.redis)]}
+                "projects": [self.status(p) for p in list_projects(self.redis)],
+                "unregistered": global_counters(self.redis)}

@@ -69,6 +69,8 @@ class Settings:
         "REID_AL_RETRAIN_EVERY", 20, "new constraints that trigger an automatic cycle", low=1)
     max_body_bytes: int = _setting(  # a 100-task /predict body with long URLs is ~100 kB
         "REID_AL_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest accepted request body", low=1024)
+    predict_max_tasks: int = _setting(  # 60,000 tasks held a thread for 27 s
+        "REID_AL_PREDICT_MAX_TASKS", 1000, "most tasks one /predict call may send (413 above)", low=1)
     predict_embed_max: int = _setting(
         "REID_AL_PREDICT_EMBED_MAX", 16, "images /predict may embed on the fly per call", low=0)
     predict_embed_seconds: float = _setting(  # Label Studio's /predict timeout is 100 s

@@ -198,6 +198,7 @@ def test_serving_model_is_the_pushed_version_not_the_newest_saved(redis_client: 
 def test_a_rejected_predict_does_not_change_meta(redis_client: redis.Redis, tmp_path: Path) -> None:
     predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
     state = ProjectState(redis_client, "3")
+    state.touch()  # names are recorded for registered projects only
     state.set_meta(from_name="answer", to_name="image_a")
     config = '<View><Choices name="other" toName="img"/></View>'
     with pytest.raises(InputError) as info:
