@@ -243,7 +243,7 @@ def embed_images(
 ) -> dict[str, Any]:
     """Embed images of user-imported tasks (``{"id", "url"}`` items) into the project's store, so the
     next cycle can use them; images that fail are released for a later retry."""
-    from ml_backend.predict import resolve_image
+    from ml_backend import fetch
     from trainer.encoders import encoder_from_spec
     from trainer.extraction import extract_embeddings
     from trainer.store import EmbeddingStore
@@ -253,12 +253,10 @@ def embed_images(
     todo = [item for item in items if item["id"] not in store]
     resolved: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
+    policy = fetch.FetchPolicy.from_settings(settings)
     for item in todo:
         try:
-            path = resolve_image(item["url"], document_root=settings.document_root,
-                                 cache_dir=settings.downloads_dir(state.project),
-                                 label_studio_url=settings.label_studio_url,
-                                 api_key=settings.label_studio_api_key)
+            path = fetch.fetch_image(item["url"], policy, settings.downloads_dir(state.project))
             resolved.append((item["id"], str(path)))
         except (ValueError, OSError) as exc:
             failed.append((item["id"], str(exc)))

@@ -78,6 +78,14 @@ class Settings:
     document_root: str = _setting(
         "REID_AL_DOCUMENT_ROOT", "",
         "directory that Label Studio's /data/local-files/?d= URLs are relative to", empty_ok=True)
+    image_origins: str = _setting(
+        "REID_AL_IMAGE_ORIGINS", "",
+        "further origins (scheme://host[:port], comma-separated) task images may be downloaded from; "
+        "LABEL_STUDIO_URL and files under REID_AL_DOCUMENT_ROOT are always allowed", empty_ok=True)
+    image_max_bytes: int = _setting(
+        "REID_AL_IMAGE_MAX_BYTES", 20 * 1024 * 1024, "largest image file read or downloaded", low=1024)
+    image_fetch_seconds: float = _setting(
+        "REID_AL_IMAGE_FETCH_SECONDS", 10.0, "total time one image download may take")
     queue_name: str = _setting("REID_AL_QUEUE", "reid-al", "RQ queue name")
     job_timeout: int = _setting(
         "REID_AL_JOB_TIMEOUT", 3600, "seconds a cycle may run (also the per-project lock lifetime)", low=10)
@@ -94,6 +102,10 @@ class Settings:
         if not self.predict_embed_seconds >= 0:
             raise SettingsError("REID_AL_PREDICT_EMBED_SECONDS",
                                 f"must be >= 0, got {self.predict_embed_seconds}")
+        if not 0 < self.image_fetch_seconds <= 3600:
+            raise SettingsError("REID_AL_IMAGE_FETCH_SECONDS",
+                                f"must be > 0 and at most 3600, got {self.image_fetch_seconds}")
+        _ = self.image_origin_list  # raises SettingsError on a malformed entry
         if self.log_level not in LOG_LEVELS:
             raise SettingsError("LOG_LEVEL",
                                 f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
@@ -108,6 +120,20 @@ class Settings:
                                 f"must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
         if not self.queue_name:
             raise SettingsError("REID_AL_QUEUE", "must not be empty")
+
+    @property
+    def image_origin_list(self) -> tuple[str, ...]:
+        """REID_AL_IMAGE_ORIGINS as ``scheme://host:port`` origins (what ml_backend.fetch compares)."""
+        from ml_backend.fetch import origin_of
+
+        out = []
+        for entry in filter(None, (e.strip() for e in self.image_origins.split(","))):
+            origin = origin_of(entry)
+            if origin is None or entry.rstrip("/").count("/") > 2:
+                raise SettingsError("REID_AL_IMAGE_ORIGINS",
+                                    f"{entry!r} is not an origin like https://images.example.org[:port]")
+            out.append(origin)
+        return tuple(out)
 
     @property
     def auth_enabled(self) -> bool:

@@ -204,15 +204,15 @@ def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
 
 def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml_backend import jobs, predict
+    from ml_backend import fetch, jobs
 
     state = ProjectState(in_worker, "7")
     assert state.images.claim(["a", "b"]) == ["a", "b"]
 
-    def unreachable(url: str, **_kwargs: object) -> None:
+    def unreachable(url: str, *_args: object, **_kwargs: object) -> None:
         raise OSError(f"{url}: not there yet")
 
-    monkeypatch.setattr(predict, "resolve_image", unreachable)
+    monkeypatch.setattr(fetch, "fetch_image", unreachable)
     result = jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}, {"id": "b", "url": "/u/b.jpg"}])
     assert [f[0] for f in result["failed"]] == ["a", "b"]
     assert state.images.claim(["a", "b"]) == ["a", "b"]  # requested again by the next event
@@ -220,15 +220,15 @@ def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
 
 def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml_backend import jobs, predict
+    from ml_backend import fetch, jobs
 
     state = ProjectState(in_worker, "7")
     assert state.images.claim(["a", "c"]) == ["a", "c"]
 
-    def crash(url: str, **_kwargs: object) -> None:
+    def crash(url: str, *_args: object, **_kwargs: object) -> None:
         raise RuntimeError("worker bug")
 
-    monkeypatch.setattr(predict, "resolve_image", crash)
+    monkeypatch.setattr(fetch, "fetch_image", crash)
     with pytest.raises(RuntimeError, match="worker bug"):
         jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}])
     assert state.images.claim(["a", "c"]) == ["a"]  # "c" was not this job's: still claimed

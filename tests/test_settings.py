@@ -28,7 +28,8 @@ def test_every_variable_is_read() -> None:
         "REID_AL_ENCODER": "mobilenetv2",
         "REID_AL_ENCODER_CHECKPOINT": "/w.pt", "REID_AL_STRATEGY": "random", "REID_AL_BUDGET": "7",
         "REID_AL_RETRAIN_EVERY": "5", "REID_AL_MAX_BODY_BYTES": "2048", "REID_AL_PREDICT_EMBED_MAX": "0",
-        "REID_AL_PREDICT_MAX_TASKS": "10",
+        "REID_AL_PREDICT_MAX_TASKS": "10", "REID_AL_IMAGE_ORIGINS": "https://img.example.org",
+        "REID_AL_IMAGE_MAX_BYTES": "4096", "REID_AL_IMAGE_FETCH_SECONDS": "2.5",
         "REID_AL_PREDICT_EMBED_SECONDS": "1.5", "REID_AL_DOCUMENT_ROOT": "/data", "REID_AL_QUEUE": "q",
         "REID_AL_JOB_TIMEOUT": "60", "REID_AL_TORCH_THREADS": "1",
     }
@@ -42,6 +43,8 @@ def test_every_variable_is_read() -> None:
     assert (s.retrain_every, s.max_body_bytes, s.predict_embed_max) == (5, 2048, 0)
     assert (s.predict_embed_seconds, s.document_root, s.queue_name, s.job_timeout) == (1.5, "/data", "q", 60)
     assert s.torch_threads == 1 and s.predict_max_tasks == 10
+    assert (s.image_origin_list, s.image_max_bytes, s.image_fetch_seconds) == (
+        ("https://img.example.org:443",), 4096, 2.5)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
