@@ -173,12 +173,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --- worker ----------------------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Queue, Worker
+    from ml_backend.worker import make_worker
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    redis = _redis(settings)
-    worker = Worker([Queue(settings.queue_name, connection=redis)], connection=redis, name=args.name)
+    worker = make_worker(settings, _redis(settings), name=args.name)
     worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
     return 0
 

@@ -87,6 +87,10 @@ class Settings:
     image_fetch_seconds: float = _setting(
         "REID_AL_IMAGE_FETCH_SECONDS", 10.0, "total time one image download may take")
     queue_name: str = _setting("REID_AL_QUEUE", "reid-al", "RQ queue name")
+    extra_jobs: str = _setting(
+        "REID_AL_EXTRA_JOBS", "",
+        "dotted names of further functions an RQ worker may run (comma-separated); it refuses any other "
+        "job than the service's own", empty_ok=True)
     job_timeout: int = _setting(
         "REID_AL_JOB_TIMEOUT", 3600, "seconds a cycle may run (also the per-project lock lifetime)", low=10)
     torch_threads: int = _setting(  # 1 is several times faster when workers share a CPU
@@ -134,6 +138,10 @@ class Settings:
                                     f"{entry!r} is not an origin like https://images.example.org[:port]")
             out.append(origin)
         return tuple(out)
+
+    @property
+    def extra_job_names(self) -> tuple[str, ...]:
+        return tuple(filter(None, (e.strip() for e in self.extra_jobs.split(","))))
 
     @property
     def auth_enabled(self) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import redis
 from rq.job import Job
 
-from ml_backend.queue import CYCLE_JOB, CycleQueue, _claim
+from ml_backend.queue import CYCLE_JOB, SERIALIZER, CycleQueue, _claim
 from ml_backend.state import ProjectState
 
 
@@ -24,8 +24,8 @@ def test_one_job_while_queued(queue: CycleQueue) -> None:
     assert first.outcome == "enqueued"
     assert [queue.request_cycle("1").outcome for _ in range(5)] == ["queued"] * 5
     assert queue.depth() == 1
-    job = Job.fetch(first.job_id, connection=queue.redis)
-    assert job.func_name == CYCLE_JOB and job.args == ("1",) and job.kwargs == {"reason": "a"}
+    job = Job.fetch(first.job_id, connection=queue.redis, serializer=SERIALIZER)
+    assert job.func_name == CYCLE_JOB and tuple(job.args) == ("1",) and job.kwargs == {"reason": "a"}
     assert queue.request_cycle("2").outcome == "enqueued"  # projects are independent
     assert queue.depth() == 2
 
@@ -72,7 +72,8 @@ def test_concurrent_requests_enqueue_once(queue: CycleQueue, redis_url: str) -> 
 
 def test_dead_claim_is_taken_over(queue: CycleQueue) -> None:
     first = queue.request_cycle("1")
-    Job.fetch(first.job_id, connection=queue.redis).delete()  # the job vanished (e.g. flushed)
+    # the job vanished (e.g. flushed)
+    Job.fetch(first.job_id, connection=queue.redis, serializer=SERIALIZER).delete()
     queue.redis.set(queue._keys("1")[0], f"{first.job_id}@0.0")  # claimed long ago
     second = queue.request_cycle("1")
     assert second.outcome == "enqueued" and second.job_id != first.job_id
@@ -83,7 +84,7 @@ def test_started_job_of_a_vanished_worker_is_taken_over(queue: CycleQueue) -> No
 
     first = queue.request_cycle("1")
     queue.queue.remove(first.job_id)  # a worker took it
-    job = Job.fetch(first.job_id, connection=queue.redis)
+    job = Job.fetch(first.job_id, connection=queue.redis, serializer=SERIALIZER)
     job.worker_name = "alive"
     job.save()
     job.set_status(JobStatus.STARTED)
@@ -138,8 +139,8 @@ def test_status_and_counters(queue: CycleQueue) -> None:
 
 def test_embedding_request(queue: CycleQueue) -> None:
     job_id = queue.request_embedding("1", [{"id": "x", "url": "/u"}])
-    job = Job.fetch(job_id, connection=queue.redis)
-    assert job.args == ("1", [{"id": "x", "url": "/u"}])
+    job = Job.fetch(job_id, connection=queue.redis, serializer=SERIALIZER)
+    assert tuple(job.args) == ("1", [{"id": "x", "url": "/u"}])
     with pytest.raises(ValueError, match="items"):
         queue.request_embedding("1", [])
 
