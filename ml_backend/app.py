@@ -17,6 +17,8 @@ from typing import Any
 
 import redis as redis_lib
 from flask import Flask, Response, g, jsonify, request
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ml_backend.embedded import read_url_file
@@ -26,6 +28,7 @@ from ml_backend.prom import CONTENT_TYPE, render_metrics
 from ml_backend.queue import CycleQueue
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState, incr_global, list_projects
+from ml_backend.supervise import read_status
 from ml_backend.webhook import WebhookHandler, known_project, project_id_of
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,12 @@ def redis_from_settings(settings: Settings) -> redis_lib.Redis:
     if not url:
         raise SettingsError("REDIS_URL", "not set and no embedded redis-server is running under "
                                          f"{settings.model_dir / 'redis'}: start `reid-al serve` or set it")
-    return redis_lib.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    # A few quick retries: a connection pooled before a Redis restart fails once and is replaced, so
+    # requests answer 503 only while Redis is really down, and within Label Studio's 1 s webhook timeout.
+    retry = Retry(ExponentialBackoff(cap=0.1, base=0.02), 3)
+    return redis_lib.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=1, health_check_interval=30,
+                                    retry=retry, retry_on_error=[redis_lib.exceptions.ConnectionError,
+                                                                 redis_lib.exceptions.TimeoutError])
 
 
 MAX_JSON_DEPTH = 64  # Label Studio's payloads nest about 6 deep
@@ -187,6 +195,7 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         return jsonify({"error": message, "field": field}), status
 
     @app.errorhandler(redis_lib.exceptions.ConnectionError)
+    @app.errorhandler(redis_lib.exceptions.TimeoutError)
     def _redis_down(exc: Exception) -> tuple[Response, int]:
         log.error("redis unavailable: %s", exc)
         return jsonify({"error": f"redis unavailable: {exc}", "field": None}), 503
@@ -205,11 +214,18 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
 
     @app.get("/health")
     def health() -> tuple[Response, int]:
+        """UP while Redis answers (webhooks are recorded); with `reid-al serve`, also each child's state,
+        so a restarting worker or Redis shows here."""
+        body: dict[str, Any] = {"status": "UP", "model_class": MODEL_CLASS}
+        children = read_status(settings.model_dir)
+        if children is not None:
+            body["components"] = {name: child["state"] for name, child in children["children"].items()}
         try:
             redis.ping()
         except redis_lib.exceptions.RedisError as exc:
-            return jsonify({"status": "DOWN", "model_class": MODEL_CLASS, "error": f"redis: {exc}"}), 503
-        return jsonify({"status": "UP", "model_class": MODEL_CLASS}), 200
+            body.update(status="DOWN", error=f"redis: {exc}")
+            return jsonify(body), 503
+        return jsonify(body), 200
 
     @app.post("/setup")
     def setup() -> Response:
