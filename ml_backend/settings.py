@@ -20,19 +20,31 @@ from typing import Any
 from ml_backend.errors import SettingsError
 from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY, DEFAULT_ENCODER_SPEC
 
-__all__ = ["LOG_LEVELS", "SETTINGS_HELP", "Settings", "SettingsError", "settings_help_text"]
+__all__ = ["LOG_LEVELS", "SETTINGS_HELP", "Settings", "SettingsError", "redact_url", "settings_help_text"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MODEL_DIR = Path("./model_dir")
 
 
 def _setting(variable: str, default: Any, help_text: str, *, low: int | None = None,
-             high: int | None = None, empty_ok: bool = False) -> Any:
+             high: int | None = None, empty_ok: bool = False, secret: bool = False) -> Any:
     """One setting: its environment ``variable``, ``default`` and ``help_text``; ``low``/``high`` bound an
-    integer; ``empty_ok``: an empty variable means the empty string (else it means "use the default")."""
+    integer; ``empty_ok``: an empty variable means the empty string (else it means "use the default");
+    ``secret``: left out of the object's repr, so a logged or printed Settings shows no password."""
     shown = f"./{default}" if isinstance(default, Path) and not default.is_absolute() else str(default)
-    return field(default=default, metadata={"variable": variable, "help": help_text, "low": low,
-                                            "high": high, "empty_ok": empty_ok, "shown": shown})
+    return field(default=default, repr=not secret, metadata={
+        "variable": variable, "help": help_text, "low": low, "high": high, "empty_ok": empty_ok,
+        "shown": shown})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 @dataclass(frozen=True)
@@ -43,15 +55,18 @@ class Settings:
         "LABEL_STUDIO_URL", "http://localhost:8080",
         "Label Studio base URL the worker pushes tasks and predictions to")
     label_studio_api_key: str = _setting(
-        "LABEL_STUDIO_API_KEY", "", "Label Studio API token (Authorization: Token ...)", empty_ok=True)
+        "LABEL_STUDIO_API_KEY", "", "Label Studio API token (Authorization: Token ...)", empty_ok=True,
+        secret=True)
     model_dir: Path = _setting(  # noqa: RUF009 - _setting returns a dataclasses.field
         "MODEL_DIR", _MODEL_DIR, "per-project pools, features, model versions and the embedded Redis data")
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER", "", "basic-auth user required on every route but /health", empty_ok=True)
     basic_auth_pass: str = _setting(
-        "BASIC_AUTH_PASS", "", "basic-auth password (set together with BASIC_AUTH_USER)", empty_ok=True)
+        "BASIC_AUTH_PASS", "", "basic-auth password (set together with BASIC_AUTH_USER)", empty_ok=True,
+        secret=True)
     redis_url: str = _setting(
-        "REDIS_URL", "", "external Redis (production); empty = embedded redis-server + worker", empty_ok=True)
+        "REDIS_URL", "", "external Redis (production); empty = embedded redis-server + worker", empty_ok=True,
+        secret=True)
     workers: int = _setting("WORKERS", 1, "gunicorn worker processes", low=1)
     threads: int = _setting("THREADS", 8, "gunicorn threads per worker", low=1)
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -120,8 +135,8 @@ class Settings:
         if not self.strategy:
             raise SettingsError("REID_AL_STRATEGY", "must not be empty")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError("REDIS_URL",
-                                f"must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+            shown = redact_url(self.redis_url)
+            raise SettingsError("REDIS_URL", f"must start with redis://, rediss:// or unix://, got {shown!r}")
         if not self.queue_name:
             raise SettingsError("REID_AL_QUEUE", "must not be empty")
 
