@@ -109,15 +109,16 @@ def _web_command(settings: Settings, dev_server: bool) -> list[str]:
     if dev_server:
         return python_module_command("flask", "--app", "ml_backend.wsgi:app", "run", "--host", settings.host,
                                      "--port", str(settings.port), "--no-reload")
-    # The asyncio worker reads every request before a thread takes it (slow clients starve nothing);
-    # the access log names no user: gunicorn's %(u)s is whatever precedes ':' in a Basic header, which
-    # is the password itself when a client sends a malformed one.
+    # The worker reads every request before a thread takes it (slow clients starve nothing); the access
+    # log names no user: gunicorn's %(u)s is whatever precedes ':' in a Basic header, which is the
+    # password itself when a client sends a malformed one.
     return python_module_command(
-        "gunicorn", "--worker-class", "asgi", "--workers", str(settings.workers),
+        "gunicorn", "--worker-class", "ml_backend.httpworker.PrereadThreadWorker",
+        "--workers", str(settings.workers), "--threads", str(settings.threads),
         "--worker-connections", str(WORKER_CONNECTIONS), "--bind", f"{settings.host}:{settings.port}",
-        "--timeout", "120", "--graceful-timeout", "10", "--keep-alive", "5",
-        "--no-control-socket", "--log-level", settings.log_level.lower(), "--access-logfile", "-",
-        "--access-logformat", ACCESS_LOG_FORMAT, "ml_backend.wsgi:asgi_app")
+        "--timeout", "120", "--graceful-timeout", "10", "--no-control-socket",
+        "--log-level", settings.log_level.lower(), "--access-logfile", "-",
+        "--access-logformat", ACCESS_LOG_FORMAT, "ml_backend.wsgi:app")
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -1,5 +1,4 @@
-"""gunicorn entry points (settings from the environment): ``asgi_app`` for gunicorn's asyncio worker, as
-`reid-al serve` runs it (see ml_backend/asgi.py), and the plain WSGI ``app`` (`flask run`, other servers)."""
+"""gunicorn entry point: `gunicorn ml_backend.wsgi:app` (settings from the environment)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import logging
 import threading
 
 from ml_backend.app import create_app
-from ml_backend.asgi import WSGIInASGI
 from ml_backend.settings import Settings
 
 # /predict needs torch (the adapter) and the calibrator; importing them takes seconds on a loaded CPU.
@@ -27,5 +25,4 @@ def _warm_up() -> None:
 _settings = Settings.from_env()
 logging.basicConfig(level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 app = create_app(_settings)
-asgi_app = WSGIInASGI(app, threads=_settings.threads, max_body=_settings.max_body_bytes)
 threading.Thread(target=_warm_up, name="reid-al-warm-up", daemon=True).start()

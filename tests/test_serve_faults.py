@@ -319,3 +319,21 @@ def test_binding_beyond_loopback_without_auth_is_warned_about(tmp_path: Path, se
     serves.append(serve)
     serve.stop()
     assert "WARNING: listening on 0.0.0.0" in serve.log.read_text()
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_through_the_server(tmp_path: Path,
+                                                                   serves: list[Serve]) -> None:
+    serve = Serve(tmp_path, "--no-worker", REID_AL_MAX_BODY_BYTES="4096")
+    serves.append(serve)
+    body = b'{"action": "PROJECT_UPDATED", "pad": "' + b"x" * 20_000 + b'"}'
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
+                      for i in range(0, len(body), 1000)) + b"0\r\n\r\n"
+    request = (b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks)
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"REID_AL_MAX_BODY_BYTES" in answer
