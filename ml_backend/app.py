@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MODEL_CLASS = "ReidAL"
 
@@ -84,10 +85,16 @@ def _path(chain: tuple[Any, ...] | None) -> str:
     return "".join(reversed(parts)).lstrip(".") or "body"
 
 
-def check_json_tree(body: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+def check_json_tree(body: Any, max_depth: int = MAX_JSON_DEPTH, text: str | None = None) -> None:
     """Refuse what json.loads accepts but the handlers cannot store: nesting deeper than ``max_depth``
     (a recursive repr or dump would overflow the stack) and lone UTF-16 surrogates (Redis and file
-    names need UTF-8). Iterative, so the walk itself cannot overflow."""
+    names need UTF-8). Iterative, so the walk itself cannot overflow.
+
+    With the JSON ``text``, most bodies need no walk: a surrogate can only come from a \\uD8xx-\\uDFxx
+    escape, and a body with fewer brackets than ``max_depth`` cannot nest deeper."""
+    if (text is not None and _SURROGATE_ESCAPE.search(text) is None
+            and text.count("[") + text.count("{") <= max_depth):
+        return
     stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(body, 1, None)]
     while stack:
         value, depth, chain = stack.pop()
@@ -129,7 +136,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise InputError("body", f"malformed JSON: {exc}", status=400) from None
     if not isinstance(body, dict):
         raise InputError("body", f"expected a JSON object, got {type(body).__name__}", status=400)
-    check_json_tree(body)
+    check_json_tree(body, text=text)
     return body
 
 
