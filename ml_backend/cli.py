@@ -432,10 +432,10 @@ COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "ingest": cmd_ingest, "syn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     # Everything written under MODEL_DIR (features, model versions, the Redis data and its password,
     # downloads) by us or our children is for this user only.
     os.umask(0o077)
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         from trainer.simulate import main as simulate_main
 
