@@ -26,35 +26,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 from ml_backend.errors import InputError
 from ml_backend.pool import LOCAL_FILES_PATH
-
-if TYPE_CHECKING:
-    from ml_backend.settings import Settings
+from ml_backend.settings import Settings, origin_of
 
 __all__ = ["FetchPolicy", "fetch_image", "origin_of"]
 
 MAX_REDIRECTS = 5
 MAX_URL_LENGTH = 4096
 _CHUNK = 64 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = {"http": 80, "https": 443}  # the schemes a download may use
 LABEL_STUDIO_DATA = "/data/"  # Label Studio serves uploads and local files under it
-
-
-def origin_of(url: str) -> str | None:
-    """``scheme://host:port`` of an http(s) URL (default port made explicit), else None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    return f"{scheme}://{parts.hostname.lower()}:{port or _DEFAULT_PORTS[scheme]}"
 
 
 @dataclass(frozen=True)

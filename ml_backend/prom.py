@@ -117,7 +117,7 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         conflicts.add(len(state.annotations.conflicts()), project=project)
         status = state.cycles.status()
         contradictions.add(int(status.get("contradictions", 0) or 0), project=project)
-        for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed"):
+        for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed", "killed"):
             cycles.add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
         total, count = state.cycles.seconds()
         duration.add(total, "_sum", project=project).add(count, "_count", project=project)

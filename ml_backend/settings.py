@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ml_backend.errors import SettingsError
 from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY, DEFAULT_ENCODER_SPEC
 
-__all__ = ["LOG_LEVELS", "SETTINGS_HELP", "Settings", "SettingsError", "redact_url", "settings_help_text"]
+__all__ = ["LOG_LEVELS", "SETTINGS_HELP", "Settings", "SettingsError", "origin_of", "redact_url",
+           "settings_help_text"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MODEL_DIR = Path("./model_dir")
@@ -35,6 +37,22 @@ def _setting(variable: str, default: Any, help_text: str, *, low: int | None = N
     return field(default=default, repr=not secret, metadata={
         "variable": variable, "help": help_text, "low": low, "high": high, "empty_ok": empty_ok,
         "shown": shown})
+
+
+_URL_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URL (default port made explicit), else None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _URL_PORTS or not parts.hostname:
+        return None
+    return f"{scheme}://{parts.hostname.lower()}:{port or _URL_PORTS[scheme]}"
 
 
 def redact_url(url: str) -> str:
@@ -143,8 +161,6 @@ class Settings:
     @property
     def image_origin_list(self) -> tuple[str, ...]:
         """REID_AL_IMAGE_ORIGINS as ``scheme://host:port`` origins (what ml_backend.fetch compares)."""
-        from ml_backend.fetch import origin_of
-
         out = []
         for entry in filter(None, (e.strip() for e in self.image_origins.split(","))):
             origin = origin_of(entry)
