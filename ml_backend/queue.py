@@ -40,6 +40,7 @@ LOCK_TTL = 60  # seconds a cycle lock outlives its holder's last heartbeat
 CLAIM_GRACE = 30.0  # seconds between claiming a cycle and enqueueing its RQ job, at most
 ALIVE_TTL = 15  # seconds a cycle job's "alive" key outlives its last beat (it beats every ALIVE_TTL / 3)
 JOB_PREFIX = "cycle-"  # every cycle job id (and lock token) starts with it
+DEAD_CHECK_S = 5.0  # a cycle request checks whether the claimed job died at most this often per project
 
 
 class ServiceJob(Job):
@@ -149,7 +150,8 @@ class CycleQueue:
     """RQ queue access for cycles and embedding jobs; coalescing keys live beside ProjectState's."""
 
     def __init__(self, redis: Redis, *, queue_name: str = Settings.queue_name,
-                 job_timeout: int = Settings.job_timeout, lock_ttl: int = LOCK_TTL) -> None:
+                 job_timeout: int = Settings.job_timeout, lock_ttl: int = LOCK_TTL,
+                 dead_check_interval: float = DEAD_CHECK_S) -> None:
         if not queue_name:
             raise ValueError("queue_name must not be empty")
         if job_timeout < 1:
@@ -167,6 +169,8 @@ class CycleQueue:
         self._release = redis.register_script(_RELEASE_LUA)
         self._extend = redis.register_script(_EXTEND_LUA)
         self._steal = redis.register_script(_STEAL_LUA)
+        self.dead_check_interval = dead_check_interval
+        self._dead_checked: dict[str, float] = {}
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings) -> CycleQueue:
@@ -195,8 +199,11 @@ class CycleQueue:
         claim = _claim(f"{JOB_PREFIX}{state.project}-{uuid.uuid4().hex[:12]}")
         outcome, active = (as_text(v) for v in self._request(keys=self._keys(state.project),
                                                            args=[claim, self.ttl]))
-        # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over.
-        if outcome != "enqueue" and active is not None and self._is_dead(active, state.project):
+        # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over. Checked at
+        # most every DEAD_CHECK_S per project here (workers also recover dead cycles): under a stream of
+        # answers every webhook would otherwise pay three more round trips.
+        if outcome != "enqueue" and active is not None and self._due_for_dead_check(state.project) \
+                and self._is_dead(active, state.project):
             replaced = self._replace_dead(state.project, active, reason or "request")
             if replaced is not None:
                 return replaced
@@ -218,6 +225,14 @@ class CycleQueue:
             result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
             description=f"reid-al cycle of project {project}",
         )
+
+    def _due_for_dead_check(self, project: str) -> bool:
+        now = time.monotonic()
+        last = self._dead_checked.get(project)
+        if last is not None and now - last < self.dead_check_interval:
+            return False
+        self._dead_checked[project] = now
+        return True
 
     def _fetch(self, job_id: str) -> Job:
         return ServiceJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER)

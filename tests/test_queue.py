@@ -16,7 +16,7 @@ from ml_backend.state import ProjectState
 
 @pytest.fixture()
 def queue(redis_client: redis.Redis) -> CycleQueue:
-    return CycleQueue(redis_client, queue_name="test-q", job_timeout=60)
+    return CycleQueue(redis_client, queue_name="test-q", job_timeout=60, dead_check_interval=0)
 
 
 def test_one_job_while_queued(queue: CycleQueue) -> None:
@@ -233,3 +233,18 @@ def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
     with pytest.raises(RuntimeError, match="worker bug"):
         jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}])
     assert state.images.claim(["a", "c"]) == ["a"]  # "c" was not this job's: still claimed
+
+
+def test_a_stream_of_requests_checks_for_a_dead_job_at_most_every_interval(redis_client: redis.Redis) -> None:
+    """Under a stream of answers the dead-job check (three round trips) runs once per interval per
+    project; the workers' own recovery covers the time in between."""
+    q = CycleQueue(redis_client, queue_name="test-q", job_timeout=60, dead_check_interval=60)
+    first = q.request_cycle("1")
+    Job.fetch(first.job_id, connection=q.redis, serializer=SERIALIZER).delete()
+    q.redis.set(q._keys("1")[0], f"{first.job_id}@0.0")  # its job vanished long ago: dead
+    assert q.request_cycle("1").outcome == "enqueued"  # the first request checks
+    second = q.request_cycle("1")
+    Job.fetch(second.job_id, connection=q.redis, serializer=SERIALIZER).delete()
+    q.redis.set(q._keys("1")[0], f"{second.job_id}@0.0")
+    assert q.request_cycle("1").outcome == "queued"  # checked less than 60 s ago: not again
+    assert q.recover()[0].outcome == "enqueued"  # what a worker's maintenance does meanwhile
