@@ -236,7 +236,7 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
 
     @app.post("/setup")
     def setup() -> Response:
-        """Checks the label config; stores its names only for a project that already has state.
+        """Checks the label config and stores its names (for a project with no state yet, for a day).
 
         Why not register the project here: Label Studio repeats /setup before every prediction round and
         for any project connected to the backend, and an id registered by it would stay listed for good."""
@@ -253,8 +253,8 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
             except InputError as exc:
                 raise exc.at("schema") from None
             meta = state.meta()
-            if state.exists() and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
-                state.set_meta(from_name=from_name, to_name=to_name)
+            if (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name) or not state.exists():
+                state.set_meta(from_name=from_name, to_name=to_name)  # refreshes the day of an unknown one
         return jsonify({"model_version": state.cycles.current_version() or "initial"})
 
     @app.post("/predict")

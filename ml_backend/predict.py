@@ -190,8 +190,7 @@ class Predictor:
                 raise InputError(f"tasks[{index}].data", str(exc)) from None
             parsed.append((a, b, data))
         # Only a request that passed validation may change meta: a rejected (422) one changes nothing.
-        if (label_config and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name)
-                and state.exists()):
+        if label_config and (meta.get("from_name"), meta.get("to_name")) != (from_name, to_name):
             state.set_meta(from_name=from_name, to_name=to_name)
 
         version = state.cycles.current_version()

@@ -20,6 +20,7 @@ from ml_backend.errors import InputError
 from ml_backend.predict import Predictor
 from ml_backend.settings import Settings
 from ml_backend.state import GLOBAL_COUNTERS_KEY, PROJECTS_KEY, ProjectState, list_projects, project_key
+from ml_backend.state.base import UNREGISTERED_META_TTL
 from ml_backend.webhook import project_id_of
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
@@ -99,15 +100,19 @@ def test_a_bad_member_of_the_project_set_does_not_break_monitoring(http: FlaskCl
     assert [p["project"] for p in http.get("/status").json["projects"]] == ["3"]
 
 
-def test_setup_of_an_unknown_project_stores_nothing(http: FlaskClient, redis_client: redis.Redis) -> None:
+def test_setup_of_an_unknown_project_keeps_nothing_for_good(http: FlaskClient,
+                                                           redis_client: redis.Redis) -> None:
+    """Label Studio calls /setup when it connects, before anything is recorded: the label config's names
+    are kept, for a day, and the project is not registered; recording something for it keeps them."""
     response = http.post("/setup", json={"project": "12.1700000000", "schema": LABEL_CONFIG})
     assert response.status_code == 200 and response.json == {"model_version": "initial"}
-    assert redis_client.keys("*") == []
-    assert http.get("/status").json["projects"] == []
-    # Once the project has state, /setup records the label config's names for it.
-    assert http.post("/webhook", json=annotation({"id": 12})).status_code == 200
-    assert http.post("/setup", json={"project": "12.1700000001", "schema": LABEL_CONFIG}).status_code == 200
+    assert redis_client.keys("*") == [b"reid-al:12:meta"]
+    assert 0 < redis_client.ttl("reid-al:12:meta") <= UNREGISTERED_META_TTL
+    assert http.get("/status").json["projects"] == [] and list_projects(redis_client) == []
     assert ProjectState(redis_client, "12").meta() == {"from_name": "answer", "to_name": "image_a"}
+    assert http.post("/webhook", json=annotation({"id": 12})).status_code == 200
+    assert redis_client.ttl("reid-al:12:meta") == -1  # registered: kept
+    assert list_projects(redis_client) == ["12"]
 
 
 def test_predict_and_ignored_events_of_unknown_projects_register_nothing(http: FlaskClient,
@@ -117,7 +122,8 @@ def test_predict_and_ignored_events_of_unknown_projects_register_nothing(http: F
                                        "label_config": LABEL_CONFIG}).status_code == 200
     assert http.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 42}}).status_code == 200
     assert http.post("/webhook", json={"action": "NO_SUCH_EVENT", "project": {"id": 43}}).status_code == 200
-    assert project_keys(redis_client) == [] and list_projects(redis_client) == []
+    assert project_keys(redis_client) == [b"reid-al:41:meta"]  # the label config's names, for a day
+    assert redis_client.ttl("reid-al:41:meta") > 0 and list_projects(redis_client) == []
     counters = {k.decode(): int(v) for k, v in redis_client.hgetall(GLOBAL_COUNTERS_KEY).items()}
     assert counters == {"predictions_served": 1, "events:PROJECT_UPDATED": 1, "events:unknown": 1}
     metrics = http.get("/metrics").data.decode()

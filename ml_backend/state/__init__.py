@@ -19,6 +19,7 @@ from ml_backend.state.base import (
     GLOBAL_COUNTERS_KEY,
     KEY_PREFIX,
     PROJECTS_KEY,
+    UNREGISTERED_META_TTL,
     KeyFamily,
     global_counters,
     incr_global,
@@ -26,6 +27,7 @@ from ml_backend.state.base import (
     json_hash,
     preview,
     project_key,
+    register,
     text_hash,
     text_list,
 )
@@ -71,7 +73,9 @@ class ProjectState(KeyFamily):
 
     def touch(self) -> None:
         """Register the project so /metrics and `reid-al status` list it."""
-        self.redis.sadd(PROJECTS_KEY, self.project)
+        pipe = self.redis.pipeline(transaction=False)
+        register(pipe, self.project)
+        pipe.execute()
 
     def exists(self) -> bool:
         """True once something was recorded for the project (an answer, a task, a pool, a cycle)."""
@@ -90,7 +94,7 @@ class ProjectState(KeyFamily):
         """Increment a counter (and list the project, so /metrics shows it)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hincrby(self.key("counters"), name, by)
-        pipe.sadd(PROJECTS_KEY, self.project)
+        register(pipe, self.project)
         return int(pipe.execute()[0])
 
     def counters(self) -> dict[str, int]:
@@ -98,8 +102,15 @@ class ProjectState(KeyFamily):
 
     # --- settings seen from Label Studio (from_name, to_name, view id) -------------------------------
     def set_meta(self, **values: Any) -> None:
-        if values:
-            self.redis.hset(self.key("meta"), mapping={k: json.dumps(v) for k, v in values.items()})
+        """Store settings seen from Label Studio; for a project with no state yet they expire after
+        UNREGISTERED_META_TTL unless something registers the project meanwhile."""
+        if not values:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key("meta"), mapping={k: json.dumps(v) for k, v in values.items()})
+        if not self.exists():
+            pipe.expire(self.key("meta"), UNREGISTERED_META_TTL)
+        pipe.execute()
 
     def meta(self) -> dict[str, Any]:
         return json_hash(self.redis.hgetall(self.key("meta")))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml_backend.errors import InputError
 from ml_backend.pairs import ordered, pair_id
-from ml_backend.state.base import PROJECTS_KEY, KeyFamily, as_text, preview, text_hash, text_list
+from ml_backend.state.base import KeyFamily, as_text, preview, register, text_hash, text_list
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -170,7 +170,7 @@ class Annotations(KeyFamily):
                     pipe.hdel(self.key(f"pair_answers:{old_pid}"), key)
             pipe.hset(self.key(f"pair_answers:{record['pair_id']}"), key, answer)
             pipe.sadd(self.key("pair_answer_keys"), record["pair_id"])
-            pipe.sadd(PROJECTS_KEY, self.project)
+            register(pipe, self.project)
             pipe.execute()
         return str(outcome), (json.loads(old) if old else None)
 
@@ -220,7 +220,7 @@ class Annotations(KeyFamily):
             for pid, answers in by_pair.items():
                 pipe.hset(self.key(f"pair_answers:{pid}"), mapping=answers)
             pipe.sadd(self.key("pair_answer_keys"), *by_pair)
-        pipe.sadd(PROJECTS_KEY, self.project)
+        register(pipe, self.project)
         pipe.execute()
         return len(prepared)
 

@@ -59,6 +59,17 @@ def is_project_key(value: str) -> bool:
     return 0 < len(value) <= PROJECT_ID_MAX_DIGITS and value.isascii() and value.isdigit()
 
 
+# /setup of a project with no state keeps its label config's names this long, no longer (Label Studio
+# repeats /setup before every prediction round); registering the project keeps them for good.
+UNREGISTERED_META_TTL = 86400
+
+
+def register(pipe: Any, project: str) -> None:
+    """Queue on ``pipe`` what lists a project: its id in the project set, and its meta made permanent."""
+    pipe.sadd(PROJECTS_KEY, project)
+    pipe.persist(f"{project_prefix(project)}:meta")
+
+
 def incr_global(redis: Redis, name: str, by: int = 1) -> int:
     """Count something that belongs to no registered project."""
     return int(redis.hincrby(GLOBAL_COUNTERS_KEY, name, by))
