@@ -23,7 +23,7 @@ import redis
 from rq import Queue
 from test_integration_queue import write_features
 
-from ml_backend.embedded import stop_process
+from ml_backend.embedded import session_members, stop_process
 from ml_backend.queue import SERIALIZER, CycleQueue
 from ml_backend.state import ProjectState
 
@@ -115,10 +115,11 @@ def test_a_cycle_of_a_killed_worker_is_re_queued_when_a_worker_starts(
     worker = workers.start()
     first = queue.request_cycle("4", reason="test").job_id
     wait_for(lambda: running_job(queue, "4") == first, "the cycle to run", workers)
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work-horse, as a crash would
-    for proc in psutil.Process().children(recursive=True):
-        if proc.pid != worker.pid and os.getsid(proc.pid) == worker.pid:
-            proc.kill()
+    # The worker and its work-horse (its own process group, same session), as a crash would kill them.
+    members = session_members(worker.pid)
+    assert len(members) >= 2, members
+    for pid in members:
+        os.kill(pid, signal.SIGKILL)
     worker.wait()
     assert queue.status("4")["active_job"] == first
     wait_for(lambda: queue.status("4")["cycle"]["status"] == "interrupted", "status 'interrupted'",
