@@ -12,6 +12,8 @@ and for 100 tasks of images the backend has never seen (the bounded on-the-fly e
 
     .venv/bin/python benchmarks/bench_webhook.py                      # 200 req/s for 30 s, 300 images
     .venv/bin/python benchmarks/bench_webhook.py --rate 50 --duration 5 --pool 60 --predict-calls 5
+    .venv/bin/python benchmarks/bench_webhook.py --slow-clients 64    # the same load beside 64 clients
+                                                                      # that send their headers slowly
 
 Writes benchmarks/results/<name>.json, .md and .png (name: webhook). The RQ worker is not started
 (`serve --no-worker`): cycle requests made by the webhook are recorded and coalesced, not run, so the
@@ -345,6 +347,47 @@ def open_loop(host: str, port: int, requests_: list[bytes], rate: float, n_sende
     return samples
 
 
+class SlowClients:
+    """``n`` connections that send a request's headers 2 bytes a second for the whole run (slowloris):
+    they must not take the threads the webhooks need."""
+
+    def __init__(self, host: str, port: int, n: int) -> None:
+        self.host, self.port, self.n = host, port, n
+        self.stop = threading.Event()
+        self.opened = 0
+        self.dropped = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(n)]
+
+    def _client(self) -> None:
+        head = (b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + b"X-Pad: y\r\n" * 5000)
+        try:
+            with socket.create_connection((self.host, self.port), timeout=10) as sock:
+                with self.lock:
+                    self.opened += 1
+                for byte in head:
+                    if self.stop.wait(0.5):
+                        return
+                    sock.sendall(bytes([byte]))
+        except OSError:
+            with self.lock:
+                self.dropped += 1
+
+    def __enter__(self) -> SlowClients:
+        for thread in self.threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while self.opened + self.dropped < self.n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
 def tree_cpu_seconds(process: subprocess.Popen[bytes] | None) -> float:
     """User+system CPU of a process and its children (gunicorn, redis-server): the server's own cost,
     independent of how much of the machine other work takes."""
@@ -415,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="threads per worker (THREADS; default: setting)"
     )
+    parser.add_argument("--slow-clients", type=int, default=0,
+                        help="connections sending their headers 2 bytes/s during the load (slowloris)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="webhook", help="file stem of the results (<name>.json/.md/.png)")
     args = parser.parse_args(argv)
@@ -471,9 +516,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"webhook: {n_warm} warm-up + {n_events} measured events at {args.rate:g}/s ...", flush=True
             )
             raw = [http_request("127.0.0.1", port, "/webhook", body) for body in bodies]
-            cpu_before = tree_cpu_seconds(serve.process)
-            all_samples = open_loop("127.0.0.1", port, raw, args.rate, args.senders)
-            server_cpu_s = tree_cpu_seconds(serve.process) - cpu_before
+            with SlowClients("127.0.0.1", port, args.slow_clients) as slow:
+                cpu_before = tree_cpu_seconds(serve.process)
+                all_samples = open_loop("127.0.0.1", port, raw, args.rate, args.senders)
+                server_cpu_s = tree_cpu_seconds(serve.process) - cpu_before
+                slow_clients = {"n": args.slow_clients, "opened": slow.opened,
+                                "dropped_by_server": slow.dropped}
             samples = all_samples[n_warm:]  # the warm-up is sent and counted, but not in the latency figures
             stored = state.annotations.all()
             counts = state.annotations.counts()
@@ -557,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             "expected_by_answer": expected,
             "recorded_by_answer": counts,
             "cycle_status_after": queued,
+            "slow_clients": slow_clients,
         },
         "predict_100_tasks_embedded": predict_known,
         "predict_100_tasks_new_images": {
@@ -607,6 +656,9 @@ def write_markdown(r: dict[str, Any], path: Path, *, png: str) -> None:
         f"Recorded by answer: {w['recorded_by_answer']} (sent: {w['expected_by_answer']}). Cycle requests "
         f"made by the webhook were coalesced into one queued job (status after: {w['cycle_status_after']}).",
         "",
+        *([f"During the whole load, {w['slow_clients']['opened']} other connections sent their request "
+           "headers 2 bytes a second (slowloris); the server dropped "
+           f"{w['slow_clients']['dropped_by_server']} of them.", ""] if w["slow_clients"]["n"] else []),
         "## /predict, 100 pair tasks",
         "",
         "| case | calls | first call | p50 | p99 |",

@@ -93,6 +93,10 @@ def _redis(settings: Settings) -> Any:
     return redis_from_settings(settings)
 
 
+WORKER_CONNECTIONS = 1000  # open connections per gunicorn worker, slow ones included
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
 # --- serve -----------------------------------------------------------------------------------------------
 def _web_command(settings: Settings, dev_server: bool) -> list[str]:
     from ml_backend.embedded import python_module_command
@@ -105,80 +109,89 @@ def _web_command(settings: Settings, dev_server: bool) -> list[str]:
     if dev_server:
         return python_module_command("flask", "--app", "ml_backend.wsgi:app", "run", "--host", settings.host,
                                      "--port", str(settings.port), "--no-reload")
+    # The worker reads every request before a thread takes it (slow clients starve nothing); the access
+    # log names no user: gunicorn's %(u)s is whatever precedes ':' in a Basic header, which is the
+    # password itself when a client sends a malformed one.
     return python_module_command(
-        "gunicorn", "--workers", str(settings.workers), "--threads", str(settings.threads),
-        "--bind", f"{settings.host}:{settings.port}", "--timeout", "120", "--graceful-timeout", "10",
-        "--log-level", settings.log_level.lower(), "--access-logfile", "-", "ml_backend.wsgi:app")
+        "gunicorn", "--worker-class", "ml_backend.httpworker.PrereadThreadWorker",
+        "--workers", str(settings.workers), "--threads", str(settings.threads),
+        "--worker-connections", str(WORKER_CONNECTIONS), "--bind", f"{settings.host}:{settings.port}",
+        "--timeout", "120", "--graceful-timeout", "10", "--no-control-socket",
+        "--log-level", settings.log_level.lower(), "--access-logfile", "-",
+        "--access-logformat", ACCESS_LOG_FORMAT, "ml_backend.wsgi:app")
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """A warning when the backend listens beyond this machine with basic auth off (the default bind)."""
+    if settings.auth_enabled or settings.host in LOOPBACK or settings.host.startswith("127."):
+        return None
+    return (f"WARNING: listening on {settings.host}:{settings.port} with BASIC_AUTH_USER unset: anyone who "
+            "can reach this port can post answers, request cycles and read /status. Set BASIC_AUTH_USER "
+            "and BASIC_AUTH_PASS, or HOST=127.0.0.1 when Label Studio runs on this machine.")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ml_backend.embedded import (
-        EmbeddedRedis,
-        python_module_command,
-        start_process,
-        stop_process,
-        stop_rq_worker,
-    )
+    from ml_backend.embedded import EmbeddedRedis, python_module_command, start_process, stop_process
+    from ml_backend.embedded import stop_rq_worker as stop_worker
+    from ml_backend.supervise import STATUS_FILE, Child, Supervisor
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(settings.to_env())
-    server: EmbeddedRedis | None = None
-    children: list[tuple[str, Any]] = []
     stopping = {"signal": None}
 
     def _stop(signum: int, _frame: Any) -> None:
         stopping["signal"] = signum
 
+    warning = exposure_warning(settings)
+    if warning:
+        print(f"reid-al: {warning}", file=sys.stderr, flush=True)
     # SIGHUP too: closing the terminal must stop the children in order, not leave them running.
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    code = 0
+    supervisor = Supervisor(settings.model_dir / STATUS_FILE)
     try:
         if settings.embedded_redis:
-            server = EmbeddedRedis(settings.model_dir / "redis").start()
+            server = EmbeddedRedis(settings.model_dir / "redis")
+            supervisor.add(Child("redis-server", start=lambda: server.restart().process,
+                                 stop=lambda _p: server.stop(), extra={"address": server.address}))
             env["REDIS_URL"] = server.url
-            print(f"reid-al: embedded redis-server at {server.url} (data in {server.data_dir})", flush=True)
+            print(f"reid-al: embedded redis-server at {server.address} (password in "
+                  f"{server.data_dir / 'redis.conf'}; data in {server.data_dir})", flush=True)
+            worker_command = python_module_command("ml_backend.cli", "worker")
             if not args.no_worker:
                 for n in range(max(0, args.rq_workers)):
-                    children.append((f"rq worker {n}", start_process(
-                        python_module_command("ml_backend.cli", "worker"), env=env)))
-        children.append(("web server", start_process(_web_command(settings, args.dev_server), env=env)))
+                    supervisor.add(Child(
+                        f"rq worker {n}", stop=lambda p: stop_worker(p, timeout=15),
+                        start=lambda: start_process(worker_command, env=env)))
+        web_command = _web_command(settings, args.dev_server)
+        supervisor.add(Child("web server", start=lambda: start_process(web_command, env=env),
+                             stop=lambda p: stop_process(p, timeout=15)))
         print(f"reid-al: serving on http://{settings.host}:{settings.port} (MODEL_DIR={settings.model_dir})",
               flush=True)
         while stopping["signal"] is None:
-            for name, process in children:
-                if process.poll() is not None:
-                    print(f"reid-al: {name} exited with {process.returncode}; stopping",
-                          file=sys.stderr, flush=True)
-                    code = 1
-                    stopping["signal"] = -1
-                    break
-            time.sleep(0.2)
+            supervisor.poll()
+            time.sleep(0.1)
     finally:
         # Web server first (no new jobs), then workers: an RQ worker needs its cold shutdown, which also
         # kills the work-horse running a cycle (a plain SIGTERM + SIGKILL would orphan it), then Redis.
-        for name, process in reversed(children):
-            if name.startswith("rq worker"):
-                stop_rq_worker(process, timeout=15)
-            else:
-                stop_process(process, timeout=15)
-        if server is not None:
-            server.stop()
+        supervisor.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("reid-al: stopped", flush=True)
-    return code
+    return 0
 
 
 # --- worker ----------------------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Queue, Worker
+    from ml_backend.worker import make_worker
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    redis = _redis(settings)
-    worker = Worker([Queue(settings.queue_name, connection=redis)], connection=redis, name=args.name)
+    worker = make_worker(settings, _redis(settings), name=args.name)
     worker.work(burst=args.burst, logging_level=settings.log_level, with_scheduler=False)
     return 0
 
@@ -351,7 +364,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 # --- status ----------------------------------------------------------------------------------------------
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for `reid-al status`."""
-    lines = [f"queue {status['queue']}: {status['queue_depth']} job(s) waiting"]
+    from ml_backend.supervise import status_lines
+
+    lines = [*status_lines(status.get("serve")),
+             f"queue {status['queue']}: {status['queue_depth']} job(s) waiting"]
     if not status["projects"]:
         lines.append("no project has state yet")
     for p in status["projects"]:
@@ -378,19 +394,43 @@ def format_status(status: dict[str, Any]) -> str:
                 gate = last.get("gate") or {}
                 lines.append(f"  model served: {last['served']}"
                              + (f" ({gate['reason']})" if gate.get("reason") else ""))
+    counters = status.get("unregistered") or {}
+    rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
+    if rejected:
+        shown = (f"{route.rsplit(':', 1)[0]} -> {route.rsplit(':', 1)[1]} x{n}"
+                 for route, n in sorted(rejected.items()))
+        lines.append("rejected requests: " + ", ".join(shown))
+    other = {k: v for k, v in counters.items() if not k.startswith("rejected:")}
+    if other:
+        lines.append("not about a registered project: " + ", ".join(
+            f"{name} x{n}" for name, n in sorted(other.items())))
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import redis as redis_lib
+
     from ml_backend.queue import CycleQueue
+    from ml_backend.supervise import read_status, status_lines
 
     settings = _settings()
-    queue = CycleQueue.for_settings(_redis(settings), settings)
-    if args.project:
-        status = {"queue": queue.queue_name, "queue_depth": queue.depth(),
-                  "projects": [queue.status(args.project)]}
-    else:
-        status = queue.status_all()
+    children = read_status(settings.model_dir)
+    try:
+        queue = CycleQueue.for_settings(_redis(settings), settings)
+        if args.project:
+            status = {"queue": queue.queue_name, "queue_depth": queue.depth(),
+                      "projects": [queue.status(args.project)]}
+        else:
+            status = queue.status_all()
+    except redis_lib.exceptions.ConnectionError as exc:
+        if children is None:
+            raise
+        # Redis is restarting under `reid-al serve`: say so, with what the supervisor knows.
+        print(json.dumps({"redis": f"down: {exc}", "serve": children}, indent=2) if args.json else
+              "\n".join([f"redis: down ({exc})", *status_lines(children)]))
+        return 1
+    if children is not None:
+        status["serve"] = children
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
     return 0
 
@@ -401,6 +441,9 @@ COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "ingest": cmd_ingest, "syn
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything written under MODEL_DIR (features, model versions, the Redis data and its password,
+    # downloads) by us or our children is for this user only.
+    os.umask(0o077)
     if argv and argv[0] == "simulate":
         from trainer.simulate import main as simulate_main
 

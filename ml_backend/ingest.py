@@ -242,6 +242,7 @@ def running_redis(settings: Settings) -> Redis | None:
     import redis as redis_lib
 
     from ml_backend.embedded import read_url_file
+    from ml_backend.settings import redact_url
 
     url = settings.redis_url or read_url_file(settings.model_dir / "redis")
     if not url:
@@ -252,7 +253,8 @@ def running_redis(settings: Settings) -> Redis | None:
     except redis_lib.RedisError as exc:
         client.close()
         if settings.redis_url:
-            raise ConnectionError(f"REDIS_URL {settings.redis_url} does not answer: {exc}") from exc
+            shown = redact_url(settings.redis_url)
+            raise ConnectionError(f"REDIS_URL {shown} does not answer: {exc}") from exc
         return None  # a URL file left behind by a backend that is gone
     return client
 

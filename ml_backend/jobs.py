@@ -13,6 +13,7 @@ own settings and connection; `reid-al ingest` with no backend running calls ``ru
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ml_backend.push import push_cycle
-from ml_backend.queue import CycleQueue
+from ml_backend.queue import JOB_PREFIX, CycleQueue
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
@@ -185,17 +186,37 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
 
 def cycle_job(project: str, reason: str = "") -> dict[str, Any]:
     """RQ entry point for one cycle of `project` (enqueued only through CycleQueue.request_cycle)."""
+    from rq import get_current_job
+
     redis = _connection()
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level)
-    return run_cycle_job(settings, redis, project, reason=reason)
+    job = get_current_job()
+    summary = run_cycle_job(settings, redis, project, reason=reason, job_id=job.id if job else None)
+    return json.loads(json.dumps(summary, default=_plain))  # RQ stores results as JSON
 
 
-def run_cycle_job(settings: Settings, redis: Redis, project: str, *, reason: str = "") -> dict[str, Any]:
-    """One cycle of `project` with the queue's bookkeeping: lock, status, history, follow-up."""
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in a summary, as JSON can hold them."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def run_cycle_job(settings: Settings, redis: Redis, project: str, *, reason: str = "",
+                  job_id: str | None = None) -> dict[str, Any]:
+    """One cycle of `project` with the queue's bookkeeping: lock, status, history, follow-up.
+
+    ``job_id`` (the RQ job's) is also the lock token, and the job beats under it while it runs, so a
+    worker that finds it dead can release its lock and re-queue it (CycleQueue.recover)."""
     queue = CycleQueue.for_settings(redis, settings)
     state = ProjectState(redis, project)
-    token = uuid.uuid4().hex
+    token = job_id or f"{JOB_PREFIX}{state.project}-inline-{uuid.uuid4().hex[:12]}"
+    with queue.keep_alive(state.project, token):
+        return _run_cycle_job(settings, redis, queue, state, token, reason)
+
+
+def _run_cycle_job(settings: Settings, redis: Redis, queue: CycleQueue, state: ProjectState, token: str,
+                   reason: str) -> dict[str, Any]:
+    project = state.project
     queue.mark_running(state.project)
     started = time.time()
     try:
@@ -246,7 +267,7 @@ def embed_images(
 ) -> dict[str, Any]:
     """Embed images of user-imported tasks (``{"id", "url"}`` items) into the project's store, so the
     next cycle can use them; images that fail are released for a later retry."""
-    from ml_backend.predict import resolve_image
+    from ml_backend import fetch
     from trainer.encoders import encoder_from_spec
     from trainer.extraction import extract_embeddings
     from trainer.store import EmbeddingStore
@@ -256,12 +277,10 @@ def embed_images(
     todo = [item for item in items if item["id"] not in store]
     resolved: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
+    policy = fetch.FetchPolicy.from_settings(settings)
     for item in todo:
         try:
-            path = resolve_image(item["url"], document_root=settings.document_root,
-                                 cache_dir=settings.downloads_dir(state.project),
-                                 label_studio_url=settings.label_studio_url,
-                                 api_key=settings.label_studio_api_key)
+            path = fetch.fetch_image(item["url"], policy, settings.downloads_dir(state.project))
             resolved.append((item["id"], str(path)))
         except (ValueError, OSError) as exc:
             failed.append((item["id"], str(exc)))

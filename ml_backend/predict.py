@@ -10,23 +10,22 @@ blows Label Studio's 100 s timeout; what is left over is scored neutrally and qu
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
+from ml_backend import fetch
 from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
-from ml_backend.pool import LOCAL_FILES_PATH
 from ml_backend.push import p_same_of, prediction_result, score_of, uncertainty_priority
 
 if TYPE_CHECKING:
@@ -53,51 +52,6 @@ def label_names(label_config: str) -> tuple[str, str]:
                 raise InputError("label_config", "<Choices> needs both name and toName")
             return name, to_name.split(",")[0].strip()
     raise InputError("label_config", "has no <Choices> tag (expected the same/different/unsure choice)")
-
-
-def resolve_image(url: str, *, document_root: str = "", cache_dir: Path | None = None,
-                  label_studio_url: str = "", api_key: str = "", timeout: float = 10.0) -> Path:
-    """Where an image URL of a task lives on this machine (downloads http(s) and Label Studio uploads)."""
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"url must be a non-empty string, got {url!r}")
-    parsed = urlparse(url)
-    if url.startswith(LOCAL_FILES_PATH):
-        if not document_root:
-            raise ValueError(f"{url!r} is a local-files URL but REID_AL_DOCUMENT_ROOT is not set")
-        rel = parse_qs(parsed.query).get("d", [""])[0]
-        root = Path(document_root).resolve()
-        path = (root / unquote(rel)).resolve()
-        if root != path and root not in path.parents:
-            raise ValueError(f"{url!r} points outside REID_AL_DOCUMENT_ROOT")
-        return _existing(path, url)
-    if parsed.scheme == "file":
-        return _existing(Path(unquote(parsed.path)), url)
-    if parsed.scheme in ("http", "https") or url.startswith("/data/"):
-        if cache_dir is None:
-            raise ValueError(f"cannot download {url!r}: no cache directory")
-        full = url if parsed.scheme else label_studio_url.rstrip("/") + url
-        suffix = Path(parsed.path).suffix[:8] or ".img"
-        target = cache_dir / (hashlib.sha1(full.encode()).hexdigest() + suffix)
-        if not target.exists():
-            import requests
-
-            headers = {"Authorization": f"Token {api_key}"} if api_key and not parsed.scheme else {}
-            response = requests.get(full, headers=headers, timeout=timeout)
-            response.raise_for_status()
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + f".{os.getpid()}.tmp")
-            tmp.write_bytes(response.content)
-            os.replace(tmp, target)
-        return target
-    if not parsed.scheme:
-        return _existing(Path(url), url)
-    raise ValueError(f"unsupported image URL scheme {parsed.scheme!r} in {url!r}")
-
-
-def _existing(path: Path, url: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"image {url!r}: no file at {path}")
-    return path
 
 
 @dataclass
@@ -181,6 +135,10 @@ class Predictor:
         self._models: dict[str, tuple[tuple[Any, ...], ServingModel | None]] = {}
         self._encoder: Any = None
         self._lock = threading.Lock()
+        self._fetch_policy = fetch.FetchPolicy.from_settings(settings)
+        # Embedding runs here, so a call can stop waiting at its deadline (loading the encoder or a slow
+        # batch is not interruptible); one thread, so abandoned work never piles up in parallel.
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reid-al-embed")
 
     # --- model loading ---------------------------------------------------------------------------------
     def _default_loader(self, state: ProjectState) -> ServingModel | None:
@@ -269,7 +227,7 @@ class Predictor:
             for index, value in zip(pending_rows, p, strict=True):
                 results[index] = self._result(float(value), uncertainty_priority(float(value)), model_version,
                                               from_name, to_name)
-        state.incr("predictions_served", len(results))
+        state.count("predictions_served", len(results))
         return results
 
     @staticmethod
@@ -300,18 +258,23 @@ class Predictor:
             ids, paths = [], []
             for image_id, url in chunk:
                 try:
-                    paths.append(resolve_image(
-                        url, document_root=self.settings.document_root, cache_dir=cache_dir,
-                        label_studio_url=self.settings.label_studio_url,
-                        api_key=self.settings.label_studio_api_key))
+                    paths.append(fetch.fetch_image(url, self._fetch_policy, cache_dir, deadline=deadline))
                     ids.append(image_id)
                 except (ValueError, OSError) as exc:
-                    log.warning("project %s: cannot fetch image %s: %s", state.project, url, exc)
+                    log.warning("project %s: cannot fetch image %s: %s", state.project, image_id, exc)
                     state.incr("predict_embed_failed")
             if not ids:
                 continue
+            future = self._embedder.submit(self._embed_images, paths)
             try:
-                features = self._embed_images(paths)
+                features = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                future.cancel()  # not started yet: dropped; running: finishes in the background, unused
+                todo = [*((image_id, urls[image_id]) for image_id in ids), *todo]
+                log.warning("project %s: embedding did not finish within REID_AL_PREDICT_EMBED_SECONDS"
+                            "=%s; %d images left to the worker", state.project,
+                            self.settings.predict_embed_seconds, len(todo))
+                break
             except (OSError, ValueError, RuntimeError) as exc:  # unreadable image, encoder unavailable
                 log.warning("project %s: cannot embed %d images: %s", state.project, len(ids), exc)
                 state.incr("predict_embed_failed", len(ids))

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from ml_backend.state import ProjectState, list_projects
+from ml_backend.state import GLOBAL_COUNTERS_KEY, ProjectState, global_counters, list_projects
 
 if TYPE_CHECKING:
     from redis import Redis
 
     from ml_backend.queue import CycleQueue
 
+__all__ = ["CONTENT_TYPE", "GLOBAL_COUNTERS_KEY", "MetricFamily", "collect", "render", "render_metrics"]
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-GLOBAL_COUNTERS_KEY = "reid-al:global:counters"
 
 
 def escape_label(value: str) -> str:
@@ -88,11 +89,19 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
     pending = MetricFamily("reid_al_pending_constraints", "gauge", "Constraint changes since the last cycle")
     running = MetricFamily("reid_al_cycle_running", "gauge", "1 while a cycle of the project runs")
     depth = MetricFamily("reid_al_queue_depth", "gauge", "Jobs waiting in the RQ queue")
+    rejected = MetricFamily("reid_al_requests_rejected_total", "counter",
+                            "Requests answered 4xx (bad input, auth, unknown project), by route and status")
+    unregistered = MetricFamily("reid_al_unregistered_calls_total", "counter",
+                                "Calls about projects with no state (counted, not registered)")
 
-    for raw_key, value in redis.hgetall(GLOBAL_COUNTERS_KEY).items():
-        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+    for key, value in sorted(global_counters(redis).items()):
         if key.startswith("events:"):
-            events.add(int(value), "", project="", event=key.split(":", 1)[1])
+            events.add(value, "", project="", event=key.split(":", 1)[1])
+        elif key.startswith("rejected:"):
+            _, route, status = key.rsplit(":", 2) if key.count(":") >= 2 else (key, "", "")
+            rejected.add(value, route=route, status=status)
+        else:
+            unregistered.add(value, what=key)
 
     for project in list_projects(redis):
         state = ProjectState(redis, project)
@@ -108,7 +117,7 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         conflicts.add(len(state.annotations.conflicts()), project=project)
         status = state.cycles.status()
         contradictions.add(int(status.get("contradictions", 0) or 0), project=project)
-        for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed"):
+        for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed", "killed"):
             cycles.add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
         total, count = state.cycles.seconds()
         duration.add(total, "_sum", project=project).add(count, "_count", project=project)
@@ -121,7 +130,7 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
     if queue is not None:
         depth.add(queue.depth(), queue=queue.queue_name)
     return [events, constraints, asked, saved, pushed, conflicts, contradictions, cycles, duration, last,
-            pending, running, depth]
+            pending, running, depth, rejected, unregistered]
 
 
 def render_metrics(redis: Redis, queue: CycleQueue | None = None) -> str:

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from ml_backend.settings import Settings
-from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, list_projects
+from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, global_counters, list_projects
 from ml_backend.state.base import as_text
+from ml_backend.state.pending import cycle_alive_key
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -33,8 +35,34 @@ log = logging.getLogger(__name__)
 
 CYCLE_JOB = "ml_backend.jobs.cycle_job"
 EMBED_JOB = "ml_backend.jobs.embed_job"
+SERVICE_JOBS = frozenset({CYCLE_JOB, EMBED_JOB})
 LOCK_TTL = 60  # seconds a cycle lock outlives its holder's last heartbeat
 CLAIM_GRACE = 30.0  # seconds between claiming a cycle and enqueueing its RQ job, at most
+ALIVE_TTL = 15  # seconds a cycle job's "alive" key outlives its last beat (it beats every ALIVE_TTL / 3)
+JOB_PREFIX = "cycle-"  # every cycle job id (and lock token) starts with it
+DEAD_CHECK_S = 5.0  # a cycle request checks whether the claimed job died at most this often per project
+
+
+class ServiceJob(Job):
+    """An RQ job whose function must be one of the service's jobs (or REID_AL_EXTRA_JOBS).
+
+    Why: jobs are data in Redis; whoever can write there chooses the function a worker imports and calls.
+    With JSON arguments (``SERIALIZER``) and this check, a forged job can neither unpickle an object nor
+    call anything but the service's own entry points."""
+
+    allowed: frozenset[str] = SERVICE_JOBS
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name
+        if name is not None and name not in self.allowed and not self.instance:
+            raise PermissionError(f"job {self.id}: {name!r} is not a reid-al job; this worker runs only "
+                                  f"{', '.join(sorted(self.allowed))}")
+        return super().func
+
+
+# Job arguments and results as JSON: nothing in Redis is ever unpickled.
+SERIALIZER = JSONSerializer
 _DEAD = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 # KEYS: active, running, rerun. ARGV: new job id, ttl.
@@ -71,6 +99,15 @@ return 0
 # KEYS: lock. ARGV: token, ttl. Extend only our own lock (the running job's heartbeat).
 _EXTEND_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: lock. ARGV: dead holder, new token, ttl. Take over a dead holder's lock, only if it still holds it.
+_STEAL_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
 return 0
 """
 
@@ -113,7 +150,8 @@ class CycleQueue:
     """RQ queue access for cycles and embedding jobs; coalescing keys live beside ProjectState's."""
 
     def __init__(self, redis: Redis, *, queue_name: str = Settings.queue_name,
-                 job_timeout: int = Settings.job_timeout, lock_ttl: int = LOCK_TTL) -> None:
+                 job_timeout: int = Settings.job_timeout, lock_ttl: int = LOCK_TTL,
+                 dead_check_interval: float = DEAD_CHECK_S) -> None:
         if not queue_name:
             raise ValueError("queue_name must not be empty")
         if job_timeout < 1:
@@ -124,12 +162,15 @@ class CycleQueue:
         self.queue_name = queue_name
         self.job_timeout = job_timeout
         self.lock_ttl = lock_ttl
-        self.queue = Queue(queue_name, connection=redis)
+        self.queue = Queue(queue_name, connection=redis, serializer=SERIALIZER, job_class=ServiceJob)
         self._request = redis.register_script(_REQUEST_LUA)
         self._finish = redis.register_script(_FINISH_LUA)
         self._takeover = redis.register_script(_TAKEOVER_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._extend = redis.register_script(_EXTEND_LUA)
+        self._steal = redis.register_script(_STEAL_LUA)
+        self.dead_check_interval = dead_check_interval
+        self._dead_checked: dict[str, float] = {}
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings) -> CycleQueue:
@@ -155,16 +196,17 @@ class CycleQueue:
     def request_cycle(self, project: str, *, reason: str = "") -> CycleRequest:
         """Ask for a cycle of `project`; enqueues only when no cycle is queued or running."""
         state = ProjectState(self.redis, project)
-        claim = _claim(f"cycle-{state.project}-{uuid.uuid4().hex[:12]}")
+        claim = _claim(f"{JOB_PREFIX}{state.project}-{uuid.uuid4().hex[:12]}")
         outcome, active = (as_text(v) for v in self._request(keys=self._keys(state.project),
                                                            args=[claim, self.ttl]))
-        # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over.
-        if (outcome != "enqueue" and active is not None and self._is_dead(active)
-                and self._takeover(keys=self._keys(state.project)[:1], args=[active, claim, self.ttl])):
-            log.warning("project %s: cycle job %s is dead, replacing it by %s", state.project,
-                        _job_of(active), _job_of(claim))
-            self.redis.delete(self._keys(state.project)[1])
-            outcome, active = "enqueue", claim
+        # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over. Checked at
+        # most every DEAD_CHECK_S per project here (workers also recover dead cycles): under a stream of
+        # answers every webhook would otherwise pay three more round trips.
+        if outcome != "enqueue" and active is not None and self._due_for_dead_check(state.project) \
+                and self._is_dead(active, state.project):
+            replaced = self._replace_dead(state.project, active, reason or "request")
+            if replaced is not None:
+                return replaced
         job_id = _job_of(active) if active is not None else None
         if outcome == "enqueue":
             assert job_id is not None
@@ -184,19 +226,78 @@ class CycleQueue:
             description=f"reid-al cycle of project {project}",
         )
 
-    def _is_dead(self, claim: str) -> bool:
-        """A claimed job that failed/finished/vanished. A fresh claim whose job is not enqueued yet
-        (the claimer is between SET and enqueue) is alive for CLAIM_GRACE seconds."""
+    def _due_for_dead_check(self, project: str) -> bool:
+        now = time.monotonic()
+        last = self._dead_checked.get(project)
+        if last is not None and now - last < self.dead_check_interval:
+            return False
+        self._dead_checked[project] = now
+        return True
+
+    def _fetch(self, job_id: str) -> Job:
+        return ServiceJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
+
+    def job_alive(self, project: str, job_id: str) -> bool:
+        """The cycle job ``job_id`` beat within ALIVE_TTL seconds (its process runs)."""
+        return bool(self.redis.exists(cycle_alive_key(project, job_id)))
+
+    def _is_dead(self, claim: str, project: str | None = None) -> bool:
+        """A claimed job that failed/finished/vanished, or started and stopped beating (its process was
+        killed). A fresh claim whose job is not enqueued yet (the claimer is between SET and enqueue)
+        is alive for CLAIM_GRACE seconds; a job that just started has ALIVE_TTL seconds to beat."""
+        job_id = _job_of(claim)
         try:
-            job = Job.fetch(_job_of(claim), connection=self.redis)
+            job = self._fetch(job_id)
         except NoSuchJobError:
             return time.time() - _claimed_at(claim) > CLAIM_GRACE
         status = job.get_status(refresh=True)
-        if status == JobStatus.STARTED and job.worker_name:
+        if status == JobStatus.STARTED:
+            if project is not None and self.job_alive(project, job_id):
+                return False
+            started = job.started_at.timestamp() if job.started_at is not None else _claimed_at(claim)
+            if project is not None and time.time() - started > ALIVE_TTL:
+                return True
             # A worker killed mid-job leaves its job "started" until RQ's cleanup; its own key expires
             # with its heartbeat (worker_ttl), so a missing worker key means nobody runs the job.
-            return not self.redis.exists(f"rq:worker:{job.worker_name}")
+            return bool(job.worker_name) and not self.redis.exists(f"rq:worker:{job.worker_name}")
         return status is None or status in _DEAD
+
+    def recover(self) -> list[CycleRequest]:
+        """Re-queue the cycle of every project whose cycle job died (worker or work-horse killed).
+
+        Run when a worker starts and by every worker's maintenance (``ml_backend.worker``): a killed
+        cycle is re-run without waiting for the next answer, /status stops saying "running", and the
+        dead job's lock is released instead of waited out."""
+        out = []
+        for project in list_projects(self.redis):
+            claim = as_text(self.redis.get(self._keys(project)[0]))
+            if claim is not None and self._is_dead(claim, project):
+                replaced = self._replace_dead(project, claim, "re-run of a cycle whose job died")
+                if replaced is not None:
+                    out.append(replaced)
+        return out
+
+    def _replace_dead(self, project: str, claim: str, reason: str) -> CycleRequest | None:
+        """Take over a dead job's claim: release its lock, record it, enqueue a replacement."""
+        new_claim = _claim(f"{JOB_PREFIX}{project}-{uuid.uuid4().hex[:12]}")
+        if not self._takeover(keys=self._keys(project)[:1], args=[claim, new_claim, self.ttl]):
+            return None  # someone else replaced it first
+        dead = _job_of(claim)
+        state = ProjectState(self.redis, project)
+        log.warning("project %s: cycle job %s is dead, replacing it by %s", project, dead, _job_of(new_claim))
+        self.redis.delete(self._keys(project)[1])
+        self._release(keys=[self.lock_key(project)], args=[dead])
+        state.pending.abandon()
+        if state.cycles.status().get("status") == "running":
+            state.cycles.record({"project": project, "status": "killed", "job_id": dead, "reason": reason,
+                                 "error": "the job's process died", "finished_at": time.time(),
+                                 "duration_s": 0.0})
+        state.incr("cycles_killed")
+        job_id = _job_of(new_claim)
+        self._enqueue_cycle(project, job_id, reason)
+        state.cycles.set_status(status="queued", job_id=job_id, enqueued_at=time.time(), reason=reason)
+        state.incr("cycles_enqueued")
+        return CycleRequest(project, "enqueued", job_id)
 
     def request_embedding(self, project: str, items: list[dict[str, str]]) -> str:
         """Enqueue embedding of images that arrived with user-imported tasks; returns the job id."""
@@ -216,7 +317,7 @@ class CycleQueue:
 
     def finish(self, project: str, *, enqueue_follow_up: bool = True) -> str | None:
         """The job ended: enqueue exactly one follow-up if a request arrived while it ran."""
-        claim = _claim(f"cycle-{project}-{uuid.uuid4().hex[:12]}")
+        claim = _claim(f"{JOB_PREFIX}{project}-{uuid.uuid4().hex[:12]}")
         claimed = as_text(self._finish(keys=self._keys(project), args=[claim, self.ttl]))
         if claimed is None:
             return None
@@ -232,17 +333,49 @@ class CycleQueue:
     def acquire_lock(self, project: str, token: str, *, wait: float | None = None, poll: float = 0.5) -> bool:
         """Per-project mutual exclusion (SET NX EX): two workers never run one project's cycle at once.
 
-        The lock lives `lock_ttl` seconds unless its holder extends it (`hold_lock`), so a worker
-        killed mid-cycle blocks the project for at most that long. Waits up to `wait` (default: the
-        job timeout) for a holder to finish.
+        The lock lives `lock_ttl` seconds unless its holder extends it (`hold_lock`). A lock held by a
+        cycle job that stopped beating (its process was killed) is taken over at once, not waited out.
+        Waits up to `wait` (default: the job timeout) for a live holder to finish.
         """
         deadline = time.monotonic() + (self.ttl if wait is None else wait)
+        key = self.lock_key(project)
         while True:
-            if self.redis.set(self.lock_key(project), token, nx=True, ex=self.lock_ttl):
+            if self.redis.set(key, token, nx=True, ex=self.lock_ttl):
+                return True
+            holder = as_text(self.redis.get(key))
+            if (holder is not None and holder.startswith(JOB_PREFIX) and holder != token
+                    and not self.job_alive(project, holder)
+                    and self._steal(keys=[key], args=[holder, token, self.lock_ttl])):
+                log.warning("project %s: took over the cycle lock of dead job %s", project, holder)
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(poll)
+
+    @contextlib.contextmanager
+    def keep_alive(self, project: str, job_id: str) -> Iterator[None]:
+        """Beat for a running cycle job (its "alive" key) from a thread, from start to finish; what
+        ``recover`` and ``acquire_lock`` read to tell a dead job from a slow one."""
+        key = cycle_alive_key(project, job_id)
+        self.redis.set(key, "1", ex=ALIVE_TTL)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(ALIVE_TTL / 3):
+                try:
+                    self.redis.set(key, "1", ex=ALIVE_TTL)
+                except Exception as exc:  # Redis restarting: the next beat retries
+                    log.warning("project %s: heartbeat of %s failed: %s", project, job_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"reid-al-alive-{project}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            with contextlib.suppress(Exception):
+                self.redis.delete(key)
 
     def extend_lock(self, project: str, token: str) -> bool:
         """Renew our lock for another `lock_ttl` seconds; False when it is no longer ours."""
@@ -282,12 +415,18 @@ class CycleQueue:
         claim = as_text(self.redis.get(active_key))
         active = _job_of(claim) if claim is not None else None
         job_status = None
+        cycle = state.cycles.status()
         if active is not None:
             try:
-                fetched = Job.fetch(active, connection=self.redis).get_status(refresh=True)
+                fetched = self._fetch(active).get_status(refresh=True)
                 job_status = str(getattr(fetched, "value", fetched))
             except NoSuchJobError:
                 job_status = "missing"
+            if claim is not None and self._is_dead(claim, state.project):
+                job_status = "dead"
+                if cycle.get("status") in ("running", "queued"):
+                    # Said as it is until a worker re-queues it (at its start or its next maintenance).
+                    cycle["status"] = "interrupted"
         cycles = state.cycles.history()
         return {
             "project": state.project,
@@ -298,12 +437,15 @@ class CycleQueue:
             "pending_constraints": state.pending.count(),
             "conflicts": state.annotations.conflicts(),
             "current_version": state.cycles.current_version(),
-            "cycle": state.cycles.status(),
+            "cycle": cycle,
             "last_cycle": cycles[0] if cycles else None,
             "n_cycles": len(cycles),
             "queue_depth": self.depth(),
         }
 
     def status_all(self) -> dict[str, Any]:
+        """Every project's status, plus the counters that belong to no project (rejected requests,
+        ignored events and calls about unknown projects)."""
         return {"queue": self.queue_name, "queue_depth": self.depth(),
-                "projects": [self.status(p) for p in list_projects(self.redis)]}
+                "projects": [self.status(p) for p in list_projects(self.redis)],
+                "unregistered": global_counters(self.redis)}

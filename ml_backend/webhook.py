@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
-from ml_backend.prom import GLOBAL_COUNTERS_KEY
-from ml_backend.state import ProjectState
+from ml_backend.state import ProjectState, incr_global, project_key
 from ml_backend.state.annotations import is_user_id
+from ml_backend.state.base import preview
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -73,24 +74,31 @@ def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bo
     return str(answer)
 
 
+_PROJECT_TEXT_MAX = 64  # "<id>.<timestamp>" as /setup and /predict send it is about 30 characters
+
+
 def project_id_of(value: Any, field: str = "project") -> str:
-    """Label Studio sends `project` as a 50-key object, an int, or "<id>.<timestamp>" (/setup)."""
+    """Label Studio sends `project` as a 50-key object, an int, or "<id>.<timestamp>" (/setup); the id
+    is ASCII digits (``project_key``)."""
     if isinstance(value, Mapping):
         value = value.get("id")
         field = f"{field}.id"
     if isinstance(value, bool) or value is None:
         raise InputError(field, "missing project id", status=400)
-    if isinstance(value, int):
-        if value < 0:
-            raise InputError(field, f"must be a positive integer, got {value}")
-        return str(value)
     if isinstance(value, str):
-        head = value.strip().split(".", 1)[0]
-        if head.isdigit():
-            return head
-        if head and head.replace("-", "").replace("_", "").isalnum():
-            return head
-    raise InputError(field, f"must be a project id, got {value!r}")
+        if len(value) > _PROJECT_TEXT_MAX:
+            raise InputError(field, f"must be a project id, got {preview(value)}")
+        value = value.strip().split(".", 1)[0]
+    return project_key(value, field)
+
+
+def known_project(redis: Redis, project: str, model_dir: Path | None) -> ProjectState:
+    """``ProjectState`` of a project with state in Redis or files under ``model_dir``; else 404."""
+    state = ProjectState(redis, project)
+    if state.exists() or (model_dir is not None and (model_dir / state.project).is_dir()):
+        return state
+    raise InputError("project", f"unknown project {state.project}: no answer, task or pool recorded for it "
+                                "(run `reid-al ingest <images> --project <id>` first)", status=404)
 
 
 def _require(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
@@ -141,13 +149,21 @@ class WebhookHandler:
     """Dispatch one parsed JSON event. `handle` returns the JSON answer or raises InputError."""
 
     def __init__(self, redis: Redis, queue: CycleQueue | None, *, retrain_every: int,
-                 from_name: str | None = None) -> None:
+                 from_name: str | None = None, model_dir: Path | None = None) -> None:
         if retrain_every < 1:
             raise ValueError(f"retrain_every must be >= 1, got {retrain_every}")
         self.redis = redis
         self.queue = queue
         self.retrain_every = retrain_every
         self.from_name = from_name
+        self.model_dir = model_dir
+
+    def known_state(self, project: str) -> ProjectState:
+        """The state of a project that has something to train on, else a 404 that changes nothing.
+
+        Why: a cycle request for a project with no state and no pool under MODEL_DIR can only fail, and
+        accepting it would register the id for good (any id a client makes up)."""
+        return known_project(self.redis, project, self.model_dir)
 
     def handle(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, Mapping):
@@ -159,7 +175,7 @@ class WebhookHandler:
             return self._deleted(payload)
         if action == "START_TRAINING":
             project = project_id_of(payload.get("project"))
-            state = ProjectState(self.redis, project)
+            state = self.known_state(project)
             state.incr("events:START_TRAINING")
             return {"status": "ok", "action": action, "project": project, **self._request_cycle(project,
                                                                                                 action)}
@@ -178,9 +194,9 @@ class WebhookHandler:
             project = None
         counter = f"events:{action}" if known else "events:unknown"
         if project is not None:
-            ProjectState(self.redis, project).incr(counter)
+            ProjectState(self.redis, project).count(counter)
         else:
-            self.redis.hincrby(GLOBAL_COUNTERS_KEY, counter, 1)
+            incr_global(self.redis, counter)
         if known:
             log.debug("webhook %s for project %s: nothing to do", action, project)
         else:
@@ -218,7 +234,8 @@ class WebhookHandler:
         try:
             outcome, old = state.annotations.record(
                 event.annotation_id, task_id=event.task_id, image_a=event.image_a, image_b=event.image_b,
-                answer=event.answer, completed_by=event.completed_by, updated_at=event.updated_at)
+                answer=event.answer, completed_by=event.completed_by, updated_at=event.updated_at,
+                created=action == "ANNOTATION_CREATED")
         except InputError as exc:
             raise exc.at(f"annotation.{exc.field}") from None
         state.incr(f"events:{action}")

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from ml_backend.app import create_app
 from ml_backend.predict import Predictor, ServingModel
 from ml_backend.settings import Settings
-from ml_backend.state import ProjectState
+from ml_backend.state import GLOBAL_COUNTERS_KEY, ProjectState
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ann:secret").decode()}
@@ -49,7 +49,9 @@ def event(ann_id: int = 1, answer: str = "same") -> dict[str, Any]:
 
 
 def keys(client: redis.Redis) -> dict[bytes, Any]:
-    return {k: (client.hgetall(k) if client.type(k) == b"hash" else client.type(k)) for k in client.keys("*")}
+    """Every key but the global counters, where rejected requests are counted."""
+    return {k: (client.hgetall(k) if client.type(k) == b"hash" else client.type(k)) for k in client.keys("*")
+            if k != GLOBAL_COUNTERS_KEY.encode()}
 
 
 def test_health_needs_no_auth(http: FlaskClient) -> None:
@@ -76,6 +78,7 @@ def test_no_auth_configured_means_open(redis_client: redis.Redis, tmp_path: Path
 
 
 def test_setup_reads_label_config(http: FlaskClient, redis_client: redis.Redis) -> None:
+    ProjectState(redis_client, "3").touch()  # an unknown project's /setup stores nothing (test_project_ids)
     response = http.post("/setup", json={"project": "3.1712345678", "schema": LABEL_CONFIG}, headers=AUTH)
     assert response.status_code == 200 and response.json == {"model_version": "initial"}
     assert ProjectState(redis_client, "3").meta() == {"from_name": "answer", "to_name": "image_a"}
@@ -187,6 +190,7 @@ def test_versions_metrics_status_jobs(http: FlaskClient, redis_client: redis.Red
 
 
 def test_legacy_train_requests_a_coalesced_cycle(http: FlaskClient, redis_client: redis.Redis) -> None:
+    ProjectState(redis_client, "3").touch()  # an unknown project's /train is a 404 (test_project_ids)
     body = {"annotations": [], "project": "3.1712345678", "label_config": LABEL_CONFIG, "params": {}}
     first = http.post("/train", json=body, headers=AUTH)
     assert first.status_code == 200 and first.json["cycle"] == "enqueued"

@@ -36,6 +36,13 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     assert "REID_AL_RETRAIN_EVERY" in capsys.readouterr().out
 
 
+def test_readme_settings_table_lists_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Settings"):readme.index("### Failures and hostile clients")]
+    missing = [variable for variable, *_ in SETTINGS_HELP if f"`{variable}`" not in table]
+    assert missing == []
+
+
 def test_unknown_command_and_missing_project_fail(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])

@@ -27,6 +27,7 @@ from ml_backend.embedded import (
     stop_process,
     stop_rq_worker,
 )
+from ml_backend.queue import SERIALIZER
 
 pytestmark = [pytest.mark.integration]
 
@@ -73,6 +74,7 @@ def busy_worker(tmp_path: Path, redis_url: str,
     queue_name = f"emb-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "REDIS_URL": redis_url, "REID_AL_QUEUE": queue_name,
            "MODEL_DIR": str(tmp_path / "m"), "LABEL_STUDIO_API_KEY": "", "LOG_LEVEL": "INFO",
+           "REID_AL_EXTRA_JOBS": "test_embedded.sleeping_job",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     log = tmp_path / "worker.log"
     with open(log, "wb") as output:
@@ -80,7 +82,7 @@ def busy_worker(tmp_path: Path, redis_url: str,
                                output=output)
     pids: list[int] = []
     try:
-        Queue(queue_name, connection=redis_client).enqueue(
+        Queue(queue_name, connection=redis_client, serializer=SERIALIZER).enqueue(
             "test_embedded.sleeping_job", str(tmp_path), job_timeout=600)
         pids = [wait_for_file(tmp_path / "horse.pid", worker, log),
                 wait_for_file(tmp_path / "grandchild.pid", worker, log)]
@@ -137,6 +139,7 @@ def test_serve_sigterm_leaves_no_process_of_a_running_job(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"MODEL_DIR": str(model_dir), "PORT": str(free_port()), "HOST": "127.0.0.1",
                 "REID_AL_QUEUE": queue_name, "LOG_LEVEL": "INFO", "LABEL_STUDIO_API_KEY": "",
+                "REID_AL_EXTRA_JOBS": "test_embedded.sleeping_job",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))})
     log = tmp_path / "serve.log"
     pids: list[int] = []
@@ -150,8 +153,8 @@ def test_serve_sigterm_leaves_no_process_of_a_running_job(tmp_path: Path) -> Non
             assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         client = redis.Redis.from_url(url_file.read_text().strip())
-        Queue(queue_name, connection=client).enqueue("test_embedded.sleeping_job", str(tmp_path),
-                                                     job_timeout=600)
+        Queue(queue_name, connection=client, serializer=SERIALIZER).enqueue(
+            "test_embedded.sleeping_job", str(tmp_path), job_timeout=600)
         client.close()
         pids = [wait_for_file(tmp_path / "horse.pid", serve, log),
                 wait_for_file(tmp_path / "grandchild.pid", serve, log)]
@@ -173,3 +176,16 @@ def test_serve_sigterm_leaves_no_process_of_a_running_job(tmp_path: Path) -> Non
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_embedded_redis_needs_a_password_kept_off_the_command_line(tmp_path: Path) -> None:
+    """Any local user can reach 127.0.0.1; only who can read MODEL_DIR/redis (0700) can use the server."""
+    with EmbeddedRedis(tmp_path / "redis", appendonly=False) as server:
+        assert server.process is not None and server.port is not None
+        with pytest.raises(redis.exceptions.RedisError, match=r"(?i)auth"):
+            redis.Redis(host="127.0.0.1", port=server.port).ping()
+        assert redis.Redis.from_url(server.url).ping()
+        assert server.password.encode() not in Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+        assert (tmp_path / "redis").stat().st_mode & 0o777 == 0o700
+        for name in ("redis.conf", "redis.url"):
+            assert (tmp_path / "redis" / name).stat().st_mode & 0o777 == 0o600, name

@@ -14,6 +14,7 @@ from rq import Queue
 from ml_backend.ingest import attach_urls, ingest, running_redis, storage_dirs
 from ml_backend.labelstudio import LabelStudioClient
 from ml_backend.pool import Pool, PoolItem
+from ml_backend.queue import SERIALIZER
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 from trainer.store import EmbeddingStore
@@ -163,7 +164,7 @@ def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
         assert [s["path"] for s in ls_client.list_local_storages(project)] == [str(images.resolve())]
         assert report.cycle is not None and report.cycle["mode"] == "queued"
         assert report.cycle["outcome"] == "enqueued"
-        queue = Queue(settings.queue_name, connection=redis_client)
+        queue = Queue(settings.queue_name, connection=redis_client, serializer=SERIALIZER)
         assert queue.job_ids == [report.cycle["job_id"]]
         assert ProjectState(redis_client, str(project)).cycles.status()["status"] == "queued"
         # re-ingesting is idempotent in Label Studio too, and the queued cycle absorbs the request

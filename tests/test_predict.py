@@ -17,7 +17,6 @@ from ml_backend.predict import (
     ServingModel,
     label_names,
     load_serving_model,
-    resolve_image,
 )
 from ml_backend.push import score_of, uncertainty_priority
 from ml_backend.settings import Settings
@@ -46,27 +45,6 @@ def test_label_names_errors(config: str, needle: str) -> None:
     with pytest.raises(InputError, match=needle) as info:
         label_names(config)
     assert info.value.field == "label_config"
-
-
-def test_resolve_image(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "x y.jpg").write_bytes(b"img")
-    assert resolve_image("/data/local-files/?d=sub/x%20y.jpg", document_root=str(tmp_path)) == (
-        tmp_path / "sub" / "x y.jpg").resolve()
-    assert resolve_image(f"file://{tmp_path}/sub/x%20y.jpg") == tmp_path / "sub" / "x y.jpg"
-    assert resolve_image(str(tmp_path / "sub" / "x y.jpg")) == tmp_path / "sub" / "x y.jpg"
-    with pytest.raises(FileNotFoundError, match="no file"):
-        resolve_image("/data/local-files/?d=sub/missing.jpg", document_root=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no file"):
-        resolve_image("relative/a.png")
-    with pytest.raises(ValueError, match="REID_AL_DOCUMENT_ROOT"):
-        resolve_image("/data/local-files/?d=a.jpg")
-    with pytest.raises(ValueError, match="outside"):
-        resolve_image("/data/local-files/?d=../../etc/passwd", document_root=str(tmp_path))
-    with pytest.raises(ValueError, match="cache"):
-        resolve_image("http://example.invalid/a.jpg")
-    with pytest.raises(ValueError, match="scheme"):
-        resolve_image("ftp://h/a.jpg")
 
 
 def _model(_state: ProjectState) -> ServingModel:
@@ -198,6 +176,7 @@ def test_serving_model_is_the_pushed_version_not_the_newest_saved(redis_client: 
 def test_a_rejected_predict_does_not_change_meta(redis_client: redis.Redis, tmp_path: Path) -> None:
     predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
     state = ProjectState(redis_client, "3")
+    state.touch()  # names are recorded for registered projects only
     state.set_meta(from_name="answer", to_name="image_a")
     config = '<View><Choices name="other" toName="img"/></View>'
     with pytest.raises(InputError) as info:

@@ -10,13 +10,13 @@ import pytest
 import redis
 from rq.job import Job
 
-from ml_backend.queue import CYCLE_JOB, CycleQueue, _claim
+from ml_backend.queue import CYCLE_JOB, SERIALIZER, CycleQueue, _claim
 from ml_backend.state import ProjectState
 
 
 @pytest.fixture()
 def queue(redis_client: redis.Redis) -> CycleQueue:
-    return CycleQueue(redis_client, queue_name="test-q", job_timeout=60)
+    return CycleQueue(redis_client, queue_name="test-q", job_timeout=60, dead_check_interval=0)
 
 
 def test_one_job_while_queued(queue: CycleQueue) -> None:
@@ -24,8 +24,8 @@ def test_one_job_while_queued(queue: CycleQueue) -> None:
     assert first.outcome == "enqueued"
     assert [queue.request_cycle("1").outcome for _ in range(5)] == ["queued"] * 5
     assert queue.depth() == 1
-    job = Job.fetch(first.job_id, connection=queue.redis)
-    assert job.func_name == CYCLE_JOB and job.args == ("1",) and job.kwargs == {"reason": "a"}
+    job = Job.fetch(first.job_id, connection=queue.redis, serializer=SERIALIZER)
+    assert job.func_name == CYCLE_JOB and tuple(job.args) == ("1",) and job.kwargs == {"reason": "a"}
     assert queue.request_cycle("2").outcome == "enqueued"  # projects are independent
     assert queue.depth() == 2
 
@@ -72,7 +72,8 @@ def test_concurrent_requests_enqueue_once(queue: CycleQueue, redis_url: str) -> 
 
 def test_dead_claim_is_taken_over(queue: CycleQueue) -> None:
     first = queue.request_cycle("1")
-    Job.fetch(first.job_id, connection=queue.redis).delete()  # the job vanished (e.g. flushed)
+    # the job vanished (e.g. flushed)
+    Job.fetch(first.job_id, connection=queue.redis, serializer=SERIALIZER).delete()
     queue.redis.set(queue._keys("1")[0], f"{first.job_id}@0.0")  # claimed long ago
     second = queue.request_cycle("1")
     assert second.outcome == "enqueued" and second.job_id != first.job_id
@@ -83,7 +84,7 @@ def test_started_job_of_a_vanished_worker_is_taken_over(queue: CycleQueue) -> No
 
     first = queue.request_cycle("1")
     queue.queue.remove(first.job_id)  # a worker took it
-    job = Job.fetch(first.job_id, connection=queue.redis)
+    job = Job.fetch(first.job_id, connection=queue.redis, serializer=SERIALIZER)
     job.worker_name = "alive"
     job.save()
     job.set_status(JobStatus.STARTED)
@@ -138,8 +139,8 @@ def test_status_and_counters(queue: CycleQueue) -> None:
 
 def test_embedding_request(queue: CycleQueue) -> None:
     job_id = queue.request_embedding("1", [{"id": "x", "url": "/u"}])
-    job = Job.fetch(job_id, connection=queue.redis)
-    assert job.args == ("1", [{"id": "x", "url": "/u"}])
+    job = Job.fetch(job_id, connection=queue.redis, serializer=SERIALIZER)
+    assert tuple(job.args) == ("1", [{"id": "x", "url": "/u"}])
     with pytest.raises(ValueError, match="items"):
         queue.request_embedding("1", [])
 
@@ -204,15 +205,15 @@ def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
 
 def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml_backend import jobs, predict
+    from ml_backend import fetch, jobs
 
     state = ProjectState(in_worker, "7")
     assert state.images.claim(["a", "b"]) == ["a", "b"]
 
-    def unreachable(url: str, **_kwargs: object) -> None:
+    def unreachable(url: str, *_args: object, **_kwargs: object) -> None:
         raise OSError(f"{url}: not there yet")
 
-    monkeypatch.setattr(predict, "resolve_image", unreachable)
+    monkeypatch.setattr(fetch, "fetch_image", unreachable)
     result = jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}, {"id": "b", "url": "/u/b.jpg"}])
     assert [f[0] for f in result["failed"]] == ["a", "b"]
     assert state.images.claim(["a", "b"]) == ["a", "b"]  # requested again by the next event
@@ -220,15 +221,30 @@ def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
 
 def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml_backend import jobs, predict
+    from ml_backend import fetch, jobs
 
     state = ProjectState(in_worker, "7")
     assert state.images.claim(["a", "c"]) == ["a", "c"]
 
-    def crash(url: str, **_kwargs: object) -> None:
+    def crash(url: str, *_args: object, **_kwargs: object) -> None:
         raise RuntimeError("worker bug")
 
-    monkeypatch.setattr(predict, "resolve_image", crash)
+    monkeypatch.setattr(fetch, "fetch_image", crash)
     with pytest.raises(RuntimeError, match="worker bug"):
         jobs.embed_job("7", [{"id": "a", "url": "/u/a.jpg"}])
     assert state.images.claim(["a", "c"]) == ["a"]  # "c" was not this job's: still claimed
+
+
+def test_a_stream_of_requests_checks_for_a_dead_job_at_most_every_interval(redis_client: redis.Redis) -> None:
+    """Under a stream of answers the dead-job check (three round trips) runs once per interval per
+    project; the workers' own recovery covers the time in between."""
+    q = CycleQueue(redis_client, queue_name="test-q", job_timeout=60, dead_check_interval=60)
+    first = q.request_cycle("1")
+    Job.fetch(first.job_id, connection=q.redis, serializer=SERIALIZER).delete()
+    q.redis.set(q._keys("1")[0], f"{first.job_id}@0.0")  # its job vanished long ago: dead
+    assert q.request_cycle("1").outcome == "enqueued"  # the first request checks
+    second = q.request_cycle("1")
+    Job.fetch(second.job_id, connection=q.redis, serializer=SERIALIZER).delete()
+    q.redis.set(q._keys("1")[0], f"{second.job_id}@0.0")
+    assert q.request_cycle("1").outcome == "queued"  # checked less than 60 s ago: not again
+    assert q.recover()[0].outcome == "enqueued"  # what a worker's maintenance does meanwhile

@@ -81,7 +81,7 @@ def test_duplicated_and_reordered_events_converge(redis_client: redis.Redis) -> 
     events = _events()
     finals = set()
     for n, order in enumerate(itertools.permutations(events)):
-        s = _state(redis_client, f"p{n}")
+        s = _state(redis_client, str(100 + n))
         _apply(s, list(order) + list(order[:2]))  # plus duplicates
         finals.add(json.dumps([(r["annotation_id"], r["answer"]) for r in s.annotations.all()]))
     assert finals == {json.dumps([["2", "same"], ["1", "different"]])}
@@ -258,7 +258,7 @@ def test_record_change_and_pop_return_the_previous_record(redis_client: redis.Re
 
 
 def test_register_task_pairs_matches_register_pair_in_two_round_trips(redis_client: redis.Redis) -> None:
-    one, many = _state(redis_client), ProjectState(redis_client, "other")
+    one, many = _state(redis_client), ProjectState(redis_client, "8")
     for s in (one, many):
         s.pairs.register(pair_id("a", "b"), "a", "b", model_version="v1", p_same=0.5)
     tasks = [(10, "b", "a"), (11, "c", "d"), (12, "c", "d"), (13, "e", "f")]

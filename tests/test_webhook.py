@@ -137,6 +137,7 @@ def test_every_n_constraints_enqueues_one_cycle(handler: WebhookHandler, redis_c
 
 
 def test_start_training_enqueues_and_coalesces(handler: WebhookHandler, redis_client: redis.Redis) -> None:
+    ProjectState(redis_client, "3").touch()  # an unknown project's START_TRAINING is a 404 (test_project_ids)
     first = handler.handle({"action": "START_TRAINING", "project": {"id": 3}})
     second = handler.handle({"action": "START_TRAINING", "project": {"id": 3}})
     assert first["cycle"] == "enqueued" and second["cycle"] == "queued"
@@ -171,6 +172,7 @@ def test_tasks_deleted_closes_pairs(handler: WebhookHandler, redis_client: redis
 
 def test_unknown_and_ignored_events_are_acknowledged_and_counted(handler: WebhookHandler,
                                                                   redis_client: redis.Redis) -> None:
+    ProjectState(redis_client, "3").touch()  # for an unknown project they are counted globally instead
     assert handler.handle({"action": "SOMETHING_NEW", "project": {"id": 3}})["status"] == "ignored"
     assert handler.handle({"action": "PROJECT_UPDATED", "project": {"id": 3}})["known"] is True
     assert handler.handle({"action": "WHATEVER"})["project"] is None

@@ -10,16 +10,33 @@ the settings seen from Label Studio (``meta``). Everything here can be rebuilt f
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ml_backend.errors import InputError
-from ml_backend.state.annotations import ANSWERS, CONSTRAINT_ANSWERS, Annotations, parse_timestamp, sort_key
-from ml_backend.state.base import KEY_PREFIX, PROJECTS_KEY, KeyFamily, json_hash, text_hash, text_list
+from ml_backend.state.annotations import ANSWERS, CONSTRAINT_ANSWERS, Annotations, parse_timestamp
+from ml_backend.state.base import (
+    GLOBAL_COUNTERS_KEY,
+    KEY_PREFIX,
+    PROJECTS_KEY,
+    UNREGISTERED_META_TTL,
+    KeyFamily,
+    global_counters,
+    incr_global,
+    is_project_key,
+    json_hash,
+    preview,
+    project_key,
+    register,
+    text_hash,
+    text_list,
+)
 from ml_backend.state.cycles import CycleRecords
 from ml_backend.state.images import ImageRecords
 from ml_backend.state.pairs import PairRegistry
 from ml_backend.state.pending import PendingChanges, cycle_lock_key
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -29,39 +46,55 @@ if TYPE_CHECKING:
 __all__ = [
     "ANSWERS",
     "CONSTRAINT_ANSWERS",
+    "GLOBAL_COUNTERS_KEY",
     "KEY_PREFIX",
     "PROJECTS_KEY",
     "ProjectState",
     "cycle_lock_key",
+    "global_counters",
+    "incr_global",
     "list_projects",
     "parse_timestamp",
+    "project_key",
 ]
 
 
 class ProjectState(KeyFamily):
-    """All Redis state of one Label Studio project (project key = the project id as a string)."""
+    """All Redis state of one Label Studio project (project key = the project id as ASCII digits)."""
 
     def __init__(self, redis: Redis, project: str | int) -> None:
-        project_key = str(project).strip()
-        if not project_key or ":" in project_key or any(c.isspace() for c in project_key):
-            raise InputError("project", f"must be a non-empty id without ':' or spaces, got {project!r}")
-        super().__init__(redis, project_key)
-        self.annotations = Annotations(redis, project_key)
-        self.pairs = PairRegistry(redis, project_key)
-        self.images = ImageRecords(redis, project_key)
-        self.pending = PendingChanges(redis, project_key)
-        self.cycles = CycleRecords(redis, project_key)
+        key = project_key(project)
+        super().__init__(redis, key)
+        self.annotations = Annotations(redis, key)
+        self.pairs = PairRegistry(redis, key)
+        self.images = ImageRecords(redis, key)
+        self.pending = PendingChanges(redis, key)
+        self.cycles = CycleRecords(redis, key)
 
     def touch(self) -> None:
         """Register the project so /metrics and `reid-al status` list it."""
-        self.redis.sadd(PROJECTS_KEY, self.project)
+        pipe = self.redis.pipeline(transaction=False)
+        register(pipe, self.project)
+        pipe.execute()
+
+    def exists(self) -> bool:
+        """True once something was recorded for the project (an answer, a task, a pool, a cycle)."""
+        return bool(self.redis.sismember(PROJECTS_KEY, self.project))
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Count on the project when it exists, else on the global counters: a call about a project
+        nobody registered (a /predict, an ignored event) must not register it."""
+        if self.exists():
+            self.incr(name, by)
+        else:
+            incr_global(self.redis, name, by)
 
     # --- counters (what /metrics exports) ------------------------------------------------------------
     def incr(self, name: str, by: int = 1) -> int:
         """Increment a counter (and list the project, so /metrics shows it)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hincrby(self.key("counters"), name, by)
-        pipe.sadd(PROJECTS_KEY, self.project)
+        register(pipe, self.project)
         return int(pipe.execute()[0])
 
     def counters(self) -> dict[str, int]:
@@ -69,8 +102,15 @@ class ProjectState(KeyFamily):
 
     # --- settings seen from Label Studio (from_name, to_name, view id) -------------------------------
     def set_meta(self, **values: Any) -> None:
-        if values:
-            self.redis.hset(self.key("meta"), mapping={k: json.dumps(v) for k, v in values.items()})
+        """Store settings seen from Label Studio; for a project with no state yet they expire after
+        UNREGISTERED_META_TTL unless something registers the project meanwhile."""
+        if not values:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key("meta"), mapping={k: json.dumps(v) for k, v in values.items()})
+        if not self.exists():
+            pipe.expire(self.key("meta"), UNREGISTERED_META_TTL)
+        pipe.execute()
 
     def meta(self) -> dict[str, Any]:
         return json_hash(self.redis.hgetall(self.key("meta")))
@@ -114,6 +154,19 @@ class ProjectState(KeyFamily):
         return graph, unmapped
 
 
+_reported: set[str] = set()
+
+
 def list_projects(redis: Redis) -> list[str]:
-    """Every project that has state, sorted numerically where possible."""
-    return sorted(text_list(redis.smembers(PROJECTS_KEY)), key=sort_key)
+    """Every project that has state, in numeric order.
+
+    A member that is not a project key (written by hand, or by a version that accepted any id) is
+    skipped and reported once per process, so one bad entry cannot break /metrics and /status."""
+    out = []
+    for name in text_list(redis.smembers(PROJECTS_KEY)):
+        if is_project_key(name):
+            out.append(name)
+        elif name not in _reported:
+            _reported.add(name)
+            log.warning("%s lists %s, which is not a project id: skipped", PROJECTS_KEY, preview(name))
+    return sorted(out, key=int)

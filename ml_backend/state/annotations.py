@@ -10,23 +10,26 @@ late event for a deleted annotation changes nothing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.errors import InputError
 from ml_backend.pairs import ordered, pair_id
-from ml_backend.state.base import PROJECTS_KEY, KeyFamily, as_text, text_hash, text_list
+from ml_backend.state.base import KeyFamily, as_text, preview, register, text_hash, text_list
 
 if TYPE_CHECKING:
     from redis import Redis
 
 ANSWERS = ("same", "different", "unsure", "skip")
+TIMESTAMP_FUTURE_SLACK = 86400.0  # Label Studio's clock may run ahead of ours; a day covers any sane skew
 CONSTRAINT_ANSWERS = ("same", "different")
 
-# KEYS: annotations hash, timestamps hash, tombstone set. ARGV: id, json, timestamp ('' = unknown).
-# A stale event (older updated_at than the stored one) or an event for a deleted annotation changes
-# nothing, so duplicated and reordered deliveries converge on the same final state.
+# KEYS: annotations hash, timestamps hash, tombstone set. ARGV: id, json, timestamp ('' = unknown),
+# '1' when the event is a creation. A stale event (older updated_at than the stored one), an event for a
+# deleted annotation, or a creation without a timestamp for an annotation already stored (a creation is
+# never newer than what followed it) changes nothing, so duplicated and reordered deliveries converge.
 _RECORD_LUA = """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'unchanged', false} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -36,6 +39,7 @@ if not old then
   return {'created', false}
 end
 if old == ARGV[2] then return {'unchanged', false} end
+if ARGV[3] == '' and ARGV[4] == '1' then return {'unchanged', false} end
 local old_ts = redis.call('HGET', KEYS[2], ARGV[1])
 if old_ts and ARGV[3] ~= '' and tonumber(ARGV[3]) < tonumber(old_ts) then return {'unchanged', false} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -44,23 +48,34 @@ return {'updated', old}
 """
 
 
-def parse_timestamp(value: Any) -> float | None:
-    """Label Studio's ISO-8601 `updated_at` (or epoch seconds) -> epoch seconds; None when absent."""
+def parse_timestamp(value: Any, *, now: float | None = None) -> float | None:
+    """Label Studio's ISO-8601 `updated_at` (or epoch seconds) -> epoch seconds; None when absent.
+
+    Why bounded (1970 to a day from now): a newer timestamp wins, so one event dated Infinity or year 9999
+    would freeze its annotation against every later, real update."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise InputError("updated_at", f"must be an ISO-8601 string or a number, got {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        try:
+            ts = float(value)
+        except OverflowError:
+            raise InputError("updated_at", f"{preview(value)} is not a time") from None
+    elif isinstance(value, str):
         text = value.strip()
         if text.endswith("Z"):
             text = text[:-1] + "+00:00"
         try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            raise InputError("updated_at", f"not an ISO-8601 timestamp: {value!r}") from None
-    raise InputError("updated_at", f"must be an ISO-8601 string or a number, got {type(value).__name__}")
+            ts = datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise InputError("updated_at", f"not an ISO-8601 timestamp: {preview(value)}") from None
+    else:
+        raise InputError("updated_at", f"must be an ISO-8601 string or a number, got {type(value).__name__}")
+    latest = (time.time() if now is None else now) + TIMESTAMP_FUTURE_SLACK
+    if not 0.0 <= ts <= latest:  # also false for NaN
+        raise InputError("updated_at", f"{preview(value)} is not between 1970 and a day from now")
+    return ts
 
 
 def annotation_key(annotation_id: Any) -> str:
@@ -79,7 +94,8 @@ def is_user_id(value: Any) -> bool:
 
 def sort_key(annotation_id: str) -> tuple[int, int | str]:
     """Numeric ids in numeric order, then the others."""
-    return (0, int(annotation_id)) if annotation_id.isdigit() else (1, annotation_id)
+    numeric = annotation_id.isascii() and annotation_id.isdigit()
+    return (0, int(annotation_id)) if numeric else (1, annotation_id)
 
 
 def _record(annotation_id: Any, task_id: Any, image_a: Any, image_b: Any, answer: Any, completed_by: Any,
@@ -130,17 +146,20 @@ class Annotations(KeyFamily):
         answer: str,
         completed_by: int | str | None = None,
         updated_at: str | float | None = None,
+        created: bool = False,
     ) -> tuple[str, dict[str, Any] | None]:
         """Store one annotation's answer; returns ("created" | "updated" | "unchanged", replaced record).
 
-        "unchanged" also covers a stale event (older `updated_at` than what is stored) and an event for
-        an annotation already deleted (Label Studio never reuses ids). The replaced record (None unless
+        "unchanged" also covers a stale event (older `updated_at` than what is stored), an event for an
+        annotation already deleted (Label Studio never reuses ids) and, with ``created``, a creation event
+        without a timestamp for an annotation already stored. The replaced record (None unless
         "updated") tells a caller whether the constraint itself changed or only `updated_at` moved.
         """
         key, record, ts = _record(annotation_id, task_id, image_a, image_b, answer, completed_by, updated_at)
         raw_outcome, old = self._record(
             keys=[self.key("annotations"), self.key("annotation_ts"), self.key("deleted")],
-            args=[key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts)],
+            args=[key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts),
+                  "1" if created else ""],
         )
         outcome = as_text(raw_outcome)
         if outcome != "unchanged":
@@ -151,7 +170,7 @@ class Annotations(KeyFamily):
                     pipe.hdel(self.key(f"pair_answers:{old_pid}"), key)
             pipe.hset(self.key(f"pair_answers:{record['pair_id']}"), key, answer)
             pipe.sadd(self.key("pair_answer_keys"), record["pair_id"])
-            pipe.sadd(PROJECTS_KEY, self.project)
+            register(pipe, self.project)
             pipe.execute()
         return str(outcome), (json.loads(old) if old else None)
 
@@ -201,7 +220,7 @@ class Annotations(KeyFamily):
             for pid, answers in by_pair.items():
                 pipe.hset(self.key(f"pair_answers:{pid}"), mapping=answers)
             pipe.sadd(self.key("pair_answer_keys"), *by_pair)
-        pipe.sadd(PROJECTS_KEY, self.project)
+        register(pipe, self.project)
         pipe.execute()
         return len(prepared)
 

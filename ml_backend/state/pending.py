@@ -53,6 +53,11 @@ def cycle_lock_key(project: str) -> str:
     return f"{project_prefix(project)}:cycle:lock"
 
 
+def cycle_alive_key(project: str, job_id: str) -> str:
+    """Present while the cycle job ``job_id`` runs (it beats; see CycleQueue.keep_alive)."""
+    return f"{project_prefix(project)}:cycle:alive:{job_id}"
+
+
 class PendingChanges(KeyFamily):
     """``pending_constraints`` and ``pending_in_flight``, read against the project's cycle lock."""
 
