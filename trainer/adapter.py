@@ -35,7 +35,6 @@ from strategies.constraints import must_link_components
 from strategies.validation import check_features, check_labels, check_pairs, check_per_item
 from trainer.defaults import (
     ADAPTER_HIDDEN_DIM,
-    CONTRAST_TEMPERATURE,
     GM_BETA,
     GM_HARD_NEGATIVES,
     MEMORY_MOMENTUM,
@@ -45,6 +44,7 @@ from trainer.defaults import (
     TRAIN_LR,
     TRAIN_PAIRS_PER_BATCH,
     TRAIN_STEPS_PER_EPOCH_MAX,
+    TRAIN_TEMPERATURE,
     TRAIN_TERMS,
     TRAIN_WEIGHT_DECAY,
     UA_ALPHA,
@@ -179,7 +179,7 @@ class TrainConfig:
     pair_weight: float = 1.0
     ua_weight: float = 1.0
     gm_weight: float = GM_BETA  # β
-    temperature: float = CONTRAST_TEMPERATURE
+    temperature: float = TRAIN_TEMPERATURE
     momentum: float = MEMORY_MOMENTUM
     ua_alpha: float = UA_ALPHA  # α
     ua_paired_weight: float = UA_PAIRED_WEIGHT
