@@ -17,6 +17,7 @@ from ml_backend.pool import Pool, PoolItem
 from ml_backend.queue import SERIALIZER
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
+from trainer.defaults import CYCLE_STRATEGY
 from trainer.store import EmbeddingStore
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "ml_backend" / "label_config.xml").read_text()
@@ -222,7 +223,7 @@ def test_ingest_with_no_backend_running_runs_the_first_cycle_itself(
 def test_default_strategy_cycle_after_sync_with_nothing_left_open(
     label_studio: object, ls_client: LabelStudioClient, tmp_path: Path
 ) -> None:
-    """The production default (AAS) end to end with no backend process: ingest runs cycle 1, an
+    """The production default sampler end to end with no backend process: ingest runs cycle 1, an
     annotator answers every task, `sync` brings the answers in, cycle 2 runs with no open task left
     (Label Studio then refuses a model_version no prediction carries: the cycle must still finish)."""
     from ml_backend.embedded import EmbeddedRedis
@@ -230,7 +231,7 @@ def test_default_strategy_cycle_after_sync_with_nothing_left_open(
     from ml_backend.sync import sync
 
     document_root: Path = label_studio.document_root  # type: ignore[attr-defined]
-    images = document_root / "aas-ingest"
+    images = document_root / "default-ingest"
     make_images(images, 6, 5, seed=3)
     project = int(ls_client.create_project("default strategy project", LABEL_CONFIG)["id"])
     settings = Settings(
@@ -241,7 +242,7 @@ def test_default_strategy_cycle_after_sync_with_nothing_left_open(
         label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
         document_root=str(document_root),
     )
-    assert settings.strategy == "aas"
+    assert settings.strategy == CYCLE_STRATEGY
     try:
         first = ingest(images, project, settings, progress=False).cycle
         assert first is not None and first["status"] == "finished", first
