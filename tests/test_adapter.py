@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from trainer.adapter import (
     apply_adapter,
     train_adapter,
 )
-from trainer.runtime import resolve_device
+from trainer.runtime import resolve_device, tensor_of
 from trainer.training import BatchBuilder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -302,3 +305,33 @@ def test_train_adapter_rejects_bad_input() -> None:
 def test_train_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_tensor_of_shares_writable_memory_and_copies_read_only_arrays() -> None:
+    writable = np.ones((3, 2), dtype=np.float32)
+    assert np.shares_memory(tensor_of(writable).numpy(), writable)
+    read_only = np.ones((3, 2), dtype=np.float32)
+    read_only.setflags(write=False)
+    copied = tensor_of(read_only)
+    assert not np.shares_memory(copied.numpy(), read_only) and torch.equal(copied, torch.ones(3, 2))
+
+
+def test_read_only_memmap_features_train_and_embed_without_torch_warnings(tmp_path: Path) -> None:
+    # The embedding store and the registry hand out read-only memmaps. torch warns once per process,
+    # so the check runs in a fresh interpreter with warnings as errors.
+    code = f"""
+import numpy as np
+from trainer.adapter import TrainConfig, apply_adapter, train_adapter
+rng = np.random.default_rng(0)
+x = rng.normal(size=(40, 16)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+np.save({str(tmp_path / 'x.npy')!r}, x)
+x = np.load({str(tmp_path / 'x.npy')!r}, mmap_mode="r")
+assert not x.flags.writeable
+result = train_adapter(x, np.repeat(np.arange(8), 5), [(0, 1)], [(0, 5)], TrainConfig(epochs=1))
+apply_adapter(result.adapter_state, x)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True,
+                         text=True, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

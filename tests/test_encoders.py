@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 from pathlib import Path
@@ -352,3 +353,18 @@ def test_bf16_encoder_matches_fp32_and_returns_float32(tmp_path: Path, tiny: Ope
     assert out.dtype == torch.float32
     assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-4)
     assert float((out * ref).sum(dim=1).min()) > 0.99
+
+
+def test_precision_choice_is_one_info_line_even_when_reduced_precision_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # min_cosine 1.0: bf16 never agrees exactly, so the encoder falls back to fp32. That is an expected
+    # outcome on many machines: one INFO line says what was chosen and why, no WARNING.
+    with caplog.at_level(logging.DEBUG):
+        encoder = create_encoder("open_clip_tiny", precision="bf16", min_cosine=1.0, device="cpu")
+    assert encoder.precision_note.startswith("fp32 (bf16 probe mean cosine")
+    about_precision = [
+        r for r in caplog.records if any(w in r.getMessage() for w in ("fp32", "bf16", "precision"))
+    ]
+    assert len(about_precision) == 1 and about_precision[0].levelno == logging.INFO
+    assert encoder.precision_note in about_precision[0].getMessage()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from strategies import FaissLoaderNoise
 from strategies.knn import (
     KnnGraph,
     approximate_recall,
@@ -176,3 +182,28 @@ def test_check_features_accepts_float64_and_returns_float32() -> None:
     x = unit_rows(5, 3).astype(np.float64)
     out = check_features(x)
     assert out.dtype == np.float32 and out.flags.c_contiguous
+
+
+def _loader_record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("faiss.loader", logging.INFO, __file__, 0, message, None, None)
+
+
+def test_faiss_loader_noise_about_missing_optional_builds_is_dropped() -> None:
+    noise = FaissLoaderNoise()
+    for dropped in ("Loading faiss with AVX512 support.", "Loading faiss with AVX2 support.",
+                    "Could not load library with AVX2 support due to:\n"
+                    "ModuleNotFoundError(\"No module named 'faiss.swigfaiss_avx2'\")"):
+        assert not noise.filter(_loader_record(dropped)), dropped
+    for kept in ("Loading faiss.", "Successfully loaded faiss with AVX2 support.",
+                 "Could not load library with AVX2 support due to:\nImportError('undefined symbol')"):
+        assert noise.filter(_loader_record(kept)), kept
+    assert any(isinstance(f, FaissLoaderNoise) for f in logging.getLogger("faiss.loader").filters)
+
+
+def test_importing_knn_logs_no_module_not_found_lines() -> None:
+    # A fresh interpreter: faiss logs its loader lines once, at its first import.
+    code = "import logging; logging.basicConfig(level=logging.DEBUG); import strategies.knn"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert "Successfully loaded faiss" in out.stderr
+    assert "ModuleNotFoundError" not in out.stderr, out.stderr

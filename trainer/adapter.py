@@ -58,7 +58,7 @@ from trainer.losses import (
     PairContrastiveLoss,
     UncertaintyAwareContrastiveLoss,
 )
-from trainer.runtime import deterministic, resolve_device
+from trainer.runtime import deterministic, resolve_device, tensor_of
 from trainer.training import LOSS_TERMS, BatchBuilder, check_training_settings, compact_labels
 
 __all__ = [
@@ -251,7 +251,7 @@ def apply_adapter(
     out = np.empty((x.shape[0], model.out_dim), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(dev)
+            chunk = tensor_of(x[start : start + batch_size]).to(dev)
             out[start : start + batch_size] = model(chunk).cpu().numpy()
     return out
 
@@ -297,7 +297,7 @@ def train_adapter(
         else:
             model = Adapter(d, kind=config.adapter, hidden_dim=config.hidden_dim, random_state=config.seed)
         model = model.to(device).train()
-        x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+        x = tensor_of(x_np).to(device)
 
         train_labels = compact_labels(labels, config.outliers)
         n_clusters = int(train_labels.max()) + 1

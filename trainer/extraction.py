@@ -179,8 +179,8 @@ def extract_embeddings(
         persistent_workers=False,
     )
     bar = _Progress(len(todo), progress, f"embedding ({encoder.name})")
-    log.info("embedding %d images with %s (%d already stored, batch %d, %d workers, %s)",
-             len(todo), encoder.name, report.n_skipped, batch_size, workers, encoder.precision_note)
+    log.info("embedding %d images with %s (%d already stored, batch %d, %d workers)",
+             len(todo), encoder.name, report.n_skipped, batch_size, workers)
     # The store commit (3 fsyncs, ~30 ms) of batch k runs in a writer thread while the model computes
     # batch k+1: at most one batch is in flight, and on_batch/progress only ever report committed rows.
     pending: tuple[Future[None] | None, int, int] | None = None

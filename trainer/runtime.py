@@ -4,7 +4,6 @@ deterministic kernels with a chosen thread count for one training run."""
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +19,9 @@ __all__ = [
     "cpu_has_native_bf16",
     "deterministic",
     "resolve_device",
+    "tensor_of",
 ]
 
-log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,6 +30,16 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class DeviceUnavailableError(ValueError, RuntimeError):
     """A CUDA device was asked for on a machine where torch sees none: a bad setting (ValueError) for
     this machine (RuntimeError); callers catching either keep working."""
+
+
+def tensor_of(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor of ``array``: its memory when writable, else a copy.
+
+    Why: features come as read-only memmaps (the embedding store, the registry); torch cannot share
+    read-only memory safely and warns about it, so those are copied here, where torch needs them."""
+    if not array.flags.writeable:
+        array = np.array(array)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -92,7 +101,10 @@ def choose_precision(
     device: torch.device,
     min_cosine: float,
 ) -> tuple[torch.nn.Module, torch.dtype, str]:
-    """Return (model, dtype, note): a reduced-precision copy only if it agrees with fp32 on ``probe``."""
+    """Return (model, dtype, note): a reduced-precision copy only if it agrees with fp32 on ``probe``.
+
+    Logs nothing: a fallback to fp32 is the expected outcome on many machines, not a problem, so the
+    caller reports the choice and its reason (``note``) in one INFO line with the encoder it made."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
@@ -114,11 +126,7 @@ def choose_precision(
             out = F.normalize(forward(reduced, probe.to(device, dtype)).float(), dim=1)
             cosine = float((ref * out).sum(dim=1).mean())
     except (RuntimeError, TypeError) as exc:
-        log.warning("%s inference failed on %s (%s); falling back to fp32", candidate, device, exc)
         return model, torch.float32, f"fp32 ({candidate} failed: {exc})"
     if not np.isfinite(cosine) or cosine < min_cosine:
-        log.warning("%s disagrees with fp32 on the probe batch (mean cosine %.5f < %.4f); using fp32",
-                    candidate, cosine, min_cosine)
         return model, torch.float32, f"fp32 ({candidate} probe mean cosine {cosine:.5f} < {min_cosine})"
-    log.info("using %s on %s: probe mean cosine vs fp32 %.5f", candidate, device, cosine)
     return reduced, dtype, f"{candidate} (probe mean cosine vs fp32 {cosine:.5f})"
