@@ -225,8 +225,14 @@ def test_partners_prefer_must_links_and_other_cameras() -> None:
     labels = np.repeat(np.arange(10), 10)
     cams = np.tile(np.arange(10) % 2, 10)  # every cluster has both cameras
     ml = np.array([[0, 55]])
-    builder = BatchBuilder(labels, must_link_components(ml, 100), ml, np.zeros((0, 2), dtype=np.int64), cams,
-                            np.random.default_rng(0))
+    builder = BatchBuilder(
+        labels,
+        must_link_components(ml, 100),
+        ml,
+        np.zeros((0, 2), dtype=np.int64),
+        cams,
+        np.random.default_rng(0),
+    )
     anchors = np.arange(100)
     partners = np.stack([builder.partners(anchors) for _ in range(20)])
     same_cluster = labels[partners] == labels[anchors]
@@ -325,13 +331,18 @@ from trainer.adapter import TrainConfig, apply_adapter, train_adapter
 rng = np.random.default_rng(0)
 x = rng.normal(size=(40, 16)).astype(np.float32)
 x /= np.linalg.norm(x, axis=1, keepdims=True)
-np.save({str(tmp_path / 'x.npy')!r}, x)
-x = np.load({str(tmp_path / 'x.npy')!r}, mmap_mode="r")
+np.save({str(tmp_path / "x.npy")!r}, x)
+x = np.load({str(tmp_path / "x.npy")!r}, mmap_mode="r")
 assert not x.flags.writeable
 result = train_adapter(x, np.repeat(np.arange(8), 5), [(0, 1)], [(0, 5)], TrainConfig(epochs=1))
 apply_adapter(result.adapter_state, x)
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True,
-                         text=True, check=False, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -44,8 +44,9 @@ def _pictures() -> list[Image.Image]:
     """Two clearly different natural-ish pictures: a horizontal and a vertical colour gradient."""
     ramp = np.linspace(0, 255, 160, dtype=np.float32)
     a = np.stack([np.tile(ramp, (120, 1)), np.full((120, 160), 60.0), np.tile(ramp[::-1], (120, 1))], axis=2)
-    b = np.stack([np.full((160, 120), 200.0), np.tile(ramp[:, None], (1, 120)), np.full((160, 120), 20.0)],
-                 axis=2)
+    b = np.stack(
+        [np.full((160, 120), 200.0), np.tile(ramp[:, None], (1, 120)), np.full((160, 120), 20.0)], axis=2
+    )
     return [Image.fromarray(a.astype(np.uint8), "RGB"), Image.fromarray(b.astype(np.uint8), "RGB")]
 
 
@@ -190,8 +191,9 @@ def test_local_checkpoint_roundtrip_gives_the_same_outputs(tmp_path: Path, tiny:
     fresh = create_encoder("open_clip_tiny", precision="fp32")  # new random init: must differ
     assert not torch.allclose(fresh.embed_pil(pics), tiny.embed_pil(pics), atol=1e-3)
     # the same file through the spec string form (REID_AL_ENCODER_CHECKPOINT)
-    via_spec = encoder_from_spec("open_clip:ViT-B-32", checkpoint=ckpt, model_cfg=TINY_OPEN_CLIP_CFG,
-                                 precision="fp32")
+    via_spec = encoder_from_spec(
+        "open_clip:ViT-B-32", checkpoint=ckpt, model_cfg=TINY_OPEN_CLIP_CFG, precision="fp32"
+    )
     assert torch.allclose(via_spec.embed_pil(pics), tiny.embed_pil(pics), atol=1e-6)
 
 
@@ -271,9 +273,13 @@ def test_parse_encoder_spec() -> None:
     assert parse_encoder_spec("mobilenetv2") == ("mobilenetv2", {})
     assert parse_encoder_spec(" open_clip_tiny ") == ("open_clip_tiny", {})
     assert parse_encoder_spec("open_clip:ViT-B-32:laion2b_s34b_b79k") == (
-        "open_clip", {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"})
+        "open_clip",
+        {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+    )
     assert parse_encoder_spec("open_clip:ViT-B-32:random") == (
-        "open_clip", {"model": "ViT-B-32", "pretrained": None})
+        "open_clip",
+        {"model": "ViT-B-32", "pretrained": None},
+    )
     assert parse_encoder_spec("open_clip:ViT-B-32:/w/x:y.bin")[1]["pretrained"] == "/w/x:y.bin"
     assert parse_encoder_spec("open_clip:ViT-B-32") == ("open_clip", {"model": "ViT-B-32"})
     for bad in ("", "resnet50", "open_clip:", "clip:ViT-B-32:x", "open_clip::tag"):
@@ -337,8 +343,9 @@ def test_reduced_precision_only_when_it_agrees_with_fp32() -> None:
 
 def test_auto_precision_on_cpu_without_native_bf16_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    _, dtype, note = choose_precision(_Identity(), lambda m, x: m(x), torch.rand(2, 3, 2, 2),
-                                       "auto", torch.device("cpu"), 0.998)
+    _, dtype, note = choose_precision(
+        _Identity(), lambda m, x: m(x), torch.rand(2, 3, 2, 2), "auto", torch.device("cpu"), 0.998
+    )
     assert dtype == torch.float32 and "no native bf16" in note
 
 

@@ -190,12 +190,18 @@ def _loader_record(message: str) -> logging.LogRecord:
 
 def test_faiss_loader_noise_about_missing_optional_builds_is_dropped() -> None:
     noise = FaissLoaderNoise()
-    for dropped in ("Loading faiss with AVX512 support.", "Loading faiss with AVX2 support.",
-                    "Could not load library with AVX2 support due to:\n"
-                    "ModuleNotFoundError(\"No module named 'faiss.swigfaiss_avx2'\")"):
+    for dropped in (
+        "Loading faiss with AVX512 support.",
+        "Loading faiss with AVX2 support.",
+        "Could not load library with AVX2 support due to:\n"
+        "ModuleNotFoundError(\"No module named 'faiss.swigfaiss_avx2'\")",
+    ):
         assert not noise.filter(_loader_record(dropped)), dropped
-    for kept in ("Loading faiss.", "Successfully loaded faiss with AVX2 support.",
-                 "Could not load library with AVX2 support due to:\nImportError('undefined symbol')"):
+    for kept in (
+        "Loading faiss.",
+        "Successfully loaded faiss with AVX2 support.",
+        "Could not load library with AVX2 support due to:\nImportError('undefined symbol')",
+    ):
         assert noise.filter(_loader_record(kept)), kept
     assert any(isinstance(f, FaissLoaderNoise) for f in logging.getLogger("faiss.loader").filters)
 
@@ -203,7 +209,12 @@ def test_faiss_loader_noise_about_missing_optional_builds_is_dropped() -> None:
 def test_importing_knn_logs_no_module_not_found_lines() -> None:
     # A fresh interpreter: faiss logs its loader lines once, at its first import.
     code = "import logging; logging.basicConfig(level=logging.DEBUG); import strategies.knn"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert "Successfully loaded faiss" in out.stderr
     assert "ModuleNotFoundError" not in out.stderr, out.stderr

@@ -195,7 +195,6 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None  # CPU threads for this run (None: torch's setting); restored after
 
-
     def __post_init__(self) -> None:
         self.terms = tuple(self.terms)
         for name in ("epochs", "batch_size"):

@@ -76,8 +76,9 @@ class _ImageFiles(Dataset):
         return image_id, tensor, None
 
 
-def _collate(samples: list[tuple[str, torch.Tensor | None, str | None]]) -> tuple[
-        list[str], torch.Tensor | None, list[tuple[str, str]]]:
+def _collate(
+    samples: list[tuple[str, torch.Tensor | None, str | None]],
+) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
     ok = [(i, t) for i, t, err in samples if err is None]
     failures = [(i, err) for i, _, err in samples if err is not None]
     batch = torch.stack([t for _, t in ok]) if ok else None
@@ -156,7 +157,8 @@ def extract_embeddings(
         raise StoreMismatchError(f"encoder: store {store.root} holds {store.encoder!r}, not {encoder.name!r}")
     if store.dim is not None and store.dim != encoder.dim:
         raise StoreMismatchError(
-            f"dim: store {store.root} holds {store.dim}-d features, encoder gives {encoder.dim}")
+            f"dim: store {store.root} holds {store.dim}-d features, encoder gives {encoder.dim}"
+        )
 
     t0 = time.perf_counter()
     todo_ids = set(store.missing(i for i, _ in pairs))
@@ -179,8 +181,14 @@ def extract_embeddings(
         persistent_workers=False,
     )
     bar = _Progress(len(todo), progress, f"embedding ({encoder.name})")
-    log.info("embedding %d images with %s (%d already stored, batch %d, %d workers)",
-             len(todo), encoder.name, report.n_skipped, batch_size, workers)
+    log.info(
+        "embedding %d images with %s (%d already stored, batch %d, %d workers)",
+        len(todo),
+        encoder.name,
+        report.n_skipped,
+        batch_size,
+        workers,
+    )
     # The store commit (3 fsyncs, ~30 ms) of batch k runs in a writer thread while the model computes
     # batch k+1: at most one batch is in flight, and on_batch/progress only ever report committed rows.
     pending: tuple[Future[None] | None, int, int] | None = None
@@ -206,7 +214,8 @@ def extract_embeddings(
                 finite = np.isfinite(feats).all(axis=1)
                 if not finite.all():
                     report.failures.extend(
-                        (i, "non-finite features") for i, ok in zip(ids, finite, strict=True) if not ok)
+                        (i, "non-finite features") for i, ok in zip(ids, finite, strict=True) if not ok
+                    )
                     ids = [i for i, ok in zip(ids, finite, strict=True) if ok]
                     feats = feats[finite]
             else:
