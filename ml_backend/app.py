@@ -44,14 +44,22 @@ def redis_from_settings(settings: Settings) -> redis_lib.Redis:
     """REDIS_URL, else the embedded server that `reid-al serve` started under MODEL_DIR/redis."""
     url = settings.redis_url or read_url_file(settings.model_dir / "redis")
     if not url:
-        raise SettingsError("REDIS_URL", "not set and no embedded redis-server is running under "
-                                         f"{settings.model_dir / 'redis'}: start `reid-al serve` or set it")
+        raise SettingsError(
+            "REDIS_URL",
+            "not set and no embedded redis-server is running under "
+            f"{settings.model_dir / 'redis'}: start `reid-al serve` or set it",
+        )
     # A few quick retries: a connection pooled before a Redis restart fails once and is replaced, so
     # requests answer 503 only while Redis is really down, and within Label Studio's 1 s webhook timeout.
     retry = Retry(ExponentialBackoff(cap=0.1, base=0.02), 3)
-    return redis_lib.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=1, health_check_interval=30,
-                                    retry=retry, retry_on_error=[redis_lib.exceptions.ConnectionError,
-                                                                 redis_lib.exceptions.TimeoutError])
+    return redis_lib.Redis.from_url(
+        url,
+        socket_timeout=5,
+        socket_connect_timeout=1,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis_lib.exceptions.ConnectionError, redis_lib.exceptions.TimeoutError],
+    )
 
 
 MAX_JSON_DEPTH = 64  # Label Studio's payloads nest about 6 deep
@@ -92,8 +100,11 @@ def check_json_tree(body: Any, max_depth: int = MAX_JSON_DEPTH, text: str | None
 
     With the JSON ``text``, most bodies need no walk: a surrogate can only come from a \\uD8xx-\\uDFxx
     escape, and a body with fewer brackets than ``max_depth`` cannot nest deeper."""
-    if (text is not None and _SURROGATE_ESCAPE.search(text) is None
-            and text.count("[") + text.count("{") <= max_depth):
+    if (
+        text is not None
+        and _SURROGATE_ESCAPE.search(text) is None
+        and text.count("[") + text.count("{") <= max_depth
+    ):
         return
     stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(body, 1, None)]
     while stack:
@@ -126,8 +137,9 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InputError("body", f"not UTF-8 (byte {exc.start})", status=400) from None
     try:
-        body = json.loads(text, parse_int=_bounded_int, parse_float=_finite_float,
-                          parse_constant=_no_constant)
+        body = json.loads(
+            text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+        )
     except InputError:
         raise
     except RecursionError:
@@ -144,7 +156,8 @@ def _json_body() -> dict[str, Any]:
     """The request's JSON, or an InputError: 415 wrong content type, 400 malformed, 413 too large."""
     if not request.is_json:
         raise InputError(
-            "body", f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", status=415)
+            "body", f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", status=415
+        )
     raw = request.get_data(cache=True)  # raises 413 when Content-Length is past MAX_CONTENT_LENGTH
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit and request.stream.read(1):
@@ -153,8 +166,12 @@ def _json_body() -> dict[str, Any]:
     return parse_json_body(raw)
 
 
-def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | None = None,
-               predictor: Predictor | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis: redis_lib.Redis | None = None,
+    predictor: Predictor | None = None,
+) -> Flask:
     """Build the app. `redis`/`predictor` default to ones built from `settings` (tests inject theirs)."""
     settings = settings or Settings.from_env()
     redis = redis if redis is not None else redis_from_settings(settings)
@@ -196,7 +213,8 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         status = exc.code or 500
         field = "body" if status in (400, 413, 415) else None
         message = {413: f"request body larger than REID_AL_MAX_BODY_BYTES={settings.max_body_bytes}"}.get(
-            status, exc.description or exc.name)
+            status, exc.description or exc.name
+        )
         if 400 <= status < 500:
             _count_rejected(status, message)
         return jsonify({"error": message, "field": field}), status
@@ -213,9 +231,12 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         if not settings.auth_enabled or request.path in PUBLIC_PATHS:
             return
         auth = request.authorization
-        ok = (auth is not None and auth.type == "basic"
-              and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
-              and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode()))
+        ok = (
+            auth is not None
+            and auth.type == "basic"
+            and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+            and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
+        )
         if not ok:
             raise InputError("Authorization", "basic authentication required", status=401)
 
@@ -246,8 +267,9 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         state = ProjectState(redis, project)
         if schema is not None:
             if not isinstance(schema, str):
-                raise InputError("schema",
-                                 f"must be the label config XML string, got {type(schema).__name__}")
+                raise InputError(
+                    "schema", f"must be the label config XML string, got {type(schema).__name__}"
+                )
             try:
                 from_name, to_name = label_names(schema)
             except InputError as exc:
@@ -268,14 +290,20 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
             raise InputError("tasks", f"must be a list of tasks, got {type(tasks).__name__}")
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
-            raise InputError("label_config",
-                             f"must be the label config XML string, got {type(label_config).__name__}")
+            raise InputError(
+                "label_config", f"must be the label config XML string, got {type(label_config).__name__}"
+            )
         if len(tasks) > settings.predict_max_tasks:
-            raise InputError("tasks", f"{len(tasks)} tasks in one call; at most REID_AL_PREDICT_MAX_TASKS="
-                                      f"{settings.predict_max_tasks}: send them in batches", status=413)
+            raise InputError(
+                "tasks",
+                f"{len(tasks)} tasks in one call; at most REID_AL_PREDICT_MAX_TASKS="
+                f"{settings.predict_max_tasks}: send them in batches",
+                status=413,
+            )
         state = ProjectState(redis, project)
         results = predictor.predict(
-            tasks, label_config, state, on_missing=lambda items: queue.request_embedding(project, items))
+            tasks, label_config, state, on_missing=lambda items: queue.request_embedding(project, items)
+        )
         # The version the results were scored with, not a re-read: a cycle may finish during the call.
         version = results[0]["model_version"] if results else state.cycles.current_version() or "initial"
         return jsonify({"results": results, "model_version": version})
@@ -295,8 +323,9 @@ def create_app(settings: Settings | None = None, *, redis: redis_lib.Redis | Non
         state = known_project(redis, project, settings.model_dir)
         state.incr("events:TRAIN")
         request_ = queue.request_cycle(project, reason="train")
-        return jsonify({"status": "ok", "project": project, "cycle": request_.outcome,
-                        "job_id": request_.job_id})
+        return jsonify(
+            {"status": "ok", "project": project, "cycle": request_.outcome, "job_id": request_.job_id}
+        )
 
     @app.get("/versions")
     def versions() -> Response:

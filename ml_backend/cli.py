@@ -29,26 +29,42 @@ DESCRIPTION = "Active learning for re-identification, served as a Label Studio M
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reid-al", description=DESCRIPTION, epilog=settings_help_text(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="reid-al",
+        description=DESCRIPTION,
+        epilog=settings_help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
 
     serve = sub.add_parser(
-        "serve", help="run the backend: web server (+ embedded Redis and an RQ worker without REDIS_URL)",
-        epilog=settings_help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        "serve",
+        help="run the backend: web server (+ embedded Redis and an RQ worker without REDIS_URL)",
+        epilog=settings_help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="bind address (HOST)")
     serve.add_argument("--port", type=int, help="port (PORT)")
     serve.add_argument("--workers", type=int, help="gunicorn worker processes (WORKERS)")
-    serve.add_argument("--rq-workers", type=int, default=1,
-                       help="RQ worker processes started next to the embedded Redis (default 1)")
-    serve.add_argument("--no-worker", action="store_true",
-                       help="start no RQ worker (with REDIS_URL none is started anyway)")
-    serve.add_argument("--dev-server", action="store_true",
-                       help="use Flask's development server instead of gunicorn")
+    serve.add_argument(
+        "--rq-workers",
+        type=int,
+        default=1,
+        help="RQ worker processes started next to the embedded Redis (default 1)",
+    )
+    serve.add_argument(
+        "--no-worker", action="store_true", help="start no RQ worker (with REDIS_URL none is started anyway)"
+    )
+    serve.add_argument(
+        "--dev-server", action="store_true", help="use Flask's development server instead of gunicorn"
+    )
 
-    worker = sub.add_parser("worker", help="run one RQ worker that executes cycles and embedding jobs",
-                            epilog=settings_help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    worker = sub.add_parser(
+        "worker",
+        help="run one RQ worker that executes cycles and embedding jobs",
+        epilog=settings_help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--name", help="worker name (default: RQ's)")
 
@@ -65,20 +81,30 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--project", help="one project (default: all)")
     status.add_argument("--json", action="store_true", help="print JSON")
 
-    sub.add_parser("simulate", help="offline active-learning simulator (arguments go to it; see --help)",
-                   add_help=False)
+    sub.add_parser(
+        "simulate", help="offline active-learning simulator (arguments go to it; see --help)", add_help=False
+    )
 
     finetune = sub.add_parser(
-        "finetune", help="fine-tune the encoder's visual tower on a project (GPU option; slow on a CPU)",
-        description=FINETUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    finetune.add_argument("--project", required=True,
-                          help="Label Studio project id (its pool must be ingested)")
+        "finetune",
+        help="fine-tune the encoder's visual tower on a project (GPU option; slow on a CPU)",
+        description=FINETUNE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    finetune.add_argument(
+        "--project", required=True, help="Label Studio project id (its pool must be ingested)"
+    )
     finetune.add_argument("--out", required=True, help="checkpoint file to write")
     finetune.add_argument("--epochs", type=int, help="training epochs (default: FinetuneConfig's)")
-    finetune.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                          help="auto = CUDA when available (default)")
-    finetune.add_argument("--num-workers", type=int,
-                          help="image decoding processes (default: FinetuneConfig's)")
+    finetune.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto = CUDA when available (default)",
+    )
+    finetune.add_argument(
+        "--num-workers", type=int, help="image decoding processes (default: FinetuneConfig's)"
+    )
     return parser
 
 
@@ -107,18 +133,45 @@ def _web_command(settings: Settings, dev_server: bool) -> list[str]:
         except ImportError:
             dev_server = True
     if dev_server:
-        return python_module_command("flask", "--app", "ml_backend.wsgi:app", "run", "--host", settings.host,
-                                     "--port", str(settings.port), "--no-reload")
+        return python_module_command(
+            "flask",
+            "--app",
+            "ml_backend.wsgi:app",
+            "run",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+            "--no-reload",
+        )
     # The worker reads every request before a thread takes it (slow clients starve nothing); the access
     # log names no user: gunicorn's %(u)s is whatever precedes ':' in a Basic header, which is the
     # password itself when a client sends a malformed one.
     return python_module_command(
-        "gunicorn", "--worker-class", "ml_backend.httpworker.PrereadThreadWorker",
-        "--workers", str(settings.workers), "--threads", str(settings.threads),
-        "--worker-connections", str(WORKER_CONNECTIONS), "--bind", f"{settings.host}:{settings.port}",
-        "--timeout", "120", "--graceful-timeout", "10", "--no-control-socket",
-        "--log-level", settings.log_level.lower(), "--access-logfile", "-",
-        "--access-logformat", ACCESS_LOG_FORMAT, "ml_backend.wsgi:app")
+        "gunicorn",
+        "--worker-class",
+        "ml_backend.httpworker.PrereadThreadWorker",
+        "--workers",
+        str(settings.workers),
+        "--threads",
+        str(settings.threads),
+        "--worker-connections",
+        str(WORKER_CONNECTIONS),
+        "--bind",
+        f"{settings.host}:{settings.port}",
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "10",
+        "--no-control-socket",
+        "--log-level",
+        settings.log_level.lower(),
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        ACCESS_LOG_FORMAT,
+        "ml_backend.wsgi:app",
+    )
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -128,9 +181,11 @@ def exposure_warning(settings: Settings) -> str | None:
     """A warning when the backend listens beyond this machine with basic auth off (the default bind)."""
     if settings.auth_enabled or settings.host in LOOPBACK or settings.host.startswith("127."):
         return None
-    return (f"WARNING: listening on {settings.host}:{settings.port} with BASIC_AUTH_USER unset: anyone who "
-            "can reach this port can post answers, request cycles and read /status. Set BASIC_AUTH_USER "
-            "and BASIC_AUTH_PASS, or HOST=127.0.0.1 when Label Studio runs on this machine.")
+    return (
+        f"WARNING: listening on {settings.host}:{settings.port} with BASIC_AUTH_USER unset: anyone who "
+        "can reach this port can post answers, request cycles and read /status. Set BASIC_AUTH_USER "
+        "and BASIC_AUTH_PASS, or HOST=127.0.0.1 when Label Studio runs on this machine."
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -156,22 +211,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if settings.embedded_redis:
             server = EmbeddedRedis(settings.model_dir / "redis")
-            supervisor.add(Child("redis-server", start=lambda: server.restart().process,
-                                 stop=lambda _p: server.stop(), extra={"address": server.address}))
+            supervisor.add(
+                Child(
+                    "redis-server",
+                    start=lambda: server.restart().process,
+                    stop=lambda _p: server.stop(),
+                    extra={"address": server.address},
+                )
+            )
             env["REDIS_URL"] = server.url
-            print(f"reid-al: embedded redis-server at {server.address} (password in "
-                  f"{server.data_dir / 'redis.conf'}; data in {server.data_dir})", flush=True)
+            print(
+                f"reid-al: embedded redis-server at {server.address} (password in "
+                f"{server.data_dir / 'redis.conf'}; data in {server.data_dir})",
+                flush=True,
+            )
             worker_command = python_module_command("ml_backend.cli", "worker")
             if not args.no_worker:
                 for n in range(max(0, args.rq_workers)):
-                    supervisor.add(Child(
-                        f"rq worker {n}", stop=lambda p: stop_worker(p, timeout=15),
-                        start=lambda: start_process(worker_command, env=env)))
+                    supervisor.add(
+                        Child(
+                            f"rq worker {n}",
+                            stop=lambda p: stop_worker(p, timeout=15),
+                            start=lambda: start_process(worker_command, env=env),
+                        )
+                    )
         web_command = _web_command(settings, args.dev_server)
-        supervisor.add(Child("web server", start=lambda: start_process(web_command, env=env),
-                             stop=lambda p: stop_process(p, timeout=15)))
-        print(f"reid-al: serving on http://{settings.host}:{settings.port} (MODEL_DIR={settings.model_dir})",
-              flush=True)
+        supervisor.add(
+            Child(
+                "web server",
+                start=lambda: start_process(web_command, env=env),
+                stop=lambda p: stop_process(p, timeout=15),
+            )
+        )
+        print(
+            f"reid-al: serving on http://{settings.host}:{settings.port} (MODEL_DIR={settings.model_dir})",
+            flush=True,
+        )
         while stopping["signal"] is None:
             supervisor.poll()
             time.sleep(0.1)
@@ -202,8 +277,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level)
-    report = ingest(args.source, project=args.project, settings=settings, embed=not args.no_embed,
-                    push=not args.no_push)
+    report = ingest(
+        args.source, project=args.project, settings=settings, embed=not args.no_embed, push=not args.no_push
+    )
     print(json.dumps(_jsonable(report), indent=2, default=str))
     return 0
 
@@ -238,8 +314,9 @@ features must be re-embedded afterwards. Meant for a GPU; on a CPU it is slow (t
 adapter that every cycle trains)."""
 
 
-def _finetune_constraints(settings: Settings, project: str, row_of: Any,
-                          redis: Any | None) -> tuple[Any, Any, str]:
+def _finetune_constraints(
+    settings: Settings, project: str, row_of: Any, redis: Any | None
+) -> tuple[Any, Any, str]:
     """(must-link rows, cannot-link rows, where they came from); no Redis -> no constraints."""
     import numpy as np
     import redis as redis_lib
@@ -278,16 +355,25 @@ def _finetune_labels(settings: Settings, project: str, features: Any) -> tuple[A
                 padded = np.full(n, -1, dtype=np.int64)
                 padded[: labels.shape[0]] = labels
                 return padded, f"model version {version}"
-            log.warning("version %s has %s pseudo-labels for %d rows; clustering afresh", version,
-                        labels.shape, n)
+            log.warning(
+                "version %s has %s pseudo-labels for %d rows; clustering afresh", version, labels.shape, n
+            )
     from strategies.view import ClusteringView
 
     return ClusteringView(features).dbscan_labels, "DBSCAN on Jaccard (no model version yet)"
 
 
-def finetune_project(settings: Settings, project: str, out: str | os.PathLike[str], *,
-                     epochs: int | None = None, device: str = "auto", num_workers: int | None = None,
-                     redis: Any | None = None, progress: bool = False) -> dict[str, Any]:
+def finetune_project(
+    settings: Settings,
+    project: str,
+    out: str | os.PathLike[str],
+    *,
+    epochs: int | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    redis: Any | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Load a project's pool, pseudo-labels and constraints, fine-tune the encoder, write ``out``."""
     import numpy as np
 
@@ -298,11 +384,14 @@ def finetune_project(settings: Settings, project: str, out: str | os.PathLike[st
 
     data = load_project_data(settings, project, embed_missing=False)
     if data.pool is None:
-        raise FileNotFoundError(f"project {project} has no pool under {settings.model_dir}; run "
-                                f"`reid-al ingest <folder> --project {project}` first")
+        raise FileNotFoundError(
+            f"project {project} has no pool under {settings.model_dir}; run "
+            f"`reid-al ingest <folder> --project {project}` first"
+        )
     if len(data.ids) < 2:
         raise ValueError(
-            f"project {project}: {len(data.ids)} embedded image(s); ingest (and embed) a pool first")
+            f"project {project}: {len(data.ids)} embedded image(s); ingest (and embed) a pool first"
+        )
     labels, labels_source = _finetune_labels(settings, project, data.features)
     ml, cl, constraints_source = _finetune_constraints(settings, project, data.row_of, redis)
     # Only rows whose image file the pool knows can be trained on (user-imported tasks may lack one).
@@ -317,37 +406,59 @@ def finetune_project(settings: Settings, project: str, out: str | os.PathLike[st
 
     items = [(i, data.pool.item(i).path) for i, k in zip(data.ids, keep, strict=True) if k]
     ml, cl = remap(ml), remap(cl)
-    encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None,
-                                device=None if device == "auto" else device, precision="fp32")
+    encoder = encoder_from_spec(
+        settings.encoder,
+        checkpoint=settings.encoder_checkpoint or None,
+        device=None if device == "auto" else device,
+        precision="fp32",
+    )
     stored_by = EmbeddingStore(settings.features_dir(project)).encoder
     if stored_by is not None and stored_by != encoder.name:
         # the pseudo-labels describe another network's features: training this one on them is wrong
-        raise ValueError(f"REID_AL_ENCODER: project {project}'s features were made by {stored_by!r}, but the "
-                         f"configured encoder is {encoder.name!r}; set REID_AL_ENCODER(_CHECKPOINT) to match")
+        raise ValueError(
+            f"REID_AL_ENCODER: project {project}'s features were made by {stored_by!r}, but the "
+            f"configured encoder is {encoder.name!r}; set REID_AL_ENCODER(_CHECKPOINT) to match"
+        )
     overrides: dict[str, Any] = {"device": device}
     if epochs is not None:
         overrides["epochs"] = epochs
     if num_workers is not None:
         overrides["num_workers"] = num_workers
-    result = finetune_encoder(encoder, items, labels[keep], ml, cl, FinetuneConfig(**overrides),
-                              checkpoint=out, progress=progress)
+    result = finetune_encoder(
+        encoder, items, labels[keep], ml, cl, FinetuneConfig(**overrides), checkpoint=out, progress=progress
+    )
     train_labels = labels[keep]
     return {
-        "project": project, "checkpoint": str(Path(out).resolve()), "encoder": settings.encoder,
-        "n_images": len(items), "n_skipped_without_file": int((~keep).sum()),
-        "n_clusters": len(np.unique(train_labels[train_labels >= 0])), "labels_from": labels_source,
-        "n_must_link": int(ml.shape[0]), "n_cannot_link": int(cl.shape[0]),
-        "constraints_from": constraints_source, "epochs": len(result.losses_per_epoch),
+        "project": project,
+        "checkpoint": str(Path(out).resolve()),
+        "encoder": settings.encoder,
+        "n_images": len(items),
+        "n_skipped_without_file": int((~keep).sum()),
+        "n_clusters": len(np.unique(train_labels[train_labels >= 0])),
+        "labels_from": labels_source,
+        "n_must_link": int(ml.shape[0]),
+        "n_cannot_link": int(cl.shape[0]),
+        "constraints_from": constraints_source,
+        "epochs": len(result.losses_per_epoch),
         "losses_per_epoch": [round(x, 6) for x in result.losses_per_epoch],
-        "device": result.device, "precision": result.precision, "seconds": round(result.seconds, 3),
+        "device": result.device,
+        "precision": result.precision,
+        "seconds": round(result.seconds, 3),
     }
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     settings = _settings()
     logging.basicConfig(level=settings.log_level)
-    report = finetune_project(settings, args.project, args.out, epochs=args.epochs, device=args.device,
-                              num_workers=args.num_workers, progress=sys.stderr.isatty())
+    report = finetune_project(
+        settings,
+        args.project,
+        args.out,
+        epochs=args.epochs,
+        device=args.device,
+        num_workers=args.num_workers,
+        progress=sys.stderr.isatty(),
+    )
     print(json.dumps(report, indent=2))
     print(
         f"\nFine-tuned weights: {report['checkpoint']}\n"
@@ -357,7 +468,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "then re-embed the project: its stored features describe the old backbone. Move "
         f"{settings.features_dir(args.project)} aside and run\n"
         f"  reid-al ingest <the same folder or manifest> --project {args.project} --no-push\n"
-        "(the pool and Label Studio tasks are kept); the next cycle trains on the new features.")
+        "(the pool and Label Studio tasks are kept); the next cycle trains on the new features."
+    )
     return 0
 
 
@@ -366,8 +478,10 @@ def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for `reid-al status`."""
     from ml_backend.supervise import status_lines
 
-    lines = [*status_lines(status.get("serve")),
-             f"queue {status['queue']}: {status['queue_depth']} job(s) waiting"]
+    lines = [
+        *status_lines(status.get("serve")),
+        f"queue {status['queue']}: {status['queue_depth']} job(s) waiting",
+    ]
     if not status["projects"]:
         lines.append("no project has state yet")
     for p in status["projects"]:
@@ -378,32 +492,45 @@ def format_status(status: dict[str, Any]) -> str:
             f"cycle {cycle.get('status', 'never run')}"
             + (f" (job {p['active_job']}, {p['active_job_status']})" if p.get("active_job") else "")
             + ("; rerun requested" if p.get("rerun_requested") else "")
-            + f"; {p['pending_constraints']} constraint change(s) since the last cycle")
+            + f"; {p['pending_constraints']} constraint change(s) since the last cycle"
+        )
         if p.get("conflicts"):
-            lines.append(f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
-                         + ", ".join(c["pair_id"] for c in p["conflicts"][:5]))
+            lines.append(
+                f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
+                + ", ".join(c["pair_id"] for c in p["conflicts"][:5])
+            )
         if last:
-            lines.append(f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
-                         + (f" -> {last['version']}" if last.get("version") else "")
-                         + (f" error: {last['error']}" if last.get("error") else ""))
+            lines.append(
+                f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
+                + (f" -> {last['version']}" if last.get("version") else "")
+                + (f" error: {last['error']}" if last.get("error") else "")
+            )
             if last.get("identities"):
                 ids = last["identities"]
-                lines.append(f"  identities: {ids['identities']} ({ids['identities_verified']} verified); "
-                             f"images verified {ids['images_verified']}, inferred {ids['images_inferred']}")
+                lines.append(
+                    f"  identities: {ids['identities']} ({ids['identities_verified']} verified); "
+                    f"images verified {ids['images_verified']}, inferred {ids['images_inferred']}"
+                )
             if last.get("served"):
                 gate = last.get("gate") or {}
-                lines.append(f"  model served: {last['served']}"
-                             + (f" ({gate['reason']})" if gate.get("reason") else ""))
+                lines.append(
+                    f"  model served: {last['served']}"
+                    + (f" ({gate['reason']})" if gate.get("reason") else "")
+                )
     counters = status.get("unregistered") or {}
     rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
     if rejected:
-        shown = (f"{route.rsplit(':', 1)[0]} -> {route.rsplit(':', 1)[1]} x{n}"
-                 for route, n in sorted(rejected.items()))
+        shown = (
+            f"{route.rsplit(':', 1)[0]} -> {route.rsplit(':', 1)[1]} x{n}"
+            for route, n in sorted(rejected.items())
+        )
         lines.append("rejected requests: " + ", ".join(shown))
     other = {k: v for k, v in counters.items() if not k.startswith("rejected:")}
     if other:
-        lines.append("not about a registered project: " + ", ".join(
-            f"{name} x{n}" for name, n in sorted(other.items())))
+        lines.append(
+            "not about a registered project: "
+            + ", ".join(f"{name} x{n}" for name, n in sorted(other.items()))
+        )
     return "\n".join(lines)
 
 
@@ -418,16 +545,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         queue = CycleQueue.for_settings(_redis(settings), settings)
         if args.project:
-            status = {"queue": queue.queue_name, "queue_depth": queue.depth(),
-                      "projects": [queue.status(args.project)]}
+            status = {
+                "queue": queue.queue_name,
+                "queue_depth": queue.depth(),
+                "projects": [queue.status(args.project)],
+            }
         else:
             status = queue.status_all()
     except redis_lib.exceptions.ConnectionError as exc:
         if children is None:
             raise
         # Redis is restarting under `reid-al serve`: say so, with what the supervisor knows.
-        print(json.dumps({"redis": f"down: {exc}", "serve": children}, indent=2) if args.json else
-              "\n".join([f"redis: down ({exc})", *status_lines(children)]))
+        print(
+            json.dumps({"redis": f"down: {exc}", "serve": children}, indent=2)
+            if args.json
+            else "\n".join([f"redis: down ({exc})", *status_lines(children)])
+        )
         return 1
     if children is not None:
         status["serve"] = children
@@ -435,8 +568,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "ingest": cmd_ingest, "sync": cmd_sync,
-            "status": cmd_status, "finetune": cmd_finetune}
+COMMANDS = {
+    "serve": cmd_serve,
+    "worker": cmd_worker,
+    "ingest": cmd_ingest,
+    "sync": cmd_sync,
+    "status": cmd_status,
+    "finetune": cmd_finetune,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -461,4 +600,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

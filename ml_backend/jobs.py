@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def _connection() -> Redis:
     from rq import get_current_job
 
@@ -95,8 +96,13 @@ def load_project_data(settings: Settings, project: str, *, embed_missing: bool =
             store.refresh()
     ids = store.ids()
     features = np.asarray(store.features(), dtype=np.float32)
-    return ProjectData(ids=ids, features=features, cameras=_side_info(pool, ids, "camera"),
-                       tracklets=_side_info(pool, ids, "tracklet"), pool=pool)
+    return ProjectData(
+        ids=ids,
+        features=features,
+        cameras=_side_info(pool, ids, "camera"),
+        tracklets=_side_info(pool, ids, "tracklet"),
+        pool=pool,
+    )
 
 
 def _url_resolver(settings: Settings, state: ProjectState, data: ProjectData) -> Any:
@@ -120,8 +126,9 @@ def _url_resolver(settings: Settings, state: ProjectState, data: ProjectData) ->
     return url_for
 
 
-def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason: str = "",
-                      client: Any | None = None) -> dict[str, Any]:
+def run_project_cycle(
+    settings: Settings, redis: Redis, project: str, *, reason: str = "", client: Any | None = None
+) -> dict[str, Any]:
     """One cycle of `project` without the queue bookkeeping (the job wraps it; tests call it)."""
     from trainer.adapter import TrainConfig
     from trainer.cycle import CycleConfig, run_cycle
@@ -133,14 +140,25 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
     data = load_project_data(settings, project)
     timings["load_s"] = time.perf_counter() - t0
     if len(data.ids) < 2:
-        raise RuntimeError(f"project {project}: {len(data.ids)} embedded image(s); ingest a pool first "
-                           f"(reid-al ingest <folder> --project {project})")
+        raise RuntimeError(
+            f"project {project}: {len(data.ids)} embedded image(s); ingest a pool first "
+            f"(reid-al ingest <folder> --project {project})"
+        )
     graph, unmapped = state.constraint_graph(data.row_of)
-    config = CycleConfig(strategy=settings.strategy, budget=settings.budget,
-                         train=TrainConfig(num_threads=settings.torch_threads or None))
+    config = CycleConfig(
+        strategy=settings.strategy,
+        budget=settings.budget,
+        train=TrainConfig(num_threads=settings.torch_threads or None),
+    )
     t1 = time.perf_counter()
-    result = run_cycle(data.features, graph, config, registry=ModelRegistry(settings.model_dir, project),
-                       cameras=data.cameras, tracklets=data.tracklets)
+    result = run_cycle(
+        data.features,
+        graph,
+        config,
+        registry=ModelRegistry(settings.model_dir, project),
+        cameras=data.cameras,
+        tracklets=data.tracklets,
+    )
     timings["cycle_s"] = time.perf_counter() - t1
     if result.version is None:
         raise RuntimeError(f"project {project}: the cycle saved no model version")
@@ -150,9 +168,14 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
     # Constraints as they are now (answers may have arrived while training) decide what is implied.
     graph_now, _ = state.constraint_graph(data.row_of, include_pending=False)
     summary: dict[str, Any] = {
-        "project": state.project, "version": version, "reason": reason, "n_images": len(data.ids),
-        "n_constraints": len(graph), "unmapped_annotations": unmapped,
-        "contradictions": len(graph_now.contradictions()), "proposals": len(result.proposals),
+        "project": state.project,
+        "version": version,
+        "reason": reason,
+        "n_images": len(data.ids),
+        "n_constraints": len(graph),
+        "unmapped_annotations": unmapped,
+        "contradictions": len(graph_now.contradictions()),
+        "proposals": len(result.proposals),
         "shortfall": int(getattr(result, "shortfall", 0) or 0),
         "served": result.metrics.get("served"),
         "gate": None if result.gate is None else result.gate.to_dict(),
@@ -168,19 +191,31 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
     else:
         t2 = time.perf_counter()
         meta = state.meta()
-        caption_for = ((lambda i: data.pool.item(i).text if i in data.pool else None)
-                       if data.pool is not None else None)
+        caption_for = (
+            (lambda i: data.pool.item(i).text if i in data.pool else None) if data.pool is not None else None
+        )
         report = push_cycle(
-            client, state, project_id=int(project), version=version, proposals=list(result.proposals),
-            embeddings=np.asarray(result.embeddings, dtype=np.float32), image_ids=data.ids,
-            url_for=_url_resolver(settings, state, data), caption_for=caption_for,
-            calibrator=result.calibrator, graph=graph_now,
-            from_name=meta.get("from_name", "answer"), to_name=meta.get("to_name", "image_a"))
+            client,
+            state,
+            project_id=int(project),
+            version=version,
+            proposals=list(result.proposals),
+            embeddings=np.asarray(result.embeddings, dtype=np.float32),
+            image_ids=data.ids,
+            url_for=_url_resolver(settings, state, data),
+            caption_for=caption_for,
+            calibrator=result.calibrator,
+            graph=graph_now,
+            from_name=meta.get("from_name", "answer"),
+            to_name=meta.get("to_name", "image_a"),
+        )
         timings["push_s"] = time.perf_counter() - t2
         summary["push"] = report.to_dict()
     state.cycles.add_version(version)
-    summary["timings"] = {**{k: round(v, 4) for k, v in timings.items()},
-                          **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()}}
+    summary["timings"] = {
+        **{k: round(v, 4) for k, v in timings.items()},
+        **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()},
+    }
     return summary
 
 
@@ -201,8 +236,9 @@ def _plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def run_cycle_job(settings: Settings, redis: Redis, project: str, *, reason: str = "",
-                  job_id: str | None = None) -> dict[str, Any]:
+def run_cycle_job(
+    settings: Settings, redis: Redis, project: str, *, reason: str = "", job_id: str | None = None
+) -> dict[str, Any]:
     """One cycle of `project` with the queue's bookkeeping: lock, status, history, follow-up.
 
     ``job_id`` (the RQ job's) is also the lock token, and the job beats under it while it runs, so a
@@ -214,8 +250,9 @@ def run_cycle_job(settings: Settings, redis: Redis, project: str, *, reason: str
         return _run_cycle_job(settings, redis, queue, state, token, reason)
 
 
-def _run_cycle_job(settings: Settings, redis: Redis, queue: CycleQueue, state: ProjectState, token: str,
-                   reason: str) -> dict[str, Any]:
+def _run_cycle_job(
+    settings: Settings, redis: Redis, queue: CycleQueue, state: ProjectState, token: str, reason: str
+) -> dict[str, Any]:
     project = state.project
     queue.mark_running(state.project)
     started = time.time()
@@ -224,15 +261,25 @@ def _run_cycle_job(settings: Settings, redis: Redis, queue: CycleQueue, state: P
             raise RuntimeError(f"project {project}: another cycle held the lock for {queue.ttl} s")
         # Under the lock: the changes this cycle reads are consumed only if it succeeds (state.pending).
         with queue.hold_lock(state.project, token), state.pending.cycle() as pending:
-            state.cycles.set_status(status="running", started_at=started, reason=reason, error=None,
-                                    constraints_since_last=pending)
+            state.cycles.set_status(
+                status="running",
+                started_at=started,
+                reason=reason,
+                error=None,
+                constraints_since_last=pending,
+            )
             summary = run_project_cycle(settings, redis, state.project, reason=reason)
         finished = time.time()
         summary["duration_s"] = round(finished - started, 4)
         summary["finished_at"] = finished
         summary["status"] = "finished"
-        state.cycles.set_status(status="finished", finished_at=finished, version=summary["version"],
-                                contradictions=summary["contradictions"], duration_s=summary["duration_s"])
+        state.cycles.set_status(
+            status="finished",
+            finished_at=finished,
+            version=summary["version"],
+            contradictions=summary["contradictions"],
+            duration_s=summary["duration_s"],
+        )
         state.cycles.record(summary)
         state.incr("cycles_finished")
         return summary
@@ -241,8 +288,16 @@ def _run_cycle_job(settings: Settings, redis: Redis, queue: CycleQueue, state: P
         error = f"{type(exc).__name__}: {exc}"
         log.error("project %s: cycle failed: %s\n%s", project, error, traceback.format_exc())
         state.cycles.set_status(status="failed", finished_at=finished, error=error)
-        state.cycles.record({"project": state.project, "status": "failed", "error": error, "reason": reason,
-                             "duration_s": round(finished - started, 4), "finished_at": finished})
+        state.cycles.record(
+            {
+                "project": state.project,
+                "status": "failed",
+                "error": error,
+                "reason": reason,
+                "duration_s": round(finished - started, 4),
+                "finished_at": finished,
+            }
+        )
         state.incr("cycles_failed")
         raise
     finally:
@@ -298,7 +353,9 @@ def embed_images(
         state.images.release(image_id for image_id, _error in failed)
         state.incr("images_embed_failed", len(failed))
         log.warning("project %s: %d images could not be embedded: %s", project, len(failed), failed[:5])
-    return {"project": state.project, "embedded": done, "already": len(items) - len(todo),
-            "failed": [list(f) for f in failed]}
-
-
+    return {
+        "project": state.project,
+        "embedded": done,
+        "already": len(items) - len(todo),
+        "failed": [list(f) for f in failed],
+    }

@@ -61,8 +61,9 @@ class MetricFamily:
     def render(self) -> str:
         help_text = self.help_text.replace("\\", "\\\\").replace("\n", "\\n")
         lines = [f"# HELP {self.name} {help_text}", f"# TYPE {self.name} {self.kind}"]
-        lines += [f"{name}{format_labels(labels)} {format_value(value)}" for name, labels,
-                  value in self.samples]
+        lines += [
+            f"{name}{format_labels(labels)} {format_value(value)}" for name, labels, value in self.samples
+        ]
         return "\n".join(lines)
 
 
@@ -73,26 +74,40 @@ def render(families: Iterable[MetricFamily]) -> str:
 def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]:
     """Every metric of every project that has state in this Redis."""
     events = MetricFamily("reid_al_webhook_events_total", "counter", "Webhook events received, by action")
-    constraints = MetricFamily("reid_al_constraints", "gauge",
-                               "Recorded annotations by answer (same = must-link, different = cannot-link)")
+    constraints = MetricFamily(
+        "reid_al_constraints",
+        "gauge",
+        "Recorded annotations by answer (same = must-link, different = cannot-link)",
+    )
     asked = MetricFamily("reid_al_pairs_asked_total", "counter", "Pairs answered by an annotator")
-    saved = MetricFamily("reid_al_pairs_saved_total", "counter",
-                         "Open pair tasks retired because the constraints imply their answer")
+    saved = MetricFamily(
+        "reid_al_pairs_saved_total",
+        "counter",
+        "Open pair tasks retired because the constraints imply their answer",
+    )
     pushed = MetricFamily("reid_al_pairs_pushed_total", "counter", "Pair tasks created in Label Studio")
-    conflicts = MetricFamily("reid_al_conflicts", "gauge",
-                             "Pairs on which annotators gave contradicting answers")
-    contradictions = MetricFamily("reid_al_contradictions", "gauge",
-                                  "Cannot-links inside a must-link component at the last cycle")
+    conflicts = MetricFamily(
+        "reid_al_conflicts", "gauge", "Pairs on which annotators gave contradicting answers"
+    )
+    contradictions = MetricFamily(
+        "reid_al_contradictions", "gauge", "Cannot-links inside a must-link component at the last cycle"
+    )
     cycles = MetricFamily("reid_al_cycles_total", "counter", "Cycle requests by outcome")
     duration = MetricFamily("reid_al_cycle_duration_seconds", "summary", "Duration of finished cycles")
     last = MetricFamily("reid_al_last_cycle_duration_seconds", "gauge", "Duration of the last cycle")
     pending = MetricFamily("reid_al_pending_constraints", "gauge", "Constraint changes since the last cycle")
     running = MetricFamily("reid_al_cycle_running", "gauge", "1 while a cycle of the project runs")
     depth = MetricFamily("reid_al_queue_depth", "gauge", "Jobs waiting in the RQ queue")
-    rejected = MetricFamily("reid_al_requests_rejected_total", "counter",
-                            "Requests answered 4xx (bad input, auth, unknown project), by route and status")
-    unregistered = MetricFamily("reid_al_unregistered_calls_total", "counter",
-                                "Calls about projects with no state (counted, not registered)")
+    rejected = MetricFamily(
+        "reid_al_requests_rejected_total",
+        "counter",
+        "Requests answered 4xx (bad input, auth, unknown project), by route and status",
+    )
+    unregistered = MetricFamily(
+        "reid_al_unregistered_calls_total",
+        "counter",
+        "Calls about projects with no state (counted, not registered)",
+    )
 
     for key, value in sorted(global_counters(redis).items()):
         if key.startswith("events:"):
@@ -129,8 +144,23 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
 
     if queue is not None:
         depth.add(queue.depth(), queue=queue.queue_name)
-    return [events, constraints, asked, saved, pushed, conflicts, contradictions, cycles, duration, last,
-            pending, running, depth, rejected, unregistered]
+    return [
+        events,
+        constraints,
+        asked,
+        saved,
+        pushed,
+        conflicts,
+        contradictions,
+        cycles,
+        duration,
+        last,
+        pending,
+        running,
+        depth,
+        rejected,
+        unregistered,
+    ]
 
 
 def render_metrics(redis: Redis, queue: CycleQueue | None = None) -> str:

@@ -56,8 +56,10 @@ class ServiceJob(Job):
     def func(self) -> Any:
         name = self.func_name
         if name is not None and name not in self.allowed and not self.instance:
-            raise PermissionError(f"job {self.id}: {name!r} is not a reid-al job; this worker runs only "
-                                  f"{', '.join(sorted(self.allowed))}")
+            raise PermissionError(
+                f"job {self.id}: {name!r} is not a reid-al job; this worker runs only "
+                f"{', '.join(sorted(self.allowed))}"
+            )
         return super().func
 
 
@@ -149,9 +151,15 @@ def _claimed_at(claim: str) -> float:
 class CycleQueue:
     """RQ queue access for cycles and embedding jobs; coalescing keys live beside ProjectState's."""
 
-    def __init__(self, redis: Redis, *, queue_name: str = Settings.queue_name,
-                 job_timeout: int = Settings.job_timeout, lock_ttl: int = LOCK_TTL,
-                 dead_check_interval: float = DEAD_CHECK_S) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str = Settings.queue_name,
+        job_timeout: int = Settings.job_timeout,
+        lock_ttl: int = LOCK_TTL,
+        dead_check_interval: float = DEAD_CHECK_S,
+    ) -> None:
         if not queue_name:
             raise ValueError("queue_name must not be empty")
         if job_timeout < 1:
@@ -197,13 +205,18 @@ class CycleQueue:
         """Ask for a cycle of `project`; enqueues only when no cycle is queued or running."""
         state = ProjectState(self.redis, project)
         claim = _claim(f"{JOB_PREFIX}{state.project}-{uuid.uuid4().hex[:12]}")
-        outcome, active = (as_text(v) for v in self._request(keys=self._keys(state.project),
-                                                           args=[claim, self.ttl]))
+        outcome, active = (
+            as_text(v) for v in self._request(keys=self._keys(state.project), args=[claim, self.ttl])
+        )
         # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over. Checked at
         # most every DEAD_CHECK_S per project here (workers also recover dead cycles): under a stream of
         # answers every webhook would otherwise pay three more round trips.
-        if outcome != "enqueue" and active is not None and self._due_for_dead_check(state.project) \
-                and self._is_dead(active, state.project):
+        if (
+            outcome != "enqueue"
+            and active is not None
+            and self._due_for_dead_check(state.project)
+            and self._is_dead(active, state.project)
+        ):
             replaced = self._replace_dead(state.project, active, reason or "request")
             if replaced is not None:
                 return replaced
@@ -221,8 +234,13 @@ class CycleQueue:
 
     def _enqueue_cycle(self, project: str, job_id: str, reason: str) -> Job:
         return self.queue.enqueue(
-            CYCLE_JOB, project, reason=reason, job_id=job_id, job_timeout=self.job_timeout,
-            result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+            CYCLE_JOB,
+            project,
+            reason=reason,
+            job_id=job_id,
+            job_timeout=self.job_timeout,
+            result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
             description=f"reid-al cycle of project {project}",
         )
 
@@ -289,9 +307,17 @@ class CycleQueue:
         self._release(keys=[self.lock_key(project)], args=[dead])
         state.pending.abandon()
         if state.cycles.status().get("status") == "running":
-            state.cycles.record({"project": project, "status": "killed", "job_id": dead, "reason": reason,
-                                 "error": "the job's process died", "finished_at": time.time(),
-                                 "duration_s": 0.0})
+            state.cycles.record(
+                {
+                    "project": project,
+                    "status": "killed",
+                    "job_id": dead,
+                    "reason": reason,
+                    "error": "the job's process died",
+                    "finished_at": time.time(),
+                    "duration_s": 0.0,
+                }
+            )
         state.incr("cycles_killed")
         job_id = _job_of(new_claim)
         self._enqueue_cycle(project, job_id, reason)
@@ -304,9 +330,15 @@ class CycleQueue:
         if not items:
             raise ValueError("items must not be empty")
         state = ProjectState(self.redis, project)
-        job = self.queue.enqueue(EMBED_JOB, state.project, items, job_timeout=self.job_timeout,
-                                 result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                                 description=f"reid-al embedding for project {state.project}")
+        job = self.queue.enqueue(
+            EMBED_JOB,
+            state.project,
+            items,
+            job_timeout=self.job_timeout,
+            result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+            description=f"reid-al embedding for project {state.project}",
+        )
         state.incr("embed_jobs_enqueued")
         return str(job.id)
 
@@ -325,8 +357,9 @@ class CycleQueue:
         if enqueue_follow_up:
             self._enqueue_cycle(project, result, "coalesced follow-up")
             state = ProjectState(self.redis, project)
-            state.cycles.set_status(status="queued", job_id=result, enqueued_at=time.time(),
-                                   reason="coalesced follow-up")
+            state.cycles.set_status(
+                status="queued", job_id=result, enqueued_at=time.time(), reason="coalesced follow-up"
+            )
             state.incr("cycles_follow_up")
         return result
 
@@ -343,9 +376,13 @@ class CycleQueue:
             if self.redis.set(key, token, nx=True, ex=self.lock_ttl):
                 return True
             holder = as_text(self.redis.get(key))
-            if (holder is not None and holder.startswith(JOB_PREFIX) and holder != token
-                    and not self.job_alive(project, holder)
-                    and self._steal(keys=[key], args=[holder, token, self.lock_ttl])):
+            if (
+                holder is not None
+                and holder.startswith(JOB_PREFIX)
+                and holder != token
+                and not self.job_alive(project, holder)
+                and self._steal(keys=[key], args=[holder, token, self.lock_ttl])
+            ):
                 log.warning("project %s: took over the cycle lock of dead job %s", project, holder)
                 return True
             if time.monotonic() >= deadline:
@@ -446,6 +483,9 @@ class CycleQueue:
     def status_all(self) -> dict[str, Any]:
         """Every project's status, plus the counters that belong to no project (rejected requests,
         ignored events and calls about unknown projects)."""
-        return {"queue": self.queue_name, "queue_depth": self.depth(),
-                "projects": [self.status(p) for p in list_projects(self.redis)],
-                "unregistered": global_counters(self.redis)}
+        return {
+            "queue": self.queue_name,
+            "queue_depth": self.depth(),
+            "projects": [self.status(p) for p in list_projects(self.redis)],
+            "unregistered": global_counters(self.redis),
+        }

@@ -21,22 +21,46 @@ from urllib.parse import urlsplit
 from ml_backend.errors import SettingsError
 from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY, DEFAULT_ENCODER_SPEC
 
-__all__ = ["LOG_LEVELS", "SETTINGS_HELP", "Settings", "SettingsError", "origin_of", "redact_url",
-           "settings_help_text"]
+__all__ = [
+    "LOG_LEVELS",
+    "SETTINGS_HELP",
+    "Settings",
+    "SettingsError",
+    "origin_of",
+    "redact_url",
+    "settings_help_text",
+]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MODEL_DIR = Path("./model_dir")
 
 
-def _setting(variable: str, default: Any, help_text: str, *, low: int | None = None,
-             high: int | None = None, empty_ok: bool = False, secret: bool = False) -> Any:
+def _setting(
+    variable: str,
+    default: Any,
+    help_text: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    empty_ok: bool = False,
+    secret: bool = False,
+) -> Any:
     """One setting: its environment ``variable``, ``default`` and ``help_text``; ``low``/``high`` bound an
     integer; ``empty_ok``: an empty variable means the empty string (else it means "use the default");
     ``secret``: left out of the object's repr, so a logged or printed Settings shows no password."""
     shown = f"./{default}" if isinstance(default, Path) and not default.is_absolute() else str(default)
-    return field(default=default, repr=not secret, metadata={
-        "variable": variable, "help": help_text, "low": low, "high": high, "empty_ok": empty_ok,
-        "shown": shown})
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={
+            "variable": variable,
+            "help": help_text,
+            "low": low,
+            "high": high,
+            "empty_ok": empty_ok,
+            "shown": shown,
+        },
+    )
 
 
 _URL_PORTS = {"http": 80, "https": 443}
@@ -70,67 +94,107 @@ class Settings:
     """All service settings. Build with `Settings.from_env()`; each field declares its variable."""
 
     label_studio_url: str = _setting(
-        "LABEL_STUDIO_URL", "http://localhost:8080",
-        "Label Studio base URL the worker pushes tasks and predictions to")
+        "LABEL_STUDIO_URL",
+        "http://localhost:8080",
+        "Label Studio base URL the worker pushes tasks and predictions to",
+    )
     label_studio_api_key: str = _setting(
-        "LABEL_STUDIO_API_KEY", "", "Label Studio API token (Authorization: Token ...)", empty_ok=True,
-        secret=True)
+        "LABEL_STUDIO_API_KEY",
+        "",
+        "Label Studio API token (Authorization: Token ...)",
+        empty_ok=True,
+        secret=True,
+    )
     model_dir: Path = _setting(  # noqa: RUF009 - _setting returns a dataclasses.field
-        "MODEL_DIR", _MODEL_DIR, "per-project pools, features, model versions and the embedded Redis data")
+        "MODEL_DIR", _MODEL_DIR, "per-project pools, features, model versions and the embedded Redis data"
+    )
     basic_auth_user: str = _setting(
-        "BASIC_AUTH_USER", "", "basic-auth user required on every route but /health", empty_ok=True)
+        "BASIC_AUTH_USER", "", "basic-auth user required on every route but /health", empty_ok=True
+    )
     basic_auth_pass: str = _setting(
-        "BASIC_AUTH_PASS", "", "basic-auth password (set together with BASIC_AUTH_USER)", empty_ok=True,
-        secret=True)
+        "BASIC_AUTH_PASS",
+        "",
+        "basic-auth password (set together with BASIC_AUTH_USER)",
+        empty_ok=True,
+        secret=True,
+    )
     redis_url: str = _setting(
-        "REDIS_URL", "", "external Redis (production); empty = embedded redis-server + worker", empty_ok=True,
-        secret=True)
+        "REDIS_URL",
+        "",
+        "external Redis (production); empty = embedded redis-server + worker",
+        empty_ok=True,
+        secret=True,
+    )
     workers: int = _setting("WORKERS", 1, "gunicorn worker processes", low=1)
     threads: int = _setting("THREADS", 8, "gunicorn threads per worker", low=1)
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     port: int = _setting("PORT", 9090, "HTTP port of the backend", low=1, high=65535)
     host: str = _setting("HOST", "0.0.0.0", "HTTP bind address of the backend")
     encoder: str = _setting(
-        "REID_AL_ENCODER", DEFAULT_ENCODER_SPEC,
-        "frozen encoder spec (open_clip:<model>:<tag> or mobilenetv2)")
+        "REID_AL_ENCODER",
+        DEFAULT_ENCODER_SPEC,
+        "frozen encoder spec (open_clip:<model>:<tag> or mobilenetv2)",
+    )
     encoder_checkpoint: str = _setting(
-        "REID_AL_ENCODER_CHECKPOINT", "", "local checkpoint file for the encoder", empty_ok=True)
+        "REID_AL_ENCODER_CHECKPOINT", "", "local checkpoint file for the encoder", empty_ok=True
+    )
     strategy: str = _setting(
-        "REID_AL_STRATEGY", CYCLE_STRATEGY,
-        "pair sampler: hybrid, match_first, aas, uncertainty, random, coreset, margin")
+        "REID_AL_STRATEGY",
+        CYCLE_STRATEGY,
+        "pair sampler: hybrid, match_first, aas, uncertainty, random, coreset, margin",
+    )
     budget: int = _setting("REID_AL_BUDGET", CYCLE_BUDGET, "pairs pushed to Label Studio per cycle", low=1)
     retrain_every: int = _setting(
-        "REID_AL_RETRAIN_EVERY", 20, "new constraints that trigger an automatic cycle", low=1)
+        "REID_AL_RETRAIN_EVERY", 20, "new constraints that trigger an automatic cycle", low=1
+    )
     max_body_bytes: int = _setting(  # a 100-task /predict body with long URLs is ~100 kB
-        "REID_AL_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest accepted request body", low=1024)
+        "REID_AL_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest accepted request body", low=1024
+    )
     predict_max_tasks: int = _setting(  # 60,000 tasks held a thread for 27 s
-        "REID_AL_PREDICT_MAX_TASKS", 1000, "most tasks one /predict call may send (413 above)", low=1)
+        "REID_AL_PREDICT_MAX_TASKS", 1000, "most tasks one /predict call may send (413 above)", low=1
+    )
     predict_embed_max: int = _setting(
-        "REID_AL_PREDICT_EMBED_MAX", 16, "images /predict may embed on the fly per call", low=0)
+        "REID_AL_PREDICT_EMBED_MAX", 16, "images /predict may embed on the fly per call", low=0
+    )
     predict_embed_seconds: float = _setting(  # Label Studio's /predict timeout is 100 s
-        "REID_AL_PREDICT_EMBED_SECONDS", 20.0, "time /predict may spend embedding on the fly per call")
+        "REID_AL_PREDICT_EMBED_SECONDS", 20.0, "time /predict may spend embedding on the fly per call"
+    )
     document_root: str = _setting(
-        "REID_AL_DOCUMENT_ROOT", "",
-        "directory that Label Studio's /data/local-files/?d= URLs are relative to", empty_ok=True)
+        "REID_AL_DOCUMENT_ROOT",
+        "",
+        "directory that Label Studio's /data/local-files/?d= URLs are relative to",
+        empty_ok=True,
+    )
     image_origins: str = _setting(
-        "REID_AL_IMAGE_ORIGINS", "",
+        "REID_AL_IMAGE_ORIGINS",
+        "",
         "further origins (scheme://host[:port], comma-separated) task images may be downloaded from; "
-        "LABEL_STUDIO_URL and files under REID_AL_DOCUMENT_ROOT are always allowed", empty_ok=True)
+        "LABEL_STUDIO_URL and files under REID_AL_DOCUMENT_ROOT are always allowed",
+        empty_ok=True,
+    )
     image_max_bytes: int = _setting(
-        "REID_AL_IMAGE_MAX_BYTES", 20 * 1024 * 1024, "largest image file read or downloaded", low=1024)
+        "REID_AL_IMAGE_MAX_BYTES", 20 * 1024 * 1024, "largest image file read or downloaded", low=1024
+    )
     image_fetch_seconds: float = _setting(
-        "REID_AL_IMAGE_FETCH_SECONDS", 10.0, "total time one image download may take")
+        "REID_AL_IMAGE_FETCH_SECONDS", 10.0, "total time one image download may take"
+    )
     queue_name: str = _setting("REID_AL_QUEUE", "reid-al", "RQ queue name")
     extra_jobs: str = _setting(
-        "REID_AL_EXTRA_JOBS", "",
+        "REID_AL_EXTRA_JOBS",
+        "",
         "dotted names of further functions an RQ worker may run (comma-separated); it refuses any other "
-        "job than the service's own", empty_ok=True)
+        "job than the service's own",
+        empty_ok=True,
+    )
     job_timeout: int = _setting(
-        "REID_AL_JOB_TIMEOUT", 3600, "seconds a cycle may run (also the per-project lock lifetime)", low=10)
+        "REID_AL_JOB_TIMEOUT", 3600, "seconds a cycle may run (also the per-project lock lifetime)", low=10
+    )
     torch_threads: int = _setting(  # 1 is several times faster when workers share a CPU
-        "REID_AL_TORCH_THREADS", 0,
+        "REID_AL_TORCH_THREADS",
+        0,
         "torch threads for adapter training in a worker (0 = torch default; 1 when workers share a CPU)",
-        low=0)
+        low=0,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -138,15 +202,18 @@ class Settings:
                 meta = f.metadata
                 _check_int(meta["variable"], getattr(self, f.name), meta["low"], meta["high"])
         if not self.predict_embed_seconds >= 0:
-            raise SettingsError("REID_AL_PREDICT_EMBED_SECONDS",
-                                f"must be >= 0, got {self.predict_embed_seconds}")
+            raise SettingsError(
+                "REID_AL_PREDICT_EMBED_SECONDS", f"must be >= 0, got {self.predict_embed_seconds}"
+            )
         if not 0 < self.image_fetch_seconds <= 3600:
-            raise SettingsError("REID_AL_IMAGE_FETCH_SECONDS",
-                                f"must be > 0 and at most 3600, got {self.image_fetch_seconds}")
+            raise SettingsError(
+                "REID_AL_IMAGE_FETCH_SECONDS", f"must be > 0 and at most 3600, got {self.image_fetch_seconds}"
+            )
         _ = self.image_origin_list  # raises SettingsError on a malformed entry
         if self.log_level not in LOG_LEVELS:
-            raise SettingsError("LOG_LEVEL",
-                                f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+            raise SettingsError(
+                "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("BASIC_AUTH_USER", "BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if not self.encoder:
@@ -166,8 +233,10 @@ class Settings:
         for entry in filter(None, (e.strip() for e in self.image_origins.split(","))):
             origin = origin_of(entry)
             if origin is None or entry.rstrip("/").count("/") > 2:
-                raise SettingsError("REID_AL_IMAGE_ORIGINS",
-                                    f"{entry!r} is not an origin like https://images.example.org[:port]")
+                raise SettingsError(
+                    "REID_AL_IMAGE_ORIGINS",
+                    f"{entry!r} is not an origin like https://images.example.org[:port]",
+                )
             out.append(origin)
         return tuple(out)
 

@@ -29,9 +29,18 @@ log = logging.getLogger(__name__)
 CHOICES = ("same", "different", "unsure")
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 # Events Label Studio sends that need no action here: acknowledged and counted, like unknown ones.
-IGNORED_EVENTS = ("PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "ANNOTATIONS_CREATED",
-                  "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED", "REVIEW_CREATED",
-                  "REVIEW_UPDATED", "REVIEWS_DELETED")
+IGNORED_EVENTS = (
+    "PROJECT_CREATED",
+    "PROJECT_UPDATED",
+    "PROJECT_DELETED",
+    "ANNOTATIONS_CREATED",
+    "LABEL_LINK_CREATED",
+    "LABEL_LINK_UPDATED",
+    "LABEL_LINK_DELETED",
+    "REVIEW_CREATED",
+    "REVIEW_UPDATED",
+    "REVIEWS_DELETED",
+)
 
 
 def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bool = False) -> str:
@@ -59,15 +68,16 @@ def parse_answer(result: Any, from_name: str | None = None, *, was_cancelled: bo
         for position, choice_ in enumerate(value["choices"]):
             # Checked before the set below: an unhashable choice (a list) would be a 500, not a 422.
             if not isinstance(choice_, str):
-                raise InputError(f"annotation.result[{index}].value.choices[{position}]",
-                                   f"must be a string, got {type(choice_).__name__}")
+                raise InputError(
+                    f"annotation.result[{index}].value.choices[{position}]",
+                    f"must be a string, got {type(choice_).__name__}",
+                )
         found.extend(value["choices"])
     if not found:
         return "skip"
     answers = {c.strip().lower() for c in found}
     if len(answers) != 1:
-        raise InputError("annotation.result",
-                           f"expected exactly one choice, got {sorted(map(str, answers))}")
+        raise InputError("annotation.result", f"expected exactly one choice, got {sorted(map(str, answers))}")
     answer = answers.pop()
     if answer not in CHOICES:
         raise InputError("annotation.result", f"choice must be one of {', '.join(CHOICES)}, got {answer!r}")
@@ -97,12 +107,17 @@ def known_project(redis: Redis, project: str, model_dir: Path | None) -> Project
     state = ProjectState(redis, project)
     if state.exists() or (model_dir is not None and (model_dir / state.project).is_dir()):
         return state
-    raise InputError("project", f"unknown project {state.project}: no answer, task or pool recorded for it "
-                                "(run `reid-al ingest <images> --project <id>` first)", status=404)
+    raise InputError(
+        "project",
+        f"unknown project {state.project}: no answer, task or pool recorded for it "
+        "(run `reid-al ingest <images> --project <id>` first)",
+        status=404,
+    )
 
 
-def _require(payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
-             field: str | None = None) -> Any:
+def _require(
+    payload: Mapping[str, Any], key: str, kind: type | tuple[type, ...], field: str | None = None
+) -> Any:
     field = field or key
     if key not in payload:
         raise InputError(field, "missing", status=400)
@@ -148,8 +163,15 @@ class _AnnotationEvent:
 class WebhookHandler:
     """Dispatch one parsed JSON event. `handle` returns the JSON answer or raises InputError."""
 
-    def __init__(self, redis: Redis, queue: CycleQueue | None, *, retrain_every: int,
-                 from_name: str | None = None, model_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        queue: CycleQueue | None,
+        *,
+        retrain_every: int,
+        from_name: str | None = None,
+        model_dir: Path | None = None,
+    ) -> None:
         if retrain_every < 1:
             raise ValueError(f"retrain_every must be >= 1, got {retrain_every}")
         self.redis = redis
@@ -177,8 +199,12 @@ class WebhookHandler:
             project = project_id_of(payload.get("project"))
             state = self.known_state(project)
             state.incr("events:START_TRAINING")
-            return {"status": "ok", "action": action, "project": project, **self._request_cycle(project,
-                                                                                                action)}
+            return {
+                "status": "ok",
+                "action": action,
+                "project": project,
+                **self._request_cycle(project, action),
+            }
         if action == "TASKS_CREATED":
             return self._tasks_created(payload)
         if action == "TASKS_DELETED":
@@ -215,16 +241,24 @@ class WebhookHandler:
             raise InputError("task.data", str(exc)) from None
         was_cancelled = annotation.get("was_cancelled", False)
         if not isinstance(was_cancelled, bool):
-            raise InputError("annotation.was_cancelled",
-                               f"must be a boolean, got {type(was_cancelled).__name__}")
+            raise InputError(
+                "annotation.was_cancelled", f"must be a boolean, got {type(was_cancelled).__name__}"
+            )
         answer = parse_answer(annotation.get("result", []), from_name, was_cancelled=was_cancelled)
         completed_by = annotation.get("completed_by")
         if isinstance(completed_by, Mapping):
             completed_by = completed_by.get("id")
         if completed_by is not None and not is_user_id(completed_by):
             raise InputError("annotation.completed_by", f"must be a user id, got {completed_by!r}")
-        return _AnnotationEvent(annotation_id, task_id, image_a, image_b, answer, completed_by,
-                                annotation.get("updated_at") or annotation.get("created_at"))
+        return _AnnotationEvent(
+            annotation_id,
+            task_id,
+            image_a,
+            image_b,
+            answer,
+            completed_by,
+            annotation.get("updated_at") or annotation.get("created_at"),
+        )
 
     def _annotation(self, action: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         project = project_id_of(payload.get("project"))
@@ -233,14 +267,26 @@ class WebhookHandler:
         event = self._parse_annotation(payload, from_name)
         try:
             outcome, old = state.annotations.record(
-                event.annotation_id, task_id=event.task_id, image_a=event.image_a, image_b=event.image_b,
-                answer=event.answer, completed_by=event.completed_by, updated_at=event.updated_at,
-                created=action == "ANNOTATION_CREATED")
+                event.annotation_id,
+                task_id=event.task_id,
+                image_a=event.image_a,
+                image_b=event.image_b,
+                answer=event.answer,
+                completed_by=event.completed_by,
+                updated_at=event.updated_at,
+                created=action == "ANNOTATION_CREATED",
+            )
         except InputError as exc:
             raise exc.at(f"annotation.{exc.field}") from None
         state.incr(f"events:{action}")
-        body: dict[str, Any] = {"status": "ok", "action": action, "project": project,
-                                "annotation": event.annotation_id, "answer": event.answer, "outcome": outcome}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "action": action,
+            "project": project,
+            "annotation": event.annotation_id,
+            "answer": event.answer,
+            "outcome": outcome,
+        }
         if outcome == "unchanged":
             state.incr("events_unchanged")
             return body
@@ -250,8 +296,9 @@ class WebhookHandler:
             # Recorded, never overwritten: both answers stay; NP3's policy decides, /status lists it.
             body["conflict"] = True
             state.incr("conflicts_detected")
-            log.warning("project %s: annotators disagree on pair %s: %s", project, pid,
-                        state.annotations.on_pair(pid))
+            log.warning(
+                "project %s: annotators disagree on pair %s: %s", project, pid, state.annotations.on_pair(pid)
+            )
         if not state.pairs.exists(pid):
             state.pairs.register(pid, event.image_a, event.image_b, task_id=event.task_id)
         if _constraint_of(old) != _constraint_of({"answer": event.answer, "pair_id": pid}):
@@ -271,8 +318,13 @@ class WebhookHandler:
                 constraints_removed += _constraint_of(record) is not None
         state.incr("events:ANNOTATIONS_DELETED")
         state.incr("annotations_deleted", len(removed))
-        body: dict[str, Any] = {"status": "ok", "action": "ANNOTATIONS_DELETED", "project": project,
-                                "removed": removed, "unknown": [i for i in ids if i not in removed]}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "action": "ANNOTATIONS_DELETED",
+            "project": project,
+            "removed": removed,
+            "unknown": [i for i in ids if i not in removed],
+        }
         if constraints_removed:
             # Deleting a skip/unsure answer changes no constraint, so it does not count to a retrain.
             body.update(self._count_changes(state, constraints_removed, "changed constraints"))
@@ -305,9 +357,14 @@ class WebhookHandler:
             urls.setdefault(image_a, str(data.get("image_a", image_a)))
             urls.setdefault(image_b, str(data.get("image_b", image_b)))
         missing = state.images.missing(urls)
-        body: dict[str, Any] = {"status": "ok", "action": "TASKS_CREATED", "project": project,
-                                "tasks": len(parsed), "unusable": unusable,
-                                "missing_embeddings": len(missing)}
+        body: dict[str, Any] = {
+            "status": "ok",
+            "action": "TASKS_CREATED",
+            "project": project,
+            "tasks": len(parsed),
+            "unusable": unusable,
+            "missing_embeddings": len(missing),
+        }
         claimed = state.images.claim(missing) if self.queue is not None else []
         if claimed and self.queue is not None:
             items = [{"id": i, "url": urls[i]} for i in claimed]

@@ -28,8 +28,14 @@ def serving_model(_state: ProjectState) -> ServingModel:
 
 
 def make_app(client: redis.Redis, tmp_path: Path, **overrides: Any) -> Flask:
-    settings = Settings(model_dir=tmp_path, basic_auth_user="ann", basic_auth_pass="secret",
-                        max_body_bytes=4096, retrain_every=100, **overrides)
+    settings = Settings(
+        model_dir=tmp_path,
+        basic_auth_user="ann",
+        basic_auth_pass="secret",
+        max_body_bytes=4096,
+        retrain_every=100,
+        **overrides,
+    )
     app = create_app(settings, redis=client, predictor=Predictor(settings, load_model=serving_model))
     app.testing = True
     return app
@@ -41,17 +47,33 @@ def http(redis_client: redis.Redis, tmp_path: Path) -> FlaskClient:
 
 
 def event(ann_id: int = 1, answer: str = "same") -> dict[str, Any]:
-    return {"action": "ANNOTATION_CREATED", "project": {"id": 3},
-            "annotation": {"id": ann_id, "was_cancelled": False, "updated_at": "2024-01-01T00:00:00Z",
-                           "result": [{"from_name": "answer", "to_name": "image_a", "type": "choices",
-                                       "value": {"choices": [answer]}}]},
-            "task": {"id": 5, "data": {"id_a": "a", "id_b": "b", "image_a": "/a", "image_b": "/b"}}}
+    return {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": 3},
+        "annotation": {
+            "id": ann_id,
+            "was_cancelled": False,
+            "updated_at": "2024-01-01T00:00:00Z",
+            "result": [
+                {
+                    "from_name": "answer",
+                    "to_name": "image_a",
+                    "type": "choices",
+                    "value": {"choices": [answer]},
+                }
+            ],
+        },
+        "task": {"id": 5, "data": {"id_a": "a", "id_b": "b", "image_a": "/a", "image_b": "/b"}},
+    }
 
 
 def keys(client: redis.Redis) -> dict[bytes, Any]:
     """Every key but the global counters, where rejected requests are counted."""
-    return {k: (client.hgetall(k) if client.type(k) == b"hash" else client.type(k)) for k in client.keys("*")
-            if k != GLOBAL_COUNTERS_KEY.encode()}
+    return {
+        k: (client.hgetall(k) if client.type(k) == b"hash" else client.type(k))
+        for k in client.keys("*")
+        if k != GLOBAL_COUNTERS_KEY.encode()
+    }
 
 
 def test_health_needs_no_auth(http: FlaskClient) -> None:
@@ -59,10 +81,19 @@ def test_health_needs_no_auth(http: FlaskClient) -> None:
     assert response.status_code == 200 and response.json["status"] == "UP"
 
 
-@pytest.mark.parametrize(("method", "path"), [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"),
-                                              ("post", "/train"),
-                                              ("get", "/versions"), ("get", "/metrics"), ("get", "/status"),
-                                              ("get", "/jobs")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/setup"),
+        ("post", "/predict"),
+        ("post", "/webhook"),
+        ("post", "/train"),
+        ("get", "/versions"),
+        ("get", "/metrics"),
+        ("get", "/status"),
+        ("get", "/jobs"),
+    ],
+)
 def test_every_other_route_needs_basic_auth(http: FlaskClient, method: str, path: str) -> None:
     response = getattr(http, method)(path, json={})
     assert response.status_code == 401
@@ -83,19 +114,24 @@ def test_setup_reads_label_config(http: FlaskClient, redis_client: redis.Redis) 
     assert response.status_code == 200 and response.json == {"model_version": "initial"}
     assert ProjectState(redis_client, "3").meta() == {"from_name": "answer", "to_name": "image_a"}
     ProjectState(redis_client, "3").cycles.add_version("v0002-20260101T0000")
-    assert http.post("/setup", json={"project": 3},
-                     headers=AUTH).json["model_version"] == "v0002-20260101T0000"
+    assert (
+        http.post("/setup", json={"project": 3}, headers=AUTH).json["model_version"] == "v0002-20260101T0000"
+    )
 
 
-@pytest.mark.parametrize(("body", "status", "field"), [
-    ({"schema": LABEL_CONFIG}, 400, "project"),
-    ({"project": [3], "schema": LABEL_CONFIG}, 422, "project"),
-    ({"project": 3, "schema": 5}, 422, "schema"),
-    ({"project": 3, "schema": "<View><Image name='x' value='$x'/></View>"}, 422, "schema"),
-    ({"project": 3, "schema": "<View"}, 422, "schema"),
-])
-def test_setup_errors(http: FlaskClient, redis_client: redis.Redis, body: dict, status: int,
-                      field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"schema": LABEL_CONFIG}, 400, "project"),
+        ({"project": [3], "schema": LABEL_CONFIG}, 422, "project"),
+        ({"project": 3, "schema": 5}, 422, "schema"),
+        ({"project": 3, "schema": "<View><Image name='x' value='$x'/></View>"}, 422, "schema"),
+        ({"project": 3, "schema": "<View"}, 422, "schema"),
+    ],
+)
+def test_setup_errors(
+    http: FlaskClient, redis_client: redis.Redis, body: dict, status: int, field: str
+) -> None:
     before = keys(redis_client)
     response = http.post("/setup", json=body, headers=AUTH)
     assert (response.status_code, response.json["field"]) == (status, field)
@@ -104,10 +140,13 @@ def test_setup_errors(http: FlaskClient, redis_client: redis.Redis, body: dict, 
 
 
 def test_predict_answers_every_task_in_order(http: FlaskClient) -> None:
-    tasks = [{"id": 1, "data": {"id_a": "a", "id_b": "b", "image_a": "/a", "image_b": "/b"}},
-             {"id": 2, "data": {"id_a": "a", "id_b": "c", "image_a": "/a", "image_b": "/c"}}]
-    response = http.post("/predict", json={"tasks": tasks, "project": "3.17", "label_config": LABEL_CONFIG},
-                         headers=AUTH)
+    tasks = [
+        {"id": 1, "data": {"id_a": "a", "id_b": "b", "image_a": "/a", "image_b": "/b"}},
+        {"id": 2, "data": {"id_a": "a", "id_b": "c", "image_a": "/a", "image_b": "/c"}},
+    ]
+    response = http.post(
+        "/predict", json={"tasks": tasks, "project": "3.17", "label_config": LABEL_CONFIG}, headers=AUTH
+    )
     assert response.status_code == 200
     results = response.json["results"]
     assert len(results) == 2
@@ -117,18 +156,22 @@ def test_predict_answers_every_task_in_order(http: FlaskClient) -> None:
         assert 0.0 <= r["score"] <= 1.0
 
 
-@pytest.mark.parametrize(("body", "status", "field"), [
-    ({"project": 3}, 400, "tasks"),
-    ({"project": 3, "tasks": {"id": 1}}, 422, "tasks"),
-    ({"project": 3, "tasks": [5]}, 422, "tasks[0]"),
-    ({"project": 3, "tasks": [{"id": 1}]}, 422, "tasks[0].data"),
-    ({"project": 3, "tasks": [{"id": 1, "data": {"image_a": "/a"}}]}, 422, "tasks[0].data"),
-    ({"project": 3, "tasks": [], "label_config": 7}, 422, "label_config"),
-    ({"project": 3, "tasks": [], "label_config": "<View/>"}, 422, "label_config"),
-    ({"tasks": []}, 400, "project"),
-])
-def test_predict_errors(http: FlaskClient, redis_client: redis.Redis, body: dict, status: int,
-                        field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"project": 3}, 400, "tasks"),
+        ({"project": 3, "tasks": {"id": 1}}, 422, "tasks"),
+        ({"project": 3, "tasks": [5]}, 422, "tasks[0]"),
+        ({"project": 3, "tasks": [{"id": 1}]}, 422, "tasks[0].data"),
+        ({"project": 3, "tasks": [{"id": 1, "data": {"image_a": "/a"}}]}, 422, "tasks[0].data"),
+        ({"project": 3, "tasks": [], "label_config": 7}, 422, "label_config"),
+        ({"project": 3, "tasks": [], "label_config": "<View/>"}, 422, "label_config"),
+        ({"tasks": []}, 400, "project"),
+    ],
+)
+def test_predict_errors(
+    http: FlaskClient, redis_client: redis.Redis, body: dict, status: int, field: str
+) -> None:
     before = keys(redis_client)
     response = http.post("/predict", json=body, headers=AUTH)
     assert (response.status_code, response.json["field"]) == (status, field), response.json
@@ -138,25 +181,31 @@ def test_predict_errors(http: FlaskClient, redis_client: redis.Redis, body: dict
 def test_webhook_records_and_acknowledges(http: FlaskClient, redis_client: redis.Redis) -> None:
     response = http.post("/webhook", json=event(), headers=AUTH)
     assert response.status_code == 200 and response.json["outcome"] == "created"
-    assert http.post("/webhook", json={"action": "NEW_THING", "project": {"id": 3}},
-                     headers=AUTH).json["status"] == "ignored"
+    assert (
+        http.post("/webhook", json={"action": "NEW_THING", "project": {"id": 3}}, headers=AUTH).json["status"]
+        == "ignored"
+    )
     assert len(ProjectState(redis_client, "3").annotations.all()) == 1
 
 
-@pytest.mark.parametrize(("kwargs", "status", "field"), [
-    ({"data": "{not json", "content_type": "application/json"}, 400, "body"),
-    ({"data": "", "content_type": "application/json"}, 400, "body"),
-    ({"data": "[1, 2]", "content_type": "application/json"}, 400, "body"),
-    ({"data": "action=x", "content_type": "application/x-www-form-urlencoded"}, 415, "body"),
-    ({"data": "{}", "content_type": "text/plain"}, 415, "body"),
-    ({"json": {"project": {"id": 3}}}, 400, "action"),
-    ({"json": {"action": ["ANNOTATION_CREATED"]}}, 422, "action"),
-    ({"json": {**event(), "annotation": {"id": "1"}}}, 422, "annotation.id"),
-    ({"json": {**event(), "task": {"id": 5}}}, 400, "task.data"),
-    ({"data": '{"action": "' + "x" * 5000 + '"}', "content_type": "application/json"}, 413, "body"),
-])
-def test_webhook_rejects_bad_requests_without_state_change(http: FlaskClient, redis_client: redis.Redis,
-                                                           kwargs: dict, status: int, field: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "status", "field"),
+    [
+        ({"data": "{not json", "content_type": "application/json"}, 400, "body"),
+        ({"data": "", "content_type": "application/json"}, 400, "body"),
+        ({"data": "[1, 2]", "content_type": "application/json"}, 400, "body"),
+        ({"data": "action=x", "content_type": "application/x-www-form-urlencoded"}, 415, "body"),
+        ({"data": "{}", "content_type": "text/plain"}, 415, "body"),
+        ({"json": {"project": {"id": 3}}}, 400, "action"),
+        ({"json": {"action": ["ANNOTATION_CREATED"]}}, 422, "action"),
+        ({"json": {**event(), "annotation": {"id": "1"}}}, 422, "annotation.id"),
+        ({"json": {**event(), "task": {"id": 5}}}, 400, "task.data"),
+        ({"data": '{"action": "' + "x" * 5000 + '"}', "content_type": "application/json"}, 413, "body"),
+    ],
+)
+def test_webhook_rejects_bad_requests_without_state_change(
+    http: FlaskClient, redis_client: redis.Redis, kwargs: dict, status: int, field: str
+) -> None:
     http.post("/webhook", json=event(9), headers=AUTH)
     before = keys(redis_client)
     response = http.post("/webhook", headers=AUTH, **kwargs)
@@ -168,8 +217,9 @@ def test_webhook_rejects_bad_requests_without_state_change(http: FlaskClient, re
 
 
 def test_oversized_body_named_in_error(http: FlaskClient) -> None:
-    response = http.post("/predict", data="{" + " " * 10_000 + "}", content_type="application/json",
-                         headers=AUTH)
+    response = http.post(
+        "/predict", data="{" + " " * 10_000 + "}", content_type="application/json", headers=AUTH
+    )
     assert response.status_code == 413 and "REID_AL_MAX_BODY_BYTES" in response.json["error"]
 
 

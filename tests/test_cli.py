@@ -38,7 +38,7 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_readme_settings_table_lists_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("### Settings"):readme.index("### Failures and hostile clients")]
+    table = readme[readme.index("### Settings") : readme.index("### Failures and hostile clients")]
     missing = [variable for variable, *_ in SETTINGS_HELP if f"`{variable}`" not in table]
     assert missing == []
 
@@ -52,8 +52,12 @@ def test_unknown_command_and_missing_project_fail(capsys: pytest.CaptureFixture[
     assert info.value.code == 2 and "--project" in capsys.readouterr().err
 
 
-def test_status_prints_projects(redis_client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_prints_projects(
+    redis_client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
     state = ProjectState(redis_client, "12")
     state.touch()
@@ -67,8 +71,9 @@ def test_status_prints_projects(redis_client: redis.Redis, redis_url: str, monke
     assert status["projects"][0]["current_version"] == "v0001-20260101T0000"
 
 
-def test_status_without_redis_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_without_redis_names_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     assert main(["status"]) == 2
@@ -97,11 +102,27 @@ def test_simulate_forwards_its_arguments(capsys: pytest.CaptureFixture[str]) -> 
 def test_serve_runs_redis_worker_and_web_server_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update({"MODEL_DIR": str(tmp_path / "model"), "PORT": str(port), "HOST": "127.0.0.1",
-                "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "WORKERS": "1", "THREADS": "2",
-                "REID_AL_RETRAIN_EVERY": "100", "LOG_LEVEL": "WARNING"})
-    proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "serve"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(
+        {
+            "MODEL_DIR": str(tmp_path / "model"),
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "p",
+            "WORKERS": "1",
+            "THREADS": "2",
+            "REID_AL_RETRAIN_EVERY": "100",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml_backend.cli", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -114,11 +135,23 @@ def test_serve_runs_redis_worker_and_web_server_and_stops_cleanly(tmp_path: Path
                 pass
             assert time.monotonic() < deadline, "reid-al serve did not answer /health"
             time.sleep(0.3)
-        event = {"action": "ANNOTATION_CREATED", "project": {"id": 1},
-                 "annotation": {"id": 1, "was_cancelled": False, "result": [
-                     {"from_name": "answer", "to_name": "image_a", "type": "choices",
-                      "value": {"choices": ["different"]}}]},
-                 "task": {"id": 1, "data": {"id_a": "x", "id_b": "y"}}}
+        event = {
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": 1},
+            "annotation": {
+                "id": 1,
+                "was_cancelled": False,
+                "result": [
+                    {
+                        "from_name": "answer",
+                        "to_name": "image_a",
+                        "type": "choices",
+                        "value": {"choices": ["different"]},
+                    }
+                ],
+            },
+            "task": {"id": 1, "data": {"id_a": "x", "id_b": "y"}},
+        }
         assert requests.post(f"{base}/webhook", json=event, timeout=5).status_code == 401
         answer = requests.post(f"{base}/webhook", json=event, auth=("u", "p"), timeout=5)
         assert answer.status_code == 200 and answer.json()["outcome"] == "created"
@@ -142,6 +175,7 @@ def test_serve_runs_redis_worker_and_web_server_and_stops_cleanly(tmp_path: Path
     assert "reid-al: stopped" in output
     assert not (tmp_path / "model" / "redis" / "redis.url").exists()
     assert (tmp_path / "model" / "redis" / "appendonlydir").exists() or any(
-        p.name.startswith("appendonly") for p in (tmp_path / "model" / "redis").iterdir())
+        p.name.startswith("appendonly") for p in (tmp_path / "model" / "redis").iterdir()
+    )
     with pytest.raises(requests.RequestException):
         requests.get(f"{base}/health", timeout=1)

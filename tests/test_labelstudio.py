@@ -216,7 +216,7 @@ def test_ensure_view_is_idempotent_by_title(scripted: tuple[str, type[_Scripted]
 def test_post_is_not_resent_after_the_server_dropped_the_connection(
     scripted: tuple[str, type[_Scripted]],
 ) -> None:
-    """"Connection aborted" comes after the request was sent: Label Studio may have imported the tasks."""
+    """ "Connection aborted" comes after the request was sent: Label Studio may have imported the tasks."""
     url, handler = scripted
     handler.script[:] = [(DROP, ""), (201, '{"task_ids": [1]}')]
     client = LabelStudioClient(url, "k", retries=3, backoff=0)
@@ -254,12 +254,15 @@ class _FailingSession(requests.Session):
         return resp
 
 
-@pytest.mark.parametrize(("error", "resent"), [
-    (requests.ConnectTimeout("connect timed out"), True),
-    (requests.ConnectionError(MaxRetryError(None, "/x", NewConnectionError(None, "refused"))), True),  # type: ignore[arg-type]
-    (requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("closed"))), False),
-    (requests.ReadTimeout("read timed out"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "resent"),
+    [
+        (requests.ConnectTimeout("connect timed out"), True),
+        (requests.ConnectionError(MaxRetryError(None, "/x", NewConnectionError(None, "refused"))), True),  # type: ignore[arg-type]
+        (requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("closed"))), False),
+        (requests.ReadTimeout("read timed out"), False),
+    ],
+)
 def test_which_transport_errors_resend_a_post(error: Exception, resent: bool) -> None:
     session = _FailingSession([error])
     client = LabelStudioClient("http://ls.invalid", "k", retries=1, backoff=0, session=session)

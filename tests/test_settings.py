@@ -22,21 +22,41 @@ def test_defaults_from_empty_environment() -> None:
 
 def test_every_variable_is_read() -> None:
     env = {
-        "LABEL_STUDIO_URL": "http://ls:8080", "LABEL_STUDIO_API_KEY": "k", "MODEL_DIR": "/tmp/m",
-        "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "REDIS_URL": "redis://r:6379/1", "WORKERS": "3",
-        "THREADS": "4", "LOG_LEVEL": "debug", "PORT": "9191", "HOST": "127.0.0.1",
+        "LABEL_STUDIO_URL": "http://ls:8080",
+        "LABEL_STUDIO_API_KEY": "k",
+        "MODEL_DIR": "/tmp/m",
+        "BASIC_AUTH_USER": "u",
+        "BASIC_AUTH_PASS": "p",
+        "REDIS_URL": "redis://r:6379/1",
+        "WORKERS": "3",
+        "THREADS": "4",
+        "LOG_LEVEL": "debug",
+        "PORT": "9191",
+        "HOST": "127.0.0.1",
         "REID_AL_ENCODER": "mobilenetv2",
-        "REID_AL_ENCODER_CHECKPOINT": "/w.pt", "REID_AL_STRATEGY": "random", "REID_AL_BUDGET": "7",
-        "REID_AL_RETRAIN_EVERY": "5", "REID_AL_MAX_BODY_BYTES": "2048", "REID_AL_PREDICT_EMBED_MAX": "0",
-        "REID_AL_PREDICT_MAX_TASKS": "10", "REID_AL_IMAGE_ORIGINS": "https://img.example.org",
-        "REID_AL_IMAGE_MAX_BYTES": "4096", "REID_AL_IMAGE_FETCH_SECONDS": "2.5",
+        "REID_AL_ENCODER_CHECKPOINT": "/w.pt",
+        "REID_AL_STRATEGY": "random",
+        "REID_AL_BUDGET": "7",
+        "REID_AL_RETRAIN_EVERY": "5",
+        "REID_AL_MAX_BODY_BYTES": "2048",
+        "REID_AL_PREDICT_EMBED_MAX": "0",
+        "REID_AL_PREDICT_MAX_TASKS": "10",
+        "REID_AL_IMAGE_ORIGINS": "https://img.example.org",
+        "REID_AL_IMAGE_MAX_BYTES": "4096",
+        "REID_AL_IMAGE_FETCH_SECONDS": "2.5",
         "REID_AL_EXTRA_JOBS": "a.b, c.d",
-        "REID_AL_PREDICT_EMBED_SECONDS": "1.5", "REID_AL_DOCUMENT_ROOT": "/data", "REID_AL_QUEUE": "q",
-        "REID_AL_JOB_TIMEOUT": "60", "REID_AL_TORCH_THREADS": "1",
+        "REID_AL_PREDICT_EMBED_SECONDS": "1.5",
+        "REID_AL_DOCUMENT_ROOT": "/data",
+        "REID_AL_QUEUE": "q",
+        "REID_AL_JOB_TIMEOUT": "60",
+        "REID_AL_TORCH_THREADS": "1",
     }
     s = Settings.from_env(env)
-    assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == ("http://ls:8080", "k",
-                                                                         Path("/tmp/m"))
+    assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == (
+        "http://ls:8080",
+        "k",
+        Path("/tmp/m"),
+    )
     assert (s.basic_auth_user, s.basic_auth_pass, s.auth_enabled) == ("u", "p", True)
     assert (s.redis_url, s.embedded_redis) == ("redis://r:6379/1", False)
     assert (s.workers, s.threads, s.log_level, s.port, s.host) == (3, 4, "DEBUG", 9191, "127.0.0.1")
@@ -45,7 +65,10 @@ def test_every_variable_is_read() -> None:
     assert (s.predict_embed_seconds, s.document_root, s.queue_name, s.job_timeout) == (1.5, "/data", "q", 60)
     assert s.torch_threads == 1 and s.predict_max_tasks == 10
     assert (s.image_origin_list, s.image_max_bytes, s.image_fetch_seconds) == (
-        ("https://img.example.org:443",), 4096, 2.5)
+        ("https://img.example.org:443",),
+        4096,
+        2.5,
+    )
     assert s.extra_job_names == ("a.b", "c.d")
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
@@ -97,8 +120,12 @@ def test_secrets_stay_out_of_repr_and_messages() -> None:
     """A logged Settings or a bad REDIS_URL message shows no password or token."""
     from ml_backend.settings import redact_url
 
-    s = Settings(basic_auth_user="u", basic_auth_pass="PW-1", label_studio_api_key="KEY-2",
-                 redis_url="redis://:RPW-3@host:6379/0")
+    s = Settings(
+        basic_auth_user="u",
+        basic_auth_pass="PW-1",
+        label_studio_api_key="KEY-2",
+        redis_url="redis://:RPW-3@host:6379/0",
+    )
     for secret in ("PW-1", "KEY-2", "RPW-3"):
         assert secret not in repr(s) and secret not in str(s)
     assert redact_url("redis://:RPW-3@host:6379/0") == "redis://:***@host:6379/0"
