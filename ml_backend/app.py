@@ -188,11 +188,32 @@ def create_app(
         """Every 4xx is logged and counted (by route and status, never by anything the client chose)."""
         method = request.method if request.method in _METHODS else "OTHER"
         route = f"{method} {request.url_rule.rule if request.url_rule is not None else 'unmatched'}"
-        log.warning("rejected %s: %d %s", route, status, message)
+        project = _registered_project_of_body() if route == "POST /webhook" else None
+        about = f" (project {project})" if project is not None else ""
+        log.warning("rejected %s%s: %d %s", route, about, status, message)
         try:
             incr_global(redis, f"rejected:{route}:{status}")
+            if project is not None:
+                # An event about a known project that is not recorded must show on that project: a
+                # webhook without the Authorization header loses every answer otherwise unnoticed.
+                ProjectState(redis, project).incr(f"webhook_rejected:{status}")
         except redis_lib.exceptions.RedisError as exc:  # the answer still goes out
             log.error("cannot count a rejected request: %s", exc)
+
+    def _registered_project_of_body() -> str | None:
+        """The registered project a rejected request's JSON body names, if any.
+
+        Read leniently (the body may be why it was rejected); a project with no state is not named, so a
+        client cannot register ids or create counters by sending events that fail."""
+        try:
+            body = parse_json_body(request.get_data(cache=True))
+            project = project_id_of(body.get("project"))
+        except (InputError, HTTPException):
+            return None
+        try:
+            return project if ProjectState(redis, project).exists() else None
+        except redis_lib.exceptions.RedisError:
+            return None
 
     @app.errorhandler(InputError)
     def _input_error(exc: InputError) -> tuple[Response, int]:

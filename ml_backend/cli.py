@@ -1,4 +1,4 @@
-"""`reid-al`: serve | worker | ingest | sync | status | simulate | finetune.
+"""`reid-al`: serve | worker | connect | ingest | sync | status | simulate | finetune.
 
 Why `serve` starts three processes: with no REDIS_URL the backend must work from one command, with
 the same topology as production: a real redis-server (embedded, data under MODEL_DIR/redis), one RQ
@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ml_backend.errors import ConnectError, LabelStudioError
 from ml_backend.settings import Settings, SettingsError, settings_help_text
 
 log = logging.getLogger("reid_al")
@@ -73,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--project", required=True, help="Label Studio project id")
     ingest.add_argument("--no-embed", action="store_true", help="register the pool without embedding it")
     ingest.add_argument("--no-push", action="store_true", help="do not create initial tasks in Label Studio")
+
+    connect = sub.add_parser(
+        "connect",
+        help="connect a Label Studio project to this backend: the ML backend (with basic auth when set) "
+        "and its webhook (with the Authorization header); running it again changes nothing",
+    )
+    connect.add_argument("--project", required=True, help="Label Studio project id")
+    connect.add_argument(
+        "--url",
+        help="the backend's URL as Label Studio reaches it (default REID_AL_BACKEND_URL, else "
+        "http://localhost:PORT)",
+    )
+    connect.add_argument("--json", action="store_true", help="print JSON")
 
     sync = sub.add_parser("sync", help="rebuild constraints from Label Studio's annotations")
     sync.add_argument("--project", required=True, help="Label Studio project id")
@@ -271,7 +285,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- ingest / sync ---------------------------------------------------------------------------------------
+# --- connect / ingest / sync -----------------------------------------------------------------------------
+def _label_studio_client(settings: Settings, command: str) -> Any:
+    from ml_backend.labelstudio import LabelStudioClient
+
+    if not settings.label_studio_api_key:
+        raise SettingsError(
+            "LABEL_STUDIO_API_KEY", f"not set: `reid-al {command}` needs Label Studio's API token"
+        )
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from ml_backend.connect import connect_project
+
+    settings = _settings()
+    client = _label_studio_client(settings, "connect")
+    auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
+    report = connect_project(client, args.project, args.url or settings.connect_url, auth=auth)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
+    return 0 if report.connected else 1
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ml_backend.ingest import ingest
 
@@ -474,6 +509,36 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 # --- status ----------------------------------------------------------------------------------------------
+def _project_problem_lines(p: dict[str, Any]) -> list[str]:
+    """What `reid-al status` says about pushes that fell short, refused events and unreadable images."""
+    lines = []
+    push = p.get("last_push")
+    if push:
+        budget = push.get("budget")
+        head = f"  pushed {push['pushed']}" + (f" of {budget} pairs (REID_AL_BUDGET)" if budget else " pairs")
+        reasons = push.get("reasons") or []
+        lines.append(head + (": " + "; ".join(reasons) if reasons and push.get("shortfall") else ""))
+    rejected = p.get("webhook_rejected") or {}
+    if rejected:
+        parts = [
+            f"{n} unauthorised (401: the webhook lacks the Authorization header; run `reid-al connect`)"
+            if code == "401"
+            else f"{n} refused ({code})"
+            for code, n in sorted(rejected.items())
+        ]
+        lines.append("  webhook events not recorded: " + ", ".join(parts))
+    unreadable = p.get("unreadable_images") or {}
+    if unreadable.get("count"):
+        shown = ", ".join(f"{u['id']} ({u['reason']})" for u in unreadable["examples"])
+        more = unreadable["count"] - len(unreadable["examples"])
+        lines.append(
+            f"  {unreadable['count']} unreadable image(s) left out of the pool: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + f" (listed in {unreadable['file']}; ingest again once fixed)"
+        )
+    return lines
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for `reid-al status`."""
     from ml_backend.supervise import status_lines
@@ -492,7 +557,11 @@ def format_status(status: dict[str, Any]) -> str:
             f"cycle {cycle.get('status', 'never run')}"
             + (f" (job {p['active_job']}, {p['active_job_status']})" if p.get("active_job") else "")
             + ("; rerun requested" if p.get("rerun_requested") else "")
-            + f"; {p['pending_constraints']} constraint change(s) since the last cycle"
+        )
+        every = p.get("retrain_every")
+        lines.append(
+            f"  answers pending until the next cycle: {p['pending_constraints']}"
+            + (f" (a cycle starts at {every}, REID_AL_RETRAIN_EVERY, or on Start training)" if every else "")
         )
         if p.get("conflicts"):
             lines.append(
@@ -517,6 +586,7 @@ def format_status(status: dict[str, Any]) -> str:
                     f"  model served: {last['served']}"
                     + (f" ({gate['reason']})" if gate.get("reason") else "")
                 )
+        lines += _project_problem_lines(p)
     counters = status.get("unregistered") or {}
     rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
     if rejected:
@@ -571,6 +641,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve,
     "worker": cmd_worker,
+    "connect": cmd_connect,
     "ingest": cmd_ingest,
     "sync": cmd_sync,
     "status": cmd_status,
@@ -596,6 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"reid-al {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (ConnectError, LabelStudioError) as exc:
+        print(f"reid-al {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ nobody parses a message to find the field again.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "LabelStudioConnectionError", "LabelStudioError", "SettingsError"]
+__all__ = ["ConnectError", "InputError", "LabelStudioConnectionError", "LabelStudioError", "SettingsError"]
 
 _BODY_PREVIEW = 500
 
@@ -53,3 +53,7 @@ class LabelStudioError(RuntimeError):
 
 class LabelStudioConnectionError(LabelStudioError):
     """Label Studio could not be reached (after retries)."""
+
+
+class ConnectError(RuntimeError):
+    """Connecting a project to the backend failed; the message names the step and Label Studio's answer."""

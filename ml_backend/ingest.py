@@ -21,7 +21,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml_backend.pool import LOCAL_FILES_PREFIX, Pool, PoolItem, local_files_url, read_source
+from ml_backend.pool import (
+    IMAGE_EXTENSIONS,
+    LOCAL_FILES_PREFIX,
+    Pool,
+    PoolItem,
+    UnreadableImages,
+    local_files_url,
+    read_source,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -30,6 +38,8 @@ if TYPE_CHECKING:
     from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SKIPPED_SHOWN = 100  # skipped files named in the report (the count is always complete)
 
 
 @dataclass
@@ -46,6 +56,10 @@ class IngestReport:
     embedded: int = 0
     already_embedded: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    n_unreadable: int = 0
+    n_skipped: int = 0
+    skipped: list[str] = field(default_factory=list)
+    connect: dict[str, Any] | None = None
     embed_seconds: float = 0.0
     images_per_second: float = 0.0
     storages: list[str] = field(default_factory=list)
@@ -83,7 +97,8 @@ def ingest(
     project_key = str(as_project_id(project))
     if create_tasks is not None:
         push = bool(create_tasks)
-    items = read_source(source)  # every error about the source is raised before anything is written
+    scanned = read_source(source)  # every error about the source is raised before anything is written
+    items = scanned.items
     if push and client is None and settings.label_studio_api_key:
         from ml_backend.labelstudio import LabelStudioClient
 
@@ -104,8 +119,55 @@ def ingest(
         n_new=n_new,
         n_pool=len(pool),
         n_without_url=n_without_url,
+        n_skipped=len(scanned.skipped),
+        skipped=scanned.skipped[:SKIPPED_SHOWN],
     )
-    log.info("project %s: pool %s holds %d images (%d new)", project_key, pool_path, len(pool), n_new)
+    try:
+        _fill(
+            report,
+            pool,
+            settings,
+            client,
+            embed=embed,
+            push=push,
+            redis=redis,
+            progress=progress,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            label_studio_document_root=label_studio_document_root,
+        )
+    finally:  # said whatever happened, on the --no-push path too
+        for warning in report.warnings:
+            log.warning("project %s: %s", project_key, warning)
+    return report
+
+
+def _fill(
+    report: IngestReport,
+    pool: Pool,
+    settings: Settings,
+    client: LabelStudioClient | None,
+    *,
+    embed: bool,
+    push: bool,
+    redis: Redis | None,
+    progress: bool,
+    batch_size: int | None,
+    num_workers: int | None,
+    label_studio_document_root: str | os.PathLike[str] | None,
+) -> None:
+    """Everything after the pool file is written; adds to ``report`` as it goes."""
+    project_key, n_without_url = report.project, report.n_without_url
+    if report.n_skipped:
+        shown = ", ".join(report.skipped[:10])
+        more = f" (+{report.n_skipped - 10} more)" if report.n_skipped > 10 else ""
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        report.warnings.append(
+            f"{report.n_skipped} file(s) skipped, not images by extension ({extensions}): {shown}{more}"
+        )
+    log.info(
+        "project %s: pool %s holds %d images (%d new)", project_key, report.pool_path, len(pool), report.n_new
+    )
     if n_without_url:
         where = (
             f"outside REID_AL_DOCUMENT_ROOT={settings.document_root}"
@@ -129,10 +191,10 @@ def ingest(
         )
 
     if not push:
-        return report
+        return
     if client is None:
         report.warnings.append("LABEL_STUDIO_API_KEY is not set: nothing was pushed to Label Studio")
-        return report
+        return
     if settings.document_root:
         ls_root = Path(label_studio_document_root or settings.document_root)
         dirs, loose = storage_dirs(pool.items, settings.document_root)
@@ -144,13 +206,50 @@ def ingest(
                 f"{loose} image(s) lie directly in the document root; Label Studio only serves files from a "
                 "subfolder of LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: move them into a folder"
             )
+    report.connect = connect_if_not_connected(client, project_key, settings, report)
     if embed:
         report.cycle = first_cycle(settings, project_key, redis=redis)
     else:
         report.warnings.append("--no-embed: the first cycle runs once the pool is embedded")
-    for warning in report.warnings:
-        log.warning("project %s: %s", project_key, warning)
-    return report
+
+
+def connect_if_not_connected(
+    client: LabelStudioClient, project: str, settings: Settings, report: IngestReport
+) -> dict[str, Any]:
+    """`reid-al connect` for a project that has no ML backend yet; a project connected elsewhere is
+    left as it is (said in a warning). Failing to connect does not fail the ingest: the pool is
+    registered and embedded, and the warning says what failed and what to run."""
+    from ml_backend.connect import connect_project, connected_backends
+    from ml_backend.errors import ConnectError, LabelStudioError
+
+    url = settings.connect_url
+    try:
+        urls = connected_backends(client, project)
+    except LabelStudioError as exc:
+        report.warnings.append(f"could not list the project's ML backends: {exc}")
+        return {"action": "failed", "error": str(exc)}
+    if url in urls:
+        return {"action": "already connected", "url": url}
+    if urls:
+        report.warnings.append(
+            f"project {project} is connected to {', '.join(urls)}, not to {url} (REID_AL_BACKEND_URL): "
+            f"run `reid-al connect --project {project}` if this backend should serve it"
+        )
+        return {"action": "connected elsewhere", "urls": urls}
+    auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
+    try:
+        connected = connect_project(client, project, url, auth=auth)
+    except (ConnectError, ValueError) as exc:
+        report.warnings.append(
+            f"not connected to Label Studio: {exc}; with `reid-al serve` running, run "
+            f"`reid-al connect --project {project}`"
+        )
+        return {"action": "failed", "error": str(exc)}
+    for line in connected.lines():
+        log.info("%s", line)
+    if not connected.connected:
+        report.warnings.append(f"project {project}: Label Studio reports the backend {connected.state}")
+    return {"action": "connected", **connected.to_dict()}
 
 
 def attach_urls(pool: Pool, document_root: str | os.PathLike[str] | None) -> tuple[Pool, int]:
@@ -203,9 +302,12 @@ def _embed(
     from trainer.store import EmbeddingStore
 
     store = EmbeddingStore(settings.features_dir(project))
+    unreadable = UnreadableImages(settings.model_dir, project)
+    # Images found unreadable before are tried again: ingesting is when a fixed file comes back.
     missing = set(store.missing(item.id for item in pool.items))
     report.already_embedded = len(pool) - len(missing)
     if not missing:
+        report.n_unreadable = len(unreadable.ids())
         return
     from trainer.encoders import encoder_from_spec
     from trainer.extraction import extract_embeddings
@@ -220,8 +322,17 @@ def _embed(
     report.failures = [(str(i), str(why)) for i, why in result.failures]
     report.embed_seconds = round(result.seconds, 3)
     report.images_per_second = round(result.images_per_second, 2)
-    if result.failures:
-        report.warnings.append(f"{len(result.failures)} image(s) could not be embedded (see failures)")
+    failed = {i for i, _ in report.failures}
+    unreadable.forget(i for i in missing if i not in failed)
+    unreadable.record((i, pool.item(i).path, why) for i, why in report.failures)
+    report.n_unreadable = len(unreadable.ids())
+    if report.failures:
+        shown = "; ".join(f"{i}: {why}" for i, why in report.failures[:10])
+        more = f" (+{len(report.failures) - 10} more)" if len(report.failures) > 10 else ""
+        report.warnings.append(
+            f"{len(report.failures)} image(s) unreadable, left out of the pool until the next ingest "
+            f"(listed in {unreadable.path}): {shown}{more}"
+        )
 
 
 def _check_project_exists(client: LabelStudioClient, pid: int, url: str) -> None:

@@ -76,14 +76,19 @@ def _side_info(pool: Pool | None, ids: list[str], attr: str) -> np.ndarray | Non
 
 
 def load_project_data(settings: Settings, project: str, *, embed_missing: bool = True) -> ProjectData:
-    """The store's features; pool images not embedded yet are embedded first (resumable)."""
-    from ml_backend.pool import Pool
+    """The store's features; pool images not embedded yet are embedded first (resumable).
+
+    An image that cannot be read is recorded as unreadable and left out of later cycles (an ingest
+    retries it): retrying it every cycle would reload the encoder and fail the same way each time."""
+    from ml_backend.pool import Pool, UnreadableImages
     from trainer.store import EmbeddingStore
 
     store = EmbeddingStore(settings.features_dir(project))
     pool = Pool.load(settings.model_dir, project) if Pool.exists(settings.model_dir, project) else None
     if pool is not None and embed_missing:
-        missing = store.missing(item.id for item in pool.items)
+        unreadable = UnreadableImages(settings.model_dir, project)
+        known_bad = unreadable.ids()
+        missing = [i for i in store.missing(item.id for item in pool.items) if i not in known_bad]
         if missing:
             from trainer.encoders import encoder_from_spec
             from trainer.extraction import extract_embeddings
@@ -93,6 +98,16 @@ def load_project_data(settings: Settings, project: str, *, embed_missing: bool =
             items = [(item.id, item.path) for item in pool.items if item.id in wanted]
             report = extract_embeddings(encoder, items, store, progress=False)
             log.info("project %s: embedded %d images (%d failed)", project, report.n_done, report.n_failed)
+            if report.failures:
+                unreadable.record((i, pool.item(i).path, why) for i, why in report.failures)
+                log.warning(
+                    "project %s: %d image(s) unreadable, left out of the pool until the next ingest "
+                    "(listed in %s): %s",
+                    project,
+                    report.n_failed,
+                    unreadable.path,
+                    "; ".join(f"{i}: {why}" for i, why in report.failures[:10]),
+                )
             store.refresh()
     ids = store.ids()
     features = np.asarray(store.features(), dtype=np.float32)
@@ -175,8 +190,12 @@ def run_project_cycle(
         "n_constraints": len(graph),
         "unmapped_annotations": unmapped,
         "contradictions": len(graph_now.contradictions()),
+        "strategy": settings.strategy,
+        "budget": settings.budget,
         "proposals": len(result.proposals),
         "shortfall": int(getattr(result, "shortfall", 0) or 0),
+        "sampler_exhausted": bool(result.metrics.get("exhausted")),
+        "sampler_pools": {str(k): int(v) for k, v in dict(getattr(result, "pool_sizes", {}) or {}).items()},
         "served": result.metrics.get("served"),
         "gate": None if result.gate is None else result.gate.to_dict(),
         "identities": result.identities.summary(),

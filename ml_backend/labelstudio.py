@@ -11,7 +11,6 @@ Errors carry the HTTP status and the start of the response body so a failing pus
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -373,47 +372,23 @@ class LabelStudioClient:
     def list_ml_backends(self, pid: int | str) -> list[dict[str, Any]]:
         return self._json("GET", "/api/ml", params={"project": as_project_id(pid)})
 
-    def connect_ml_backend(
-        self,
-        pid: int | str,
-        url: str,
-        title: str,
-        *,
-        basic_auth_user: str | None = None,
-        basic_auth_pass: str | None = None,
-        is_interactive: bool = False,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Connect the backend at ``url`` to the project (idempotent by URL); returns the ML backend.
+    def get_ml_backend(self, ml_backend_id: int) -> dict[str, Any]:
+        """One ML backend; Label Studio checks its ``/health`` first, so ``readable_state`` is current."""
+        return self._json("GET", f"/api/ml/{_int_id(ml_backend_id, 'ml_backend_id')}")
 
-        Label Studio checks ``/health`` and calls ``/setup`` while connecting, and creates a webhook to
-        ``<url>/webhook``. That webhook carries no credentials by default, so with basic auth we add
-        the ``Authorization`` header to it: otherwise every annotation event would get a 401.
-        """
-        project = as_project_id(pid)
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"url must be the backend's http(s) URL, got {url!r}")
-        if (basic_auth_user is None) != (basic_auth_pass is None):
-            raise ValueError("basic_auth_user and basic_auth_pass must be given together")
-        base = url.rstrip("/")
-        fields: dict[str, Any] = {"url": base, "title": title, "is_interactive": bool(is_interactive)}
-        if timeout is not None:
-            fields["timeout"] = float(timeout)
-        if basic_auth_user is not None:
-            fields.update(
-                auth_method="BASIC_AUTH", basic_auth_user=basic_auth_user, basic_auth_pass=basic_auth_pass
-            )
-        existing = [m for m in self.list_ml_backends(project) if str(m.get("url", "")).rstrip("/") == base]
-        if existing:
-            backend = self._json(
-                "PATCH", f"/api/ml/{int(existing[0]['id'])}", json={"project": project, **fields}
-            )
-        else:
-            backend = self._json("POST", "/api/ml", json={"project": project, **fields})
-        if basic_auth_user is not None:
-            token = base64.b64encode(f"{basic_auth_user}:{basic_auth_pass}".encode()).decode("ascii")
-            self.set_webhook_headers(project, f"{base}/webhook", {"Authorization": f"Basic {token}"})
-        return backend
+    def create_ml_backend(self, pid: int | str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Connect an ML backend. Label Studio calls its ``/health`` and ``/setup`` (with the basic-auth
+        credentials in ``fields``) and answers 400 naming what failed; on success it also creates a
+        webhook to ``<url>/webhook``, without credentials, unless one to that URL exists."""
+        body = {"project": as_project_id(pid), **_ml_backend_fields(fields)}
+        return self._json("POST", "/api/ml", json=body)
+
+    def update_ml_backend(
+        self, ml_backend_id: int, pid: int | str, fields: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Change an ML backend; Label Studio checks ``/health`` and ``/setup`` again."""
+        body = {"project": as_project_id(pid), **_ml_backend_fields(fields)}
+        return self._json("PATCH", f"/api/ml/{_int_id(ml_backend_id, 'ml_backend_id')}", json=body)
 
     def train(self, ml_backend_id: int) -> None:
         """The UI's "Start training": Label Studio sends START_TRAINING to the backend's /webhook."""
@@ -422,16 +397,26 @@ class LabelStudioClient:
     def list_webhooks(self, pid: int | str) -> list[dict[str, Any]]:
         return self._json("GET", "/api/webhooks", params={"project": as_project_id(pid)})
 
-    def set_webhook_headers(self, pid: int | str, webhook_url: str, headers: Mapping[str, str]) -> int:
-        """Set extra headers on the project's webhooks that post to ``webhook_url``; returns how many."""
-        target = webhook_url.rstrip("/")
-        n = 0
-        for hook in self.list_webhooks(pid):
-            if str(hook.get("url", "")).rstrip("/") == target:
-                merged = {**(hook.get("headers") or {}), **headers}
-                self._json("PATCH", f"/api/webhooks/{int(hook['id'])}", json={"headers": merged})
-                n += 1
-        return n
+    def create_webhook(
+        self, pid: int | str, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A webhook for every action, with payloads (what Label Studio creates for an ML backend)."""
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"url must be an http(s) URL, got {url!r}")
+        body = {
+            "project": as_project_id(pid),
+            "url": url,
+            "send_payload": True,
+            "send_for_all_actions": True,
+            "is_active": True,
+            "headers": dict(headers or {}),
+        }
+        return self._json("POST", "/api/webhooks", json=body)
+
+    def update_webhook(self, webhook_id: int, **fields: Any) -> dict[str, Any]:
+        if not fields:
+            raise ValueError("update_webhook needs at least one field to change, e.g. headers={...}")
+        return self._json("PATCH", f"/api/webhooks/{_int_id(webhook_id, 'webhook_id')}", json=fields)
 
     def list_local_storages(self, pid: int | str) -> list[dict[str, Any]]:
         return self._json("GET", "/api/storages/localfiles", params={"project": as_project_id(pid)})
@@ -456,6 +441,26 @@ class LabelStudioClient:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+ML_BACKEND_FIELDS = frozenset(
+    {"url", "title", "auth_method", "basic_auth_user", "basic_auth_pass", "is_interactive", "timeout"}
+)
+
+
+def _ml_backend_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an ML backend we set, checked before any request."""
+    unknown = sorted(set(fields) - ML_BACKEND_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown ML backend field(s) {unknown}; known: {sorted(ML_BACKEND_FIELDS)}")
+    url = fields.get("url")
+    if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
+        raise ValueError(f"url must be the backend's http(s) URL, got {url!r}")
+    if fields.get("auth_method") == "BASIC_AUTH" and not (
+        fields.get("basic_auth_user") and fields.get("basic_auth_pass")
+    ):
+        raise ValueError("auth_method BASIC_AUTH needs basic_auth_user and basic_auth_pass")
+    return dict(fields)
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 POOL_FILENAME = "pool.jsonl"
+UNREADABLE_FILENAME = "unreadable.jsonl"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Label Studio serves the files under its LOCAL_FILES_DOCUMENT_ROOT at /data/local-files/?d=<relative path>
 LOCAL_FILES_PATH = "/data/local-files/"
@@ -230,14 +231,93 @@ class Pool:
         return path
 
 
+class UnreadableImages:
+    """Pool images that could not be read or decoded, with the reason: out of the pool until an ingest
+    retries them.
+
+    Why a list beside ``pool.jsonl`` and not a rewrite of it: the pool file only ever grows (an ingest
+    and a cycle may write at the same time, and store rows follow it), while an image that fails stays
+    out of every cycle, which otherwise retries it each time (reloading the encoder) and fails the same
+    way. Ingesting the source again retries them: the file may have been fixed meanwhile."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], project: str | int) -> None:
+        self.path = Path(model_dir) / _check_project(project) / UNREADABLE_FILENAME
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """``{image id: {"id", "path", "reason", "at"}}``; a damaged line is skipped, not fatal."""
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                out[record["id"]] = record
+        return out
+
+    def ids(self) -> set[str]:
+        return set(self.load())
+
+    def record(self, failures: Iterable[tuple[str, str, str]]) -> list[str]:
+        """Add ``(image id, path, reason)`` entries (a known id gets the new reason); returns the ids."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        new = {i: {"id": i, "path": p, "reason": r, "at": now} for i, p, r in failures}
+        if new:
+            self._update(lambda records: {**records, **new})
+        return list(new)
+
+    def forget(self, image_ids: Iterable[str]) -> None:
+        """Take ids off the list (they were read after all)."""
+        gone = set(image_ids)
+        if gone and self.path.exists():
+            self._update(lambda records: {k: v for k, v in records.items() if k not in gone})
+
+    def _update(self, change: Any) -> None:
+        """Read, change and write the list under a lock: an ingest and a worker may both record."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{UNREADABLE_FILENAME}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = change(self.load())
+            fd, tmp = tempfile.mkstemp(prefix=".unreadable-", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    for record in records.values():
+                        fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+
 # -- sources -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Source:
+    """What a source holds: its images, and the files of a scanned folder that are not images (by
+    extension; hidden files aside), as paths relative to the folder, so ingest can say what it left."""
+
+    items: list[PoolItem]
+    skipped: list[str]
+
+
 def scan_folder(root: str | os.PathLike[str]) -> list[PoolItem]:
+    """Every image under ``root``: see :func:`walk_folder`."""
+    return walk_folder(root).items
+
+
+def walk_folder(root: str | os.PathLike[str]) -> Source:
     """Every image under ``root`` (recursively, sorted); the parent folder, if any, is the identity.
 
-    Layout ``<root>/<identity>/<image>`` or flat ``<root>/<image>``; hidden files/folders are skipped.
-    Ids are the posix paths relative to ``root`` (stable across machines and re-ingests).
+    Layout ``<root>/<identity>/<image>`` or flat ``<root>/<image>``; hidden files/folders are ignored,
+    other files that are not images are listed in ``skipped``. Ids are the posix paths relative to
+    ``root`` (stable across machines and re-ingests).
     """
     base = Path(root)
     if not base.exists():
@@ -246,11 +326,16 @@ def scan_folder(root: str | os.PathLike[str]) -> list[PoolItem]:
         raise NotADirectoryError(f"root {str(base)!r} is not a directory")
     base = base.resolve()
     found: list[Path] = []
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(Path(dirpath) / name)
+            else:
+                skipped.append((Path(dirpath) / name).relative_to(base).as_posix())
     if not found:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"root {str(base)!r} holds no images (extensions: {exts})")
@@ -259,7 +344,7 @@ def scan_folder(root: str | os.PathLike[str]) -> list[PoolItem]:
         rel = path.relative_to(base)
         identity = rel.parent.as_posix() if rel.parent != Path(".") else None
         items.append(PoolItem(id=rel.as_posix(), path=str(path), identity=identity))
-    return items
+    return Source(items, sorted(skipped))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[PoolItem]:
@@ -332,13 +417,13 @@ def read_manifest(path: str | os.PathLike[str]) -> list[PoolItem]:
     return items
 
 
-def read_source(source: str | os.PathLike[str]) -> list[PoolItem]:
-    """A folder is scanned, a file is read as a manifest."""
+def read_source(source: str | os.PathLike[str]) -> Source:
+    """A folder is scanned, a file is read as a manifest (which names images only: nothing skipped)."""
     src = Path(source)
     if src.is_dir():
-        return scan_folder(src)
+        return walk_folder(src)
     if src.is_file():
-        return read_manifest(src)
+        return Source(read_manifest(src), [])
     raise FileNotFoundError(f"source {str(src)!r} is neither a folder of images nor a manifest file")
 
 

@@ -103,6 +103,12 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         "counter",
         "Requests answered 4xx (bad input, auth, unknown project), by route and status",
     )
+    webhook_rejected = MetricFamily(
+        "reid_al_webhook_rejected_total",
+        "counter",
+        "Webhook events about a project that were refused and not recorded, by status (401: the webhook "
+        "lacks the Authorization header that `reid-al connect` sets; 4xx: bad input)",
+    )
     unregistered = MetricFamily(
         "reid_al_unregistered_calls_total",
         "counter",
@@ -124,6 +130,8 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         for key, value in sorted(counters.items()):
             if key.startswith("events:"):
                 events.add(value, project=project, event=key.split(":", 1)[1])
+            elif key.startswith("webhook_rejected:"):
+                webhook_rejected.add(value, project=project, status=key.split(":", 1)[1])
         for answer, count in state.annotations.counts().items():
             constraints.add(count, project=project, answer=answer)
         asked.add(counters.get("pairs_asked", 0), project=project)
@@ -159,6 +167,7 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         running,
         depth,
         rejected,
+        webhook_rejected,
         unregistered,
     ]
 

@@ -23,12 +23,16 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from ml_backend.pool import UnreadableImages
 from ml_backend.settings import Settings
 from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, global_counters, list_projects
 from ml_backend.state.base import as_text
+from ml_backend.state.cycles import push_outcome
 from ml_backend.state.pending import cycle_alive_key
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from redis import Redis
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ LOCK_TTL = 60  # seconds a cycle lock outlives its holder's last heartbeat
 CLAIM_GRACE = 30.0  # seconds between claiming a cycle and enqueueing its RQ job, at most
 ALIVE_TTL = 15  # seconds a cycle job's "alive" key outlives its last beat (it beats every ALIVE_TTL / 3)
 JOB_PREFIX = "cycle-"  # every cycle job id (and lock token) starts with it
+UNREADABLE_SHOWN = 5  # unreadable images /status names per project (the count is complete)
 DEAD_CHECK_S = 5.0  # a cycle request checks whether the claimed job died at most this often per project
 
 
@@ -159,6 +164,8 @@ class CycleQueue:
         job_timeout: int = Settings.job_timeout,
         lock_ttl: int = LOCK_TTL,
         dead_check_interval: float = DEAD_CHECK_S,
+        model_dir: Path | None = None,
+        retrain_every: int | None = None,
     ) -> None:
         if not queue_name:
             raise ValueError("queue_name must not be empty")
@@ -178,12 +185,20 @@ class CycleQueue:
         self._extend = redis.register_script(_EXTEND_LUA)
         self._steal = redis.register_script(_STEAL_LUA)
         self.dead_check_interval = dead_check_interval
+        self.model_dir = model_dir  # where status reads each project's unreadable images
+        self.retrain_every = retrain_every  # shown by status beside the pending answers
         self._dead_checked: dict[str, float] = {}
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings) -> CycleQueue:
         """The queue REID_AL_QUEUE names, with REID_AL_JOB_TIMEOUT."""
-        return cls(redis, queue_name=settings.queue_name, job_timeout=settings.job_timeout)
+        return cls(
+            redis,
+            queue_name=settings.queue_name,
+            job_timeout=settings.job_timeout,
+            model_dir=settings.model_dir,
+            retrain_every=settings.retrain_every,
+        )
 
     # --- keys ----------------------------------------------------------------------------------------
     @staticmethod
@@ -465,6 +480,8 @@ class CycleQueue:
                     # Said as it is until a worker re-queues it (at its start or its next maintenance).
                     cycle["status"] = "interrupted"
         cycles = state.cycles.history()
+        finished = next((c for c in cycles if c.get("status") == "finished"), None)
+        counters = state.counters()
         return {
             "project": state.project,
             "active_job": active,
@@ -472,13 +489,30 @@ class CycleQueue:
             "running": bool(self.redis.exists(running_key)),
             "rerun_requested": bool(self.redis.exists(rerun_key)),
             "pending_constraints": state.pending.count(),
+            "retrain_every": self.retrain_every,
             "conflicts": state.annotations.conflicts(),
             "current_version": state.cycles.current_version(),
             "cycle": cycle,
             "last_cycle": cycles[0] if cycles else None,
             "n_cycles": len(cycles),
+            "last_push": push_outcome(finished),
+            "webhook_rejected": {
+                k.split(":", 1)[1]: v
+                for k, v in sorted(counters.items())
+                if k.startswith("webhook_rejected:")
+            },
+            "unreadable_images": self._unreadable(state.project),
             "queue_depth": self.depth(),
         }
+
+    def _unreadable(self, project: str) -> dict[str, Any] | None:
+        """Pool images left out as unreadable (None without MODEL_DIR: nothing to read them from)."""
+        if self.model_dir is None:
+            return None
+        records = UnreadableImages(self.model_dir, project)
+        found = records.load()
+        shown = [{"id": r["id"], "reason": r.get("reason")} for r in list(found.values())[:UNREADABLE_SHOWN]]
+        return {"count": len(found), "examples": shown, "file": str(records.path)}
 
     def status_all(self) -> dict[str, Any]:
         """Every project's status, plus the counters that belong to no project (rejected requests,

@@ -130,6 +130,13 @@ class Settings:
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     port: int = _setting("PORT", 9090, "HTTP port of the backend", low=1, high=65535)
     host: str = _setting("HOST", "0.0.0.0", "HTTP bind address of the backend")
+    backend_url: str = _setting(
+        "REID_AL_BACKEND_URL",
+        "",
+        "URL at which Label Studio reaches this backend (what `reid-al connect` registers); "
+        "empty = http://localhost:PORT",
+        empty_ok=True,
+    )
     encoder: str = _setting(
         "REID_AL_ENCODER",
         DEFAULT_ENCODER_SPEC,
@@ -223,6 +230,14 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             shown = redact_url(self.redis_url)
             raise SettingsError("REDIS_URL", f"must start with redis://, rediss:// or unix://, got {shown!r}")
+        if self.backend_url:
+            parts = urlsplit(self.backend_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                raise SettingsError(
+                    "REID_AL_BACKEND_URL",
+                    f"must be an http(s) URL such as http://reid-al:9090, got "
+                    f"{redact_url(self.backend_url)!r}",
+                )
         if not self.queue_name:
             raise SettingsError("REID_AL_QUEUE", "must not be empty")
 
@@ -239,6 +254,11 @@ class Settings:
                 )
             out.append(origin)
         return tuple(out)
+
+    @property
+    def connect_url(self) -> str:
+        """The backend's URL as Label Studio reaches it: REID_AL_BACKEND_URL, else localhost on PORT."""
+        return (self.backend_url or f"http://localhost:{self.port}").rstrip("/")
 
     @property
     def extra_job_names(self) -> tuple[str, ...]:

@@ -68,11 +68,21 @@ def event(ann_id: int = 1, answer: str = "same") -> dict[str, Any]:
 
 
 def keys(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key but the global counters, where rejected requests are counted."""
+    """Every key but the counters of rejected requests (global, and a registered project's webhook ones)."""
     return {
-        k: (client.hgetall(k) if client.type(k) == b"hash" else client.type(k))
+        k: (
+            {f: v for f, v in client.hgetall(k).items() if not f.startswith(b"webhook_rejected:")}
+            if client.type(k) == b"hash"
+            else client.type(k)
+        )
         for k in client.keys("*")
         if k != GLOBAL_COUNTERS_KEY.encode()
+    }
+
+
+def rejected_on(client: redis.Redis, project: str) -> dict[str, int]:
+    return {
+        k: v for k, v in ProjectState(client, project).counters().items() if k.startswith("webhook_rejected:")
     }
 
 
@@ -214,6 +224,9 @@ def test_webhook_rejects_bad_requests_without_state_change(
     if field != "body":  # the human-readable message names the field too, not only the JSON key
         assert field in response.json["error"], response.json
     assert keys(redis_client) == before
+    # counted on the project the refused event names (project 3 is registered), else nowhere
+    names_project = "project" in kwargs.get("json", {})
+    assert rejected_on(redis_client, "3") == ({f"webhook_rejected:{status}": 1} if names_project else {})
 
 
 def test_oversized_body_named_in_error(http: FlaskClient) -> None:
@@ -268,3 +281,27 @@ def test_missing_redis_is_a_settings_error(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match="REDIS_URL"):
         create_app(Settings(model_dir=tmp_path))
+
+
+def test_unauthorised_webhook_is_counted_on_the_project_it_names(
+    http: FlaskClient, redis_client: redis.Redis
+) -> None:
+    http.post("/webhook", json=event(9), headers=AUTH)  # project 3 is registered by its first answer
+    state = ProjectState(redis_client, "3")
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ann:wrong").decode()}
+    assert http.post("/webhook", json=event(10)).status_code == 401  # no header: Label Studio's default
+    assert http.post("/webhook", json=event(11), headers=wrong).status_code == 401
+    assert state.annotations.get(10) is None and state.annotations.get(11) is None
+    assert state.counters()["webhook_rejected:401"] == 2
+    metrics = http.get("/metrics", headers=AUTH).data.decode()
+    assert 'reid_al_webhook_rejected_total{project="3",status="401"} 2' in metrics
+    assert http.get("/status?project=3", headers=AUTH).json["webhook_rejected"] == {"401": 2}
+    # an id nobody registered gets no state: counted globally, by route and status only
+    stranger = {**event(12), "project": {"id": 77}}
+    assert http.post("/webhook", json=stranger).status_code == 401
+    assert not ProjectState(redis_client, "77").exists() and not redis_client.keys("reid-al:77:*")
+    assert "webhook_rejected:401" not in ProjectState(redis_client, "77").counters()
+    assert redis_client.hget(GLOBAL_COUNTERS_KEY, "rejected:POST /webhook:401") == b"3"
+    # a body that names no project, or is no JSON at all, is counted globally as before
+    assert http.post("/webhook", data="{not json", content_type="application/json").status_code == 401
+    assert state.counters()["webhook_rejected:401"] == 2

@@ -16,8 +16,10 @@ import requests
 
 from ml_backend.cli import format_status, main
 from ml_backend.embedded import free_port
+from ml_backend.pool import UnreadableImages
 from ml_backend.settings import SETTINGS_HELP
 from ml_backend.state import ProjectState
+from ml_backend.state.cycles import push_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +29,7 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("serve", "worker", "ingest", "sync", "status", "simulate"):
+    for command in ("serve", "worker", "connect", "ingest", "sync", "status", "simulate"):
         assert command in out
     for variable, *_ in SETTINGS_HELP:
         assert variable in out
@@ -69,6 +71,106 @@ def test_status_prints_projects(
     assert main(["status", "--project", "12", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["projects"][0]["current_version"] == "v0001-20260101T0000"
+
+
+def test_status_shows_pushes_against_budget_refused_events_pending_answers_and_unreadable_images(
+    redis_client: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("REID_AL_RETRAIN_EVERY", "20")
+    state = ProjectState(redis_client, "14")
+    push = {"created": 4, "existing": 1, "implied_proposals": 1, "unservable": 2}
+    summary = {
+        "status": "finished",
+        "duration_s": 3.0,
+        "version": "v0002",
+        "strategy": "hybrid",
+        "budget": 10,
+        "proposals": 8,
+        "shortfall": 2,
+        "sampler_exhausted": False,
+        "sampler_pools": {"match": 5},
+        "push": push,
+    }
+    state.cycles.record(summary)
+    state.cycles.record({"status": "failed", "duration_s": 1.0, "error": "RuntimeError: boom"})  # newest
+    state.pending.add(3)
+    state.incr("webhook_rejected:401", 5)
+    state.incr("webhook_rejected:422")
+    UnreadableImages(tmp_path, "14").record([("id03/bad.png", "/x/id03/bad.png", "UnidentifiedImageError")])
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "answers pending until the next cycle: 3 (a cycle starts at 20" in out
+    # the last finished cycle's push, although the newest cycle failed; the reasons add up to 10 - 4
+    assert (
+        "pushed 4 of 10 pairs (REID_AL_BUDGET): 2 not proposed: hybrid proposed 8 pair(s) (candidates: "
+        "match 5); 1 implied by answers given while the cycle ran; 1 already open as tasks; 2 an image has "
+        "no URL Label Studio can show" in out
+    )
+    assert "webhook events not recorded: 5 unauthorised (401" in out and "1 refused (422)" in out
+    assert "1 unreadable image(s) left out of the pool: id03/bad.png (UnidentifiedImageError)" in out
+    assert main(["status", "--project", "14", "--json"]) == 0
+    project = json.loads(capsys.readouterr().out)["projects"][0]
+    assert project["last_push"] == {
+        "budget": 10,
+        "pushed": 4,
+        "shortfall": 6,
+        "reasons": project["last_push"]["reasons"],
+    }
+    assert len(project["last_push"]["reasons"]) == 4
+    assert project["webhook_rejected"] == {"401": 5, "422": 1}
+    assert project["unreadable_images"]["count"] == 1 and project["pending_constraints"] == 3
+
+
+def test_push_outcome_of_a_full_push_an_exhausted_pool_and_no_token() -> None:
+    full = {"status": "finished", "budget": 5, "proposals": 5, "shortfall": 0, "push": {"created": 5}}
+    assert push_outcome(full) == {"budget": 5, "pushed": 5, "shortfall": 0, "reasons": []}
+    exhausted = {
+        "status": "finished",
+        "budget": 5,
+        "proposals": 0,
+        "shortfall": 5,
+        "sampler_exhausted": True,
+        "push": {"created": 0},
+    }
+    assert push_outcome(exhausted)["reasons"] == [
+        "5 not proposed: the pool is exhausted: every pair is answered, implied or asked"
+    ]
+    no_token = {"status": "finished", "budget": 5, "push": None}
+    assert push_outcome(no_token)["reasons"] == ["nothing pushed: LABEL_STUDIO_API_KEY is not set"]
+    assert push_outcome({"status": "failed"}) is None and push_outcome(None) is None
+
+
+def test_connect_needs_the_label_studio_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    assert main(["connect", "--project", "3"]) == 2
+    assert "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+
+
+def test_connect_names_an_unreachable_label_studio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["connect", "--project", "3", "--url", "http://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert "reid-al connect: reading project 3 failed: Label Studio is not reachable" in err
+
+
+def test_connect_refuses_a_bad_backend_url_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    assert main(["connect", "--project", "3", "--url", "localhost:9090"]) == 2
+    assert "url: the backend's URL" in capsys.readouterr().err
 
 
 def test_status_without_redis_names_the_setting(

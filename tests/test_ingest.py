@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from PIL import Image
 from rq import Queue
 
 from ml_backend.ingest import attach_urls, ingest, running_redis, storage_dirs
+from ml_backend.jobs import load_project_data
 from ml_backend.labelstudio import LabelStudioClient
-from ml_backend.pool import Pool, PoolItem
+from ml_backend.pool import Pool, PoolItem, UnreadableImages
 from ml_backend.queue import SERIALIZER
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
@@ -71,8 +73,52 @@ def test_ingest_folder_embeds_once_and_appends_new_images(tmp_path: Path, settin
     second = ingest(images, 4, settings, push=False, progress=False, num_workers=0)
     assert (second.n_new, second.n_pool, second.embedded, second.already_embedded) == (4, 10, 3, 6)
     assert [i for i, _ in second.failures] == ["broken/x.png"]
-    assert any("could not be embedded" in w for w in second.warnings)
+    assert any(
+        "1 image(s) unreadable, left out of the pool" in w and "broken/x.png" in w for w in second.warnings
+    )
+    assert second.n_unreadable == 1 and list(UnreadableImages(settings.model_dir, "4").load()) == [
+        "broken/x.png"
+    ]
     assert Pool.load(settings.model_dir, "4").ids[:6] == pool.ids  # rows of earlier images never move
+
+
+@pytest.mark.slow  # loads the real mobilenetv2 encoder
+def test_skipped_files_are_listed_and_unreadable_images_leave_the_pool_until_fixed(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = tmp_path / "images"
+    make_images(images, 2, 2)
+    (images / "id00" / "notes.txt").write_text("not an image")
+    (images / "README").write_text("about this set")
+    (images / ".DS_Store").write_bytes(b"hidden: ignored")
+    (images / "id01" / "corrupt.png").write_bytes(b"\x89PNG but nothing after")
+    with caplog.at_level(logging.WARNING, logger="ml_backend.ingest"):
+        report = ingest(images, "6", settings, push=False, progress=False, num_workers=0)
+    assert (report.n_skipped, report.skipped) == (2, ["README", "id00/notes.txt"])
+    assert report.embedded == 4 and [i for i, _ in report.failures] == ["id01/corrupt.png"]
+    logged = caplog.text
+    assert "2 file(s) skipped, not images by extension" in logged and "id00/notes.txt" in logged
+    assert "id01/corrupt.png" in logged and "left out of the pool" in logged
+
+    # A cycle does not try it again (no encoder is even loaded): its embedding failed for good.
+    import trainer.encoders
+
+    def no_encoder(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a cycle retried an unreadable image")
+
+    monkeypatch.setattr(trainer.encoders, "encoder_from_spec", no_encoder)
+    data = load_project_data(settings, "6")
+    assert sorted(data.ids) == sorted(
+        i for i in Pool.load(settings.model_dir, "6").ids if i != "id01/corrupt.png"
+    )
+    monkeypatch.undo()
+
+    # Fixed and ingested again: embedded, and off the list.
+    make_images(images / "fixed", 1, 1)
+    (images / "fixed" / "id00" / "000.png").replace(images / "id01" / "corrupt.png")
+    again = ingest(images, "6", settings, push=False, progress=False, num_workers=0)
+    assert again.embedded == 1 and again.failures == [] and again.n_unreadable == 0
+    assert UnreadableImages(settings.model_dir, "6").load() == {}
 
 
 def test_ingest_manifest_without_embedding_or_push(tmp_path: Path, settings: Settings) -> None:

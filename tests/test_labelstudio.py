@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import socket
@@ -19,6 +18,7 @@ import requests
 from PIL import Image
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
+from ml_backend.connect import ConnectError, basic_auth_header, connect_project
 from ml_backend.labelstudio import LabelStudioClient, LabelStudioConnectionError, LabelStudioError
 from ml_backend.pool import local_files_url
 
@@ -130,7 +130,13 @@ def test_arguments_are_checked_before_any_request(scripted: tuple[str, type[_Scr
     with pytest.raises(ValueError, match="title"):
         client.create_project("ab", CONFIG)
     with pytest.raises(ValueError, match="basic_auth"):
-        client.connect_ml_backend(1, "http://x:9090", "t", basic_auth_user="u")
+        client.create_ml_backend(
+            1, {"url": "http://x:9090", "auth_method": "BASIC_AUTH", "basic_auth_user": "u"}
+        )
+    with pytest.raises(ValueError, match="unknown ML backend field"):
+        client.update_ml_backend(1, 1, {"url": "http://x:9090", "password": "p"})
+    with pytest.raises(ValueError, match="url"):
+        client.create_webhook(1, "ftp://x/webhook")
     with pytest.raises(ValueError, match="patch_project"):
         client.patch_project(1)
     assert handler.calls == []
@@ -418,10 +424,13 @@ def test_local_storage_is_idempotent_and_serves_local_files_urls(
 
 class _Backend(BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str | None, dict[str, Any] | None]]] = []
+    required: ClassVar[str | None] = None  # the Authorization header it demands (401 otherwise), like reid-al
 
     def _reply(self, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(200)
+        required = type(self).required
+        status = 401 if required is not None and self.headers.get("Authorization") != required else 200
+        data = json.dumps(payload if status == 200 else {"error": "basic authentication required"}).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -443,7 +452,7 @@ class _Backend(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recording_backend() -> Iterator[tuple[str, type[_Backend]]]:
-    handler = type("Recorder", (_Backend,), {"seen": []})
+    handler = type("Recorder", (_Backend,), {"seen": [], "required": None})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -454,44 +463,124 @@ def recording_backend() -> Iterator[tuple[str, type[_Backend]]]:
         server.server_close()
 
 
+def _hooks(client: LabelStudioClient, project: int) -> list[dict[str, Any]]:
+    return [
+        {k: h[k] for k in ("id", "url", "headers", "is_active", "updated_at")}
+        for h in client.list_webhooks(project)
+    ]
+
+
+def _backends(client: LabelStudioClient, project: int) -> list[dict[str, Any]]:
+    keys = ("id", "url", "title", "auth_method", "basic_auth_user", "basic_auth_pass_is_set")
+    return [{k: m.get(k) for k in keys} for m in client.list_ml_backends(project)]
+
+
 @pytest.mark.e2e
-def test_connect_ml_backend_with_basic_auth_reaches_webhook_with_credentials(
+def test_connect_project_creates_then_changes_nothing_then_follows_every_change(
     ls_client: LabelStudioClient, project: int, recording_backend: tuple[str, type[_Backend]]
 ) -> None:
     url, handler = recording_backend
-    backend = ls_client.connect_ml_backend(
-        project, url, "reid-al", basic_auth_user="u", basic_auth_pass="p w"
-    )
-    assert backend["readable_state"] == "Connected"
-    again = ls_client.connect_ml_backend(
-        project, url + "/", "reid-al", basic_auth_user="u", basic_auth_pass="p w"
-    )
-    assert again["id"] == backend["id"] and len(ls_client.list_ml_backends(project)) == 1
-    expected_auth = "Basic " + base64.b64encode(b"u:p w").decode()
-    paths = [p for p, _, _ in handler.seen]
-    assert "/health" in paths and "/setup" in paths
+    expected_auth = basic_auth_header("u", "p w")
+    handler.required = expected_auth  # Label Studio's /health and /setup calls must carry it
+    first = connect_project(ls_client, project, url, auth=("u", "p w"))
+    assert (first.ml_backend.action, first.connected, first.changed) == ("created", True, True)
+    assert [(h.action, h.details) for h in first.webhooks] == [
+        ("created", ["by Label Studio with the ML backend", "Authorization header set"])
+    ]
+    assert _backends(ls_client, project) == [
+        {
+            "id": first.ml_backend.id,
+            "url": url,
+            "title": "reid-al",
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": "u",
+            "basic_auth_pass_is_set": True,
+        }
+    ]
+    hooks = _hooks(ls_client, project)
+    assert [(h["url"], h["headers"]) for h in hooks] == [(url + "/webhook", {"Authorization": expected_auth})]
     setup_body = next(b for p, _, b in handler.seen if p == "/setup")
     assert setup_body is not None and setup_body["project"].startswith(f"{project}.")
-    assert "<Choices" in setup_body["schema"]
-    hooks = ls_client.list_webhooks(project)
-    assert [h["url"] for h in hooks] == [url + "/webhook"]
-    assert hooks[0]["headers"]["Authorization"] == expected_auth
+
+    # Again (a trailing slash is the same URL): nothing changes, and it says so.
+    backends = _backends(ls_client, project)
+    second = connect_project(ls_client, project, url + "/", auth=("u", "p w"))
+    assert not second.changed and second.connected
+    assert [second.ml_backend.action] + [h.action for h in second.webhooks] == ["unchanged", "unchanged"]
+    assert second.lines()[-1] == f"project {project}: already connected as configured, nothing changed"
+    assert _backends(ls_client, project) == backends and _hooks(ls_client, project) == hooks
+
+    # Label Studio's events reach the backend with the credentials.
     handler.seen.clear()
-    ls_client.train(backend["id"])
+    ls_client.train(first.ml_backend.id)
     ls_client.create_tasks(project, [pair_task(1)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len([p for p, _, _ in handler.seen if p == "/webhook"]) < 2:
         time.sleep(0.1)
     hooks_seen = [(auth, body) for p, auth, body in handler.seen if p == "/webhook"]
-    actions = [body["action"] for _, body in hooks_seen if body]
-    assert "START_TRAINING" in actions and "TASKS_CREATED" in actions
-    assert all(auth == expected_auth for auth, _ in hooks_seen)
-    # every other call Label Studio made carried the credentials too
+    assert {body["action"] for _, body in hooks_seen if body} >= {"START_TRAINING", "TASKS_CREATED"}
     assert all(auth == expected_auth for _, auth, _ in handler.seen)
+
+    # A new password: Label Studio is given it (and checks it), and so is the webhook's header.
+    handler.required = basic_auth_header("u", "new")
+    third = connect_project(ls_client, project, url, auth=("u", "new"))
+    assert (third.ml_backend.action, third.ml_backend.details, third.connected) == (
+        "updated",
+        ["basic_auth_pass"],
+        True,
+    )
+    assert [(h.action, h.details) for h in third.webhooks] == [("updated", ["Authorization header set"])]
+    assert ls_client.list_webhooks(project)[0]["headers"] == {"Authorization": handler.required}
+
+    # A webhook deleted by hand comes back; one switched off is switched on.
+    ls_client.request("DELETE", f"/api/webhooks/{hooks[0]['id']}")
+    fourth = connect_project(ls_client, project, url, auth=("u", "new"))
+    # Label Studio never shows the stored password: without a webhook header to compare, it is sent again.
+    assert (fourth.ml_backend.action, fourth.ml_backend.details) == ("updated", ["basic_auth_pass"])
+    assert [(h.action, h.details) for h in fourth.webhooks] == [("created", ["Authorization header set"])]
+    ls_client.update_webhook(fourth.webhooks[0].id, is_active=False)
+    fifth = connect_project(ls_client, project, url, auth=("u", "new"))
+    assert [(h.action, h.details) for h in fifth.webhooks] == [("updated", ["is_active on"])]
+
+    # Basic auth turned off on the backend: off in Label Studio too, header gone.
+    handler.required = None
+    sixth = connect_project(ls_client, project, url, auth=None)
+    assert (sixth.ml_backend.action, sixth.ml_backend.details) == (
+        "updated",
+        ["auth_method BASIC_AUTH -> NONE"],
+    )
+    assert [(h.action, h.details) for h in sixth.webhooks] == [("updated", ["Authorization header removed"])]
+    assert ls_client.list_webhooks(project)[0]["headers"] == {}
+    assert not connect_project(ls_client, project, url, auth=None).changed
+
+
+@pytest.mark.e2e
+def test_connect_project_failures_name_the_step_and_change_nothing(
+    label_studio: Any,
+    ls_client: LabelStudioClient,
+    project: int,
+    recording_backend: tuple[str, type[_Backend]],
+) -> None:
+    url, handler = recording_backend
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(
+        ConnectError, match=rf"connecting the ML backend at {dead} failed: Label Studio answered 400"
+    ):
+        connect_project(ls_client, project, dead, auth=("u", "p"))
+    handler.required = basic_auth_header("u", "right")
+    with pytest.raises(ConnectError, match="authentication parameters"):
+        connect_project(ls_client, project, url, auth=("u", "wrong"))
+    assert ls_client.list_ml_backends(project) == [] and ls_client.list_webhooks(project) == []
+    with pytest.raises(ValueError, match="has no project 999999"):
+        connect_project(ls_client, 999_999, url, auth=("u", "right"))
+    with pytest.raises(ConnectError, match=r"LABEL_STUDIO_API_KEY was refused \(401\)"):
+        connect_project(LabelStudioClient(label_studio.url, "0" * 40), project, url, auth=("u", "right"))
+    with pytest.raises(ValueError, match="url"):
+        connect_project(ls_client, project, "backend:9090")
 
 
 @pytest.mark.e2e
 def test_connect_to_unreachable_backend_is_a_clear_error(ls_client: LabelStudioClient, project: int) -> None:
     with pytest.raises(LabelStudioError, match="health check failed") as info:
-        ls_client.connect_ml_backend(project, f"http://127.0.0.1:{free_port()}", "dead")
+        ls_client.create_ml_backend(project, {"url": f"http://127.0.0.1:{free_port()}", "title": "dead"})
     assert info.value.status == 400

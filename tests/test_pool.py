@@ -137,10 +137,11 @@ def test_missing_manifest_and_source(tmp_path: Path) -> None:
 
 
 def test_read_source_dispatches(tree: Path, tmp_path: Path) -> None:
-    assert len(read_source(tree)) == 4
+    assert len(read_source(tree).items) == 4
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"image": str(tree / "loose.webp")}) + "\n")
-    assert [i.path for i in read_source(manifest)] == [str(tree / "loose.webp")]
+    from_manifest = read_source(manifest)
+    assert [i.path for i in from_manifest.items] == [str(tree / "loose.webp")] and from_manifest.skipped == []
 
 
 def test_pool_save_load_round_trip_is_atomic_and_exact(tmp_path: Path, tree: Path) -> None:

@@ -50,6 +50,7 @@ def test_every_variable_is_read() -> None:
         "REID_AL_QUEUE": "q",
         "REID_AL_JOB_TIMEOUT": "60",
         "REID_AL_TORCH_THREADS": "1",
+        "REID_AL_BACKEND_URL": "http://reid-al:9191/",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == (
@@ -70,6 +71,8 @@ def test_every_variable_is_read() -> None:
         2.5,
     )
     assert s.extra_job_names == ("a.b", "c.d")
+    assert (s.backend_url, s.connect_url) == ("http://reid-al:9191/", "http://reid-al:9191")
+    assert Settings(port=9292).connect_url == "http://localhost:9292"
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
@@ -86,6 +89,9 @@ def test_every_variable_is_read() -> None:
         ("REDIS_URL", "localhost:6379", "redis://"),
         ("REID_AL_MAX_BODY_BYTES", "10", ">= 1024"),
         ("REID_AL_TORCH_THREADS", "-1", ">= 0"),
+        ("REID_AL_BACKEND_URL", "localhost:9090", "http(s) URL"),
+        ("REID_AL_BACKEND_URL", "http://reid-al:9090/?x=1", "http(s) URL"),
+        ("REID_AL_BACKEND_URL", "http://u:secret@reid-al:9090/?x=1", "u:***@"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, needle: str) -> None:

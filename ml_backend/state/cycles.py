@@ -51,3 +51,44 @@ class CycleRecords(KeyFamily):
     def current_version(self) -> str | None:
         versions = self.versions()
         return versions[-1] if versions else None
+
+
+def push_outcome(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Pairs pushed against the budget for one finished cycle's summary, and why any fell short.
+
+    The budget splits into what the sampler did not propose (its shortfall) and, of its proposals,
+    the ones answered meanwhile, already open as tasks, or with an image Label Studio cannot show; the
+    rest were created. Each reason carries its count, so the counts add up to the shortfall."""
+    if not summary or summary.get("status") != "finished":
+        return None
+    budget = summary.get("budget")
+    push = summary.get("push")
+    if push is None:
+        return {
+            "budget": budget,
+            "pushed": 0,
+            "shortfall": budget,
+            "reasons": ["nothing pushed: LABEL_STUDIO_API_KEY is not set"],
+        }
+    pushed = int(push.get("created", 0))
+    reasons = []
+    sampler_short = int(summary.get("shortfall", 0) or 0)
+    if sampler_short:
+        why = (
+            "the pool is exhausted: every pair is answered, implied or asked"
+            if summary.get("sampler_exhausted")
+            else f"{summary.get('strategy', 'the sampler')} proposed {summary.get('proposals', 0)} pair(s)"
+        )
+        pools = summary.get("sampler_pools") or {}
+        if pools and not summary.get("sampler_exhausted"):
+            why += " (candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(pools.items())) + ")"
+        reasons.append(f"{sampler_short} not proposed: {why}")
+    for key, why in (
+        ("implied_proposals", "implied by answers given while the cycle ran"),
+        ("existing", "already open as tasks"),
+        ("unservable", "an image has no URL Label Studio can show (REID_AL_DOCUMENT_ROOT)"),
+    ):
+        if push.get(key):
+            reasons.append(f"{int(push[key])} {why}")
+    shortfall = None if budget is None else max(0, int(budget) - pushed)
+    return {"budget": budget, "pushed": pushed, "shortfall": shortfall, "reasons": reasons}
