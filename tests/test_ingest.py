@@ -12,6 +12,7 @@ import redis as redis_lib
 from PIL import Image
 from rq import Queue
 
+from ml_backend.embedded import free_port
 from ml_backend.ingest import attach_urls, ingest, running_redis, storage_dirs
 from ml_backend.jobs import load_project_data
 from ml_backend.labelstudio import LabelStudioClient
@@ -203,6 +204,7 @@ def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
         label_studio_url=label_studio.url,  # type: ignore[attr-defined]
         label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
         document_root=str(document_root),
+        backend_url=f"http://127.0.0.1:{free_port()}",  # no backend runs there: connecting fails, said
     )
     try:
         report = ingest(images, project, settings, client=ls_client, redis=redis_client, progress=False)
@@ -211,6 +213,14 @@ def test_ingest_into_label_studio_adds_storage_and_queues_first_cycle(
         assert [s["path"] for s in ls_client.list_local_storages(project)] == [str(images.resolve())]
         assert report.cycle is not None and report.cycle["mode"] == "queued"
         assert report.cycle["outcome"] == "enqueued"
+        # the project had no ML backend: ingest tried to connect it, and says why it could not
+        assert report.connect is not None and report.connect["action"] == "failed"
+        assert any(
+            w.startswith("not connected to Label Studio: connecting the ML backend at http://127.0.0.1:")
+            and f"run `reid-al connect --project {project}`" in w
+            for w in report.warnings
+        ), report.warnings
+        assert ls_client.list_ml_backends(project) == []
         queue = Queue(settings.queue_name, connection=redis_client, serializer=SERIALIZER)
         assert queue.job_ids == [report.cycle["job_id"]]
         assert ProjectState(redis_client, str(project)).cycles.status()["status"] == "queued"
@@ -245,6 +255,7 @@ def test_ingest_with_no_backend_running_runs_the_first_cycle_itself(
         label_studio_url=label_studio.url,  # type: ignore[attr-defined]
         label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
         document_root=str(document_root),
+        backend_url=f"http://127.0.0.1:{free_port()}",  # no backend runs there: connecting fails, said
     )
     try:
         report = ingest(images, project, settings, progress=False)
@@ -287,6 +298,7 @@ def test_default_strategy_cycle_after_sync_with_nothing_left_open(
         label_studio_url=label_studio.url,  # type: ignore[attr-defined]
         label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
         document_root=str(document_root),
+        backend_url=f"http://127.0.0.1:{free_port()}",  # no backend runs there: connecting fails, said
     )
     assert settings.strategy == CYCLE_STRATEGY
     try:
@@ -319,3 +331,98 @@ def test_default_strategy_cycle_after_sync_with_nothing_left_open(
         assert ls_client.get_project(project)["model_version"] == expected_version
     finally:
         ls_client.delete_project(project)
+
+
+class FakeLabelStudio:
+    """The ML-backend and webhook calls of Label Studio, as 1.23 answers them (a new ML backend gets a
+    webhook without headers), in memory."""
+
+    url = "http://label-studio.test"
+
+    def __init__(self, backends: list[str] | None = None) -> None:
+        self.backends = [self._backend(k + 1, u) for k, u in enumerate(backends or [])]
+        self.hooks: list[dict] = []
+        self.writes: list[str] = []
+
+    @staticmethod
+    def _backend(ml_id: int, url: str, **fields: object) -> dict:
+        return {
+            "id": ml_id,
+            "url": url,
+            "title": "x",
+            "auth_method": "NONE",
+            "basic_auth_user": None,
+            "basic_auth_pass_is_set": False,
+            "readable_state": "Connected",
+            **fields,
+        }
+
+    def get_project(self, pid: int) -> dict:
+        return {"id": pid}
+
+    def list_ml_backends(self, pid: int) -> list[dict]:
+        return [dict(b) for b in self.backends]
+
+    def create_ml_backend(self, pid: int, fields: dict) -> dict:
+        self.writes.append("create_ml_backend")
+        backend = self._backend(
+            len(self.backends) + 1,
+            fields["url"],
+            title=fields["title"],
+            auth_method=fields["auth_method"],
+            basic_auth_user=fields.get("basic_auth_user"),
+            basic_auth_pass_is_set=bool(fields.get("basic_auth_pass")),
+        )
+        self.backends.append(backend)
+        self.hooks.append(
+            {
+                "id": len(self.hooks) + 1,
+                "url": fields["url"] + "/webhook",
+                "headers": {},
+                "is_active": True,
+                "send_payload": True,
+                "send_for_all_actions": True,
+            }
+        )
+        return dict(backend)
+
+    def list_webhooks(self, pid: int) -> list[dict]:
+        return [dict(h) for h in self.hooks]
+
+    def update_webhook(self, hook_id: int, **fields: object) -> dict:
+        self.writes.append("update_webhook")
+        hook = next(h for h in self.hooks if h["id"] == hook_id)
+        hook.update(fields)
+        return dict(hook)
+
+
+def test_ingest_connects_a_project_that_has_no_ml_backend(tmp_path: Path) -> None:
+    from ml_backend.connect import basic_auth_header
+    from ml_backend.ingest import IngestReport, connect_if_not_connected
+
+    settings = Settings(model_dir=tmp_path, basic_auth_user="u", basic_auth_pass="p", port=9191)
+    fake = FakeLabelStudio()
+    report = IngestReport(project="5", source="s", pool_path="p", n_source=0, n_new=0, n_pool=0)
+    outcome = connect_if_not_connected(fake, "5", settings, report)  # type: ignore[arg-type]
+    assert outcome["action"] == "connected" and outcome["connected"] and report.warnings == []
+    assert [(b["url"], b["auth_method"], b["basic_auth_user"]) for b in fake.backends] == [
+        ("http://localhost:9191", "BASIC_AUTH", "u")
+    ]
+    assert fake.hooks[0]["headers"] == {"Authorization": basic_auth_header("u", "p")}
+
+    fake.writes.clear()  # connected now: a second ingest leaves it alone
+    assert connect_if_not_connected(fake, "5", settings, report) == {  # type: ignore[arg-type]
+        "action": "already connected",
+        "url": "http://localhost:9191",
+    }
+    assert fake.writes == [] and report.warnings == []
+
+    elsewhere = FakeLabelStudio(["http://other:9090"])
+    outcome = connect_if_not_connected(elsewhere, "5", settings, report)  # type: ignore[arg-type]
+    assert (
+        outcome == {"action": "connected elsewhere", "urls": ["http://other:9090"]} and elsewhere.writes == []
+    )
+    assert report.warnings == [
+        "project 5 is connected to http://other:9090, not to http://localhost:9191 (REID_AL_BACKEND_URL): "
+        "run `reid-al connect --project 5` if this backend should serve it"
+    ]

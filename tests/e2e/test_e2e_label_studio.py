@@ -3,13 +3,15 @@
 Run alone with `pytest -m e2e` (or this file). The Label Studio venv is installed on first use into
 .cache/label-studio-venv (see label_studio.py); after that the test takes a few minutes on 2 cores.
 
-Steps: Label Studio up -> `reid-al serve` (embedded Redis + RQ worker + gunicorn) -> project from
-label_config.xml -> backend connected with basic auth -> `reid-al ingest` of 6 identities x 5 tiny
+Steps, as README's "Connecting Label Studio" gives them: Label Studio up -> `reid-al serve` (embedded
+Redis + RQ worker + gunicorn, basic auth on) -> project from label_config.xml -> `reid-al connect`
+(twice: the second changes nothing) -> `reid-al ingest` of 6 identities x 5 tiny
 images -> first cycle pushes pair tasks with predictions, the project's model_version and the
 "Most informative first" view -> annotations through Label Studio's API reach /webhook and become
 constraints -> "Start training" runs a cycle in the worker -> new model_version, new tasks, open tasks
 re-scored, the implied pair retired -> deleting an annotation in Label Studio removes its constraint
--> `reid-al sync` agrees with what the webhooks recorded.
+-> `reid-al sync` agrees with what the webhooks recorded -> a webhook without the Authorization header
+is refused and `reid-al status` shows it.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Backend:
     def __init__(self, env: dict[str, str], url: str, model_dir: Path, log_path: Path) -> None:
         self.env = env
         self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
         self.model_dir = model_dir
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -236,22 +239,36 @@ def test_active_learning_loop_through_label_studio(
     make_pool(pool_root)
     project = int(ls_client.create_project("reid-al e2e", LABEL_CONFIG)["id"])
 
-    # -- connect: Label Studio calls /health and /setup with our credentials, webhook gets them too
-    ml = ls_client.connect_ml_backend(
-        project, backend.url, "reid-al", basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1]
+    # -- README step 2, `reid-al connect`: Label Studio calls /health and /setup with our credentials
+    # (basic auth is on), and the webhook it creates gets them too. Run twice: the second changes nothing.
+    connect = backend.cli("connect", "--project", str(project), timeout=120)
+    assert connect.returncode == 0, connect.stdout + connect.stderr[-4000:]
+    connect_url = f"http://localhost:{backend.port}"  # REID_AL_BACKEND_URL's default
+    assert (
+        f"project {project}: ML backend" in connect.stdout and f"at {connect_url} created" in connect.stdout
     )
-    assert ml["readable_state"] == "Connected", ml
+    assert "Authorization header set" in connect.stdout and "reports the backend Connected" in connect.stdout
+    again = backend.cli("connect", "--project", str(project), timeout=120)
+    assert again.returncode == 0 and "already connected as configured, nothing changed" in again.stdout, (
+        again.stdout + again.stderr[-4000:]
+    )
+    [ml] = ls_client.list_ml_backends(project)
+    assert (ml["url"], ml["auth_method"], ml["basic_auth_user"]) == (connect_url, "BASIC_AUTH", AUTH[0])
     redis = backend.redis()
     state = ProjectState(redis, str(project))
     assert state.meta().get("from_name") == "answer"  # read by /setup from the project's label config
     expected_auth = "Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()
-    assert [h["headers"].get("Authorization") for h in ls_client.list_webhooks(project)] == [expected_auth]
+    hooks = ls_client.list_webhooks(project)
+    assert [(h["url"], h["headers"].get("Authorization")) for h in hooks] == [
+        (connect_url + "/webhook", expected_auth)
+    ]
 
     # -- ingest through the CLI: pool, embeddings, local-files storage, first cycle queued for the worker
     ingest = backend.cli("ingest", str(pool_root), "--project", str(project))
     assert ingest.returncode == 0, ingest.stderr[-4000:]
     report = json.loads(ingest.stdout)
     assert report["n_pool"] == len(IDENTITIES) * PER_IDENTITY and report["embedded"] == report["n_pool"]
+    assert report["connect"] == {"action": "already connected", "url": connect_url}
     assert report["cycle"]["mode"] == "queued", report
     assert [s["path"] for s in ls_client.list_local_storages(project)] == [str(pool_root.resolve())]
     v1 = wait_for_version(backend, project, None)
@@ -361,4 +378,21 @@ def test_active_learning_loop_through_label_studio(
     assert synced["unchanged"] == len(state.annotations.all()) == len(answered) - 1 + 1
     status = backend.cli("status", "--project", str(project), "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["projects"][0]["current_version"] == v2
+
+    # -- a webhook that reaches the backend without the Authorization header (as Label Studio sends it
+    # when nobody added one) is not recorded, and `reid-al status` says so
+    unsigned = requests.post(
+        f"{backend.url}/webhook",
+        json={"action": "ANNOTATION_CREATED", "project": {"id": project}, "annotation": {"id": 999_999}},
+        timeout=10,
+    )
+    assert unsigned.status_code == 401
+    text = backend.cli("status", "--project", str(project))
+    assert text.returncode == 0, text.stderr[-4000:]
+    assert "webhook events not recorded: 1 unauthorised (401" in text.stdout, text.stdout
+    assert (
+        f"of {BUDGET} pairs (REID_AL_BUDGET)" in text.stdout
+        and "answers pending until the next cycle" in text.stdout
+    )
+    assert state.annotations.get(999_999) is None
     redis.close()
