@@ -1,4 +1,4 @@
-"""`reid-al`: serve | worker | ingest | sync | status | simulate | finetune.
+"""`reid-al`: serve | worker | ingest | sync | status | export | report | simulate | finetune.
 
 Why `serve` starts three processes: with no REDIS_URL the backend must work from one command, with
 the same topology as production: a real redis-server (embedded, data under MODEL_DIR/redis), one RQ
@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show cycle/job status per project")
     status.add_argument("--project", help="one project (default: all)")
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    export = sub.add_parser(
+        "export", help="write every pool image's identity (verified or inferred) as CSV or JSON",
+        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("--project", required=True, help="Label Studio project id")
+    export.add_argument("--out", default="-", help="file to write; - for stdout (default)")
+    export.add_argument("--format", choices=("csv", "json"),
+                        help="default: the suffix of --out (.json -> json), else csv")
+    export.add_argument("--version", help="model version to export (default: the latest)")
 
     sub.add_parser("simulate", help="offline active-learning simulator (arguments go to it; see --help)",
                    add_help=False)
@@ -361,6 +370,49 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export ----------------------------------------------------------------------------------------------
+EXPORT_DESCRIPTION = """\
+Write one row per pool image: image_id, path, url, identity, verified (inside a group of images answered
+"same"), confidence and the number of answers behind it (columns that wildlife-datasets and
+`reid-al ingest` read). The identities are those of the latest model version (what the last cycle
+computed); when answers changed since, a note on stderr says so and the next cycle includes them."""
+
+
+def _redis_if_reachable(settings: Settings) -> Any | None:
+    import redis as redis_lib
+
+    try:
+        client = _redis(settings)
+        client.ping()
+        return client
+    except (SettingsError, redis_lib.RedisError, OSError):
+        return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ml_backend.export import build_export, export_format
+
+    settings = _settings()
+    fmt = export_format(args.format, args.out)
+    result = build_export(settings, args.project, redis=_redis_if_reachable(settings), version=args.version)
+    text = result.render(fmt)
+    if args.out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    summary = result.summary
+    print(f"reid-al export: {len(result.rows)} images, {summary['identities']} identities "
+          f"({summary['identities_verified']} verified) of version {result.version}"
+          + ("" if args.out == "-" else f" -> {args.out}"), file=sys.stderr)
+    if result.note:
+        print(f"reid-al export: note: {result.note}", file=sys.stderr)
+    return 0
+
+
 # --- status ----------------------------------------------------------------------------------------------
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for `reid-al status`."""
@@ -436,7 +488,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "ingest": cmd_ingest, "sync": cmd_sync,
-            "status": cmd_status, "finetune": cmd_finetune}
+            "status": cmd_status, "finetune": cmd_finetune, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
