@@ -414,6 +414,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # --- status ----------------------------------------------------------------------------------------------
+def stopping_line(stop: dict[str, Any]) -> str:
+    """The stopping rule as `reid-al status` and `reid-al report` print it."""
+    line = (f"  stopping rule: P(any of the next {stop['patience']} answers changes the identities) = "
+            f"{stop['p_any_change']:.3f}, stop below {stop['threshold']:g}; {stop['label_changing']} of "
+            f"{stop['answers']} answers changed them")
+    if stop["reached"]:
+        paused = not stop.get("pushing", True)
+        line += ("; REACHED: new pairs are no longer pushed (REID_AL_KEEP_PUSHING=1 pushes them)" if paused
+                 else "; reached, new pairs pushed anyway (REID_AL_KEEP_PUSHING=1)")
+    return line
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for `reid-al status`."""
     from ml_backend.supervise import status_lines
@@ -446,6 +458,9 @@ def format_status(status: dict[str, Any]) -> str:
                 gate = last.get("gate") or {}
                 lines.append(f"  model served: {last['served']}"
                              + (f" ({gate['reason']})" if gate.get("reason") else ""))
+        stop = p.get("stopping")
+        if stop:
+            lines.append(stopping_line(stop))
     counters = status.get("unregistered") or {}
     rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
     if rejected:

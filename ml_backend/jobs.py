@@ -158,6 +158,16 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
         "gate": None if result.gate is None else result.gate.to_dict(),
         "identities": result.identities.summary(),
     }
+    stopping = _stopping(settings, state, data, result.previous_version)
+    pushing = not stopping.reached or bool(settings.keep_pushing)
+    proposals = list(result.proposals) if pushing else []
+    summary["stopping"] = {**stopping.to_dict(), "pushing": pushing,
+                           "held_back": len(result.proposals) - len(proposals)}
+    if stopping.reached:
+        log.info("project %s: stopping rule reached: P(any of the next %d answers changes the identities) "
+                 "= %.3f < %s; %s", project, stopping.patience, stopping.p_any_change, stopping.threshold,
+                 "REID_AL_KEEP_PUSHING=1: new pairs are pushed anyway" if pushing else
+                 f"{len(result.proposals)} new pair(s) not pushed (REID_AL_KEEP_PUSHING=1 pushes them)")
     if client is None and settings.label_studio_api_key:
         from ml_backend.labelstudio import LabelStudioClient
 
@@ -171,7 +181,7 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
         caption_for = ((lambda i: data.pool.item(i).text if i in data.pool else None)
                        if data.pool is not None else None)
         report = push_cycle(
-            client, state, project_id=int(project), version=version, proposals=list(result.proposals),
+            client, state, project_id=int(project), version=version, proposals=proposals,
             embeddings=np.asarray(result.embeddings, dtype=np.float32), image_ids=data.ids,
             url_for=_url_resolver(settings, state, data), caption_for=caption_for,
             calibrator=result.calibrator, graph=graph_now,
@@ -182,6 +192,22 @@ def run_project_cycle(settings: Settings, redis: Redis, project: str, *, reason:
     summary["timings"] = {**{k: round(v, 4) for k, v in timings.items()},
                           **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()}}
     return summary
+
+
+def _stopping(settings: Settings, state: ProjectState, data: ProjectData, previous: str | None) -> Any:
+    """The stopping estimate, judging new answers against the identities of the version they were
+    given under (the previous one; none before the first cycle)."""
+    from ml_backend.export import read_identities
+    from ml_backend.stopping import project_stopping
+
+    labels = None
+    if previous is not None:
+        try:
+            labels = read_identities(settings.project_dir(state.project) / previous).labels
+        except FileNotFoundError:
+            log.warning("project %s: version %s stores no identities; its answers count as merges and "
+                        "contradictions only", state.project, previous)
+    return project_stopping(settings, state, data.row_of, labels)
 
 
 def cycle_job(project: str, reason: str = "") -> dict[str, Any]:

@@ -32,7 +32,8 @@ def test_every_variable_is_read() -> None:
         "REID_AL_IMAGE_MAX_BYTES": "4096", "REID_AL_IMAGE_FETCH_SECONDS": "2.5",
         "REID_AL_EXTRA_JOBS": "a.b, c.d",
         "REID_AL_PREDICT_EMBED_SECONDS": "1.5", "REID_AL_DOCUMENT_ROOT": "/data", "REID_AL_QUEUE": "q",
-        "REID_AL_JOB_TIMEOUT": "60", "REID_AL_TORCH_THREADS": "1",
+        "REID_AL_JOB_TIMEOUT": "60", "REID_AL_TORCH_THREADS": "1", "REID_AL_STOP_WINDOW": "10",
+        "REID_AL_STOP_PATIENCE": "30", "REID_AL_STOP_THRESHOLD": "0.2", "REID_AL_KEEP_PUSHING": "1",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == ("http://ls:8080", "k",
@@ -47,6 +48,7 @@ def test_every_variable_is_read() -> None:
     assert (s.image_origin_list, s.image_max_bytes, s.image_fetch_seconds) == (
         ("https://img.example.org:443",), 4096, 2.5)
     assert s.extra_job_names == ("a.b", "c.d")
+    assert (s.stop_window, s.stop_patience, s.stop_threshold, s.keep_pushing) == (10, 30, 0.2, 1)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
