@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="default: the suffix of --out (.json -> json), else csv")
     export.add_argument("--version", help="model version to export (default: the latest)")
 
+    report = sub.add_parser("report", help="write a progress picture (PNG) and print a summary of a project")
+    report.add_argument("--project", required=True, help="Label Studio project id")
+    report.add_argument("--out", default="report.png", help="PNG file to write (default report.png)")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     sub.add_parser("simulate", help="offline active-learning simulator (arguments go to it; see --help)",
                    add_help=False)
 
@@ -413,6 +418,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report ----------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from ml_backend.report import collect_progress
+    from trainer.report import format_summary, render_report, summarize
+
+    settings = _settings()
+    if Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"--out: the report is a PNG file (name ending in .png), got {args.out!r}")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise ValueError(f"--out: directory {str(Path(args.out).resolve().parent)!r} does not exist")
+    progress = collect_progress(settings, _redis(settings), args.project)
+    path = render_report(progress, args.out)
+    summary = summarize(progress)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    print(f"reid-al report: wrote {path}", file=sys.stderr)
+    return 0
+
+
 # --- status ----------------------------------------------------------------------------------------------
 def stopping_line(stop: dict[str, Any]) -> str:
     """The stopping rule as `reid-al status` and `reid-al report` print it."""
@@ -503,7 +526,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "worker": cmd_worker, "ingest": cmd_ingest, "sync": cmd_sync,
-            "status": cmd_status, "finetune": cmd_finetune, "export": cmd_export}
+            "status": cmd_status, "finetune": cmd_finetune, "export": cmd_export,
+            "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,11 +37,14 @@ def project_stopping(
     state: ProjectState,
     row_of: Callable[[str], int | None],
     labels_in_service: np.ndarray | None,
+    *,
+    store: bool = True,
 ) -> StoppingEstimate:
     """The stopping estimate over every same/different answer of the project, oldest first.
 
     ``labels_in_service``: identity per row of the version in service before this cycle (None: no
-    version yet); answers not judged before are judged against it and the judgement is stored.
+    version yet); answers not judged before are judged against it, and with ``store`` the judgement is
+    kept (a cycle stores; a report only reads).
     """
     key = state.key(INFERRED_KEY)
     stored = json_hash(state.redis.hgetall(key))
@@ -68,7 +71,7 @@ def project_stopping(
         same.append(record["answer"] == "same")
         inferred.append(bool(seen["inferred"]))
     gone = set(stored) - {str(r["annotation_id"]) for r in records}
-    if new or gone:
+    if store and (new or gone):
         pipe = state.redis.pipeline(transaction=True)
         if new:
             pipe.hset(key, mapping=new)
