@@ -27,7 +27,7 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("serve", "worker", "ingest", "sync", "status", "simulate"):
+    for command in ("serve", "worker", "ingest", "sync", "status", "export", "report", "simulate"):
         assert command in out
     for variable, *_ in SETTINGS_HELP:
         assert variable in out
