@@ -370,6 +370,28 @@ def create_app(
             return jsonify(queue.status_all())
         return jsonify(queue.status(_project({"project": project})))
 
+    @app.get("/export")
+    def export() -> Response:
+        """Every pool image's identity under the latest version (ml_backend.export): CSV or JSON."""
+        from ml_backend.export import build_export, export_format
+
+        if "project" not in request.args:
+            raise InputError("project", "missing", status=400)
+        project = _project({"project": request.args["project"]})
+        fmt = export_format(request.args.get("format", "csv"))
+        result = build_export(settings, project, redis=redis, version=request.args.get("version"))
+        headers = {"X-Reid-Al-Version": result.version,
+                   "X-Reid-Al-Answers-Changed": str(result.answers_changed).lower(),
+                   "X-Reid-Al-Answers-After-Version": str(result.answers_after_version)}
+        if fmt == "json":
+            response = jsonify(result.to_dict())
+        else:
+            response = Response(result.to_csv(), content_type="text/csv; charset=utf-8")
+            headers["Content-Disposition"] = (
+                f'attachment; filename="identities-{result.project}-{result.version}.csv"')
+        response.headers.update(headers)
+        return response
+
     @app.get("/jobs")
     def jobs() -> Response:
         return jsonify(queue.status_all())

@@ -1,4 +1,4 @@
-"""`reid-al`: serve | worker | connect | ingest | sync | status | simulate | finetune.
+"""`reid-al`: serve | worker | connect | ingest | sync | status | export | report | simulate | finetune.
 
 Why `serve` starts three processes: with no REDIS_URL the backend must work from one command, with
 the same topology as production: a real redis-server (embedded, data under MODEL_DIR/redis), one RQ
@@ -94,6 +94,24 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show cycle/job status per project")
     status.add_argument("--project", help="one project (default: all)")
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    export = sub.add_parser(
+        "export",
+        help="write every pool image's identity (verified or inferred) as CSV or JSON",
+        description=EXPORT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--project", required=True, help="Label Studio project id")
+    export.add_argument("--out", default="-", help="file to write; - for stdout (default)")
+    export.add_argument(
+        "--format", choices=("csv", "json"), help="default: the suffix of --out (.json -> json), else csv"
+    )
+    export.add_argument("--version", help="model version to export (default: the latest)")
+
+    report = sub.add_parser("report", help="write a progress picture (PNG) and print a summary of a project")
+    report.add_argument("--project", required=True, help="Label Studio project id")
+    report.add_argument("--out", default="report.png", help="PNG file to write (default report.png)")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sub.add_parser(
         "simulate", help="offline active-learning simulator (arguments go to it; see --help)", add_help=False
@@ -508,7 +526,88 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export ----------------------------------------------------------------------------------------------
+EXPORT_DESCRIPTION = """\
+Write one row per pool image: image_id, path, url, identity, verified (inside a group of images answered
+"same"), confidence and the number of answers behind it (columns that wildlife-datasets and
+`reid-al ingest` read). The identities are those of the latest model version (what the last cycle
+computed); when answers changed since, a note on stderr says so and the next cycle includes them."""
+
+
+def _redis_if_reachable(settings: Settings) -> Any | None:
+    import redis as redis_lib
+
+    try:
+        client = _redis(settings)
+        client.ping()
+        return client
+    except (SettingsError, redis_lib.RedisError, OSError):
+        return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ml_backend.export import build_export, export_format
+
+    settings = _settings()
+    fmt = export_format(args.format, args.out)
+    result = build_export(settings, args.project, redis=_redis_if_reachable(settings), version=args.version)
+    text = result.render(fmt)
+    if args.out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    summary = result.summary
+    print(
+        f"reid-al export: {len(result.rows)} images, {summary['identities']} identities "
+        f"({summary['identities_verified']} verified) of version {result.version}"
+        + ("" if args.out == "-" else f" -> {args.out}"),
+        file=sys.stderr,
+    )
+    if result.note:
+        print(f"reid-al export: note: {result.note}", file=sys.stderr)
+    return 0
+
+
+# --- report ----------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from ml_backend.report import collect_progress
+    from trainer.report import format_summary, render_report, summarize
+
+    settings = _settings()
+    if Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"--out: the report is a PNG file (name ending in .png), got {args.out!r}")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise ValueError(f"--out: directory {str(Path(args.out).resolve().parent)!r} does not exist")
+    progress = collect_progress(settings, _redis(settings), args.project)
+    path = render_report(progress, args.out)
+    summary = summarize(progress)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    print(f"reid-al report: wrote {path}", file=sys.stderr)
+    return 0
+
+
 # --- status ----------------------------------------------------------------------------------------------
+def stopping_line(stop: dict[str, Any]) -> str:
+    """The stopping rule as `reid-al status` and `reid-al report` print it."""
+    line = (
+        f"  stopping rule: P(any of the next {stop['patience']} answers changes the identities) = "
+        f"{stop['p_any_change']:.3f}, stop below {stop['threshold']:g}; {stop['label_changing']} of "
+        f"{stop['answers']} answers changed them"
+    )
+    if stop["reached"]:
+        paused = not stop.get("pushing", True)
+        line += (
+            "; REACHED: new pairs are no longer pushed (REID_AL_KEEP_PUSHING=1 pushes them)"
+            if paused
+            else "; reached, new pairs pushed anyway (REID_AL_KEEP_PUSHING=1)"
+        )
+    return line
+
+
 def _project_problem_lines(p: dict[str, Any]) -> list[str]:
     """What `reid-al status` says about pushes that fell short, refused events and unreadable images."""
     lines = []
@@ -586,6 +685,9 @@ def format_status(status: dict[str, Any]) -> str:
                     f"  model served: {last['served']}"
                     + (f" ({gate['reason']})" if gate.get("reason") else "")
                 )
+        stop = p.get("stopping")
+        if stop:
+            lines.append(stopping_line(stop))
         lines += _project_problem_lines(p)
     counters = status.get("unregistered") or {}
     rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
@@ -646,6 +748,8 @@ COMMANDS = {
     "sync": cmd_sync,
     "status": cmd_status,
     "finetune": cmd_finetune,
+    "export": cmd_export,
+    "report": cmd_report,
 }
 
 

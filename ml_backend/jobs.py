@@ -200,6 +200,26 @@ def run_project_cycle(
         "gate": None if result.gate is None else result.gate.to_dict(),
         "identities": result.identities.summary(),
     }
+    stopping = _stopping(settings, state, data, result.previous_version)
+    pushing = not stopping.reached or bool(settings.keep_pushing)
+    proposals = list(result.proposals) if pushing else []
+    summary["stopping"] = {
+        **stopping.to_dict(),
+        "pushing": pushing,
+        "held_back": len(result.proposals) - len(proposals),
+    }
+    if stopping.reached:
+        log.info(
+            "project %s: stopping rule reached: P(any of the next %d answers changes the identities) "
+            "= %.3f < %s; %s",
+            project,
+            stopping.patience,
+            stopping.p_any_change,
+            stopping.threshold,
+            "REID_AL_KEEP_PUSHING=1: new pairs are pushed anyway"
+            if pushing
+            else f"{len(result.proposals)} new pair(s) not pushed (REID_AL_KEEP_PUSHING=1 pushes them)",
+        )
     if client is None and settings.label_studio_api_key:
         from ml_backend.labelstudio import LabelStudioClient
 
@@ -218,7 +238,7 @@ def run_project_cycle(
             state,
             project_id=int(project),
             version=version,
-            proposals=list(result.proposals),
+            proposals=proposals,
             embeddings=np.asarray(result.embeddings, dtype=np.float32),
             image_ids=data.ids,
             url_for=_url_resolver(settings, state, data),
@@ -236,6 +256,26 @@ def run_project_cycle(
         **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()},
     }
     return summary
+
+
+def _stopping(settings: Settings, state: ProjectState, data: ProjectData, previous: str | None) -> Any:
+    """The stopping estimate, judging new answers against the identities of the version they were
+    given under (the previous one; none before the first cycle)."""
+    from ml_backend.export import read_identities
+    from ml_backend.stopping import project_stopping
+
+    labels = None
+    if previous is not None:
+        try:
+            labels = read_identities(settings.project_dir(state.project) / previous).labels
+        except FileNotFoundError:
+            log.warning(
+                "project %s: version %s stores no identities; its answers count as merges and "
+                "contradictions only",
+                state.project,
+                previous,
+            )
+    return project_stopping(settings, state, data.row_of, labels)
 
 
 def cycle_job(project: str, reason: str = "") -> dict[str, Any]:

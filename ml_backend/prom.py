@@ -97,6 +97,27 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
     last = MetricFamily("reid_al_last_cycle_duration_seconds", "gauge", "Duration of the last cycle")
     pending = MetricFamily("reid_al_pending_constraints", "gauge", "Constraint changes since the last cycle")
     running = MetricFamily("reid_al_cycle_running", "gauge", "1 while a cycle of the project runs")
+    stop_p = MetricFamily(
+        "reid_al_stop_p_any_change",
+        "gauge",
+        "Stopping rule, last cycle: P(any of the next N answers changes the identities)",
+    )
+    stop_rate = MetricFamily(
+        "reid_al_stop_label_changing_rate",
+        "gauge",
+        "Exponentially weighted rate of answers that changed the identities",
+    )
+    stop_changing = MetricFamily(
+        "reid_al_answers_label_changing",
+        "gauge",
+        "Answers that changed the identities (merges, separations, contradictions)",
+    )
+    stop_reached = MetricFamily("reid_al_stop_reached", "gauge", "1 once the stopping rule is reached")
+    stop_paused = MetricFamily(
+        "reid_al_new_pairs_paused",
+        "gauge",
+        "1 while new pairs are not pushed because the stopping rule is reached",
+    )
     depth = MetricFamily("reid_al_queue_depth", "gauge", "Jobs waiting in the RQ queue")
     rejected = MetricFamily(
         "reid_al_requests_rejected_total",
@@ -147,6 +168,13 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         history = state.cycles.history()
         if history:
             last.add(float(history[0].get("duration_s", 0.0)), project=project)
+        stopping = next((c["stopping"] for c in history if c.get("stopping")), None)
+        if stopping:
+            stop_p.add(float(stopping["p_any_change"]), project=project)
+            stop_rate.add(float(stopping["rate"]), project=project)
+            stop_changing.add(int(stopping["label_changing"]), project=project)
+            stop_reached.add(int(bool(stopping["reached"])), project=project)
+            stop_paused.add(int(not stopping.get("pushing", True)), project=project)
         pending.add(state.pending.count(), project=project)
         running.add(1 if status.get("status") == "running" else 0, project=project)
 
@@ -165,6 +193,11 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         last,
         pending,
         running,
+        stop_p,
+        stop_rate,
+        stop_changing,
+        stop_reached,
+        stop_paused,
         depth,
         rejected,
         webhook_rejected,

@@ -494,6 +494,7 @@ class CycleQueue:
             "current_version": state.cycles.current_version(),
             "cycle": cycle,
             "last_cycle": cycles[0] if cycles else None,
+            "stopping": next((c["stopping"] for c in cycles if c.get("stopping")), None),
             "n_cycles": len(cycles),
             "last_push": push_outcome(finished),
             "webhook_rejected": {

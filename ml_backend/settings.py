@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ml_backend.errors import SettingsError
+from strategies.defaults import STOP_PATIENCE, STOP_THRESHOLD, STOP_WINDOW
 from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY, DEFAULT_ENCODER_SPEC
 
 __all__ = [
@@ -202,6 +203,26 @@ class Settings:
         "torch threads for adapter training in a worker (0 = torch default; 1 when workers share a CPU)",
         low=0,
     )
+    stop_window: int = _setting(
+        "REID_AL_STOP_WINDOW",
+        STOP_WINDOW,
+        "stopping rule: span of the weighted rate of answers that change the identities",
+        low=1,
+    )
+    stop_patience: int = _setting(
+        "REID_AL_STOP_PATIENCE",
+        STOP_PATIENCE,
+        "stopping rule: N in 'the chance that any of the next N answers changes the identities'",
+        low=1,
+    )
+    stop_threshold: float = _setting(
+        "REID_AL_STOP_THRESHOLD",
+        STOP_THRESHOLD,
+        "stopping rule: stop pushing new pairs once that chance is below this (0 < value < 1)",
+    )
+    keep_pushing: int = _setting(
+        "REID_AL_KEEP_PUSHING", 0, "1: push new pairs even after the stopping rule is reached", low=0, high=1
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -215,6 +236,10 @@ class Settings:
         if not 0 < self.image_fetch_seconds <= 3600:
             raise SettingsError(
                 "REID_AL_IMAGE_FETCH_SECONDS", f"must be > 0 and at most 3600, got {self.image_fetch_seconds}"
+            )
+        if not 0.0 < self.stop_threshold < 1.0:
+            raise SettingsError(
+                "REID_AL_STOP_THRESHOLD", f"must be between 0 and 1 (exclusive), got {self.stop_threshold}"
             )
         _ = self.image_origin_list  # raises SettingsError on a malformed entry
         if self.log_level not in LOG_LEVELS:

@@ -78,3 +78,10 @@ CALIBRATION_PRIOR_CENTER = 0.5  # cosine at which the prior curve says P(same) =
 CALIBRATION_PRIOR_SLOPE = 10.0  # steepness of the prior logistic on cosine
 CALIBRATION_LOGISTIC_C = 100.0  # inverse L2 strength of the logistic fit (weak: sims live in [-1, 1])
 METRICS_CHUNK_ELEMENTS = 4_000_000  # query x gallery distances held at once by retrieval_metrics
+
+# Stopping rule (strategies/stopping.py): WBIA's refresh criterion and its published defaults
+# (wbia/algo/graph/refresh.py: span 20, patience 72, threshold 0.1, binomial model). With them the
+# rule fires after about 65 answers in a row that change nothing, from any starting rate.
+STOP_WINDOW = 20  # span of the exponentially weighted rate of label-changing answers
+STOP_PATIENCE = 72  # N: "the chance that any of the next N answers changes something"
+STOP_THRESHOLD = 0.1  # stop when that chance falls below this

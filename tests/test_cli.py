@@ -29,7 +29,7 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("serve", "worker", "connect", "ingest", "sync", "status", "simulate"):
+    for command in ("serve", "worker", "connect", "ingest", "sync", "status", "export", "report", "simulate"):
         assert command in out
     for variable, *_ in SETTINGS_HELP:
         assert variable in out
@@ -140,6 +140,19 @@ def test_push_outcome_of_a_full_push_an_exhausted_pool_and_no_token() -> None:
     }
     assert push_outcome(exhausted)["reasons"] == [
         "5 not proposed: the pool is exhausted: every pair is answered, implied or asked"
+    ]
+    stopped = {
+        "status": "finished",
+        "budget": 5,
+        "proposals": 4,
+        "shortfall": 1,
+        "push": {"created": 0},
+        "stopping": {"reached": True, "pushing": False},
+        "strategy": "hybrid",
+    }
+    assert push_outcome(stopped)["reasons"] == [
+        "1 not proposed: hybrid proposed 4 pair(s)",
+        "4 withheld: the stopping rule is reached (REID_AL_KEEP_PUSHING=1 pushes them anyway)",
     ]
     no_token = {"status": "finished", "budget": 5, "push": None}
     assert push_outcome(no_token)["reasons"] == ["nothing pushed: LABEL_STUDIO_API_KEY is not set"]

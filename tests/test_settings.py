@@ -51,6 +51,10 @@ def test_every_variable_is_read() -> None:
         "REID_AL_JOB_TIMEOUT": "60",
         "REID_AL_TORCH_THREADS": "1",
         "REID_AL_BACKEND_URL": "http://reid-al:9191/",
+        "REID_AL_STOP_WINDOW": "10",
+        "REID_AL_STOP_PATIENCE": "30",
+        "REID_AL_STOP_THRESHOLD": "0.2",
+        "REID_AL_KEEP_PUSHING": "1",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == (
@@ -73,6 +77,7 @@ def test_every_variable_is_read() -> None:
     assert s.extra_job_names == ("a.b", "c.d")
     assert (s.backend_url, s.connect_url) == ("http://reid-al:9191/", "http://reid-al:9191")
     assert Settings(port=9292).connect_url == "http://localhost:9292"
+    assert (s.stop_window, s.stop_patience, s.stop_threshold, s.keep_pushing) == (10, 30, 0.2, 1)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 

@@ -66,7 +66,7 @@ from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapt
 from trainer.defaults import CYCLE_BUDGET, CYCLE_PSEUDO_LABELS, CYCLE_STRATEGY
 from trainer.gate import GateDecision, Holdout, ValidationGate
 
-__all__ = ["PSEUDO_LABELS", "CycleConfig", "CycleResult", "run_cycle"]
+__all__ = ["PSEUDO_LABELS", "CycleConfig", "CycleResult", "answers_fingerprint", "run_cycle"]
 
 # What a candidate learns identities from: the assignment under the model in service ("identities"),
 # the assignment under the frozen encoder ("frozen": a function of the answers alone), or only the
@@ -269,7 +269,7 @@ def _in_service(registry: Any, d: int) -> _InService:
     return _InService(previous, state, loaded.metrics.get("answers_fingerprint"), trained_on)
 
 
-def _fingerprint(must_link: np.ndarray, cannot_link: np.ndarray) -> str:
+def answers_fingerprint(must_link: np.ndarray, cannot_link: np.ndarray) -> str:
     """Identifies a set of answers: a cycle that sees the same ones as the last trains nothing new."""
     digest = hashlib.sha1()
     for pairs in (must_link, cannot_link):
@@ -469,7 +469,7 @@ def run_cycle(
         unseen = ~service.trained_on
     holdout = config.gate.split(n, effective.must_link, effective.cannot_link, unseen=unseen)
     labels = _training_labels(_label_source(config, x, graph, view, in_service), holdout)
-    fingerprint = _fingerprint(effective.must_link, effective.cannot_link)
+    fingerprint = answers_fingerprint(effective.must_link, effective.cannot_link)
     skipped = _why_not_train(config, n, holdout, labels, same_answers=fingerprint == service.answers)
     train_result: TrainResult | None = None
     decision: GateDecision | None = None

@@ -57,8 +57,9 @@ def push_outcome(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Pairs pushed against the budget for one finished cycle's summary, and why any fell short.
 
     The budget splits into what the sampler did not propose (its shortfall) and, of its proposals,
-    the ones answered meanwhile, already open as tasks, or with an image Label Studio cannot show; the
-    rest were created. Each reason carries its count, so the counts add up to the shortfall."""
+    the ones withheld by the stopping rule, answered meanwhile, already open as tasks, or with an image
+    Label Studio cannot show; the rest were created. Each reason carries its count, so the counts add
+    up to the shortfall."""
     if not summary or summary.get("status") != "finished":
         return None
     budget = summary.get("budget")
@@ -83,6 +84,12 @@ def push_outcome(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if pools and not summary.get("sampler_exhausted"):
             why += " (candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(pools.items())) + ")"
         reasons.append(f"{sampler_short} not proposed: {why}")
+    stopping = summary.get("stopping") or {}
+    if stopping.get("pushing") is False and summary.get("proposals"):
+        reasons.append(
+            f"{int(summary['proposals'])} withheld: the stopping rule is reached (REID_AL_KEEP_PUSHING=1 "
+            "pushes them anyway)"
+        )
     for key, why in (
         ("implied_proposals", "implied by answers given while the cycle ran"),
         ("existing", "already open as tasks"),
