@@ -380,15 +380,18 @@ def create_app(
         project = _project({"project": request.args["project"]})
         fmt = export_format(request.args.get("format", "csv"))
         result = build_export(settings, project, redis=redis, version=request.args.get("version"))
-        headers = {"X-Reid-Al-Version": result.version,
-                   "X-Reid-Al-Answers-Changed": str(result.answers_changed).lower(),
-                   "X-Reid-Al-Answers-After-Version": str(result.answers_after_version)}
+        headers = {
+            "X-Reid-Al-Version": result.version,
+            "X-Reid-Al-Answers-Changed": str(result.answers_changed).lower(),
+            "X-Reid-Al-Answers-After-Version": str(result.answers_after_version),
+        }
         if fmt == "json":
             response = jsonify(result.to_dict())
         else:
             response = Response(result.to_csv(), content_type="text/csv; charset=utf-8")
             headers["Content-Disposition"] = (
-                f'attachment; filename="identities-{result.project}-{result.version}.csv"')
+                f'attachment; filename="identities-{result.project}-{result.version}.csv"'
+            )
         response.headers.update(headers)
         return response
 
