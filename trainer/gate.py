@@ -10,8 +10,9 @@ a model that learned an identity in an earlier cycle is not judged on it. Scores
 * ``auc``: how often a held-out "same" pair (every pair inside a held-out component) is more similar
   than a held-out "different" pair (every cannot-link with an end in one) — the hard cases annotators
   resolved, which is what a better re-ID model must get right (only with ``min_negatives`` of them);
-* ``map``: retrieval mAP of each held-out image against every verified image (positives: its own
-  component), which also sees a model that pulls unrelated individuals together.
+* ``map``: retrieval mAP of each held-out image against the pool (positives: its own component;
+  every other pool image a distractor), which also sees a model that pulls unrelated individuals
+  together and does not saturate the way a verified-only gallery does.
 
 A model's validation ``score`` is the mean of the two (``map`` alone without enough "different"
 pairs). A candidate is served when its score beats the frozen encoder's by more than ``min_gain`` and
@@ -31,6 +32,7 @@ import numpy as np
 from strategies.constraints import must_link_components
 from trainer.defaults import (
     GATE_FOLDS,
+    GATE_MAX_GALLERY,
     GATE_MAX_QUERIES,
     GATE_MIN_GAIN,
     GATE_MIN_NEGATIVES,
@@ -211,12 +213,25 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size))
 
 
-def _verified_map(x: np.ndarray, holdout: Holdout, max_queries: int = GATE_MAX_QUERIES) -> float:
-    """Mean AP of held-out images querying every verified image (any fold), positives = own component;
-    at most ``max_queries`` queries (evenly spaced), scored in blocks so memory stays bounded."""
+def _verified_map(x: np.ndarray, holdout: Holdout, max_queries: int = GATE_MAX_QUERIES,
+                  max_gallery: int = GATE_MAX_GALLERY) -> float:
+    """Mean AP of held-out images querying the pool, positives = own must-link component.
+
+    The gallery is every verified image plus the unverified rest of the pool as distractors (evenly
+    spaced beyond ``max_gallery``): against verified images alone the task saturates near 1.0 on a few
+    hundred answers and cannot tell a better model from the frozen encoder; the pool is what a model
+    must separate identities in. Unverified images of a query's own identity count as misses for
+    every model alike. At most ``max_queries`` queries (evenly spaced), scored in blocks so memory
+    stays bounded."""
     comp = holdout.components
     sizes = np.bincount(comp)
-    gallery = np.flatnonzero(sizes[comp] >= 2)
+    verified = sizes[comp] >= 2
+    gallery = np.flatnonzero(verified)
+    rest = np.flatnonzero(~verified)
+    room = max(0, max_gallery - gallery.size)
+    if rest.size > room:
+        rest = rest[np.linspace(0, rest.size - 1, room).astype(np.int64)] if room else rest[:0]
+    gallery = np.sort(np.concatenate([gallery, rest]))
     queries = np.flatnonzero(holdout.scored)
     if queries.size == 0:
         return float("nan")

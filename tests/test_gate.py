@@ -1,0 +1,98 @@
+"""The validation gate's split and scores: what decides whether a model version is served."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.gate import ValidationGate
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _pool(n_ids: int = 40, views: int = 3, distractors: int = 200, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Verified identities (must-link triples) plus unverified distractors close to them."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(n_ids, 16)))
+    ids = np.repeat(np.arange(n_ids), views)
+    verified = _unit(centres[ids] + 0.15 * rng.normal(size=(ids.size, 16)))
+    near = rng.integers(n_ids, size=distractors)
+    others = _unit(centres[near] + 0.35 * rng.normal(size=(distractors, 16)))
+    x = np.vstack([verified, others])
+    must = np.array([(k * views + a, k * views + b) for k in range(n_ids) for a in range(views)
+                     for b in range(a + 1, views)], dtype=np.int64)
+    cannot = np.array([(k * views, ((k + 1) % n_ids) * views) for k in range(n_ids)], dtype=np.int64)
+    return x, must, cannot, ids
+
+
+def test_held_out_components_are_kept_out_of_training_and_stable() -> None:
+    x, must, cannot, _ = _pool()
+    gate = ValidationGate(folds=4)
+    a = gate.split(x.shape[0], must, cannot)
+    b = gate.split(x.shape[0], must[::-1], cannot)
+    assert np.array_equal(a.images, b.images) and a.images.any()
+    held = a.images
+    for pairs in (a.train_must_link, a.train_cannot_link):
+        assert not (held[pairs[:, 0]] | held[pairs[:, 1]]).any()
+    assert all(held[i] and held[j] for i, j in a.positives)
+
+
+def test_pool_distractors_tell_models_apart_where_verified_images_alone_saturate() -> None:
+    """Two models that both separate the verified identities perfectly score the same against a
+    verified-only gallery; the one that also keeps the unverified pool away scores higher."""
+    x, must, cannot, ids = _pool()
+    n_verified = ids.size
+    gate = ValidationGate(folds=4, min_positives=2, min_negatives=1)
+    holdout = gate.split(x.shape[0], must, cannot)
+    tight = x.copy()
+    # "collapsed": the distractors sit exactly on their nearest identity's images
+    collapsed = x.copy()
+    nearest = np.argmax(x[n_verified:] @ x[:n_verified].T, axis=1)
+    collapsed[n_verified:] = x[nearest]
+    good, bad = gate.score(tight, holdout), gate.score(collapsed, holdout)
+    assert good["map"] > bad["map"] + 0.05
+    verified_only = ValidationGate(folds=4, min_positives=2, min_negatives=1)
+    sub = verified_only.split(n_verified, must, cannot)
+    assert gate.score(tight[:n_verified], sub)["map"] == pytest.approx(
+        gate.score(collapsed[:n_verified], sub)["map"])
+
+
+def test_gallery_is_bounded_and_still_holds_every_verified_image() -> None:
+    x, must, cannot, ids = _pool(distractors=500)
+    holdout = ValidationGate(folds=4).split(x.shape[0], must, cannot)
+    from trainer.gate import _verified_map
+
+    small = _verified_map(x, holdout, max_gallery=ids.size)  # verified images only
+    full = _verified_map(x, holdout, max_gallery=10**6)
+    assert 0.0 < full <= small <= 1.0
+
+
+def test_candidate_must_beat_frozen_and_keep_up_with_the_model_in_service() -> None:
+    x, must, cannot, _ = _pool()
+    gate = ValidationGate(folds=4, min_positives=2, min_negatives=1)
+    holdout = gate.split(x.shape[0], must, cannot)
+    rng = np.random.default_rng(1)
+    noisy = _unit(x + 0.6 * rng.normal(size=x.shape))
+    assert gate.decide(holdout, {"candidate": x, "frozen": noisy}, "frozen").served == "candidate"
+    assert gate.decide(holdout, {"candidate": noisy, "frozen": x}, "frozen").served == "frozen"
+    stays = gate.decide(holdout, {"candidate": noisy, "frozen": noisy, "previous": x}, "previous")
+    assert stays.served == "previous" and "previous" in stays.scores
+    falls = gate.decide(holdout, {"candidate": noisy, "frozen": x, "previous": noisy}, "previous")
+    assert falls.served == "frozen"
+
+
+def test_too_few_held_out_answers_keep_the_model_in_service() -> None:
+    x, must, cannot, _ = _pool(n_ids=3)
+    gate = ValidationGate(folds=2, min_positives=50)
+    holdout = gate.split(x.shape[0], must, cannot)
+    decision = gate.decide(holdout, {"candidate": x, "frozen": x}, "frozen")
+    assert decision.served == "frozen" and "too few" in decision.reason
+
+
+def test_split_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="folds"):
+        ValidationGate(folds=1).split(4, np.zeros((0, 2)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="unseen"):
+        ValidationGate().split(4, np.zeros((0, 2)), np.zeros((0, 2)), unseen=np.ones(3, dtype=bool))
