@@ -2,9 +2,10 @@
 
 Why this rule: the team's goal is every image with its individual, so an answer is worth its cost
 only when it changes the identity assignment. Replaying the answers in arrival order says which ones
-did (``label_changing``): a "same" that merges two must-link components, or a "different" that
-separates images the assignment in service had put together (or contradicts a must-link path); a
-"same" inside one component or a "different" across a known cannot-link was already implied.
+did (``label_changing``): a "same" that joins images the assignment in service had apart, or a
+"different" that separates images it had put together (or contradicts a must-link path); a "same"
+that confirms what the assignment inferred verifies it without changing it, and a "same" inside one
+component or a "different" across a known cannot-link was already implied.
 ``RefreshCriterion`` keeps an exponentially weighted rate ``mu`` of label-changing answers (starting
 at 1, so it needs a run of useless answers to fall) and models the next ``patience`` answers as
 independent draws: P(any changes something) = 1 - (1 - mu)^patience. Below ``threshold`` the project
@@ -30,8 +31,9 @@ def label_changing(pairs: Any, same: Any, inferred_same: Any = None) -> np.ndarr
     ``pairs``: (k, 2) image rows; ``same``: (k,) bool, True for "same"; ``inferred_same``: (k,) bool,
     whether the assignment in service when the answer arrived had the two images in one identity
     (None: nothing inferred, identities are the must-link components). A "same" changes something when
-    the pair is not already in one component; a "different" when the pair is in one component (a
-    contradiction to resolve) or was inferred the same and no cannot-link separated it yet.
+    the pair is neither in one component nor inferred the same (or a cannot-link separates it: a
+    contradiction); a "different" when the pair is in one component (a contradiction to resolve) or
+    was inferred the same and no cannot-link separated it yet.
     """
     arr = np.asarray(pairs)
     if arr.size == 0:
@@ -53,7 +55,8 @@ def label_changing(pairs: Any, same: Any, inferred_same: Any = None) -> np.ndarr
         i, j = int(arr[t, 0]), int(arr[t, 1])
         relation = graph.relation(i, j)
         if same_arr[t]:
-            out[t] = relation is not Relation.SAME
+            news = relation is Relation.UNKNOWN and not bool(inferred[t])
+            out[t] = news or relation is Relation.DIFFERENT
             graph.add(t, i, j, ConstraintKind.MUST_LINK)
         else:
             out[t] = relation is Relation.SAME or (relation is Relation.UNKNOWN and bool(inferred[t]))

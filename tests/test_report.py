@@ -121,10 +121,10 @@ def test_summary_numbers_of_a_constructed_project(tmp_path: Path, redis_client: 
         summary["images_verified"],
         summary["images_inferred"],
     ) == (5, 2, 5, 3)
-    # in arrival order: 3 merges, 0-3 apart in the latest identities (nothing changes), then two
-    # contradictions
+    # in arrival order, judged against the latest identities (no cycle stored a judgement): the three
+    # "same" confirm what they inferred, 0-3 were apart (nothing changes), then two contradictions
     stop = summary["stopping"]
-    assert (stop["answers"], stop["label_changing"], stop["reached"]) == (6, 5, False)
+    assert (stop["answers"], stop["label_changing"], stop["reached"]) == (6, 2, False)
     assert progress.stopping is not None and progress.stopping.p_trace.shape == (6,)
     text = format_summary(summary)
     assert "8 answers (3 same, 3 different, 1 unsure, 1 skipped)" in text

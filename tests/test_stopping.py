@@ -15,9 +15,9 @@ pair_lists = st.lists(
 
 
 def test_label_changing_on_a_worked_example() -> None:
-    pairs = np.array([[0, 1], [1, 2], [0, 2], [0, 2], [3, 4], [3, 4], [5, 6], [1, 3]])
-    same = np.array([True, True, True, False, False, False, False, True])
-    inferred = np.array([False, False, False, False, True, True, False, True])
+    pairs = np.array([[0, 1], [1, 2], [0, 2], [0, 2], [3, 4], [3, 4], [5, 6], [1, 3], [7, 8], [5, 6]])
+    same = np.array([True, True, True, False, False, False, False, True, True, True])
+    inferred = np.array([False, False, False, False, True, True, False, True, False, False])
     assert label_changing(pairs, same, inferred).tolist() == [
         True,  # merge {0} + {1}
         True,  # merge {0,1} + {2}
@@ -26,7 +26,9 @@ def test_label_changing_on_a_worked_example() -> None:
         True,  # separates images the assignment had together
         False,  # already separated by the previous answer
         False,  # 5 and 6 were apart in the assignment: nothing changes
-        True,  # merge {0,1,2} + {3}
+        False,  # 1 and 3 were together in the assignment: verified, not changed
+        True,  # joins 7 and 8, apart in the assignment
+        True,  # "same" across a cannot-link: a contradiction
     ]
 
 

@@ -31,7 +31,7 @@ def test_answers_are_judged_against_the_identities_of_their_time(redis_client: r
     state = ProjectState(redis_client, "4")
     _record(state, 1, "im0", "im1", "same", 1_700_000_000)
     _record(state, 2, "im2", "im3", "different", 1_700_000_001)
-    together = np.array([0, 0, 1, 1, 2, 3])  # the assignment in service had im2 and im3 together
+    together = np.array([0, 1, 2, 2, 3, 4])  # the assignment in service had im2 and im3 together
     first = project_stopping(settings, state, ROWS.get, together)
     assert (first.answers, first.label_changing) == (2, 2) and not first.reached
     # a later cycle with other identities keeps the judgement of each answer's own time
