@@ -426,3 +426,129 @@ def test_ingest_connects_a_project_that_has_no_ml_backend(tmp_path: Path) -> Non
         "project 5 is connected to http://other:9090, not to http://localhost:9191 (REID_AL_BACKEND_URL): "
         "run `reid-al connect --project 5` if this backend should serve it"
     ]
+
+
+def _answer_all(ls_client: LabelStudioClient, project: int) -> int:
+    """An annotator answers every open pair task from the truth (identity = folder)."""
+    n = 0
+    for task in ls_client.iter_tasks(project, fields="all"):
+        if task["total_annotations"]:
+            continue
+        same = task["data"]["id_a"].split("/")[0] == task["data"]["id_b"].split("/")[0]
+        value = {"choices": ["same" if same else "different"]}
+        ls_client.create_annotation(
+            task["id"], [{"from_name": "answer", "to_name": "image_a", "type": "choices", "value": value}]
+        )
+        n += 1
+    return n
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_export_after_annotating_and_the_stopping_rule_stops_pushes(
+    label_studio: object,
+    ls_client: LabelStudioClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Against a real Label Studio: annotate, sync, cycle; `reid-al export` hands back one identity per
+    pool image that agrees with every answer and with the version's identities; once the last answer
+    changes nothing (stopping rule with window 1, patience 1), the next cycle pushes no new pair."""
+    import csv
+
+    from ml_backend.cli import main
+    from ml_backend.embedded import EmbeddedRedis
+    from ml_backend.export import read_identities
+    from ml_backend.ingest import run_cycle_inline
+    from ml_backend.pairs import pair_id, task_data
+    from ml_backend.pool import local_files_url
+    from ml_backend.sync import sync
+
+    document_root: Path = label_studio.document_root  # type: ignore[attr-defined]
+    images = document_root / "export-stop"
+    make_images(images, 5, 4, seed=5)
+    project = int(ls_client.create_project("export and stopping", LABEL_CONFIG)["id"])
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        encoder="mobilenetv2",
+        budget=8,
+        label_studio_url=label_studio.url,  # type: ignore[attr-defined]
+        label_studio_api_key=label_studio.token,  # type: ignore[attr-defined]
+        document_root=str(document_root),
+        stop_window=1,
+        stop_patience=1,
+        stop_threshold=0.5,
+    )
+
+    def sync_now() -> None:
+        with EmbeddedRedis(settings.model_dir / "redis") as server:
+            client = redis_lib.Redis.from_url(server.url)
+            report = sync(project, settings, ls_client, redis=client)
+            client.close()
+        assert report.invalid == []
+
+    try:
+        first = ingest(images, project, settings, progress=False).cycle
+        assert first is not None and first["status"] == "finished", first
+        assert _answer_all(ls_client, project) >= 1
+        sync_now()
+        second = run_cycle_inline(settings, project, reason="after sync")
+        assert second["status"] == "finished", second
+        version = second["version"]
+
+        # -- export, as README gives it
+        with EmbeddedRedis(settings.model_dir / "redis") as server:
+            monkeypatch.setenv("MODEL_DIR", str(settings.model_dir))
+            monkeypatch.setenv("REDIS_URL", server.url)
+            out = tmp_path / "identities.csv"
+            assert main(["export", "--project", str(project), "--out", str(out)]) == 0
+            client = redis_lib.Redis.from_url(server.url)
+            answers = ProjectState(client, str(project)).annotations.all()
+            client.close()
+        assert f"of version {version}" in capsys.readouterr().err
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == 20 and {r["image_id"] for r in rows} == {
+            f"id{i:02d}/{k:03d}.png" for i in range(5) for k in range(4)
+        }
+        identity = {r["image_id"]: r["identity"] for r in rows}
+        stored = read_identities(settings.project_dir(str(project)) / version)
+        assert len({r["identity"] for r in rows}) == len(set(stored.labels.tolist()))
+        verified = {r["image_id"] for r in rows if r["verified"].lower() == "true"}
+        for record in answers:
+            a, b = record["image_a"], record["image_b"]
+            if record["answer"] == "same":
+                assert identity[a] == identity[b] and {a, b} <= verified, record
+            elif record["answer"] == "different":
+                assert identity[a] != identity[b], record
+
+        # -- one more answer that changes nothing: two images of different individuals that the
+        # identities in service already keep apart
+        a, b = next(
+            (x, y)
+            for x in sorted(identity)
+            for y in sorted(identity)
+            if x < y
+            and x.split("/")[0] != y.split("/")[0]
+            and identity[x] != identity[y]
+            and pair_id(x, y) not in set(ls_client.task_ids_by_pair(project))
+        )
+        url = {i: local_files_url(images / i, document_root) for i in (a, b)}
+        (extra,) = ls_client.create_tasks(project, [{"data": task_data(a, b, url[a], url[b])}])
+        value = {"choices": ["different"]}
+        ls_client.create_annotation(
+            extra, [{"from_name": "answer", "to_name": "image_a", "type": "choices", "value": value}]
+        )
+        _answer_all(ls_client, project)  # any pair the second cycle pushed, answered before it
+        sync_now()
+        tasks_before = {t["id"] for t in ls_client.iter_tasks(project)}
+        third = run_cycle_inline(settings, project, reason="stopping")
+        assert third["status"] == "finished", third
+        with EmbeddedRedis(settings.model_dir / "redis") as server:
+            client = redis_lib.Redis.from_url(server.url)
+            stop = ProjectState(client, str(project)).cycles.history()[0]["stopping"]
+            client.close()
+        assert stop["reached"] and not stop["pushing"], stop
+        assert {t["id"] for t in ls_client.iter_tasks(project)} == tasks_before  # no new pair pushed
+    finally:
+        ls_client.delete_project(project)
