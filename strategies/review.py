@@ -151,7 +151,8 @@ class AnswerReview:
         self.redundancy_min_size = redundancy_min_size
         self.redundancy_max_p_same = redundancy_max_p_same
 
-    def _check(self) -> None:
+    def check_params(self) -> None:
+        """Refuse a bad parameter, naming it (run by resolve; callers may check a config early)."""
         for name in ("redundancy_k", "redundancy_min_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -169,7 +170,7 @@ class AnswerReview:
         ``p_same``: the model's calibrated P(same) of an ``(m, 2)`` array of pairs (None: 0.5 for all,
         the model has no say).
         """
-        self._check()
+        self.check_params()
         if not isinstance(constraints, ConstraintGraph):
             raise TypeError(f"constraints: expected a ConstraintGraph, got {type(constraints).__name__}")
         votes: dict[tuple[int, int], _Votes] = {}
