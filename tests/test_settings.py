@@ -34,6 +34,7 @@ def test_every_variable_is_read() -> None:
         "REID_AL_PREDICT_EMBED_SECONDS": "1.5", "REID_AL_DOCUMENT_ROOT": "/data", "REID_AL_QUEUE": "q",
         "REID_AL_JOB_TIMEOUT": "60", "REID_AL_TORCH_THREADS": "1", "REID_AL_STOP_WINDOW": "10",
         "REID_AL_STOP_PATIENCE": "30", "REID_AL_STOP_THRESHOLD": "0.2", "REID_AL_KEEP_PUSHING": "1",
+        "REID_AL_REDUNDANCY_K": "3", "REID_AL_REDUNDANCY_MIN_SIZE": "4", "REID_AL_REDUNDANCY_MAX_P_SAME": "0",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == ("http://ls:8080", "k",
@@ -49,6 +50,7 @@ def test_every_variable_is_read() -> None:
         ("https://img.example.org:443",), 4096, 2.5)
     assert s.extra_job_names == ("a.b", "c.d")
     assert (s.stop_window, s.stop_patience, s.stop_threshold, s.keep_pushing) == (10, 30, 0.2, 1)
+    assert (s.redundancy_k, s.redundancy_min_size, s.redundancy_max_p_same) == (3, 4, 0.0)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
@@ -57,6 +59,9 @@ def test_every_variable_is_read() -> None:
     ("variable", "value", "needle"),
     [
         ("PORT", "abc", "integer"),
+        ("REID_AL_REDUNDANCY_K", "0", "between"),
+        ("REID_AL_REDUNDANCY_MIN_SIZE", "0", ">="),
+        ("REID_AL_REDUNDANCY_MAX_P_SAME", "1.5", "between 0 and 1"),
         ("PORT", "70000", "between"),
         ("WORKERS", "0", ">= 1"),
         ("REID_AL_BUDGET", "-1", ">= 1"),
