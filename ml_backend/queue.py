@@ -436,6 +436,7 @@ class CycleQueue:
             "rerun_requested": bool(self.redis.exists(rerun_key)),
             "pending_constraints": state.pending.count(),
             "conflicts": state.annotations.conflicts(),
+            "reviews": review_status(state),
             "current_version": state.cycles.current_version(),
             "cycle": cycle,
             "last_cycle": cycles[0] if cycles else None,
@@ -450,3 +451,12 @@ class CycleQueue:
         return {"queue": self.queue_name, "queue_depth": self.depth(),
                 "projects": [self.status(p) for p in list_projects(self.redis)],
                 "unregistered": global_counters(self.redis)}
+
+
+def review_status(state: ProjectState) -> dict[str, Any]:
+    """The pairs under review as /status and `reid-al status` show them: open ones (most urgent first),
+    by kind, and how many were pushed and resolved so far."""
+    counters = state.counters()
+    return {"open": state.reviews.open(), "by_kind": state.reviews.counts(),
+            "contradictions_open": state.reviews.contradictions_open(),
+            "pushed": counters.get("reviews_pushed", 0), "resolved": counters.get("reviews_resolved", 0)}

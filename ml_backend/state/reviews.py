@@ -17,11 +17,13 @@ REVIEW_FIELDS = ("pair_id", "image_a", "image_b", "kind", "reason", "p_same", "w
 
 
 class ReviewRecords(KeyFamily):
-    """``reviews`` (pair id -> the open review) and the ``reviews_resolved`` counter of ``counters``."""
+    """``reviews`` (pair id -> the open review), ``review_meta`` (the contradictions open at the last cycle)
+    and the ``reviews_resolved`` counter of ``counters``."""
 
-    def replace(self, reviews: Iterable[Mapping[str, Any]]) -> list[str]:
+    def replace(self, reviews: Iterable[Mapping[str, Any]], *, contradictions_open: int = 0) -> list[str]:
         """Make ``reviews`` the open set; returns the pair ids that were open and are not any more (the
-        resolved ones, also added to the ``reviews_resolved`` counter)."""
+        resolved ones, also added to the ``reviews_resolved`` counter). ``contradictions_open``: how many
+        contradictions those reviews are about (one may suspect several pairs)."""
         new: dict[str, str] = {}
         for review in reviews:
             missing = [f for f in REVIEW_FIELDS if f not in review]
@@ -32,6 +34,7 @@ class ReviewRecords(KeyFamily):
         resolved = sorted(old - set(new))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key("reviews"))
+        pipe.hset(self.key("review_meta"), "contradictions_open", int(contradictions_open))
         if new:
             pipe.hset(self.key("reviews"), mapping=new)
         if resolved:
@@ -39,6 +42,10 @@ class ReviewRecords(KeyFamily):
         register(pipe, self.project)
         pipe.execute()
         return resolved
+
+    def contradictions_open(self) -> int:
+        value = self.redis.hget(self.key("review_meta"), "contradictions_open")
+        return int(value) if value is not None else 0
 
     def open_ids(self) -> list[str]:
         return sorted(json_hash(self.redis.hgetall(self.key("reviews"))))
