@@ -364,6 +364,14 @@ def test_active_learning_loop_through_label_studio(
     assert contradiction and {contradiction[0]["data"]["id_a"], contradiction[0]["data"]["id_b"]} <= {a, b, c}
     assert all(v3 in [p["model_version"] for p in t["predictions"]] for t in review_tasks)
     assert {t["predictions_score"] for t in review_tasks} == {0.0}
+    # Label Studio first hands back the task this annotator holds a lock on (served before the cycle);
+    # once they answer it, the review comes next, before every pair the sampler proposed
+    held = ls_client.get_next_task(project, view=view)
+    if held is not None and not held["data"].get("review_key"):
+        same_held = identity_of(held["data"]["id_a"]) == identity_of(held["data"]["id_b"])
+        truth_held = "same" if same_held else "different"
+        answered[held["id"]] = ls_client.create_annotation(held["id"], choice(truth_held))["id"]
+        wait_for("the held task's answer at the webhook", recorded(answered[held["id"]], truth_held), 10)
     served_first = ls_client.get_next_task(project, view=view)
     assert served_first is not None and served_first["data"].get("review_key"), served_first
 
