@@ -265,3 +265,20 @@ def test_a_pair_verdict_follows_its_majority(answers, table, k):
             assert pair not in kept and pair in reviewed
         if v < 0:
             assert kept.get(pair) is CL
+
+
+@settings(max_examples=100, deadline=None)
+@given(answers=answers_st, table=p_values_st, k=st.integers(1, 3), data=st.data())
+def test_who_answered_a_pair_first_does_not_matter(answers, table, k, data):
+    # reorder the answers of every pair among their own places: each pair keeps its place in the replay
+    places: dict[tuple[int, int], list[int]] = {}
+    for index, (i, j, _same) in enumerate(answers):
+        places.setdefault((min(i, j), max(i, j)), []).append(index)
+    shuffled = list(answers)
+    for slots in places.values():
+        for src, dst in zip(slots, data.draw(st.permutations(slots)), strict=True):
+            shuffled[dst] = answers[src]
+    review = AnswerReview(redundancy_k=k)
+    a, b = review.resolve(_graph(answers), _p(table)), review.resolve(_graph(shuffled), _p(table))
+    assert ml_pairs(a) == ml_pairs(b) and cl_pairs(a) == cl_pairs(b)
+    assert [(r.pair, r.kind) for r in a.reviews] == [(r.pair, r.kind) for r in b.reviews]
