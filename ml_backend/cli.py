@@ -663,10 +663,14 @@ def format_status(status: dict[str, Any]) -> str:
             + (f" (a cycle starts at {every}, REID_AL_RETRAIN_EVERY, or on Start training)" if every else "")
         )
         if p.get("conflicts"):
-            lines.append(
-                f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
-                + ", ".join(c["pair_id"] for c in p["conflicts"][:5])
-            )
+            lines.append(f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
+                         + ", ".join(c["pair_id"] for c in p["conflicts"][:5]))
+        reviews = p.get("reviews") or {}
+        if reviews.get("open") or reviews.get("pushed"):
+            kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in reviews["by_kind"].items() if n)
+            lines.append(f"  under review: {len(reviews['open'])} pair(s) ({kinds or 'none'}), "
+                         f"{reviews['contradictions_open']} contradiction(s) open; {reviews['pushed']} "
+                         f"review task(s) pushed, {reviews['resolved']} resolved")
         if last:
             lines.append(
                 f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"

@@ -18,6 +18,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -160,11 +161,10 @@ def run_project_cycle(
             f"(reid-al ingest <folder> --project {project})"
         )
     graph, unmapped = state.constraint_graph(data.row_of)
-    config = CycleConfig(
-        strategy=settings.strategy,
-        budget=settings.budget,
-        train=TrainConfig(num_threads=settings.torch_threads or None),
-    )
+    config = CycleConfig(strategy=settings.strategy, budget=settings.budget,
+                         train=TrainConfig(num_threads=settings.torch_threads or None),
+                         redundancy_k=settings.redundancy_k, redundancy_min_size=settings.redundancy_min_size,
+                         redundancy_max_p_same=settings.redundancy_max_p_same)
     t1 = time.perf_counter()
     result = run_cycle(
         data.features,
@@ -200,6 +200,13 @@ def run_project_cycle(
         "gate": None if result.gate is None else result.gate.to_dict(),
         "identities": result.identities.summary(),
     }
+    reviews = review_records(result.reviews, data.ids)
+    review = result.reviewed.summary() if result.reviewed is not None else {}
+    resolved = state.reviews.replace(reviews, contradictions_open=review.get("contradictions_open", 0))
+    summary["review"] = {**review, "resolved": len(resolved)}
+    if reviews:
+        log.info("project %s: %d pair(s) under review (%s); %d resolved since the last cycle", project,
+                 len(reviews), state.reviews.counts(), len(resolved))
     stopping = _stopping(settings, state, data, result.previous_version)
     pushing = not stopping.reached or bool(settings.keep_pushing)
     proposals = list(result.proposals) if pushing else []
@@ -234,20 +241,12 @@ def run_project_cycle(
             (lambda i: data.pool.item(i).text if i in data.pool else None) if data.pool is not None else None
         )
         report = push_cycle(
-            client,
-            state,
-            project_id=int(project),
-            version=version,
-            proposals=proposals,
-            embeddings=np.asarray(result.embeddings, dtype=np.float32),
-            image_ids=data.ids,
-            url_for=_url_resolver(settings, state, data),
-            caption_for=caption_for,
-            calibrator=result.calibrator,
-            graph=graph_now,
-            from_name=meta.get("from_name", "answer"),
-            to_name=meta.get("to_name", "image_a"),
-        )
+            client, state, project_id=int(project), version=version, proposals=proposals,
+            embeddings=np.asarray(result.embeddings, dtype=np.float32), image_ids=data.ids,
+            url_for=_url_resolver(settings, state, data), caption_for=caption_for,
+            calibrator=result.calibrator, graph=graph_now,
+            from_name=meta.get("from_name", "answer"), to_name=meta.get("to_name", "image_a"),
+            reviews=reviews)  # reviews fix what is answered: pushed even once the stopping rule is reached
         timings["push_s"] = time.perf_counter() - t2
         summary["push"] = report.to_dict()
     state.cycles.add_version(version)
@@ -256,6 +255,20 @@ def run_project_cycle(
         **{f"cycle.{k}": v for k, v in dict(getattr(result, "timings", {}) or {}).items()},
     }
     return summary
+
+
+def review_records(reviews: Sequence[Any], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The cycle's reviews (rows) as the records ml_backend.state.reviews keeps (image ids)."""
+    from ml_backend.pairs import ordered, pair_id
+
+    out = []
+    for review in reviews:
+        a, b = ordered(ids[review.i], ids[review.j])
+        out.append({"pair_id": pair_id(a, b), "image_a": a, "image_b": b, "kind": review.kind,
+                    "reason": review.reason, "p_same": round(float(review.p_same), 6),
+                    "weight": round(float(review.weight), 6),
+                    "annotation_ids": list(review.annotation_ids)})
+    return out
 
 
 def _stopping(settings: Settings, state: ProjectState, data: ProjectData, previous: str | None) -> Any:

@@ -3,9 +3,11 @@
 Why the score is 1 - priority: Label Studio's uncertainty ordering serves the LOWEST score first,
 and our samplers rank by priority (higher = more informative). Pairs the backend pushed itself
 carry the sampler's priority from the pair registry; any other pair is scored by how uncertain
-the current model is about it (P(same) near 0.5 = most informative). Images that users imported
-themselves are embedded on the fly, within a count and time bound, so one /predict call never
-blows Label Studio's 100 s timeout; what is left over is scored neutrally and queued for embedding.
+the current model is about it (P(same) near 0.5 = most informative); a review task (``data.review_key``:
+a pair asked again about a contradiction, a disagreement or a held merge) scores REVIEW_SCORE, before
+everything else. Images that users imported themselves are embedded on the fly, within a count and time
+bound, so one /predict call never blows Label Studio's 100 s timeout; what is left over is scored
+neutrally and queued for embedding.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from ml_backend import fetch
 from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
-from ml_backend.push import p_same_of, prediction_result, score_of, uncertainty_priority
+from ml_backend.push import REVIEW_SCORE, p_same_of, prediction_result, score_of, uncertainty_priority
 
 if TYPE_CHECKING:
     from ml_backend.settings import Settings
@@ -206,6 +208,8 @@ class Predictor:
         vec_b: list[np.ndarray] = []
         for index, (a, b, _data) in enumerate(parsed):
             record = state.pairs.get(pair_id(a, b))
+            if _data.get("review_key"):
+                record = None  # its registry entry scores the first ask, not this one
             if (record is not None and record.get("model_version") == model_version
                     and record.get("p_same") is not None and record.get("priority") is not None):
                 results.append(self._result(float(record["p_same"]), float(record["priority"]),
@@ -227,6 +231,9 @@ class Predictor:
             for index, value in zip(pending_rows, p, strict=True):
                 results[index] = self._result(float(value), uncertainty_priority(float(value)), model_version,
                                               from_name, to_name)
+        for index, (_a, _b, data) in enumerate(parsed):
+            if data.get("review_key"):
+                results[index]["score"] = REVIEW_SCORE
         state.count("predictions_served", len(results))
         return results
 

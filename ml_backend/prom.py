@@ -86,12 +86,18 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         "Open pair tasks retired because the constraints imply their answer",
     )
     pushed = MetricFamily("reid_al_pairs_pushed_total", "counter", "Pair tasks created in Label Studio")
-    conflicts = MetricFamily(
-        "reid_al_conflicts", "gauge", "Pairs on which annotators gave contradicting answers"
-    )
-    contradictions = MetricFamily(
-        "reid_al_contradictions", "gauge", "Cannot-links inside a must-link component at the last cycle"
-    )
+    conflicts = MetricFamily("reid_al_conflicts", "gauge",
+                             "Pairs on which annotators gave contradicting answers")
+    contradictions = MetricFamily("reid_al_contradictions", "gauge",
+                                  "Cannot-links inside a must-link component at the last cycle")
+    contradictions_open = MetricFamily(
+        "reid_al_contradictions_open", "gauge",
+        "Contradictions under review at the last cycle (the group split at its weakest link until resolved)")
+    reviews_open = MetricFamily("reid_al_reviews_open", "gauge",
+                                "Pairs asked again at the top of the queue, by kind, at the last cycle")
+    reviews_pushed = MetricFamily("reid_al_reviews_pushed_total", "counter", "Review tasks created")
+    reviews_resolved = MetricFamily("reid_al_reviews_resolved_total", "counter",
+                                    "Reviews resolved by later answers")
     cycles = MetricFamily("reid_al_cycles_total", "counter", "Cycle requests by outcome")
     duration = MetricFamily("reid_al_cycle_duration_seconds", "summary", "Duration of finished cycles")
     last = MetricFamily("reid_al_last_cycle_duration_seconds", "gauge", "Duration of the last cycle")
@@ -161,6 +167,11 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         conflicts.add(len(state.annotations.conflicts()), project=project)
         status = state.cycles.status()
         contradictions.add(int(status.get("contradictions", 0) or 0), project=project)
+        contradictions_open.add(state.reviews.contradictions_open(), project=project)
+        for kind, count in state.reviews.counts().items():
+            reviews_open.add(count, project=project, kind=kind)
+        reviews_pushed.add(counters.get("reviews_pushed", 0), project=project)
+        reviews_resolved.add(counters.get("reviews_resolved", 0), project=project)
         for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed", "killed"):
             cycles.add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
         total, count = state.cycles.seconds()
@@ -180,29 +191,10 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
 
     if queue is not None:
         depth.add(queue.depth(), queue=queue.queue_name)
-    return [
-        events,
-        constraints,
-        asked,
-        saved,
-        pushed,
-        conflicts,
-        contradictions,
-        cycles,
-        duration,
-        last,
-        pending,
-        running,
-        stop_p,
-        stop_rate,
-        stop_changing,
-        stop_reached,
-        stop_paused,
-        depth,
-        rejected,
-        webhook_rejected,
-        unregistered,
-    ]
+    return [events, constraints, asked, saved, pushed, conflicts, contradictions, contradictions_open,
+            reviews_open, reviews_pushed, reviews_resolved, cycles, duration, last,
+            pending, running, stop_p, stop_rate, stop_changing, stop_reached, stop_paused, depth, rejected,
+            webhook_rejected, unregistered]
 
 
 def render_metrics(redis: Redis, queue: CycleQueue | None = None) -> str:

@@ -6,6 +6,13 @@ own new version and then PATCHes the project; re-importing under one version ave
 a retried push skips tasks it already scored. Task creation is keyed by the stable pair id, so a
 retried job creates no duplicate task. Open tasks whose answer the constraints now imply are
 deleted: no annotator is served a question the backend can already answer ("pairs saved").
+
+Reviews (strategies.review: a contradiction's weakest link, a pair annotators disagree on, a merge
+waiting for a second opinion) are pairs already answered, asked again as a new task: keyed by
+``<pair id>:<answers on the pair so far>`` (``data.review_key``), so a retried push finds it and an
+answer makes the next review of the same pair a new task. They are scored ``REVIEW_SCORE`` (0) and every
+other task at least ``MIN_SCORE``, so Label Studio serves reviews before anything else; an open review
+task whose review was resolved meanwhile is deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REVIEW_SCORE = 0.0  # Label Studio serves the lowest score first: reviews go to the top of the queue
+MIN_SCORE = 0.001  # every other task scores at least this, so no new pair ties with a review
 VIEW_TITLE = "Most informative first"
 VIEW_ORDERING = ("tasks:predictions_score",)
 
@@ -56,14 +65,23 @@ class PushReport:
     view_id: int | None = None
     model_version_set: bool = False
     retired_task_ids: list[int] = field(default_factory=list)
+    reviews_created: int = 0
+    reviews_existing: int = 0
+    reviews_retired: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def score_of(priority: float) -> float:
-    """Label Studio serves the LOWEST score first, so the most informative pair gets the lowest score."""
-    return float(min(1.0, max(0.0, 1.0 - float(priority))))
+    """Label Studio serves the LOWEST score first, so the most informative pair gets the lowest score;
+    never below MIN_SCORE, which only reviews go under."""
+    return float(min(1.0, max(MIN_SCORE, 1.0 - float(priority))))
+
+
+def review_key(pid: str, answers_on_pair: int) -> str:
+    """The key of the review task that asks pair ``pid`` again after ``answers_on_pair`` answers."""
+    return f"{pid}:{int(answers_on_pair)}"
 
 
 def uncertainty_priority(p_same: float) -> float:
@@ -104,6 +122,47 @@ def _is_open(task: Mapping[str, Any]) -> bool:
     return not task.get("total_annotations") and not task.get("cancelled_annotations")
 
 
+def _push_reviews(
+    client: LabelStudioLike,
+    state: ProjectState,
+    project_id: int,
+    reviews: Sequence[Mapping[str, Any]],
+    url_for: Callable[[str], str | None],
+    caption_for: Callable[[str], str | None],
+    report: PushReport,
+) -> set[str]:
+    """Create the review tasks that do not exist yet; returns the review keys wanted now."""
+    if not reviews:
+        return set()
+    existing = {str((task.get("data") or {}).get("review_key")) for task in client.iter_tasks(project_id)
+                if (task.get("data") or {}).get("review_key")}
+    wanted: set[str] = set()
+    new_tasks: list[dict[str, Any]] = []
+    for review in reviews:
+        id_a, id_b = str(review["image_a"]), str(review["image_b"])
+        pid = pair_id(id_a, id_b)
+        key = review_key(pid, len(state.annotations.on_pair(pid)))
+        wanted.add(key)
+        if key in existing:
+            report.reviews_existing += 1
+            continue
+        url_a, url_b = url_for(id_a), url_for(id_b)
+        if not url_a or not url_b:
+            report.unservable += 1
+            continue
+        data = task_data(id_a, id_b, url_a, url_b, caption_a=caption_for(id_a) or "",
+                         caption_b=caption_for(id_b) or "", strategy="review", pool=str(review["kind"]),
+                         reason=str(review["reason"]))
+        new_tasks.append({"data": {**data, "review": str(review["kind"]), "review_key": key}})
+    if new_tasks:
+        task_ids = client.create_tasks(project_id, new_tasks)
+        if len(task_ids) != len(new_tasks):
+            raise RuntimeError(f"Label Studio created {len(task_ids)} tasks for {len(new_tasks)} requested")
+        report.reviews_created = len(task_ids)
+        state.incr("reviews_pushed", len(task_ids))
+    return wanted
+
+
 def push_cycle(
     client: LabelStudioLike,
     state: ProjectState,
@@ -119,12 +178,14 @@ def push_cycle(
     graph: ConstraintGraph | None = None,
     from_name: str = "answer",
     to_name: str = "pair",
+    reviews: Sequence[Mapping[str, Any]] = (),
 ) -> PushReport:
     """Push proposals of one cycle (rows into `image_ids`) and re-score/retire open tasks.
 
     `graph` holds the constraints as they are now (read after the cycle, so answers that arrived
     while it trained count): proposals it already answers are not pushed, and open tasks it answers
     are retired. `url_for` returns None for an image Label Studio cannot show (it is not pushed).
+    `reviews`: the open reviews (ml_backend.state.reviews records), pushed first and scored first.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] != len(image_ids):
         raise ValueError(f"embeddings must have shape (len(image_ids), d), got {embeddings.shape} "
@@ -172,18 +233,29 @@ def push_cycle(
                                 model_version=model_version, status="open", **extra)
         report.created = len(task_ids)
 
+    # 1b. reviews: a new task per (pair, answers so far), created once
+    wanted = _push_reviews(client, state, project_id, reviews, url_for, caption_for, report)
+
     # 2. every open task: retire it if implied, else (re-)score it under the new version
     open_tasks: list[tuple[int, str, int, int]] = []
     retire: list[tuple[int, str]] = []
+    review_tasks: list[int] = []
+    stale_reviews: list[int] = []
     for task in client.iter_tasks(project_id):
+        data = task.get("data") or {}
         try:  # user-imported pairs carry only URLs: those are their image ids (see pairs.image_ids_of)
-            id_a, id_b = image_ids_of(task.get("data") or {})
+            id_a, id_b = image_ids_of(data)
         except ValueError:
             continue
         if not _is_open(task) or id_a not in row_of or id_b not in row_of:
             continue
         pid = pair_id(id_a, id_b)
         i, j = row_of[id_a], row_of[id_b]
+        if data.get("review_key"):  # answered before on purpose: never "implied", only resolved or not
+            (review_tasks if data["review_key"] in wanted else stale_reviews).append(int(task["id"]))
+            if data["review_key"] in wanted:
+                open_tasks.append((int(task["id"]), pid, i, j))
+            continue
         if graph is not None and graph.relation(i, j).name != "UNKNOWN":
             retire.append((int(task["id"]), pid))
             continue
@@ -193,7 +265,12 @@ def push_cycle(
     todo = [t for t in open_tasks if t[0] not in already]
     p_same = p_same_of(embeddings, [t[2] for t in todo], [t[3] for t in todo], calibrator)
     predictions = []
+    reviewing = set(review_tasks)
     for (task_id, pid, _i, _j), p in zip(todo, p_same, strict=True):
+        if task_id in reviewing:
+            predictions.append({"task": task_id, "result": prediction_result(float(p), from_name, to_name),
+                                "score": REVIEW_SCORE, "model_version": model_version})
+            continue
         meta = proposal_meta.get(pid)
         if meta is not None:
             p_value, priority = meta["p_same"], meta["priority"]
@@ -233,6 +310,9 @@ def push_cycle(
         state.incr("pairs_saved", len(retire))
     report.retired = len(retire)
     report.retired_task_ids = [task_id for task_id, _pid in retire]
+    if stale_reviews:  # resolved since they were pushed: nobody needs to look again
+        client.delete_tasks(project_id, stale_reviews)
+    report.reviews_retired = len(stale_reviews)
     state.cycles.add_version(model_version)
     state.incr("pairs_pushed", report.created)
     log.info("project %s: pushed %s", state.project, report.to_dict())

@@ -491,6 +491,7 @@ class CycleQueue:
             "pending_constraints": state.pending.count(),
             "retrain_every": self.retrain_every,
             "conflicts": state.annotations.conflicts(),
+            "reviews": review_status(state),
             "current_version": state.cycles.current_version(),
             "cycle": cycle,
             "last_cycle": cycles[0] if cycles else None,
@@ -518,9 +519,15 @@ class CycleQueue:
     def status_all(self) -> dict[str, Any]:
         """Every project's status, plus the counters that belong to no project (rejected requests,
         ignored events and calls about unknown projects)."""
-        return {
-            "queue": self.queue_name,
-            "queue_depth": self.depth(),
-            "projects": [self.status(p) for p in list_projects(self.redis)],
-            "unregistered": global_counters(self.redis),
-        }
+        return {"queue": self.queue_name, "queue_depth": self.depth(),
+                "projects": [self.status(p) for p in list_projects(self.redis)],
+                "unregistered": global_counters(self.redis)}
+
+
+def review_status(state: ProjectState) -> dict[str, Any]:
+    """The pairs under review as /status and `reid-al status` show them: open ones (most urgent first),
+    by kind, and how many were pushed and resolved so far."""
+    counters = state.counters()
+    return {"open": state.reviews.open(), "by_kind": state.reviews.counts(),
+            "contradictions_open": state.reviews.contradictions_open(),
+            "pushed": counters.get("reviews_pushed", 0), "resolved": counters.get("reviews_resolved", 0)}

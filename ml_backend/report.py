@@ -61,7 +61,7 @@ def collect_progress(settings: Settings, redis: Redis, project: str) -> Progress
         versions=versions,
         pairs_implied=implied_pairs(graph, max(len(ids), graph.max_node() + 1)),
         pairs_saved=int(state.counters().get("pairs_saved", 0)),
-        contradictions=len(graph.contradictions()),
+        contradictions=state.reviews.contradictions_open(),  # under review at the last cycle
         conflicts=len(state.annotations.conflicts()),
         stopping=project_stopping(settings, state, rows.get, labels, store=False),
     )

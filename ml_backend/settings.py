@@ -19,7 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ml_backend.errors import SettingsError
-from strategies.defaults import STOP_PATIENCE, STOP_THRESHOLD, STOP_WINDOW
+from strategies.defaults import (
+    REDUNDANCY_K,
+    REDUNDANCY_MAX_P_SAME,
+    REDUNDANCY_MIN_SIZE,
+    STOP_PATIENCE,
+    STOP_THRESHOLD,
+    STOP_WINDOW,
+)
 from trainer.defaults import CYCLE_BUDGET, CYCLE_STRATEGY, DEFAULT_ENCODER_SPEC
 
 __all__ = [
@@ -221,8 +228,18 @@ class Settings:
         "stopping rule: stop pushing new pairs once that chance is below this (0 < value < 1)",
     )
     keep_pushing: int = _setting(
-        "REID_AL_KEEP_PUSHING", 0, "1: push new pairs even after the stopping rule is reached", low=0, high=1
-    )
+        "REID_AL_KEEP_PUSHING", 0, "1: push new pairs even after the stopping rule is reached", low=0, high=1)
+    redundancy_k: int = _setting(
+        "REID_AL_REDUNDANCY_K", REDUNDANCY_K,
+        "'same' answers a large or doubted merge needs before it merges (1 = no second opinions)", low=1,
+        high=9)
+    redundancy_min_size: int = _setting(
+        "REID_AL_REDUNDANCY_MIN_SIZE", REDUNDANCY_MIN_SIZE,
+        "a merge needs a second opinion when the smaller of its two groups has at least this many images",
+        low=1)
+    redundancy_max_p_same: float = _setting(
+        "REID_AL_REDUNDANCY_MAX_P_SAME", REDUNDANCY_MAX_P_SAME,
+        "... or when the model's calibrated P(same) of the pair is below this (0 = never)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -234,9 +251,11 @@ class Settings:
                 "REID_AL_PREDICT_EMBED_SECONDS", f"must be >= 0, got {self.predict_embed_seconds}"
             )
         if not 0 < self.image_fetch_seconds <= 3600:
-            raise SettingsError(
-                "REID_AL_IMAGE_FETCH_SECONDS", f"must be > 0 and at most 3600, got {self.image_fetch_seconds}"
-            )
+            raise SettingsError("REID_AL_IMAGE_FETCH_SECONDS",
+                                f"must be > 0 and at most 3600, got {self.image_fetch_seconds}")
+        if not 0.0 <= self.redundancy_max_p_same <= 1.0:
+            raise SettingsError("REID_AL_REDUNDANCY_MAX_P_SAME",
+                                f"must be between 0 and 1, got {self.redundancy_max_p_same}")
         if not 0.0 < self.stop_threshold < 1.0:
             raise SettingsError(
                 "REID_AL_STOP_THRESHOLD", f"must be between 0 and 1 (exclusive), got {self.stop_threshold}"

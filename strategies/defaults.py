@@ -21,6 +21,12 @@ DBSCAN_MIN_SAMPLES = 4
 
 # §3 constraints / §4 NP3
 CONTRADICTION_POLICY = "ml_wins"  # or "cl_wins", "latest_wins"
+# Review of answers (strategies/review.py; WBIA's positive redundancy). [ours] A "same" answer that would
+# merge two groups whose smaller one has REDUNDANCY_MIN_SIZE images or more, or whose calibrated P(same)
+# is below REDUNDANCY_MAX_P_SAME, waits until REDUNDANCY_K answers say "same" (1 turns this off)
+REDUNDANCY_K = 2
+REDUNDANCY_MIN_SIZE = 2
+REDUNDANCY_MAX_P_SAME = 0.2
 EXACT_COLOURING_MAX_NODES = 15
 
 # §11 identities and the samplers that build them

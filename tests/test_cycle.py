@@ -76,8 +76,8 @@ def assert_labels_respect_constraints(labels: np.ndarray, graph: ConstraintGraph
         assert labels[c.i] != labels[c.j] or labels[c.i] < 0
 
 
-STAGES = {"load", "embed", "identify", "train", "validate", "recluster", "calibrate", "sample", "save",
-          "total"}
+STAGES = {"load", "embed", "review", "identify", "train", "validate", "recluster", "calibrate", "sample",
+          "save", "total"}
 
 
 @pytest.mark.parametrize("strategy", ["hybrid", "match_first", "aas", "uncertainty", "random", "coreset",
@@ -92,10 +92,12 @@ def test_run_cycle_end_to_end_with_registry(
         pool["x"], graph, cycle_config(strategy=strategy), registry=registry, cameras=pool["cams"],
         log=lines.append,
     )
-    assert_sampler_invariants(result, graph, 15)
+    assert result.reviewed is not None
+    trusted = result.reviewed.graph
+    assert_sampler_invariants(result, trusted, 15)
     assert len(result.proposals) > 0
     assert all(p.strategy == strategy for p in result.proposals)
-    assert_labels_respect_constraints(result.pseudo_labels, graph)
+    assert_labels_respect_constraints(result.pseudo_labels, trusted)
     m = result.metrics
     assert m["trained"] == 1 and m["exhausted"] == 0 and m["served"] in ("candidate", "frozen")
     assert m["n_constraints"] == 60 and m["pairs_proposed"] == len(result.proposals)
@@ -219,16 +221,43 @@ def test_cycle_is_deterministic_and_accepts_constraint_json(pool: dict[str, np.n
     np.testing.assert_array_equal(a.pseudo_labels, b.pseudo_labels)
 
 
-def test_contradictions_are_counted_not_fatal(pool: dict[str, np.ndarray]) -> None:
+def test_a_contradiction_is_split_and_reviewed_not_fatal(pool: dict[str, np.ndarray]) -> None:
     graph = ConstraintGraph()
     graph.add("m1", 0, 1, "must_link")
     graph.add("m2", 1, 2, "must_link")
     graph.add("c1", 0, 2, "cannot_link")  # contradicts the ML path 0-1-2
-    result = run_cycle(pool["x"], graph, cycle_config(strategy="random"))
-    assert result.metrics["contradictions"] == 1
-    assert result.identities.verified[:3].all()
+    config = cycle_config(strategy="random", redundancy_k=1)  # the model doubts these random pairs
+    result = run_cycle(pool["x"], graph, config)
+    assert result.metrics["contradictions"] == 1 and result.metrics["contradictions_open"] == 1
+    # under review: the group is split at its weakest link and the suspect pair is asked first
     labels = result.pseudo_labels
-    assert labels[0] == labels[1] == labels[2]  # ml_wins keeps the must-links
+    assert labels[0] != labels[2]
+    assert [r.kind for r in result.reviews] == ["contradiction"]
+    assert result.reviews[0].pair in {(0, 1), (1, 2), (0, 2)}
+    assert result.metrics["reviews_open"] == 1
+    graph.add("m2-again", 1, 2, "must_link")
+    graph.add("c1-again", 0, 2, "must_link")  # the reviews side with the must-links
+    settled = run_cycle(pool["x"], graph, config)
+    assert settled.metrics["contradictions_open"] == 0
+    assert [(r.pair, r.kind) for r in settled.reviews] == [((0, 2), "disagreement")]  # one to one on (0, 2)
+    assert settled.pseudo_labels[0] == settled.pseudo_labels[1] == settled.pseudo_labels[2]
+
+
+def test_a_doubted_same_waits_for_a_second_opinion(pool: dict[str, np.ndarray]) -> None:
+    x = pool["x"]
+    sims = x @ x.T
+    i, j = np.unravel_index(np.argmin(sims), sims.shape)  # the least alike pair of the pool
+    graph = ConstraintGraph()
+    graph.add("m1", int(i), int(j), "must_link")
+    result = run_cycle(x, graph, cycle_config(strategy="random"))
+    assert [(r.pair, r.kind) for r in result.reviews] == [((min(i, j), max(i, j)), "second_opinion")]
+    assert result.metrics["merges_held"] == 1 and result.pseudo_labels[i] != result.pseudo_labels[j]
+    assert all((p.i, p.j) != (min(i, j), max(i, j)) for p in result.proposals)
+    graph.add("m1-again", int(i), int(j), "must_link")
+    merged = run_cycle(x, graph, cycle_config(strategy="random"))
+    assert merged.reviews == () and merged.pseudo_labels[i] == merged.pseudo_labels[j]
+    with pytest.raises(ValueError, match="redundancy_k"):
+        cycle_config(redundancy_k=0)
 
 
 def test_run_cycle_rejects_bad_input(pool: dict[str, np.ndarray], tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from ml_backend.predict import (
     label_names,
     load_serving_model,
 )
-from ml_backend.push import score_of, uncertainty_priority
+from ml_backend.push import REVIEW_SCORE, score_of, uncertainty_priority
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
@@ -73,6 +73,22 @@ def test_predict_scores_by_uncertainty_and_registry(redis_client: redis.Redis, t
     assert results[2] == {"result": [], "score": UNSCORED, "model_version": "v0003-x"}  # zz: no image file
     assert {r["model_version"] for r in results} == {"v0003-x"}
     assert results[0]["result"][0]["from_name"] == "answer"  # defaults before any label config was seen
+
+
+def test_a_review_task_is_scored_first(redis_client: redis.Redis, tmp_path: Path) -> None:
+    state = ProjectState(redis_client, "3")
+    state.cycles.add_version("v0003-x")
+    state.pairs.register(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.2, priority=0.95)
+    predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
+    review = _task("a", "c")
+    review["data"]["review_key"] = f"{pair_id('a', 'c')}:1"
+    unscorable = _task("a", "zz")
+    unscorable["data"]["review_key"] = f"{pair_id('a', 'zz')}:1"
+    results = predictor.predict([_task("a", "c"), review, unscorable], None, state)
+    assert results[0]["score"] == pytest.approx(0.05)  # the first ask keeps the sampler's priority
+    assert results[1]["score"] == REVIEW_SCORE < min(r["score"] for r in (results[0],))
+    assert results[1]["result"][0]["value"]["choices"] == ["different"]  # P(same) of the model, not stored
+    assert results[2]["score"] == REVIEW_SCORE  # even with no image to score it by
 
 
 def test_predict_without_any_model(redis_client: redis.Redis, tmp_path: Path) -> None:

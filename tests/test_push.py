@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from ml_backend.pairs import pair_id
-from ml_backend.push import push_cycle, score_of, uncertainty_priority, version_id
+from ml_backend.push import MIN_SCORE, REVIEW_SCORE, push_cycle, score_of, uncertainty_priority, version_id
 from ml_backend.state import ProjectState
 from strategies.constraints import ConstraintGraph, ConstraintKind
 
@@ -206,7 +206,7 @@ def test_shape_mismatch_is_rejected(redis_client: redis.Redis) -> None:
 
 
 def test_helpers() -> None:
-    assert score_of(0.9) == pytest.approx(0.1) and score_of(2.0) == 0.0
+    assert score_of(0.9) == pytest.approx(0.1) and score_of(2.0) == MIN_SCORE > REVIEW_SCORE == 0.0
     assert uncertainty_priority(0.5) == 1.0 and uncertainty_priority(1.0) == 0.0
     assert version_id("v1") == "v1"
 
@@ -263,3 +263,73 @@ def test_run_project_cycle_pushes_a_real_cycle_and_retires_implied_tasks(redis_c
     pair_ids = [t["data"]["pair_id"] for t in client.tasks.values()]
     assert len(pair_ids) == len(set(pair_ids))  # no duplicate pair task across cycles
     assert client.calls.count("ensure_view") == 2 and len(client.views) == 1  # every push, one view
+
+
+# ---------------------------------------------------------------------------------------------- reviews
+def review(a: str, b: str, kind: str = "contradiction") -> dict[str, Any]:
+    return {"pair_id": pair_id(a, b), "image_a": a, "image_b": b, "kind": kind, "reason": "weakest link",
+            "p_same": 0.4, "weight": 1.4, "annotation_ids": ["7"]}
+
+
+def push_reviews(client: LabelStudioDouble, state: ProjectState, version: str, reviews: list[dict[str, Any]],
+                 proposals: list[Proposal] | None = None, graph: ConstraintGraph | None = None,
+                 url_for: Any = None) -> Any:
+    return push_cycle(client, state, project_id=3, version=version, proposals=proposals or [],
+                      embeddings=embeddings(), image_ids=IDS,
+                      url_for=url_for or (lambda i: f"/data/local-files/?d={i}.jpg"), graph=graph,
+                      reviews=reviews)
+
+
+def test_a_review_is_a_new_task_served_before_every_other(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    push(client, state, "v0001-x", [Proposal(0, 1, 1.0, 0.9)])  # the original task, top priority
+    state.annotations.record(7, task_id=101, image_a="a", image_b="b", answer="same")
+    client.tasks[101]["total_annotations"] = 1
+    graph = ConstraintGraph()
+    graph.add("7", 0, 1, ConstraintKind.MUST_LINK)  # (a, b) is answered: implied, yet asked again
+    report = push_reviews(client, state, "v0002-x", [review("a", "b")],
+                          proposals=[Proposal(2, 3, 1.0, 0.8)], graph=graph)
+    assert (report.reviews_created, report.created) == (1, 1)
+    task = next(t for t in client.tasks.values() if t["data"].get("review"))
+    assert task["data"]["review_key"] == f"{pair_id('a', 'b')}:1" and task["data"]["strategy"] == "review"
+    assert task["data"]["pool"] == "contradiction" and task["data"]["reason"] == "weakest link"
+    latest = [p for p in client.predictions if p["model_version"] == "v0002-x"]
+    first = min(latest, key=lambda p: p["score"])
+    assert first["task"] == task["id"] and first["score"] == REVIEW_SCORE
+    assert all(p["score"] >= MIN_SCORE for p in latest if p["task"] != task["id"])
+    assert state.counters()["reviews_pushed"] == 1 and report.retired == 0  # the review is never "implied"
+
+    again = push_reviews(client, state, "v0003-x", [review("a", "b")], graph=graph)
+    assert (again.reviews_created, again.reviews_existing) == (0, 1)  # a retried push finds it
+    assert [p["score"] for p in client.predictions if p["model_version"] == "v0003-x"
+            and p["task"] == task["id"]] == [REVIEW_SCORE]  # re-scored under the new version
+
+
+def test_an_answer_makes_the_next_review_of_the_pair_a_new_task(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    state.annotations.record(7, task_id=None, image_a="a", image_b="b", answer="same")
+    push_reviews(client, state, "v0001-x", [review("a", "b", "second_opinion")])
+    (first,) = [t for t in client.tasks.values() if t["data"].get("review")]
+    first["total_annotations"] = 1
+    state.annotations.record(8, task_id=first["id"], image_a="a", image_b="b", answer="different")
+    report = push_reviews(client, state, "v0002-x", [review("a", "b", "disagreement")])
+    assert report.reviews_created == 1
+    keys = sorted(t["data"]["review_key"] for t in client.tasks.values() if t["data"].get("review"))
+    assert keys == [f"{pair_id('a', 'b')}:1", f"{pair_id('a', 'b')}:2"]
+
+
+def test_a_resolved_review_task_still_open_is_deleted(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    push_reviews(client, state, "v0001-x", [review("a", "b"), review("c", "d", "disagreement")])
+    assert sum(bool(t["data"].get("review")) for t in client.tasks.values()) == 2
+    report = push_reviews(client, state, "v0002-x", [review("c", "d", "disagreement")])
+    assert report.reviews_retired == 1
+    assert [t["data"]["id_a"] for t in client.tasks.values() if t["data"].get("review")] == ["c"]
+
+
+def test_a_review_of_an_image_label_studio_cannot_show_is_not_pushed(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    report = push_reviews(client, state, "v0001-x", [review("a", "b")],
+                          url_for=lambda i: None if i == "b" else f"/data/local-files/?d={i}.jpg")
+    assert (report.reviews_created, report.unservable) == (0, 1) and client.tasks == {}
+    assert "reviews_pushed" not in state.counters()

@@ -38,7 +38,7 @@ def _npz(labels: list[int], verified: list[bool]) -> bytes:
 
 def _project(tmp_path: Path, client: redis.Redis) -> ProjectState:
     """8 images; two versions; answers: {0,1,2} and {3,4} answered same, 0-3 different, two
-    'different' answers inside those groups (contradictions, one also an annotator conflict)."""
+    'different' answers inside those groups (a contradiction under review, and an annotator conflict)."""
     ids = [f"im{k}" for k in range(8)]
     feats = np.eye(8, dtype=np.float32)
     EmbeddingStore(tmp_path / PROJECT / "features").append(ids, feats, encoder="synthetic")
@@ -83,6 +83,12 @@ def _project(tmp_path: Path, client: redis.Redis) -> ProjectState:
             updated_at=1_700_000_000.0 + 3600 * ann,
         )
     state.incr("pairs_saved", 7)
+    # the last cycle's review: (0, 2) contradicts 0=1=2; (3, 4) is a one-to-one tie, a disagreement
+    state.reviews.replace([{"pair_id": "p12", "image_a": ids[1], "image_b": ids[2], "kind": "contradiction",
+                            "reason": "weakest link", "p_same": 0.5, "weight": 1.5, "annotation_ids": ["2"]},
+                           {"pair_id": "p34", "image_a": ids[3], "image_b": ids[4], "kind": "disagreement",
+                            "reason": "tie", "p_same": 0.5, "weight": 0.0, "annotation_ids": ["3", "8"]}],
+                          contradictions_open=1)
     return state
 
 
@@ -113,7 +119,7 @@ def test_summary_numbers_of_a_constructed_project(tmp_path: Path, redis_client: 
         summary["answers_skip"],
     ) == (8, 3, 3, 1, 1)
     assert summary["pairs_answered"] == 6 and summary["pairs_implied"] == 5 and summary["pairs_saved"] == 7
-    assert summary["contradictions_open"] == 2 and summary["annotator_conflicts"] == 1
+    assert summary["contradictions_open"] == 1 and summary["annotator_conflicts"] == 1
     assert summary["versions"] == 2 and summary["version"] == progress.versions[-1].version
     assert (
         summary["identities"],
@@ -128,7 +134,7 @@ def test_summary_numbers_of_a_constructed_project(tmp_path: Path, redis_client: 
     assert progress.stopping is not None and progress.stopping.p_trace.shape == (6,)
     text = format_summary(summary)
     assert "8 answers (3 same, 3 different, 1 unsure, 1 skipped)" in text
-    assert "5 implied by transitivity" in text and "contradictions open: 2" in text
+    assert "5 implied by transitivity" in text and "contradictions open: 1" in text
     assert "stopping rule not reached" in text and "2 of 6 answers" in text
     assert state.exists()
 

@@ -55,6 +55,9 @@ def test_every_variable_is_read() -> None:
         "REID_AL_STOP_PATIENCE": "30",
         "REID_AL_STOP_THRESHOLD": "0.2",
         "REID_AL_KEEP_PUSHING": "1",
+        "REID_AL_REDUNDANCY_K": "3",
+        "REID_AL_REDUNDANCY_MIN_SIZE": "4",
+        "REID_AL_REDUNDANCY_MAX_P_SAME": "0",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == (
@@ -78,6 +81,7 @@ def test_every_variable_is_read() -> None:
     assert (s.backend_url, s.connect_url) == ("http://reid-al:9191/", "http://reid-al:9191")
     assert Settings(port=9292).connect_url == "http://localhost:9292"
     assert (s.stop_window, s.stop_patience, s.stop_threshold, s.keep_pushing) == (10, 30, 0.2, 1)
+    assert (s.redundancy_k, s.redundancy_min_size, s.redundancy_max_p_same) == (3, 4, 0.0)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
@@ -86,6 +90,9 @@ def test_every_variable_is_read() -> None:
     ("variable", "value", "needle"),
     [
         ("PORT", "abc", "integer"),
+        ("REID_AL_REDUNDANCY_K", "0", "between"),
+        ("REID_AL_REDUNDANCY_MIN_SIZE", "0", ">="),
+        ("REID_AL_REDUNDANCY_MAX_P_SAME", "1.5", "between 0 and 1"),
         ("PORT", "70000", "between"),
         ("WORKERS", "0", ">= 1"),
         ("REID_AL_BUDGET", "-1", ">= 1"),

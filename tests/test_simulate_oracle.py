@@ -151,3 +151,20 @@ def test_transitivity_counts_match_brute_force(noise: float) -> None:
         if g.relation(i, j) is not Relation.UNKNOWN and (i, j) not in direct
     )
     assert transitivity_counts(g, n)["pairs_by_transitivity"] == brute
+
+
+def test_a_second_look_draws_its_own_noise() -> None:
+    oracle = Oracle(LABELS, noise_rate=0.3, random_state=4)
+    pairs = _random_pairs(LABELS.size, 400)
+    first = [oracle.answer(i, j) for i, j in pairs]
+    again = [oracle.answer(i, j, 0) for i, j in pairs]
+    second = [oracle.answer(i, j, 1) for i, j in pairs]
+    assert first == again  # attempt 0 is the first look, as before
+    wrong1 = np.array([a.wrong for a in first])
+    wrong2 = np.array([a.wrong for a in second])
+    assert 0.2 < wrong2.mean() < 0.4
+    both = (wrong1 & wrong2).mean()
+    assert both < 0.15  # independent: about 0.3 * 0.3, not 0.3
+    assert second == [oracle.answer(i, j, 1) for i, j in pairs]  # still a pure function
+    with pytest.raises(ValueError, match="attempt"):
+        oracle.answer(0, 1, -1)

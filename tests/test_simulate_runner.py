@@ -290,7 +290,8 @@ def test_tiny_simulation_honours_budget_and_counts(tiny_results: dict[str, Any])
                 assert rec["pairs_annotated_pct"] == pytest.approx(
                     100 * rec["pairs_annotated"] / (n_pool * (n_pool - 1) / 2)
                 )
-                assert rec["pairs_constrained"] == rec["pairs_annotated"]  # perfect oracle, no unsure
+                # perfect oracle, no unsure: every answer constrains a pair, a review one asked before
+                assert rec["pairs_constrained"] == rec["pairs_annotated"] - rec["reviews_answered"]
                 assert rec["contradictions"] == 0 and rec["answers_wrong"] == 0
                 assert rec["identities_touched"] <= 2 * rec["pairs_annotated"]
                 assert rec["pairs_by_transitivity"] >= 0
@@ -314,9 +315,22 @@ def test_noisy_oracle_contradictions_are_counted(tmp_path: Path) -> None:
     r = Simulation(config, work_dir=tmp_path).run(ds)
     last = r["strategies"]["random"]["per_seed"][0][-1]
     assert last["answers_wrong"] > 0 and last["answers_unsure"] > 0
-    assert last["pairs_constrained"] == last["pairs_annotated"] - last["answers_unsure"]
+    assert last["pairs_constrained"] <= last["pairs_annotated"] - last["answers_unsure"]
     assert last["contradictions"] > 0
+    assert last["reviews_answered"] > 0 and last["pairs_annotated"] <= 2 * 60  # reviews spend the budget
     assert r["skyline"] is None and r["summary"]["target_mAP"] is None
+
+
+def test_reviews_are_asked_first_within_the_budget() -> None:
+    from types import SimpleNamespace as P
+
+    from trainer.simulate.runner import _to_ask
+
+    reviews = [P(i=3, j=1), P(i=5, j=6)]
+    proposals = [P(i=1, j=3), P(i=7, j=8), P(i=9, j=10)]
+    assert _to_ask(reviews, proposals, 3) == [(1, 3), (5, 6), (7, 8)]
+    assert _to_ask(reviews, proposals, 1) == [(1, 3)]
+    assert _to_ask([], proposals, 5) == [(1, 3), (7, 8), (9, 10)]
 
 
 def test_no_labels_control_annotates_nothing(tmp_path: Path) -> None:

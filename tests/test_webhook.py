@@ -118,6 +118,21 @@ def test_two_annotators_disagreeing_is_a_recorded_conflict(handler: WebhookHandl
     assert len(state.annotations.conflicts()) == 1
 
 
+def test_an_answer_on_a_review_task_is_one_more_vote_on_its_pair(handler: WebhookHandler,
+                                                                 redis_client: redis.Redis) -> None:
+    from ml_backend.pairs import pair_id
+
+    handler.handle(annotation_event(1, "same", task_id=11, a="a", b="b"))
+    review = annotation_event(2, "different", task_id=12, a="a", b="b")
+    review["task"]["data"].update({"review": "second_opinion", "review_key": f"{pair_id('a', 'b')}:1"})
+    body = handler.handle(review)
+    assert body["outcome"] == "created" and body["conflict"] is True
+    state = ProjectState(redis_client, "3")
+    assert state.annotations.on_pair(pair_id("a", "b")) == {"1": "same", "2": "different"}
+    assert state.annotations.get(2)["task_id"] == 12
+    assert state.pending.count() == 2  # a new vote changes what the next cycle trusts
+
+
 def test_skip_and_unsure_record_no_constraint_but_are_asked(handler: WebhookHandler,
                                                               redis_client: redis.Redis) -> None:
     handler.handle(annotation_event(1, cancelled=True, a="a", b="b"))

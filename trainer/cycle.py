@@ -2,13 +2,16 @@
 
 ``run_cycle`` is a sequence of stages, each timed under its name in ``CycleResult.timings``:
 ``load`` (the adapter in service: the latest version's) -> ``embed`` (that adapter on the frozen
-features) -> ``identify`` (the embedding's ClusteringView and its identity assignment: verified
-must-link components joined by first-neighbour links under the constraints) -> ``train`` a candidate
-adapter from the identity on the answers outside the held-out identities (the identity assignment
-as pseudo-labels) -> ``validate`` (trainer.gate: the candidate, the adapter in service and the frozen
-encoder scored on the held-out answers; only a winner is served) -> ``recluster`` (a new view, only
-when the served model changed) -> ``calibrate`` P(same) on the answered pairs -> ``sample`` the next
-pairs -> ``save`` a new version (the served adapter, the identities, the gate's decision).
+features) -> ``review`` the answers (strategies.review: majority per pair, second opinions for large
+or doubted merges, contradictions split at their minimum cut; only the trusted answers go further,
+the suspect pairs come back as ``CycleResult.reviews`` to be asked first) -> ``identify`` (the
+embedding's ClusteringView and its identity assignment: verified must-link components joined by
+first-neighbour links under the constraints) -> ``train`` a candidate adapter from the identity on
+the answers outside the held-out identities (the identity assignment as pseudo-labels) ->
+``validate`` (trainer.gate: the candidate, the adapter in service and the frozen encoder scored on
+the held-out answers; only a winner is served) -> ``recluster`` (a new view, only when the served
+model changed) -> ``calibrate`` P(same) on the answered pairs -> ``sample`` the next pairs ->
+``save`` a new version (the served adapter, the identities, the gate's decision, the reviews).
 
 A candidate always starts from the identity (the frozen embedding), never from the previous cycle's
 adapter: the same answers give the same candidate, so cycles without new answers cannot drift, and a
@@ -57,16 +60,22 @@ from strategies.defaults import (
     K1,
     K2,
     KNN_K,
+    REDUNDANCY_K,
+    REDUNDANCY_MAX_P_SAME,
+    REDUNDANCY_MIN_SIZE,
 )
 from strategies.identities import IdentityAssignment
+from strategies.review import AnswerReview, Review, ReviewedAnswers
 from strategies.samplers import PairProposal, PoolExhaustedError, available_samplers, make_sampler
 from strategies.validation import check_features, check_per_item
-from strategies.view import ClusteringView
+from strategies.view import ClusteringView, labelled_pairs
 from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
 from trainer.defaults import CYCLE_BUDGET, CYCLE_PSEUDO_LABELS, CYCLE_STRATEGY
 from trainer.gate import GateDecision, Holdout, ValidationGate
 
-__all__ = ["PSEUDO_LABELS", "CycleConfig", "CycleResult", "answers_fingerprint", "run_cycle"]
+__all__ = [
+    "PSEUDO_LABELS", "CycleConfig", "CycleResult", "answers_fingerprint", "review_answers", "run_cycle",
+]
 
 # What a candidate learns identities from: the assignment under the model in service ("identities"),
 # the assignment under the frozen encoder ("frozen": a function of the answers alone), or only the
@@ -83,6 +92,7 @@ class CycleConfig:
     ``train.seed`` seeds the adapter training, ``random_state`` everything else (kNN index, NP3,
     sampler). ``train_when_fewer_than``: train only while the pool has fewer images than this
     (``None``: always). ``gate``: the validation gate that decides which model is served.
+    ``redundancy_*``: strategies.review.AnswerReview's parameters (``redundancy_k=1``: no second opinions).
     """
 
     strategy: str = CYCLE_STRATEGY
@@ -100,6 +110,9 @@ class CycleConfig:
     train_when_fewer_than: int | None = None
     knn_k: int = KNN_K
     pseudo_labels: str = CYCLE_PSEUDO_LABELS
+    redundancy_k: int = REDUNDANCY_K
+    redundancy_min_size: int = REDUNDANCY_MIN_SIZE
+    redundancy_max_p_same: float = REDUNDANCY_MAX_P_SAME
 
     def __post_init__(self) -> None:
         if self.strategy not in available_samplers():
@@ -126,6 +139,7 @@ class CycleConfig:
             raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
         if self.pseudo_labels not in PSEUDO_LABELS:
             raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABELS}, got {self.pseudo_labels!r}")
+        self.answer_review().check_params()
         if self.train_when_fewer_than is not None and self.train_when_fewer_than < 1:
             raise ValueError(
                 f"train_when_fewer_than must be >= 1 or None, got {self.train_when_fewer_than!r}"
@@ -152,6 +166,11 @@ class CycleConfig:
             random_state=self.random_state,
         )
 
+    def answer_review(self) -> AnswerReview:
+        """What decides which answers are trusted and which pairs are asked again."""
+        return AnswerReview(redundancy_k=self.redundancy_k, redundancy_min_size=self.redundancy_min_size,
+                            redundancy_max_p_same=self.redundancy_max_p_same)
+
     def sampler_params(self) -> dict[str, Any]:
         """The configured sampler params, plus the cycle's seed and NP3 policy where the sampler takes
         them."""
@@ -169,7 +188,9 @@ class CycleConfig:
 class CycleResult:
     """What a cycle produced. ``embeddings`` are the served model's embeddings the proposals refer to;
     ``identities`` every image's individual under them (``pseudo_labels`` = ``identities.labels``);
-    ``calibrator`` maps their cosine to P(same); ``gate`` says which model is served and why."""
+    ``calibrator`` maps their cosine to P(same); ``gate`` says which model is served and why;
+    ``reviewed`` the answers the cycle trusted (``reviewed.graph``) and the pairs to ask again before any
+    new one (``reviews``, most urgent first)."""
 
     version: str | None
     embeddings: np.ndarray
@@ -183,6 +204,11 @@ class CycleResult:
     train_result: TrainResult | None = None
     gate: GateDecision | None = None
     previous_version: str | None = None
+    reviewed: ReviewedAnswers | None = None
+
+    @property
+    def reviews(self) -> tuple[Review, ...]:
+        return () if self.reviewed is None else self.reviewed.reviews
 
     @property
     def pseudo_labels(self) -> np.ndarray:
@@ -277,6 +303,19 @@ def answers_fingerprint(must_link: np.ndarray, cannot_link: np.ndarray) -> str:
         arr = np.sort(arr, axis=1)
         digest.update(arr[np.lexsort((arr[:, 1], arr[:, 0]))].tobytes() + b"|")
     return digest.hexdigest()
+
+
+def review_answers(config: CycleConfig, emb: np.ndarray, graph: ConstraintGraph) -> ReviewedAnswers:
+    """The answers reviewed under the embedding in service, P(same) calibrated on every answer."""
+    pairs, same = labelled_pairs(graph)
+    sims = (emb[pairs[:, 0]] * emb[pairs[:, 1]]).sum(axis=1).astype(np.float64)
+    calibrator = PSameCalibrator().fit(sims, same)
+
+    def p_same(asked: np.ndarray) -> np.ndarray:
+        s = (emb[asked[:, 0]] * emb[asked[:, 1]]).sum(axis=1).astype(np.float64)
+        return np.asarray(calibrator.predict(s), dtype=np.float64)
+
+    return config.answer_review().resolve(graph, p_same)
 
 
 def _training_labels(identities: IdentityAssignment, holdout: Holdout) -> np.ndarray:
@@ -397,6 +436,7 @@ def _save(
     registry: Any, config: CycleConfig, previous: str | None, emb: np.ndarray, state: dict[str, Any] | None,
     metrics: dict[str, Any], identities: IdentityAssignment, calibrator: PSameCalibrator,
     proposals: list[PairProposal], decision: GateDecision | None, trained_on: np.ndarray | None,
+    reviews: tuple[Review, ...] = (),
 ) -> str:
     """A new registry version: the served embeddings and adapter, config, metrics, identities,
     calibrator, proposals and the gate's decision."""
@@ -409,6 +449,7 @@ def _save(
         "calibrator.json": json.dumps(calibrator.to_dict()).encode(),
         "proposals.json": json.dumps([asdict(p) for p in proposals]).encode(),
         "gate.json": json.dumps(None if decision is None else decision.to_dict()).encode(),
+        "reviews.json": json.dumps([r.to_dict() for r in reviews]).encode(),
     }
     if trained_on is not None:
         extra["trained_images.npy"] = _npy_bytes(np.asarray(trained_on, dtype=bool))
@@ -458,18 +499,25 @@ def run_cycle(
     emb = apply_adapter(in_service, x, device=config.train.device)
     stages.done("embed")
 
-    view = config.view(emb, graph)
+    reviewed = review_answers(config, emb, graph)
+    trusted = reviewed.graph
+    if reviewed.reviews:
+        say(f"cycle: {len(reviewed.reviews)} pair(s) to ask again ({reviewed.summary()})")
+    stages.done("review")
+
+    view = config.view(emb, trusted)
     before = view.identities
     say(f"cycle: {before.n_identities} identities ({before.summary()['identities_verified']} verified)")
     stages.done("identify")
 
-    effective = graph.effective(config.contradiction_policy)
+    answered = graph.effective(config.contradiction_policy)  # every answer: what "new answers" means
+    effective = trusted.effective(config.contradiction_policy)
     unseen = None
     if service.trained_on is not None and service.trained_on.shape == (n,):
         unseen = ~service.trained_on
     holdout = config.gate.split(n, effective.must_link, effective.cannot_link, unseen=unseen)
-    labels = _training_labels(_label_source(config, x, graph, view, in_service), holdout)
-    fingerprint = answers_fingerprint(effective.must_link, effective.cannot_link)
+    labels = _training_labels(_label_source(config, x, trusted, view, in_service), holdout)
+    fingerprint = answers_fingerprint(answered.must_link, answered.cannot_link)
     skipped = _why_not_train(config, n, holdout, labels, same_answers=fingerprint == service.answers)
     train_result: TrainResult | None = None
     decision: GateDecision | None = None
@@ -496,7 +544,7 @@ def run_cycle(
         if decision.served != incumbent:
             state, emb = models[decision.served]
             trained_on = _trained_images(n, labels, holdout) if decision.served == "candidate" else None
-            view = config.view(emb, graph)
+            view = config.view(emb, trusted)
             view.identities  # noqa: B018 - computed here so that its time counts as "recluster"
         stages.done("recluster")
     else:
@@ -519,7 +567,8 @@ def run_cycle(
         "n_constraints": len(graph),
         "n_must_links": len(graph.must_links()),
         "n_cannot_links": len(graph.cannot_links()),
-        "contradictions": len(effective.contradictions),
+        "contradictions": len(answered.contradictions),
+        **reviewed.summary(),
         "answers_fingerprint": fingerprint,
         **identities.summary(),
         "trained": int(train_result is not None),
@@ -534,7 +583,7 @@ def run_cycle(
     version: str | None = None
     if registry is not None:
         version = _save(registry, config, previous, emb, state, metrics, identities, calibrator,
-                        sampled.proposals, decision, trained_on)
+                        sampled.proposals, decision, trained_on, reviewed.reviews)
         say(f"cycle: saved version {version} ({served} served)")
     stages.done("save")
     return CycleResult(
@@ -550,4 +599,5 @@ def run_cycle(
         train_result=train_result,
         gate=decision,
         previous_version=previous,
+        reviewed=reviewed,
     )

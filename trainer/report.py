@@ -116,7 +116,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append(
         f"  contradictions open: {summary['contradictions_open']} ('different' inside a group "
-        f"answered 'same'); pairs annotators disagree on: {summary['annotator_conflicts']}"
+        f"answered 'same', under review at the last cycle); pairs annotators disagree on: "
+        f"{summary['annotator_conflicts']}"
     )
     stop = summary.get("stopping")
     if stop:

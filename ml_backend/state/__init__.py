@@ -2,9 +2,9 @@
 
 ``ProjectState(redis, project)`` bundles them: ``annotations`` (answers by annotation id),
 ``pairs`` (the pair registry), ``images`` (embedded / requested images), ``pending`` (constraint
-changes not trained on yet), ``cycles`` (status, history, versions), plus the project's counters and
-the settings seen from Label Studio (``meta``). Everything here can be rebuilt from Label Studio
-(`reid-al sync`), so losing it is an inconvenience.
+changes not trained on yet), ``cycles`` (status, history, versions), ``reviews`` (pairs under review),
+plus the project's counters and the settings seen from Label Studio (``meta``). Everything here can be
+rebuilt from Label Studio (`reid-al sync`), so losing it is an inconvenience.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ml_backend.state.cycles import CycleRecords
 from ml_backend.state.images import ImageRecords
 from ml_backend.state.pairs import PairRegistry
 from ml_backend.state.pending import PendingChanges, cycle_lock_key
+from ml_backend.state.reviews import ReviewRecords
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ProjectState(KeyFamily):
         self.images = ImageRecords(redis, key)
         self.pending = PendingChanges(redis, key)
         self.cycles = CycleRecords(redis, key)
+        self.reviews = ReviewRecords(redis, key)
 
     def touch(self) -> None:
         """Register the project so /metrics and `reid-al status` list it."""

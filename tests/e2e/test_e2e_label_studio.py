@@ -9,7 +9,8 @@ Redis + RQ worker + gunicorn, basic auth on) -> project from label_config.xml ->
 images -> first cycle pushes pair tasks with predictions, the project's model_version and the
 "Most informative first" view -> annotations through Label Studio's API reach /webhook and become
 constraints -> "Start training" runs a cycle in the worker -> new model_version, new tasks, open tasks
-re-scored, the implied pair retired -> deleting an annotation in Label Studio removes its constraint
+re-scored, the implied pair retired -> a contradicting answer becomes a review task served first ->
+deleting an annotation in Label Studio removes its constraint
 -> `reid-al sync` agrees with what the webhooks recorded -> a webhook without the Authorization header
 is refused and `reid-al status` shows it.
 """
@@ -365,6 +366,32 @@ def test_active_learning_loop_through_label_studio(
     assert open_scores == sorted(open_scores)
     assert ls_client.get_next_task(project, view=view)["id"] == open_tasks[0]["id"]
 
+    # -- a contradiction: (a, c) answered "different" against a = b = c. The next cycle splits the group at
+    #    its weakest link and asks that pair again in a new task, which Label Studio serves first
+    (ac2,) = ls_client.create_tasks(project, [{"data": task_data(a, c, url[a], url[c])}])
+    answered[ac2] = ls_client.create_annotation(ac2, choice("different"))["id"]
+    wait_for("the contradicting answer at the webhook", recorded(answered[ac2], "different"), 10)
+    ls_client.train(int(ml["id"]))
+    v3 = wait_for_version(backend, project, v2)
+    reviews = backend.status(project)["reviews"]
+    assert reviews["contradictions_open"] == 1 and reviews["by_kind"]["contradiction"] >= 1, reviews
+    review_tasks = [t for t in ls_client.iter_tasks(project, view=view, fields="all")
+                    if t["data"].get("review_key")]
+    contradiction = [t for t in review_tasks if t["data"]["review"] == "contradiction"]
+    assert contradiction and {contradiction[0]["data"]["id_a"], contradiction[0]["data"]["id_b"]} <= {a, b, c}
+    assert all(v3 in [p["model_version"] for p in t["predictions"]] for t in review_tasks)
+    assert {t["predictions_score"] for t in review_tasks} == {0.0}
+    # Label Studio first hands back the task this annotator holds a lock on (served before the cycle);
+    # once they answer it, the review comes next, before every pair the sampler proposed
+    held = ls_client.get_next_task(project, view=view)
+    if held is not None and not held["data"].get("review_key"):
+        same_held = identity_of(held["data"]["id_a"]) == identity_of(held["data"]["id_b"])
+        truth_held = "same" if same_held else "different"
+        answered[held["id"]] = ls_client.create_annotation(held["id"], choice(truth_held))["id"]
+        wait_for("the held task's answer at the webhook", recorded(answered[held["id"]], truth_held), 10)
+    served_first = ls_client.get_next_task(project, view=view)
+    assert served_first is not None and served_first["data"].get("review_key"), served_first
+
     # -- deleting an annotation in Label Studio removes its constraint
     gone = answered[bc]
     ls_client.delete_annotation(gone)
@@ -377,7 +404,7 @@ def test_active_learning_loop_through_label_studio(
     assert synced["n_changes"] == 0 and synced["invalid"] == [], synced
     assert synced["unchanged"] == len(state.annotations.all()) == len(answered) - 1 + 1
     status = backend.cli("status", "--project", str(project), "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["projects"][0]["current_version"] == v2
+    assert status.returncode == 0 and json.loads(status.stdout)["projects"][0]["current_version"] == v3
 
     # -- a webhook that reaches the backend without the Authorization header (as Label Studio sends it
     # when nobody added one) is not recorded, and `reid-al status` says so

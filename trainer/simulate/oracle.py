@@ -1,7 +1,9 @@
 """A simulated annotator that answers same/different/unsure from ground-truth identities.
 
-The answer to a pair is a pure function of (random_state, i, j): asking in a different order, or
-asking again, gives the same answer, so strategies are compared on the same "annotator".
+The answer to a pair is a pure function of (random_state, i, j, attempt): asking in a different order
+gives the same answers, so strategies are compared on the same "annotator". ``attempt`` counts the times
+the pair was asked before: a review or a second opinion (attempt >= 1) is a fresh look with its own,
+independent chance of a mistake, as a second annotator would be.
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ class Oracle:
             raise ValueError(f"unsure_rate: must be in [0, 1], got {self.unsure_rate}")
         return labels
 
-    def _draws(self, i: int, j: int) -> tuple[float, float]:
+    def _draws(self, i: int, j: int, attempt: int) -> tuple[float, float]:
         seed = 0 if self.random_state is None else int(self.random_state)
-        u = np.random.default_rng([seed & 0xFFFFFFFF, i, j]).random(2)
+        key = [seed & 0xFFFFFFFF, i, j] + ([attempt] if attempt else [])
+        u = np.random.default_rng(key).random(2)
         return float(u[0]), float(u[1])
 
-    def answer(self, i: int, j: int) -> OracleAnswer:
-        """Answer one pair; (i, j) and (j, i) get the same answer."""
+    def answer(self, i: int, j: int, attempt: int = 0) -> OracleAnswer:
+        """Answer one pair; (i, j) and (j, i) get the same answer. ``attempt``: how many times the pair
+        was asked before (0: the first look; each later one draws its own noise)."""
         labels = self._checked_labels()
         i, j = int(i), int(j)
         n = labels.size
@@ -75,9 +79,11 @@ class Oracle:
             raise IndexError(f"pair: ({i}, {j}) out of range for {n} labelled rows")
         if i == j:
             raise ValueError(f"pair: i == j == {i}; a pair needs two different rows")
+        if isinstance(attempt, bool) or not isinstance(attempt, int | np.integer) or attempt < 0:
+            raise ValueError(f"attempt: must be an integer >= 0, got {attempt!r}")
         a, b = min(i, j), max(i, j)
         truth = bool(labels[a] == labels[b])
-        u_unsure, u_flip = self._draws(a, b)
+        u_unsure, u_flip = self._draws(a, b, int(attempt))
         if u_unsure < float(self.unsure_rate):
             return OracleAnswer(a, b, Answer.UNSURE, truth, False)
         wrong = u_flip < float(self.noise_rate)

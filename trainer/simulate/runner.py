@@ -4,9 +4,13 @@ One run (strategy, seed) on the pool (rows of the split's pool, renumbered 0..n_
 
     cycle 0: run_cycle with no constraints (the frozen encoder, its identities, the first proposals)
              -> evaluate
-    cycle c: the oracle answers the previous cycle's proposals (at most `budget`) -> constraints
-             -> run_cycle (identities, a candidate adapter, the validation gate, next proposals)
-             -> evaluate
+    cycle c: the oracle answers the previous cycle's reviews (contradictions, disagreements, second
+             opinions: strategies.review), then its proposals, `budget` answers in all
+             -> constraints -> run_cycle (reviewed answers, identities, a candidate adapter, the
+             validation gate, next reviews and proposals) -> evaluate
+
+A review costs an answer from the budget like any pair, and the oracle answers it with fresh noise
+(Oracle's ``attempt``), so what redundancy and contradiction review cost is counted honestly.
 
 Every cycle's version is saved to a throw-away `ModelRegistry`, as in production: the model the gate
 serves is the next cycle's incumbent, and it is what is applied to the held-out test features for
@@ -273,7 +277,9 @@ class Simulation:
         )
         registry = ModelRegistry(root, f"{strategy}-seed{seed}")
         touched: set[int] = set()
-        counters = {"asked": 0, "same": 0, "unsure": 0, "wrong": 0}
+        counters = {"asked": 0, "same": 0, "unsure": 0, "wrong": 0, "reviews": 0}
+        times_asked: dict[tuple[int, int], int] = {}
+        reviews: list[Any] = []
         records: list[dict[str, Any]] = []
         prev_transitive = 0
         proposals: list[Any] = []
@@ -281,10 +287,13 @@ class Simulation:
             t0 = time.perf_counter()
             shortfall = 0
             if cycle > 0:
-                asked = [] if strategy == NO_LABELS else proposals[:budget]
+                asked = [] if strategy == NO_LABELS else _to_ask(reviews, proposals, budget)
                 shortfall = 0 if strategy == NO_LABELS else budget - len(asked)
-                for k, prop in enumerate(asked):
-                    ans = oracle.answer(prop.i, prop.j)
+                for k, (i, j) in enumerate(asked):
+                    attempt = times_asked.get((i, j), 0)
+                    times_asked[(i, j)] = attempt + 1
+                    counters["reviews"] += int(attempt > 0)
+                    ans = oracle.answer(i, j, attempt)
                     counters["asked"] += 1
                     touched.update((int(pool.labels[ans.i]), int(pool.labels[ans.j])))
                     graph.mark_asked(ans.i, ans.j)
@@ -306,6 +315,7 @@ class Simulation:
                 tracklets=pool.tracklets,
             )
             proposals = list(result.proposals)
+            reviews = list(result.reviews)
             emb = self._embed_all(registry, result.version, dataset.features)
             scores = evaluate(emb, np.asarray(result.pseudo_labels), dataset, split)
             trans = transitivity_counts(graph, n_pool)
@@ -323,6 +333,10 @@ class Simulation:
                 "answers_unsure": counters["unsure"],
                 "answers_wrong": counters["wrong"],
                 "contradictions": len(graph.contradictions()),
+                "reviews_answered": counters["reviews"],
+                "reviews_open": int(metrics.get("reviews_open", 0)),
+                "contradictions_open": int(metrics.get("contradictions_open", 0)),
+                "merges_held": int(metrics.get("merges_held", 0)),
                 "shortfall": shortfall,
                 "next_proposals": len(proposals),
                 **scores,
@@ -427,6 +441,21 @@ class Simulation:
         results["code_version"] = _code_version()
         results["wall_s"] = time.perf_counter() - t_start
         return results
+
+
+def _to_ask(reviews: Sequence[Any], proposals: Sequence[Any], budget: int) -> list[tuple[int, int]]:
+    """The pairs one cycle's annotator answers: reviews first (most urgent first), then new proposals,
+    ``budget`` in all, no pair twice."""
+    out: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for item in [*reviews, *proposals]:
+        pair = (min(int(item.i), int(item.j)), max(int(item.i), int(item.j)))
+        if len(out) >= budget:
+            break
+        if pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out
 
 
 def _code_version() -> str | None:
