@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ml_backend.errors import ConnectError, LabelStudioError
+from ml_backend.finetune import FINETUNE_DESCRIPTION
 from ml_backend.settings import Settings, SettingsError, settings_help_text
 
 log = logging.getLogger("reid_al")
@@ -151,78 +152,12 @@ def _redis(settings: Settings) -> Any:
     return redis_from_settings(settings)
 
 
-WORKER_CONNECTIONS = 1000  # open connections per gunicorn worker, slow ones included
-ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
-
-
 # --- serve -----------------------------------------------------------------------------------------------
-def _web_command(settings: Settings, dev_server: bool) -> list[str]:
-    from ml_backend.embedded import python_module_command
-
-    if not dev_server:
-        try:
-            import gunicorn  # noqa: F401
-        except ImportError:
-            dev_server = True
-    if dev_server:
-        return python_module_command(
-            "flask",
-            "--app",
-            "ml_backend.wsgi:app",
-            "run",
-            "--host",
-            settings.host,
-            "--port",
-            str(settings.port),
-            "--no-reload",
-        )
-    # The worker reads every request before a thread takes it (slow clients starve nothing); the access
-    # log names no user: gunicorn's %(u)s is whatever precedes ':' in a Basic header, which is the
-    # password itself when a client sends a malformed one.
-    return python_module_command(
-        "gunicorn",
-        "--worker-class",
-        "ml_backend.httpworker.PrereadThreadWorker",
-        "--workers",
-        str(settings.workers),
-        "--threads",
-        str(settings.threads),
-        "--worker-connections",
-        str(WORKER_CONNECTIONS),
-        "--bind",
-        f"{settings.host}:{settings.port}",
-        "--timeout",
-        "120",
-        "--graceful-timeout",
-        "10",
-        "--no-control-socket",
-        "--log-level",
-        settings.log_level.lower(),
-        "--access-logfile",
-        "-",
-        "--access-logformat",
-        ACCESS_LOG_FORMAT,
-        "ml_backend.wsgi:app",
-    )
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-def exposure_warning(settings: Settings) -> str | None:
-    """A warning when the backend listens beyond this machine with basic auth off (the default bind)."""
-    if settings.auth_enabled or settings.host in LOOPBACK or settings.host.startswith("127."):
-        return None
-    return (
-        f"WARNING: listening on {settings.host}:{settings.port} with BASIC_AUTH_USER unset: anyone who "
-        "can reach this port can post answers, request cycles and read /status. Set BASIC_AUTH_USER "
-        "and BASIC_AUTH_PASS, or HOST=127.0.0.1 when Label Studio runs on this machine."
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from ml_backend.embedded import EmbeddedRedis, python_module_command, start_process, stop_process
     from ml_backend.embedded import stop_rq_worker as stop_worker
+    from ml_backend.serve import exposure_warning
+    from ml_backend.serve import web_command as serve_web_command
     from ml_backend.supervise import STATUS_FILE, Child, Supervisor
 
     settings = _settings(host=args.host, port=args.port, workers=args.workers)
@@ -267,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             start=lambda: start_process(worker_command, env=env),
                         )
                     )
-        web_command = _web_command(settings, args.dev_server)
+        web_command = serve_web_command(settings, args.dev_server)
         supervisor.add(
             Child(
                 "web server",
@@ -358,149 +293,9 @@ def _jsonable(report: Any) -> Any:
 
 
 # --- finetune --------------------------------------------------------------------------------------------
-FINETUNE_DESCRIPTION = """\
-Fine-tune the encoder's visual tower end to end on a project's images: cluster-contrastive loss over
-the latest model version's pseudo-labels (or DBSCAN over Jaccard distances of the stored features when
-no version exists) plus the margin loss on the human same/different answers (from Redis when it is
-reachable). Writes a checkpoint for REID_AL_ENCODER_CHECKPOINT. The backbone changes, so the project's
-features must be re-embedded afterwards. Meant for a GPU; on a CPU it is slow (the CPU default is the
-adapter that every cycle trains)."""
-
-
-def _finetune_constraints(
-    settings: Settings, project: str, row_of: Any, redis: Any | None
-) -> tuple[Any, Any, str]:
-    """(must-link rows, cannot-link rows, where they came from); no Redis -> no constraints."""
-    import numpy as np
-    import redis as redis_lib
-
-    empty = np.zeros((0, 2), dtype=np.int64)
-    if redis is None:
-        try:
-            redis = _redis(settings)
-            redis.ping()
-        except (SettingsError, redis_lib.RedisError, OSError) as exc:
-            return empty, empty, f"none (Redis not reachable: {exc})"
-    from ml_backend.state import ProjectState
-
-    graph, unmapped = ProjectState(redis, project).constraint_graph(row_of, include_pending=False)
-    effective = graph.effective()
-    note = f"Redis ({len(graph)} constraint(s), {unmapped} unmapped, {len(effective.dropped)} dropped)"
-    return effective.must_link, effective.cannot_link, note
-
-
-def _finetune_labels(settings: Settings, project: str, features: Any) -> tuple[Any, str]:
-    """The latest version's pseudo_labels.npy (new rows since then: outliers), else DBSCAN on Jaccard."""
-    import io
-
-    import numpy as np
-
-    from trainer.registry import ModelRegistry
-
-    n = features.shape[0]
-    registry = ModelRegistry(settings.model_dir, project)
-    version = registry.latest()
-    if version is not None:
-        blob = registry.load(version).extra.get("pseudo_labels.npy")
-        if blob is not None:
-            labels = np.load(io.BytesIO(blob)).astype(np.int64)
-            if labels.ndim == 1 and labels.shape[0] <= n:
-                padded = np.full(n, -1, dtype=np.int64)
-                padded[: labels.shape[0]] = labels
-                return padded, f"model version {version}"
-            log.warning(
-                "version %s has %s pseudo-labels for %d rows; clustering afresh", version, labels.shape, n
-            )
-    from strategies.view import ClusteringView
-
-    return ClusteringView(features).dbscan_labels, "DBSCAN on Jaccard (no model version yet)"
-
-
-def finetune_project(
-    settings: Settings,
-    project: str,
-    out: str | os.PathLike[str],
-    *,
-    epochs: int | None = None,
-    device: str = "auto",
-    num_workers: int | None = None,
-    redis: Any | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Load a project's pool, pseudo-labels and constraints, fine-tune the encoder, write ``out``."""
-    import numpy as np
-
-    from ml_backend.jobs import load_project_data
-    from trainer.encoders import encoder_from_spec
-    from trainer.finetune import FinetuneConfig, finetune_encoder
-    from trainer.store import EmbeddingStore
-
-    data = load_project_data(settings, project, embed_missing=False)
-    if data.pool is None:
-        raise FileNotFoundError(
-            f"project {project} has no pool under {settings.model_dir}; run "
-            f"`reid-al ingest <folder> --project {project}` first"
-        )
-    if len(data.ids) < 2:
-        raise ValueError(
-            f"project {project}: {len(data.ids)} embedded image(s); ingest (and embed) a pool first"
-        )
-    labels, labels_source = _finetune_labels(settings, project, data.features)
-    ml, cl, constraints_source = _finetune_constraints(settings, project, data.row_of, redis)
-    # Only rows whose image file the pool knows can be trained on (user-imported tasks may lack one).
-    keep = np.asarray([i in data.pool for i in data.ids], dtype=bool)
-    new_row = np.full(len(data.ids), -1, dtype=np.int64)
-    new_row[keep] = np.arange(int(keep.sum()))
-
-    def remap(pairs: Any) -> Any:
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        pairs = pairs[keep[pairs[:, 0]] & keep[pairs[:, 1]]]
-        return new_row[pairs]
-
-    items = [(i, data.pool.item(i).path) for i, k in zip(data.ids, keep, strict=True) if k]
-    ml, cl = remap(ml), remap(cl)
-    encoder = encoder_from_spec(
-        settings.encoder,
-        checkpoint=settings.encoder_checkpoint or None,
-        device=None if device == "auto" else device,
-        precision="fp32",
-    )
-    stored_by = EmbeddingStore(settings.features_dir(project)).encoder
-    if stored_by is not None and stored_by != encoder.name:
-        # the pseudo-labels describe another network's features: training this one on them is wrong
-        raise ValueError(
-            f"REID_AL_ENCODER: project {project}'s features were made by {stored_by!r}, but the "
-            f"configured encoder is {encoder.name!r}; set REID_AL_ENCODER(_CHECKPOINT) to match"
-        )
-    overrides: dict[str, Any] = {"device": device}
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    if num_workers is not None:
-        overrides["num_workers"] = num_workers
-    result = finetune_encoder(
-        encoder, items, labels[keep], ml, cl, FinetuneConfig(**overrides), checkpoint=out, progress=progress
-    )
-    train_labels = labels[keep]
-    return {
-        "project": project,
-        "checkpoint": str(Path(out).resolve()),
-        "encoder": settings.encoder,
-        "n_images": len(items),
-        "n_skipped_without_file": int((~keep).sum()),
-        "n_clusters": len(np.unique(train_labels[train_labels >= 0])),
-        "labels_from": labels_source,
-        "n_must_link": int(ml.shape[0]),
-        "n_cannot_link": int(cl.shape[0]),
-        "constraints_from": constraints_source,
-        "epochs": len(result.losses_per_epoch),
-        "losses_per_epoch": [round(x, 6) for x in result.losses_per_epoch],
-        "device": result.device,
-        "precision": result.precision,
-        "seconds": round(result.seconds, 3),
-    }
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from ml_backend.finetune import finetune_project
+
     settings = _settings()
     logging.basicConfig(level=settings.log_level)
     report = finetune_project(
@@ -591,129 +386,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # --- status ----------------------------------------------------------------------------------------------
-def stopping_line(stop: dict[str, Any]) -> str:
-    """The stopping rule as `reid-al status` and `reid-al report` print it."""
-    line = (
-        f"  stopping rule: P(any of the next {stop['patience']} answers changes the identities) = "
-        f"{stop['p_any_change']:.3f}, stop below {stop['threshold']:g}; {stop['label_changing']} of "
-        f"{stop['answers']} answers changed them"
-    )
-    if stop["reached"]:
-        paused = not stop.get("pushing", True)
-        line += (
-            "; REACHED: new pairs are no longer pushed (REID_AL_KEEP_PUSHING=1 pushes them)"
-            if paused
-            else "; reached, new pairs pushed anyway (REID_AL_KEEP_PUSHING=1)"
-        )
-    return line
-
-
-def _project_problem_lines(p: dict[str, Any]) -> list[str]:
-    """What `reid-al status` says about pushes that fell short, refused events and unreadable images."""
-    lines = []
-    push = p.get("last_push")
-    if push:
-        budget = push.get("budget")
-        head = f"  pushed {push['pushed']}" + (f" of {budget} pairs (REID_AL_BUDGET)" if budget else " pairs")
-        reasons = push.get("reasons") or []
-        lines.append(head + (": " + "; ".join(reasons) if reasons and push.get("shortfall") else ""))
-    rejected = p.get("webhook_rejected") or {}
-    if rejected:
-        parts = [
-            f"{n} unauthorised (401: the webhook lacks the Authorization header; run `reid-al connect`)"
-            if code == "401"
-            else f"{n} refused ({code})"
-            for code, n in sorted(rejected.items())
-        ]
-        lines.append("  webhook events not recorded: " + ", ".join(parts))
-    unreadable = p.get("unreadable_images") or {}
-    if unreadable.get("count"):
-        shown = ", ".join(f"{u['id']} ({u['reason']})" for u in unreadable["examples"])
-        more = unreadable["count"] - len(unreadable["examples"])
-        lines.append(
-            f"  {unreadable['count']} unreadable image(s) left out of the pool: {shown}"
-            + (f" and {more} more" if more > 0 else "")
-            + f" (listed in {unreadable['file']}; ingest again once fixed)"
-        )
-    return lines
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """Human-readable lines for `reid-al status`."""
-    from ml_backend.supervise import status_lines
-
-    lines = [
-        *status_lines(status.get("serve")),
-        f"queue {status['queue']}: {status['queue_depth']} job(s) waiting",
-    ]
-    if not status["projects"]:
-        lines.append("no project has state yet")
-    for p in status["projects"]:
-        cycle = p.get("cycle") or {}
-        last = p.get("last_cycle") or {}
-        lines.append(
-            f"project {p['project']}: version {p['current_version'] or '-'}; "
-            f"cycle {cycle.get('status', 'never run')}"
-            + (f" (job {p['active_job']}, {p['active_job_status']})" if p.get("active_job") else "")
-            + ("; rerun requested" if p.get("rerun_requested") else "")
-        )
-        every = p.get("retrain_every")
-        lines.append(
-            f"  answers pending until the next cycle: {p['pending_constraints']}"
-            + (f" (a cycle starts at {every}, REID_AL_RETRAIN_EVERY, or on Start training)" if every else "")
-        )
-        if p.get("conflicts"):
-            lines.append(f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
-                         + ", ".join(c["pair_id"] for c in p["conflicts"][:5]))
-        reviews = p.get("reviews") or {}
-        if reviews.get("open") or reviews.get("pushed"):
-            kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in reviews["by_kind"].items() if n)
-            lines.append(f"  under review: {len(reviews['open'])} pair(s) ({kinds or 'none'}), "
-                         f"{reviews['contradictions_open']} contradiction(s) open; {reviews['pushed']} "
-                         f"review task(s) pushed, {reviews['resolved']} resolved")
-        if last:
-            lines.append(
-                f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"
-                + (f" -> {last['version']}" if last.get("version") else "")
-                + (f" error: {last['error']}" if last.get("error") else "")
-            )
-            if last.get("identities"):
-                ids = last["identities"]
-                lines.append(
-                    f"  identities: {ids['identities']} ({ids['identities_verified']} verified); "
-                    f"images verified {ids['images_verified']}, inferred {ids['images_inferred']}"
-                )
-            if last.get("served"):
-                gate = last.get("gate") or {}
-                lines.append(
-                    f"  model served: {last['served']}"
-                    + (f" ({gate['reason']})" if gate.get("reason") else "")
-                )
-        stop = p.get("stopping")
-        if stop:
-            lines.append(stopping_line(stop))
-        lines += _project_problem_lines(p)
-    counters = status.get("unregistered") or {}
-    rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
-    if rejected:
-        shown = (
-            f"{route.rsplit(':', 1)[0]} -> {route.rsplit(':', 1)[1]} x{n}"
-            for route, n in sorted(rejected.items())
-        )
-        lines.append("rejected requests: " + ", ".join(shown))
-    other = {k: v for k, v in counters.items() if not k.startswith("rejected:")}
-    if other:
-        lines.append(
-            "not about a registered project: "
-            + ", ".join(f"{name} x{n}" for name, n in sorted(other.items()))
-        )
-    return "\n".join(lines)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     import redis as redis_lib
 
     from ml_backend.queue import CycleQueue
+    from ml_backend.status import format_status
     from ml_backend.supervise import read_status, status_lines
 
     settings = _settings()

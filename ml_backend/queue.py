@@ -1,3 +1,4 @@
+# Long on purpose: the per-project claim, lock, follow-up and recovery are one protocol over the same keys.
 """Enqueueing cycles through RQ with per-project coalescing, and job status.
 
 Why coalescing: annotations arrive far faster than a cycle runs. One cycle job per project exists
@@ -94,8 +95,9 @@ redis.call('DEL', KEYS[1])
 return false
 """
 
-# KEYS: active. ARGV: stale id, new id, ttl. Replace a dead job's claim (worker killed mid-cycle).
-_TAKEOVER_LUA = """
+# KEYS: a claim or lock. ARGV: dead holder, new holder, ttl. Replace a dead holder's claim (a worker killed
+# mid-cycle) or lock, only if it still holds it.
+_REPLACE_HOLDER_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
   return 1
@@ -109,14 +111,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1
 return 0
 """
 
-# KEYS: lock. ARGV: dead holder, new token, ttl. Take over a dead holder's lock, only if it still holds it.
-_STEAL_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  return 1
-end
-return 0
-"""
 
 # KEYS: lock. ARGV: token. Release only our own lock.
 _RELEASE_LUA = """
@@ -180,10 +174,10 @@ class CycleQueue:
         self.queue = Queue(queue_name, connection=redis, serializer=SERIALIZER, job_class=ServiceJob)
         self._request = redis.register_script(_REQUEST_LUA)
         self._finish = redis.register_script(_FINISH_LUA)
-        self._takeover = redis.register_script(_TAKEOVER_LUA)
+        self._takeover = redis.register_script(_REPLACE_HOLDER_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._extend = redis.register_script(_EXTEND_LUA)
-        self._steal = redis.register_script(_STEAL_LUA)
+        self._steal = redis.register_script(_REPLACE_HOLDER_LUA)
         self.dead_check_interval = dead_check_interval
         self.model_dir = model_dir  # where status reads each project's unreadable images
         self.retrain_every = retrain_every  # shown by status beside the pending answers

@@ -14,12 +14,13 @@ import pytest
 import redis
 import requests
 
-from ml_backend.cli import format_status, main
+from ml_backend.cli import main
 from ml_backend.embedded import free_port
 from ml_backend.pool import UnreadableImages
 from ml_backend.settings import SETTINGS_HELP
 from ml_backend.state import ProjectState
 from ml_backend.state.cycles import push_outcome
+from ml_backend.status import format_status
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import redis
 import torch
 from PIL import Image
 
-from ml_backend.cli import finetune_project, main
+from ml_backend.cli import main
+from ml_backend.finetune import finetune_project
 from ml_backend.pool import Pool, PoolItem
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState

@@ -15,12 +15,12 @@ import redis
 from flask.testing import FlaskClient
 
 from ml_backend.app import create_app
-from ml_backend.cli import format_status
 from ml_backend.errors import InputError
 from ml_backend.predict import Predictor
 from ml_backend.settings import Settings
 from ml_backend.state import GLOBAL_COUNTERS_KEY, PROJECTS_KEY, ProjectState, list_projects, project_key
 from ml_backend.state.base import UNREGISTERED_META_TTL
+from ml_backend.status import format_status
 from ml_backend.webhook import project_id_of
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()

@@ -12,7 +12,6 @@ import pytest
 import redis
 
 from ml_backend.app import create_app
-from ml_backend.cli import format_status
 from ml_backend.jobs import review_records, run_project_cycle
 from ml_backend.pairs import pair_id
 from ml_backend.pool import Pool, PoolItem
@@ -20,6 +19,7 @@ from ml_backend.push import MIN_SCORE, REVIEW_SCORE
 from ml_backend.queue import CycleQueue
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
+from ml_backend.status import format_status
 from strategies.review import Review
 from tests.test_push import LabelStudioDouble
 from trainer.store import EmbeddingStore

@@ -28,8 +28,8 @@ import pytest
 import redis
 import requests
 
-from ml_backend.cli import exposure_warning
 from ml_backend.embedded import free_port, read_url_file
+from ml_backend.serve import exposure_warning
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 

@@ -10,11 +10,12 @@ import pytest
 import redis
 
 from ml_backend.app import create_app
-from ml_backend.cli import format_status, main
+from ml_backend.cli import main
 from ml_backend.pool import Pool, PoolItem
 from ml_backend.queue import CycleQueue
 from ml_backend.settings import Settings, SettingsError
 from ml_backend.state import ProjectState
+from ml_backend.status import format_status
 from ml_backend.stopping import INFERRED_KEY, project_stopping
 from tests.test_push import LabelStudioDouble
 from trainer.store import EmbeddingStore

@@ -1,3 +1,4 @@
+# Long on purpose: the cycle's stages share one set of inputs and must read top to bottom as DESIGN.md's loop.
 """One active-learning cycle, the unit an RQ job runs (DESIGN.md "The loop", step 5).
 
 ``run_cycle`` is a sequence of stages, each timed under its name in ``CycleResult.timings``:
