@@ -1,4 +1,4 @@
-# Long on purpose: the pool file, its manifest readers (folder, CSV, JSONL) and the unreadable list: one format.
+# Long on purpose: the pool file, its readers (folder, CSV, JSONL) and the unreadable list are one format.
 """The image pool of one project: which images exist, where they live, and their side information.
 
 Written once by `reid-al ingest` to ``MODEL_DIR/<project>/pool.jsonl`` (one JSON object per image) and
