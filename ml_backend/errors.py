@@ -8,7 +8,14 @@ nobody parses a message to find the field again.
 
 from __future__ import annotations
 
-__all__ = ["ConnectError", "InputError", "LabelStudioConnectionError", "LabelStudioError", "SettingsError"]
+__all__ = [
+    "ConnectError",
+    "InputError",
+    "LabelStudioAuthError",
+    "LabelStudioConnectionError",
+    "LabelStudioError",
+    "SettingsError",
+]
 
 _BODY_PREVIEW = 500
 
@@ -53,6 +60,19 @@ class LabelStudioError(RuntimeError):
 
 class LabelStudioConnectionError(LabelStudioError):
     """Label Studio could not be reached (after retries)."""
+
+
+class LabelStudioAuthError(LabelStudioError):
+    """Label Studio refused the API token; ``token_kind`` ("personal access token" or "legacy token") says
+    which kind was tried, since each fails for its own reasons and has its own fix."""
+
+    def __init__(
+        self, method: str, url: str, status: int | None, body: str, *, token_kind: str, hint: str
+    ) -> None:
+        super().__init__(method, url, status, body)
+        self.token_kind = token_kind
+        self.hint = hint
+        self.args = (f"{self.args[0]} (LABEL_STUDIO_API_KEY tried as a {token_kind}: {hint})",)
 
 
 class ConnectError(RuntimeError):

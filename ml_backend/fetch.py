@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
-from ml_backend.errors import InputError
+from ml_backend.errors import InputError, LabelStudioError
 from ml_backend.pool import LOCAL_FILES_PATH
 from ml_backend.settings import Settings, origin_of
 
@@ -54,9 +54,14 @@ class FetchPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchPolicy:
-        return cls(label_studio_url=settings.label_studio_url, api_key=settings.label_studio_api_key,
-                   document_root=settings.document_root, origins=settings.image_origin_list,
-                   max_bytes=settings.image_max_bytes, seconds=settings.image_fetch_seconds)
+        return cls(
+            label_studio_url=settings.label_studio_url,
+            api_key=settings.label_studio_api_key,
+            document_root=settings.document_root,
+            origins=settings.image_origin_list,
+            max_bytes=settings.image_max_bytes,
+            seconds=settings.image_fetch_seconds,
+        )
 
     @property
     def label_studio_origin(self) -> str | None:
@@ -66,8 +71,9 @@ class FetchPolicy:
         return origin is not None and (origin == self.label_studio_origin or origin in self.origins)
 
 
-def fetch_image(url: str, policy: FetchPolicy, cache_dir: Path | None = None, *,
-                deadline: float | None = None) -> Path:
+def fetch_image(
+    url: str, policy: FetchPolicy, cache_dir: Path | None = None, *, deadline: float | None = None
+) -> Path:
     """A local file holding the image ``url`` names, checked against ``policy``.
 
     ``deadline`` (time.monotonic()) is the caller's own bound; the earlier of it and
@@ -90,8 +96,10 @@ def fetch_image(url: str, policy: FetchPolicy, cache_dir: Path | None = None, *,
                 raise InputError("url", f"{_shown(url)} is on Label Studio but LABEL_STUDIO_URL is not set")
             return _download(policy.label_studio_url.rstrip("/") + url, policy, cache_dir, deadline)
         if not policy.document_root:
-            raise InputError("url", f"{_shown(url)}: a bare path is read only under REID_AL_DOCUMENT_ROOT, "
-                                    "which is not set")
+            raise InputError(
+                "url",
+                f"{_shown(url)}: a bare path is read only under REID_AL_DOCUMENT_ROOT, which is not set",
+            )
         return _local(_inside(Path(unquote(parts.path)), policy.document_root, url), policy, url)
     if parts.scheme.lower() not in _DEFAULT_PORTS:
         raise InputError("url", f"scheme {parts.scheme!r} is not allowed (http and https only)")
@@ -122,16 +130,20 @@ def _local(path: Path, policy: FetchPolicy, url: str) -> Path:
         raise FileNotFoundError(f"image {_shown(url)}: no file at {path}")
     size = path.stat().st_size
     if size > policy.max_bytes:
-        raise InputError("url", f"{_shown(url)} is {size} bytes, more than REID_AL_IMAGE_MAX_BYTES="
-                                f"{policy.max_bytes}")
+        raise InputError(
+            "url", f"{_shown(url)} is {size} bytes, more than REID_AL_IMAGE_MAX_BYTES={policy.max_bytes}"
+        )
     return path
 
 
 def _download(url: str, policy: FetchPolicy, cache_dir: Path | None, deadline: float) -> Path:
     origin = origin_of(url)
     if not policy.allows(origin):
-        raise InputError("url", f"{_shown(url)}: origin {origin or '?'} is neither LABEL_STUDIO_URL's nor "
-                                "listed in REID_AL_IMAGE_ORIGINS")
+        raise InputError(
+            "url",
+            f"{_shown(url)}: origin {origin or '?'} is neither LABEL_STUDIO_URL's nor "
+            "listed in REID_AL_IMAGE_ORIGINS",
+        )
     if cache_dir is None:
         raise InputError("url", f"cannot download {_shown(url)}: no cache directory")
     suffix = Path(urlsplit(url).path).suffix[:8] or ".img"
@@ -144,12 +156,24 @@ def _download(url: str, policy: FetchPolicy, cache_dir: Path | None, deadline: f
             raise InputError("url", f"redirected to {_shown(url)}, whose origin is not allowed")
         headers = {"User-Agent": "reid-al", "Accept": "image/*"}
         if policy.api_key and origin == policy.label_studio_origin:
-            headers["Authorization"] = f"Token {policy.api_key}"
+            headers["Authorization"] = _label_studio_authorization(policy)
         location = _get(url, headers, policy, target, deadline)
         if location is None:
             return target
         url = urljoin(url, location)
     raise InputError("url", f"more than {MAX_REDIRECTS} redirects")
+
+
+def _label_studio_authorization(policy: FetchPolicy) -> str:
+    """The header Label Studio accepts for LABEL_STUDIO_API_KEY (a PAT is exchanged for an access token,
+    shared with the process's API clients); a refused token is a PermissionError, an OSError like every
+    other reason an image cannot be fetched, with the message saying which kind of token was tried."""
+    from ml_backend.labelstudio import shared_auth
+
+    try:
+        return shared_auth(policy.label_studio_url, policy.api_key).header()
+    except (ValueError, LabelStudioError) as exc:
+        raise PermissionError(f"cannot authenticate to Label Studio for an image: {exc}") from exc
 
 
 def _get(url: str, headers: dict[str, str], policy: FetchPolicy, target: Path, deadline: float) -> str | None:
@@ -160,8 +184,9 @@ def _get(url: str, headers: dict[str, str], policy: FetchPolicy, target: Path, d
         raise TimeoutError(f"fetching {_shown(url)}: deadline passed")
     connection: http.client.HTTPConnection
     if parts.scheme.lower() == "https":
-        connection = http.client.HTTPSConnection(parts.hostname or "", parts.port,
-                                                 timeout=remaining, context=ssl.create_default_context())
+        connection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=remaining, context=ssl.create_default_context()
+        )
     else:
         connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=remaining)
     expired = threading.Event()
@@ -195,8 +220,11 @@ def _get(url: str, headers: dict[str, str], policy: FetchPolicy, target: Path, d
             raise OSError(f"{_shown(url)}: HTTP {response.status}")
         announced = response.getheader("Content-Length")
         if announced is not None and announced.isdigit() and int(announced) > policy.max_bytes:
-            raise InputError("url", f"{_shown(url)} announces {announced} bytes, more than "
-                                    f"REID_AL_IMAGE_MAX_BYTES={policy.max_bytes}")
+            raise InputError(
+                "url",
+                f"{_shown(url)} announces {announced} bytes, more than "
+                f"REID_AL_IMAGE_MAX_BYTES={policy.max_bytes}",
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         size = 0
         with open(tmp, "wb") as out:
@@ -206,8 +234,10 @@ def _get(url: str, headers: dict[str, str], policy: FetchPolicy, target: Path, d
                     break
                 size += len(chunk)
                 if size > policy.max_bytes:
-                    raise InputError("url", f"{_shown(url)} sends more than REID_AL_IMAGE_MAX_BYTES="
-                                            f"{policy.max_bytes} bytes")
+                    raise InputError(
+                        "url",
+                        f"{_shown(url)} sends more than REID_AL_IMAGE_MAX_BYTES={policy.max_bytes} bytes",
+                    )
                 out.write(chunk)
         if expired.is_set():
             raise TimeoutError(f"fetching {_shown(url)} took longer than its deadline")

@@ -1,6 +1,12 @@
 # Long on purpose: one client for every Label Studio endpoint the backend calls, each a few lines.
 """A small HTTP client for the Label Studio 1.23 REST API: the dozen calls the backend makes.
 
+Two kinds of API token work. Since Label Studio 1.20 a user's default token is a Personal Access Token
+(PAT): a JWT refresh token that Label Studio exchanges at ``/api/token/refresh/`` for a short-lived
+(5 minutes) access token sent as ``Authorization: Bearer``. The legacy token (40 hex characters,
+``Authorization: Token``) works only where legacy tokens are enabled. ``LabelStudioAuth`` tells them
+apart by shape and keeps the access token fresh; both the client and image downloads use it.
+
 Plain ``requests`` rather than ``label-studio-sdk``: the SDK pulls pandas, OpenCV and nltk for what is
 a handful of JSON calls. Every endpoint used here was checked against a running Label Studio 1.23.2
 (see tests/test_labelstudio.py, which drives a real one).
@@ -11,7 +17,12 @@ Errors carry the HTTP status and the start of the response body so a failing pus
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +32,7 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
-from ml_backend.errors import LabelStudioConnectionError, LabelStudioError
+from ml_backend.errors import LabelStudioAuthError, LabelStudioConnectionError, LabelStudioError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +41,143 @@ DEFAULT_VIEW_ORDERING: tuple[str, ...] = ("tasks:predictions_score",)  # lowest 
 PAGE_SIZE = 100
 BULK_CHUNK = 500  # tasks / predictions / ids per request: keeps each request well under LS's body limits
 _RETRY_STATUSES = frozenset({502, 503, 504})
+TOKEN_REFRESH_PATH = "/api/token/refresh/"  # jwt_auth/urls.py: simplejwt's TokenRefreshView
+ACCESS_MARGIN_S = 30.0  # refresh an access token this long before it expires (clock skew, slow calls)
+PAT = "personal access token"
+LEGACY = "legacy token"
+_HINTS = {
+    PAT: "exchanged at /api/token/refresh/ for a Bearer access token; check it is the token shown under "
+    "Account & Settings > Personal Access Token and that it was not revoked",
+    LEGACY: "sent as 'Authorization: Token ...', which Label Studio >= 1.20 accepts only while legacy "
+    "tokens are enabled (Organization > API Tokens Settings, or LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true); "
+    "else use the Personal Access Token",
+}
+
+
+def _jwt_payload(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT (unverified: only Label Studio can check the signature), None if not one."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    try:
+        decoded = [json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) for part in parts[:2]]
+    except (binascii.Error, ValueError):
+        return None
+    header, payload = decoded
+    if not isinstance(header, dict) or "alg" not in header or not isinstance(payload, dict):
+        return None
+    return payload
+
+
+def token_kind(token: str) -> str:
+    """``PAT`` for a JWT refresh token, ``LEGACY`` for anything else; a JWT that is not a refresh token is
+    refused with a message naming LABEL_STUDIO_API_KEY (an access token expires within minutes)."""
+    if not isinstance(token, str) or not token.strip():
+        raise ValueError("LABEL_STUDIO_API_KEY must be a non-empty Label Studio API token")
+    payload = _jwt_payload(token.strip())
+    if payload is None:
+        return LEGACY
+    kind = payload.get("token_type")
+    if kind != "refresh":
+        raise ValueError(
+            f"LABEL_STUDIO_API_KEY is a JWT of token_type {kind!r}, not a Personal Access Token (a JWT "
+            "refresh token): an access token expires within minutes; use the token shown under "
+            "Account & Settings > Personal Access Token"
+        )
+    return PAT
+
+
+class LabelStudioAuth:
+    """The ``Authorization`` header for one Label Studio and one token, shared by threads.
+
+    A legacy token is sent as is. A Personal Access Token is exchanged for an access token, which is
+    reused until ``ACCESS_MARGIN_S`` before its ``exp`` and refreshed then, or at once after Label Studio
+    refused it (``invalidate``): the PAT itself lives for years, the access token for minutes.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 10) -> None:
+        self.url = url.strip().rstrip("/")
+        self.token = token.strip()
+        self.kind = token_kind(self.token)
+        self.timeout = timeout
+        self._access: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+        self.refreshes = 0
+
+    def __repr__(self) -> str:
+        return f"LabelStudioAuth(url={self.url!r}, kind={self.kind!r})"
+
+    @property
+    def hint(self) -> str:
+        return _HINTS[self.kind]
+
+    def header(self) -> str:
+        """The header value to send now (may call Label Studio's refresh endpoint)."""
+        if self.kind == LEGACY:
+            return f"Token {self.token}"
+        with self._lock:
+            if self._access is None or time.time() >= self._expires - ACCESS_MARGIN_S:
+                self._refresh()
+            return f"Bearer {self._access}"
+
+    def invalidate(self, header: str) -> bool:
+        """Forget the access token in ``header`` after Label Studio refused it; False when there is nothing
+        to refresh (a legacy token, or another thread refreshed it already, so a retry may still pass)."""
+        if self.kind == LEGACY:
+            return False
+        with self._lock:
+            if self._access is not None and header == f"Bearer {self._access}":
+                self._access = None
+        return True
+
+    def _refresh(self) -> None:
+        url = self.url + TOKEN_REFRESH_PATH
+        try:
+            resp = requests.post(url, json={"refresh": self.token}, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise LabelStudioConnectionError("POST", url, None, f"{type(exc).__name__}: {exc}") from exc
+        if resp.status_code in (400, 401, 403):
+            raise LabelStudioAuthError(
+                "POST", url, resp.status_code, resp.text, token_kind=self.kind, hint=self.hint
+            )
+        access = None
+        if resp.status_code == 200:
+            with contextlib.suppress(ValueError, AttributeError):  # not JSON, not an object
+                access = resp.json().get("access")
+        if not isinstance(access, str) or _jwt_payload(access) is None:
+            raise LabelStudioError(
+                "POST", url, resp.status_code, f"expected {{'access': <JWT>}}, got {resp.text}"
+            )
+        exp = (_jwt_payload(access) or {}).get("exp")
+        self._access = access
+        # Without an exp claim, refresh every minute rather than never.
+        self._expires = float(exp) if isinstance(exp, int | float) else time.time() + 60 + ACCESS_MARGIN_S
+        self.refreshes += 1
+        log.debug("Label Studio access token refreshed (valid until %s)", self._expires)
+
+
+_SHARED: dict[tuple[str, str], LabelStudioAuth] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_auth(url: str, token: str) -> LabelStudioAuth:
+    """One ``LabelStudioAuth`` per (url, token) in this process, so every client and image download
+    shares one access token instead of refreshing it for each."""
+    key = (url.strip().rstrip("/"), token.strip())
+    with _SHARED_LOCK:
+        auth = _SHARED.get(key)
+        if auth is None:
+            auth = _SHARED[key] = LabelStudioAuth(*key)
+        return auth
 
 
 class LabelStudioClient:
-    """Talks to one Label Studio instance with a legacy API token (``Authorization: Token <key>``).
+    """Talks to one Label Studio instance with a Personal Access Token or a legacy API token.
+
+    A request Label Studio answers 401 with an access token is sent once more with a fresh one (a 401
+    means the request was refused before anything ran, so even a POST may be resent); a second 401, or
+    any 401 with a legacy token, is a ``LabelStudioAuthError`` saying which kind of token was tried.
 
     Errors where the connection was never opened (refused, unresolvable, connect timeout) are retried
     for every method (``retries`` times, exponential backoff from ``backoff`` seconds): the request
@@ -59,6 +203,7 @@ class LabelStudioClient:
             raise ValueError(f"url must be an http(s) URL such as http://localhost:8080, got {url!r}")
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValueError("api_key must be a non-empty Label Studio API token (LABEL_STUDIO_API_KEY)")
+        token_kind(api_key)  # a JWT access token is refused here, before any request
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -71,10 +216,16 @@ class LabelStudioClient:
         self.retries = retries
         self.backoff = float(backoff)
         self.session = session if session is not None else requests.Session()
-        self.session.headers.update({"Authorization": f"Token {self.api_key}", "Accept": "application/json"})
+        self.session.headers.update({"Accept": "application/json"})
+        self.auth = shared_auth(self.url, self.api_key)
+
+    @property
+    def token_kind(self) -> str:
+        """``PAT`` or ``LEGACY``: the kind of LABEL_STUDIO_API_KEY this client sends."""
+        return self.auth.kind
 
     def __repr__(self) -> str:
-        return f"LabelStudioClient(url={self.url!r})"
+        return f"LabelStudioClient(url={self.url!r}, token={self.auth.kind})"
 
     def close(self) -> None:
         self.session.close()
@@ -102,9 +253,18 @@ class LabelStudioClient:
         expected = frozenset(expected)
         idempotent = method in ("GET", "HEAD")
         attempt = 0
+        reauthorised = False
         while True:
+            authorization = self.auth.header()
             try:
-                resp = self.session.request(method, url, params=params, json=json, timeout=self.timeout)
+                resp = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    timeout=self.timeout,
+                    headers={"Authorization": authorization},
+                )
             except requests.ConnectionError as exc:
                 # Refused/unresolvable/connect timeout: never sent. "Connection aborted" and the like:
                 # maybe processed, so only an idempotent call may be sent again.
@@ -120,6 +280,14 @@ class LabelStudioClient:
             else:
                 if resp.status_code in expected:
                     return resp
+                if resp.status_code == 401 and 401 not in expected:
+                    if not reauthorised and self.auth.invalidate(authorization):
+                        reauthorised = True  # the access token expired or was revoked: one fresh one
+                        log.info("Label Studio refused the access token; refreshing it once")
+                        continue
+                    raise LabelStudioAuthError(
+                        method, url, 401, resp.text, token_kind=self.auth.kind, hint=self.auth.hint
+                    )
                 if not (idempotent and resp.status_code in _RETRY_STATUSES and attempt < self.retries):
                     raise LabelStudioError(method, url, resp.status_code, resp.text)
             delay = self.backoff * (2**attempt)

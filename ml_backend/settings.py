@@ -109,7 +109,7 @@ class Settings:
     label_studio_api_key: str = _setting(
         "LABEL_STUDIO_API_KEY",
         "",
-        "Label Studio API token (Authorization: Token ...)",
+        "Label Studio API token: a Personal Access Token (Label Studio >= 1.20's default) or a legacy token",
         empty_ok=True,
         secret=True,
     )
@@ -228,18 +228,26 @@ class Settings:
         "stopping rule: stop pushing new pairs once that chance is below this (0 < value < 1)",
     )
     keep_pushing: int = _setting(
-        "REID_AL_KEEP_PUSHING", 0, "1: push new pairs even after the stopping rule is reached", low=0, high=1)
+        "REID_AL_KEEP_PUSHING", 0, "1: push new pairs even after the stopping rule is reached", low=0, high=1
+    )
     redundancy_k: int = _setting(
-        "REID_AL_REDUNDANCY_K", REDUNDANCY_K,
-        "'same' answers a large or doubted merge needs before it merges (1 = no second opinions)", low=1,
-        high=9)
+        "REID_AL_REDUNDANCY_K",
+        REDUNDANCY_K,
+        "'same' answers a large or doubted merge needs before it merges (1 = no second opinions)",
+        low=1,
+        high=9,
+    )
     redundancy_min_size: int = _setting(
-        "REID_AL_REDUNDANCY_MIN_SIZE", REDUNDANCY_MIN_SIZE,
+        "REID_AL_REDUNDANCY_MIN_SIZE",
+        REDUNDANCY_MIN_SIZE,
         "a merge needs a second opinion when the smaller of its two groups has at least this many images",
-        low=1)
+        low=1,
+    )
     redundancy_max_p_same: float = _setting(
-        "REID_AL_REDUNDANCY_MAX_P_SAME", REDUNDANCY_MAX_P_SAME,
-        "... or when the model's calibrated P(same) of the pair is below this (0 = never)")
+        "REID_AL_REDUNDANCY_MAX_P_SAME",
+        REDUNDANCY_MAX_P_SAME,
+        "... or when the model's calibrated P(same) of the pair is below this (0 = never)",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -251,16 +259,26 @@ class Settings:
                 "REID_AL_PREDICT_EMBED_SECONDS", f"must be >= 0, got {self.predict_embed_seconds}"
             )
         if not 0 < self.image_fetch_seconds <= 3600:
-            raise SettingsError("REID_AL_IMAGE_FETCH_SECONDS",
-                                f"must be > 0 and at most 3600, got {self.image_fetch_seconds}")
+            raise SettingsError(
+                "REID_AL_IMAGE_FETCH_SECONDS", f"must be > 0 and at most 3600, got {self.image_fetch_seconds}"
+            )
         if not 0.0 <= self.redundancy_max_p_same <= 1.0:
-            raise SettingsError("REID_AL_REDUNDANCY_MAX_P_SAME",
-                                f"must be between 0 and 1, got {self.redundancy_max_p_same}")
+            raise SettingsError(
+                "REID_AL_REDUNDANCY_MAX_P_SAME", f"must be between 0 and 1, got {self.redundancy_max_p_same}"
+            )
         if not 0.0 < self.stop_threshold < 1.0:
             raise SettingsError(
                 "REID_AL_STOP_THRESHOLD", f"must be between 0 and 1 (exclusive), got {self.stop_threshold}"
             )
         _ = self.image_origin_list  # raises SettingsError on a malformed entry
+        if self.label_studio_api_key:
+            from ml_backend.labelstudio import token_kind
+
+            try:
+                token_kind(self.label_studio_api_key)
+            except ValueError as exc:  # a JWT access token: expires within minutes
+                reason = str(exc).removeprefix("LABEL_STUDIO_API_KEY ")
+                raise SettingsError("LABEL_STUDIO_API_KEY", reason) from None
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"

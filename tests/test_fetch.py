@@ -5,7 +5,9 @@ The servers are real sockets on 127.0.0.1 (two ports = two origins)."""
 
 from __future__ import annotations
 
+import base64
 import http.server
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +19,24 @@ import redis
 
 from ml_backend.errors import InputError
 from ml_backend.fetch import FetchPolicy, fetch_image, origin_of
+from ml_backend.labelstudio import TOKEN_REFRESH_PATH
 from ml_backend.predict import Predictor, ServingModel
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
 IMAGE = b"\x89PNG fake image bytes"
+
+
+def _jwt(claims: dict[str, object]) -> str:
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2ln"
+
+
+PAT_OK = _jwt({"token_type": "refresh", "exp": 8_000_000_000, "jti": "fetch-ok"})
+PAT_REVOKED = _jwt({"token_type": "refresh", "exp": 8_000_000_000, "jti": "fetch-revoked"})
+ACCESS = _jwt({"token_type": "access", "exp": 8_000_000_000, "jti": "fetch-access"})
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -84,6 +99,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def do_POST(self) -> None:
+        """Label Studio's token refresh: the PAT "pat-ok" gets an access token, any other a 401."""
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.path == TOKEN_REFRESH_PATH and body.get("refresh") == PAT_OK:
+            self._send(json.dumps({"access": ACCESS}).encode())
+        else:
+            self._send(b'{"detail": "Token is invalid"}', 401)
+
 
 def serve() -> tuple[http.server.ThreadingHTTPServer, str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -109,8 +132,13 @@ def policy(servers: tuple[str, str], tmp_path: Path) -> FetchPolicy:
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "x y.jpg").write_bytes(IMAGE)
-    return FetchPolicy(label_studio_url=servers[0], api_key="secret-token", document_root=str(root),
-                       max_bytes=1024 * 1024, seconds=1.0)
+    return FetchPolicy(
+        label_studio_url=servers[0],
+        api_key="secret-token",
+        document_root=str(root),
+        max_bytes=1024 * 1024,
+        seconds=1.0,
+    )
 
 
 def test_local_files_inside_the_document_root(policy: FetchPolicy, tmp_path: Path) -> None:
@@ -121,10 +149,19 @@ def test_local_files_inside_the_document_root(policy: FetchPolicy, tmp_path: Pat
         fetch_image("/data/local-files/?d=sub/missing.jpg", policy)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "/etc/passwd",
-                                 "/data/local-files/?d=../../../etc/passwd", "ftp://127.0.0.1/a.jpg",
-                                 "relative/a.png", "data:image/png;base64,AAAA",
-                                 "/data/local-files/?d=", "x" * 5000])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "/etc/passwd",
+        "/data/local-files/?d=../../../etc/passwd",
+        "ftp://127.0.0.1/a.jpg",
+        "relative/a.png",
+        "data:image/png;base64,AAAA",
+        "/data/local-files/?d=",
+        "x" * 5000,
+    ],
+)
 def test_what_is_never_read(policy: FetchPolicy, tmp_path: Path, url: str) -> None:
     with pytest.raises(InputError) as info:
         fetch_image(url, policy, tmp_path / "cache")
@@ -144,8 +181,9 @@ def test_a_local_file_over_the_cap_is_refused(policy: FetchPolicy) -> None:
         fetch_image("/data/local-files/?d=sub/huge.jpg", policy)
 
 
-def test_downloads_from_label_studio_with_its_token_only(policy: FetchPolicy, servers: tuple[str, str],
-                                                         tmp_path: Path) -> None:
+def test_downloads_from_label_studio_with_its_token_only(
+    policy: FetchPolicy, servers: tuple[str, str], tmp_path: Path
+) -> None:
     main, other = servers
     path = fetch_image(f"{main}/img.png", policy, tmp_path / "cache")
     assert path.read_bytes() == IMAGE and path.parent == tmp_path / "cache"
@@ -159,8 +197,21 @@ def test_downloads_from_label_studio_with_its_token_only(policy: FetchPolicy, se
     assert fetch_image(f"{other}/auth", allowed, tmp_path / "c2").read_bytes() == b"none"  # no token there
 
 
-def test_redirects_are_checked_like_the_first_url(policy: FetchPolicy, servers: tuple[str, str],
-                                                  tmp_path: Path) -> None:
+def test_a_personal_access_token_downloads_with_its_access_token(
+    policy: FetchPolicy, servers: tuple[str, str], tmp_path: Path
+) -> None:
+    main, other = servers
+    pat = FetchPolicy(**{**policy.__dict__, "api_key": PAT_OK, "origins": (str(origin_of(other)),)})
+    assert fetch_image(f"{main}/auth", pat, tmp_path / "a").read_bytes() == f"Bearer {ACCESS}".encode()
+    assert fetch_image(f"{other}/auth", pat, tmp_path / "b").read_bytes() == b"none"  # no token there
+    revoked = FetchPolicy(**{**policy.__dict__, "api_key": PAT_REVOKED})
+    with pytest.raises(PermissionError, match="tried as a personal access token"):
+        fetch_image(f"{main}/auth", revoked, tmp_path / "c")
+
+
+def test_redirects_are_checked_like_the_first_url(
+    policy: FetchPolicy, servers: tuple[str, str], tmp_path: Path
+) -> None:
     main, other = servers
     assert fetch_image(f"{main}/to-img", policy, tmp_path / "c").read_bytes() == IMAGE
     with pytest.raises(InputError, match="redirected"):
@@ -172,8 +223,9 @@ def test_redirects_are_checked_like_the_first_url(policy: FetchPolicy, servers: 
         fetch_image(f"{main}/loop", policy, tmp_path / "c")
 
 
-def test_size_cap_announced_and_streamed(policy: FetchPolicy, servers: tuple[str, str],
-                                         tmp_path: Path) -> None:
+def test_size_cap_announced_and_streamed(
+    policy: FetchPolicy, servers: tuple[str, str], tmp_path: Path
+) -> None:
     main, _ = servers
     for path in ("/big", "/stream-big"):
         with pytest.raises(InputError, match="REID_AL_IMAGE_MAX_BYTES"):
@@ -182,8 +234,9 @@ def test_size_cap_announced_and_streamed(policy: FetchPolicy, servers: tuple[str
 
 
 @pytest.mark.parametrize("path", ["/trickle", "/slow-headers"])
-def test_the_total_deadline_holds_against_a_trickling_server(policy: FetchPolicy, servers: tuple[str, str],
-                                                             tmp_path: Path, path: str) -> None:
+def test_the_total_deadline_holds_against_a_trickling_server(
+    policy: FetchPolicy, servers: tuple[str, str], tmp_path: Path, path: str
+) -> None:
     main, _ = servers
     start = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -196,11 +249,13 @@ def test_the_total_deadline_holds_against_a_trickling_server(policy: FetchPolicy
 
 
 def test_predict_holds_its_embedding_bound_against_slow_images(
-        redis_client: redis.Redis, servers: tuple[str, str], tmp_path: Path) -> None:
+    redis_client: redis.Redis, servers: tuple[str, str], tmp_path: Path
+) -> None:
     """REID_AL_PREDICT_EMBED_SECONDS bounds the whole on-the-fly phase: fetching and embedding."""
     main, _ = servers
-    settings = Settings(model_dir=tmp_path, label_studio_url=main, predict_embed_seconds=1.0,
-                        image_fetch_seconds=30.0)
+    settings = Settings(
+        model_dir=tmp_path, label_studio_url=main, predict_embed_seconds=1.0, image_fetch_seconds=30.0
+    )
 
     def model(_state: ProjectState) -> ServingModel:
         return ServingModel(version="v1", row_of={"a": 0}, embeddings=np.ones((1, 2), dtype=np.float32))
@@ -209,8 +264,10 @@ def test_predict_holds_its_embedding_bound_against_slow_images(
         time.sleep(5)
         return np.ones((len(paths), 2), dtype=np.float32)
 
-    tasks = [{"id": k, "data": {"id_a": "a", "id_b": f"slow{k}", "image_b": f"{main}/trickle?{k}"}}
-             for k in range(3)]
+    tasks = [
+        {"id": k, "data": {"id_a": "a", "id_b": f"slow{k}", "image_b": f"{main}/trickle?{k}"}}
+        for k in range(3)
+    ]
     tasks.append({"id": 9, "data": {"id_a": "a", "id_b": "fast", "image_b": f"{main}/img.png"}})
     state = ProjectState(redis_client, "3")
     # slow downloads: the first trickling image uses up the second; a slow encoder: the call stops waiting

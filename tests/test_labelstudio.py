@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.client import RemoteDisconnected
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +22,17 @@ from PIL import Image
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from ml_backend.connect import ConnectError, basic_auth_header, connect_project
-from ml_backend.labelstudio import LabelStudioClient, LabelStudioConnectionError, LabelStudioError
+from ml_backend.errors import LabelStudioAuthError
+from ml_backend.labelstudio import (
+    LEGACY,
+    PAT,
+    TOKEN_REFRESH_PATH,
+    LabelStudioAuth,
+    LabelStudioClient,
+    LabelStudioConnectionError,
+    LabelStudioError,
+    token_kind,
+)
 from ml_backend.pool import local_files_url
 
 CONFIG = """<View>
@@ -45,6 +58,24 @@ def choice(value: str) -> list[dict[str, Any]]:
     return [{"from_name": "answer", "to_name": "image_a", "type": "choices", "value": {"choices": [value]}}]
 
 
+def jwt(kind: str | None, *, expires_in: float = 300.0, **claims: Any) -> str:
+    """A JWT shaped like Label Studio's (HS256 header, simplejwt claims); the signature is never checked
+    by the client, so any bytes do. A fresh jti keeps every token distinct."""
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    payload = {
+        "token_type": kind,
+        "exp": int(time.time() + expires_in),
+        "iat": int(time.time()),
+        "jti": uuid.uuid4().hex,
+        "user_id": "1",
+        **claims,
+    }
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
 def pair_task(k: int) -> dict[str, Any]:
     return {"data": {"image_a": f"/a/{k}.png", "image_b": f"/b/{k}.png", "pair_id": f"pair-{k:04d}"}}
 
@@ -58,11 +89,11 @@ DROP = 0  # a scripted "status": close the connection after reading the request,
 class _Scripted(BaseHTTPRequestHandler):
     script: ClassVar[list[tuple[int, str]]] = []
     calls: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+    bodies: ClassVar[list[bytes]] = []
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        type(self).bodies.append(self.rfile.read(length) if length else b"")
         type(self).calls.append((self.command, self.path, dict(self.headers)))
         status, body = type(self).script.pop(0) if type(self).script else (200, "{}")
         if status == DROP:  # read the request, then hang up without answering (a crashed/restarting server)
@@ -83,7 +114,7 @@ class _Scripted(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
-    handler = type("Handler", (_Scripted,), {"script": [], "calls": []})
+    handler = type("Handler", (_Scripted,), {"script": [], "calls": [], "bodies": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -105,9 +136,11 @@ def test_constructor_rejects_bad_arguments() -> None:
         LabelStudioClient("http://localhost:8080", "k", timeout=0)
     with pytest.raises(ValueError, match="retries"):
         LabelStudioClient("http://localhost:8080", "k", retries=-1)
+    with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY is a JWT of token_type 'access'"):
+        LabelStudioClient("http://localhost:8080", jwt("access"))
     client = LabelStudioClient("http://localhost:8080/", "key")
     assert client.url == "http://localhost:8080"
-    assert client.session.headers["Authorization"] == "Token key"
+    assert (client.token_kind, client.auth.header()) == (LEGACY, "Token key")
 
 
 def test_arguments_are_checked_before_any_request(scripted: tuple[str, type[_Scripted]]) -> None:
@@ -281,6 +314,118 @@ def test_which_transport_errors_resend_a_post(error: Exception, resent: bool) ->
         assert session.sent == 1
 
 
+# -- the two kinds of API token, against the scripted server ---------------------------------------------
+
+
+def test_token_kind_tells_a_personal_access_token_from_a_legacy_token() -> None:
+    assert token_kind("5eed0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b") == LEGACY
+    assert token_kind(jwt("refresh")) == PAT
+    assert token_kind("a.b.c") == LEGACY  # three dotted parts are not yet a JWT
+    with pytest.raises(ValueError, match=r"token_type 'access'.*Personal Access Token"):
+        token_kind(jwt("access"))
+    with pytest.raises(ValueError, match="token_type None"):
+        token_kind(jwt(None))
+    with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY"):
+        token_kind(" ")
+
+
+def test_a_pat_is_exchanged_once_and_its_access_token_sent_as_bearer(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    pat, access = jwt("refresh", expires_in=3e9), jwt("access")
+    handler.script = [(200, json.dumps({"access": access})), (200, "{}"), (201, "{}")]
+    client = LabelStudioClient(url, pat)
+    assert client.token_kind == PAT
+    client.get_project(1)
+    client.create_annotation(7, choice("same"))
+    assert [(c[0], c[1].split("?")[0], c[2].get("Authorization")) for c in handler.calls] == [
+        ("POST", TOKEN_REFRESH_PATH, None),  # the refresh call itself carries no Authorization
+        ("GET", "/api/projects/1", f"Bearer {access}"),
+        ("POST", "/api/tasks/7/annotations", f"Bearer {access}"),
+    ]
+    assert json.loads(handler.bodies[0]) == {"refresh": pat}
+    assert client.auth.refreshes == 1
+
+
+def test_an_access_token_about_to_expire_is_refreshed_before_the_call(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    short, fresh = jwt("access", expires_in=10), jwt("access")  # 10 s < ACCESS_MARGIN_S
+    handler.script = [(200, json.dumps({"access": short})), (200, json.dumps({"access": fresh})), (200, "{}")]
+    client = LabelStudioClient(url, jwt("refresh", expires_in=3e9))
+    assert client.auth.header() == f"Bearer {short}"
+    client.get_project(1)
+    assert handler.calls[-1][2]["Authorization"] == f"Bearer {fresh}"
+    assert client.auth.refreshes == 2
+
+
+def test_a_refused_access_token_is_refreshed_once_and_the_post_resent(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    revoked, fresh = jwt("access"), jwt("access")
+    handler.script = [
+        (200, json.dumps({"access": revoked})),
+        (401, '{"detail": "Authentication credentials were not provided."}'),
+        (200, json.dumps({"access": fresh})),
+        (201, '{"id": 5}'),
+    ]
+    client = LabelStudioClient(url, jwt("refresh", expires_in=3e9))
+    assert client.create_annotation(7, choice("same")) == {"id": 5}
+    assert [(c[0], c[2].get("Authorization")) for c in handler.calls] == [
+        ("POST", None),
+        ("POST", f"Bearer {revoked}"),
+        ("POST", None),
+        ("POST", f"Bearer {fresh}"),  # a 401 ran nothing, so the POST is sent again
+    ]
+
+
+def test_a_second_401_is_an_auth_error_naming_the_personal_access_token(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    denied = (401, '{"detail": "Authentication credentials were not provided."}')
+    handler.script = [
+        (200, json.dumps({"access": jwt("access")})),
+        denied,
+        (200, json.dumps({"access": jwt("access")})),
+        denied,
+    ]
+    client = LabelStudioClient(url, jwt("refresh", expires_in=3e9))
+    with pytest.raises(LabelStudioAuthError, match="tried as a personal access token") as err:
+        client.get_project(1)
+    assert (err.value.status, err.value.token_kind) == (401, PAT)
+    assert len(handler.calls) == 4  # refreshed once, not in a loop
+
+
+def test_a_refused_pat_fails_at_the_refresh_endpoint_and_says_so(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    handler.script = [(401, '{"detail": "Token is blacklisted", "code": "token_not_valid"}')]
+    client = LabelStudioClient(url, jwt("refresh", expires_in=3e9))
+    expected = r"/api/token/refresh/ -> HTTP 401: .*blacklisted.*as a personal access token.*not revoked"
+    with pytest.raises(LabelStudioAuthError, match=expected):
+        client.get_project(1)
+    assert [c[1] for c in handler.calls] == [TOKEN_REFRESH_PATH]
+    handler.script = [(200, '{"detail": "no access here"}')]
+    with pytest.raises(LabelStudioError, match=re.escape("expected {'access': <JWT>}")):
+        LabelStudioAuth(url, jwt("refresh", expires_in=3e9)).header()
+
+
+def test_a_refused_legacy_token_is_not_retried_and_the_error_says_legacy(
+    scripted: tuple[str, type[_Scripted]],
+) -> None:
+    url, handler = scripted
+    handler.script = [(401, '{"detail": "legacy token authentication has been disabled"}')]
+    expected = r"tried as a legacy token.*legacy tokens are enabled"
+    with pytest.raises(LabelStudioAuthError, match=expected) as err:
+        LabelStudioClient(url, "ab" * 20).delete_annotation(3)
+    assert err.value.token_kind == LEGACY and len(handler.calls) == 1
+
+
 # -- against a real Label Studio ---------------------------------------------------------------------
 
 
@@ -310,6 +455,39 @@ def test_health_auth_and_project_crud(label_studio: Any, ls_client: LabelStudioC
     with pytest.raises(LabelStudioError) as unauthorised:
         LabelStudioClient(label_studio.url, "0" * 40).get_project(project)
     assert unauthorised.value.status == 401
+
+
+@pytest.mark.e2e
+def test_a_personal_access_token_works_where_legacy_tokens_are_refused(
+    label_studio: Any, ls_client: LabelStudioClient, project: int
+) -> None:
+    """Label Studio's default since 1.20: legacy tokens off. The PAT is exchanged at the real
+    /api/token/refresh/, used as Bearer, refreshed after a 401, and every failure names the kind tried."""
+    pat = label_studio.personal_access_token()
+    with label_studio.legacy_tokens_disabled():
+        client = LabelStudioClient(label_studio.url, pat)
+        assert client.token_kind == PAT
+        assert client.current_user()["email"] == label_studio.username
+        (task,) = client.create_tasks(project, [pair_task(1)])
+        annotation = client.create_annotation(task, choice("same"))
+        assert client.get_task(task)["annotations"][0]["id"] == annotation["id"]
+        # An access token Label Studio refuses (signed with another key: as good as expired): one refresh,
+        # and the POST goes through once
+        refreshes = client.auth.refreshes
+        client.auth._access = jwt("access")
+        client.update_annotation(annotation["id"], result=choice("different"))
+        assert client.auth.refreshes == refreshes + 1
+        assert client.get_task(task)["annotations"][0]["result"][0]["value"]["choices"] == ["different"]
+        refused = "legacy token authentication has been disabled"
+        with pytest.raises(LabelStudioAuthError, match=refused) as legacy:
+            LabelStudioClient(label_studio.url, label_studio.token).get_project(project)
+        assert (legacy.value.status, legacy.value.token_kind) == (401, LEGACY)
+        assert "tried as a legacy token" in str(legacy.value)
+    # A revoked (rotated) PAT fails at the refresh endpoint, and says it was tried as a PAT
+    old, new = label_studio.rotate_personal_access_token()
+    with pytest.raises(LabelStudioAuthError, match=r"/api/token/refresh/ -> HTTP 401.*personal access token"):
+        LabelStudioAuth(label_studio.url, old).header()
+    assert LabelStudioClient(label_studio.url, new).get_project(project)["id"] == project
 
 
 @pytest.mark.e2e

@@ -151,3 +151,23 @@ def test_secrets_stay_out_of_repr_and_messages() -> None:
     with pytest.raises(SettingsError) as info:
         Settings(redis_url="http://user:RPW-3@host")
     assert "RPW-3" not in str(info.value)
+
+
+def test_a_jwt_access_token_as_api_key_is_refused_naming_the_variable() -> None:
+    """A Personal Access Token (a JWT refresh token) and a legacy token are both accepted; an access token
+    expires within minutes, so it stops start-up instead of failing every push five minutes later."""
+    import base64
+    import json
+
+    def jwt(kind: str) -> str:
+        part = [
+            base64.urlsafe_b64encode(json.dumps(v).encode()).decode().rstrip("=")
+            for v in ({"alg": "HS256"}, {"token_type": kind, "exp": 8_000_000_000})
+        ]
+        return ".".join([*part, "c2ln"])
+
+    assert Settings.from_env({"LABEL_STUDIO_API_KEY": jwt("refresh")}).label_studio_api_key
+    assert Settings.from_env({"LABEL_STUDIO_API_KEY": "ab" * 20}).label_studio_api_key == "ab" * 20
+    with pytest.raises(SettingsError, match="LABEL_STUDIO_API_KEY: is a JWT of token_type 'access'") as info:
+        Settings.from_env({"LABEL_STUDIO_API_KEY": jwt("access")})
+    assert info.value.variable == "LABEL_STUDIO_API_KEY"

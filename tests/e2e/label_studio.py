@@ -129,8 +129,61 @@ class LabelStudioServer:
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
+    _pat: str | None = field(default=None, repr=False)
+
     def client(self, **kwargs: float) -> LabelStudioClient:
         return LabelStudioClient(self.url, self.token, **kwargs)
+
+    def personal_access_token(self) -> str:
+        """The admin's Personal Access Token (a JWT refresh token), as Account & Settings creates it:
+        ``POST /api/token/``. Label Studio keeps one per user (409 while one is valid), so it is
+        created once per server and kept."""
+        if self._pat is None:
+            resp = requests.post(
+                f"{self.url}/api/token/", headers={"Authorization": f"Token {self.token}"}, timeout=30
+            )
+            if resp.status_code != 201:
+                raise RuntimeError(f"creating a Personal Access Token: HTTP {resp.status_code} {resp.text}")
+            self._pat = str(resp.json()["token"])
+        return self._pat
+
+    def rotate_personal_access_token(self) -> tuple[str, str]:
+        """Revoke the PAT and create a new one (``POST /api/token/rotate/``); returns (old, new)."""
+        old = self.personal_access_token()
+        resp = requests.post(
+            f"{self.url}/api/token/rotate/",
+            json={"refresh": old},
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=30,
+        )
+        if resp.status_code != 200:
+            raise RuntimeError(f"rotating the Personal Access Token: HTTP {resp.status_code} {resp.text}")
+        self._pat = str(resp.json()["refresh"])
+        return old, self._pat
+
+    @contextlib.contextmanager
+    def legacy_tokens_disabled(self) -> Iterator[None]:
+        """Label Studio's default since 1.20: ``Authorization: Token`` refused (the organization's
+        ``legacy_api_tokens_enabled`` off, ``/api/jwt/settings``); turned back on afterwards for the
+        other tests, which use the legacy token."""
+        from ml_backend.labelstudio import LabelStudioAuth
+
+        def set_legacy(enabled: bool) -> None:
+            bearer = LabelStudioAuth(self.url, self.personal_access_token()).header()
+            resp = requests.post(
+                f"{self.url}/api/jwt/settings",
+                json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": enabled},
+                headers={"Authorization": bearer},
+                timeout=30,
+            )
+            if resp.status_code != 200 or resp.json().get("legacy_api_tokens_enabled") is not enabled:
+                raise RuntimeError(f"/api/jwt/settings legacy={enabled}: HTTP {resp.status_code} {resp.text}")
+
+        set_legacy(False)
+        try:
+            yield
+        finally:
+            set_legacy(True)
 
     def log_tail(self, n_chars: int = 4000) -> str:
         try:
