@@ -161,10 +161,14 @@ def run_project_cycle(
             f"(reid-al ingest <folder> --project {project})"
         )
     graph, unmapped = state.constraint_graph(data.row_of)
-    config = CycleConfig(strategy=settings.strategy, budget=settings.budget,
-                         train=TrainConfig(num_threads=settings.torch_threads or None),
-                         redundancy_k=settings.redundancy_k, redundancy_min_size=settings.redundancy_min_size,
-                         redundancy_max_p_same=settings.redundancy_max_p_same)
+    config = CycleConfig(
+        strategy=settings.strategy,
+        budget=settings.budget,
+        train=TrainConfig(num_threads=settings.torch_threads or None),
+        redundancy_k=settings.redundancy_k,
+        redundancy_min_size=settings.redundancy_min_size,
+        redundancy_max_p_same=settings.redundancy_max_p_same,
+    )
     t1 = time.perf_counter()
     result = run_cycle(
         data.features,
@@ -205,8 +209,13 @@ def run_project_cycle(
     resolved = state.reviews.replace(reviews, contradictions_open=review.get("contradictions_open", 0))
     summary["review"] = {**review, "resolved": len(resolved)}
     if reviews:
-        log.info("project %s: %d pair(s) under review (%s); %d resolved since the last cycle", project,
-                 len(reviews), state.reviews.counts(), len(resolved))
+        log.info(
+            "project %s: %d pair(s) under review (%s); %d resolved since the last cycle",
+            project,
+            len(reviews),
+            state.reviews.counts(),
+            len(resolved),
+        )
     stopping = _stopping(settings, state, data, result.previous_version)
     pushing = not stopping.reached or bool(settings.keep_pushing)
     proposals = list(result.proposals) if pushing else []
@@ -241,12 +250,21 @@ def run_project_cycle(
             (lambda i: data.pool.item(i).text if i in data.pool else None) if data.pool is not None else None
         )
         report = push_cycle(
-            client, state, project_id=int(project), version=version, proposals=proposals,
-            embeddings=np.asarray(result.embeddings, dtype=np.float32), image_ids=data.ids,
-            url_for=_url_resolver(settings, state, data), caption_for=caption_for,
-            calibrator=result.calibrator, graph=graph_now,
-            from_name=meta.get("from_name", "answer"), to_name=meta.get("to_name", "image_a"),
-            reviews=reviews)  # reviews fix what is answered: pushed even once the stopping rule is reached
+            client,
+            state,
+            project_id=int(project),
+            version=version,
+            proposals=proposals,
+            embeddings=np.asarray(result.embeddings, dtype=np.float32),
+            image_ids=data.ids,
+            url_for=_url_resolver(settings, state, data),
+            caption_for=caption_for,
+            calibrator=result.calibrator,
+            graph=graph_now,
+            from_name=meta.get("from_name", "answer"),
+            to_name=meta.get("to_name", "image_a"),
+            reviews=reviews,
+        )  # reviews fix what is answered: pushed even once the stopping rule is reached
         timings["push_s"] = time.perf_counter() - t2
         summary["push"] = report.to_dict()
     state.cycles.add_version(version)
@@ -264,10 +282,18 @@ def review_records(reviews: Sequence[Any], ids: Sequence[str]) -> list[dict[str,
     out = []
     for review in reviews:
         a, b = ordered(ids[review.i], ids[review.j])
-        out.append({"pair_id": pair_id(a, b), "image_a": a, "image_b": b, "kind": review.kind,
-                    "reason": review.reason, "p_same": round(float(review.p_same), 6),
-                    "weight": round(float(review.weight), 6),
-                    "annotation_ids": list(review.annotation_ids)})
+        out.append(
+            {
+                "pair_id": pair_id(a, b),
+                "image_a": a,
+                "image_b": b,
+                "kind": review.kind,
+                "reason": review.reason,
+                "p_same": round(float(review.p_same), 6),
+                "weight": round(float(review.weight), 6),
+                "annotation_ids": list(review.annotation_ids),
+            }
+        )
     return out
 
 
@@ -374,6 +400,31 @@ def _run_cycle_job(
         raise
     finally:
         queue.finish(state.project)
+
+
+def reconcile_job(project: str) -> dict[str, Any]:
+    """RQ entry point for one reconciliation pass (enqueued by CycleQueue.request_reconciles).
+
+    Label Studio being unreachable or refusing the token is recorded by ``reconcile`` (shown by
+    `reid-al status`, counted in /metrics) and returned, not raised: the next interval tries again, and
+    RQ's failed registry is left to the errors nobody expected."""
+    from ml_backend.errors import LabelStudioError
+    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.sync import reconcile
+
+    redis = _connection()
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level)
+    if not settings.label_studio_api_key:
+        return {"project": project, "skipped": "LABEL_STUDIO_API_KEY is not set"}
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    try:
+        report = reconcile(project, settings, client, redis=redis)
+    except LabelStudioError as exc:
+        return {"project": project, "error": str(exc)}
+    finally:
+        client.close()
+    return json.loads(json.dumps(report.to_dict(), default=_plain))
 
 
 def embed_job(project: str, items: list[dict[str, str]]) -> dict[str, Any]:

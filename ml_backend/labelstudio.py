@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -376,12 +377,16 @@ class LabelStudioClient:
         view: int | None = None,
         fields: str | None = None,
         page_size: int = PAGE_SIZE,
+        updated_after: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every task of the project (Data Manager listing, paginated).
 
         Each task has ``id``, ``data``, ``total_annotations``, ``cancelled_annotations``,
         ``total_predictions``; ``fields="all"`` adds the full ``annotations`` and ``predictions``.
         With ``view`` the view's ordering/filters apply (e.g. lowest prediction score first).
+        ``updated_after`` (epoch seconds) keeps the tasks whose ``updated_at`` is later: the Data Manager
+        filter ``filter:tasks:updated_at``; creating, changing or deleting an annotation, or a
+        prediction, moves its task's ``updated_at`` (checked against Label Studio 1.23.2).
         """
         project = as_project_id(pid)
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
@@ -391,6 +396,8 @@ class LabelStudioClient:
             params["view"] = _int_id(view, "view")
         if fields is not None:
             params["fields"] = fields
+        if updated_after is not None:
+            params["query"] = json.dumps({"filters": updated_after_filter(updated_after)})
         page = 1
         seen = 0
         while True:
@@ -629,6 +636,20 @@ def _ml_backend_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     ):
         raise ValueError("auth_method BASIC_AUTH needs basic_auth_user and basic_auth_pass")
     return dict(fields)
+
+
+def updated_after_filter(when: float) -> dict[str, Any]:
+    """Data Manager filters for tasks updated after ``when`` (epoch seconds), in the datetime format
+    Label Studio's filter parser reads (``%Y-%m-%dT%H:%M:%S.%fZ``, UTC)."""
+    if isinstance(when, bool) or not isinstance(when, int | float) or not when >= 0:
+        raise ValueError(f"updated_after must be epoch seconds >= 0, got {when!r}")
+    value = datetime.fromtimestamp(float(when), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {
+        "conjunction": "and",
+        "items": [
+            {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": value}
+        ],
+    }
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:

@@ -86,18 +86,26 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         "Open pair tasks retired because the constraints imply their answer",
     )
     pushed = MetricFamily("reid_al_pairs_pushed_total", "counter", "Pair tasks created in Label Studio")
-    conflicts = MetricFamily("reid_al_conflicts", "gauge",
-                             "Pairs on which annotators gave contradicting answers")
-    contradictions = MetricFamily("reid_al_contradictions", "gauge",
-                                  "Cannot-links inside a must-link component at the last cycle")
+    conflicts = MetricFamily(
+        "reid_al_conflicts", "gauge", "Pairs on which annotators gave contradicting answers"
+    )
+    contradictions = MetricFamily(
+        "reid_al_contradictions", "gauge", "Cannot-links inside a must-link component at the last cycle"
+    )
     contradictions_open = MetricFamily(
-        "reid_al_contradictions_open", "gauge",
-        "Contradictions under review at the last cycle (the group split at its weakest link until resolved)")
-    reviews_open = MetricFamily("reid_al_reviews_open", "gauge",
-                                "Pairs asked again at the top of the queue, by kind, at the last cycle")
+        "reid_al_contradictions_open",
+        "gauge",
+        "Contradictions under review at the last cycle (the group split at its weakest link until resolved)",
+    )
+    reviews_open = MetricFamily(
+        "reid_al_reviews_open",
+        "gauge",
+        "Pairs asked again at the top of the queue, by kind, at the last cycle",
+    )
     reviews_pushed = MetricFamily("reid_al_reviews_pushed_total", "counter", "Review tasks created")
-    reviews_resolved = MetricFamily("reid_al_reviews_resolved_total", "counter",
-                                    "Reviews resolved by later answers")
+    reviews_resolved = MetricFamily(
+        "reid_al_reviews_resolved_total", "counter", "Reviews resolved by later answers"
+    )
     cycles = MetricFamily("reid_al_cycles_total", "counter", "Cycle requests by outcome")
     duration = MetricFamily("reid_al_cycle_duration_seconds", "summary", "Duration of finished cycles")
     last = MetricFamily("reid_al_last_cycle_duration_seconds", "gauge", "Duration of the last cycle")
@@ -135,6 +143,24 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
         "counter",
         "Webhook events about a project that were refused and not recorded, by status (401: the webhook "
         "lacks the Authorization header that `reid-al connect` sets; 4xx: bad input)",
+    )
+    reconciles = MetricFamily(
+        "reid_al_reconciliations_total",
+        "counter",
+        "Reconciliation passes with Label Studio by kind (incremental: tasks changed since the watermark)",
+    )
+    reconcile_recovered = MetricFamily(
+        "reid_al_reconcile_recovered_total",
+        "counter",
+        "Answer changes (added, changed, removed) reconciliation recovered that no webhook delivered",
+    )
+    reconcile_failures = MetricFamily(
+        "reid_al_reconcile_failures_total",
+        "counter",
+        "Reconciliation passes that failed (see reid-al status)",
+    )
+    reconcile_last = MetricFamily(
+        "reid_al_reconcile_last_timestamp_seconds", "gauge", "When the last reconciliation pass ran (epoch)"
     )
     unregistered = MetricFamily(
         "reid_al_unregistered_calls_total",
@@ -186,15 +212,49 @@ def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]
             stop_changing.add(int(stopping["label_changing"]), project=project)
             stop_reached.add(int(bool(stopping["reached"])), project=project)
             stop_paused.add(int(not stopping.get("pushing", True)), project=project)
+        for kind in ("full", "incremental"):
+            reconciles.add(counters.get(f"reconciles:{kind}", 0), project=project, kind=kind)
+        reconcile_recovered.add(counters.get("reconcile_recovered", 0), project=project)
+        reconcile_failures.add(counters.get("reconcile_failures", 0), project=project)
+        last_reconcile = state.reconcile_marks().get("last_at")
+        if last_reconcile:
+            reconcile_last.add(float(last_reconcile), project=project)
         pending.add(state.pending.count(), project=project)
         running.add(1 if status.get("status") == "running" else 0, project=project)
 
     if queue is not None:
         depth.add(queue.depth(), queue=queue.queue_name)
-    return [events, constraints, asked, saved, pushed, conflicts, contradictions, contradictions_open,
-            reviews_open, reviews_pushed, reviews_resolved, cycles, duration, last,
-            pending, running, stop_p, stop_rate, stop_changing, stop_reached, stop_paused, depth, rejected,
-            webhook_rejected, unregistered]
+    return [
+        events,
+        constraints,
+        asked,
+        saved,
+        pushed,
+        conflicts,
+        contradictions,
+        contradictions_open,
+        reviews_open,
+        reviews_pushed,
+        reviews_resolved,
+        cycles,
+        duration,
+        last,
+        pending,
+        running,
+        stop_p,
+        stop_rate,
+        stop_changing,
+        stop_reached,
+        stop_paused,
+        depth,
+        rejected,
+        webhook_rejected,
+        reconciles,
+        reconcile_recovered,
+        reconcile_failures,
+        reconcile_last,
+        unregistered,
+    ]
 
 
 def render_metrics(redis: Redis, queue: CycleQueue | None = None) -> str:

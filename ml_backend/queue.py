@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 CYCLE_JOB = "ml_backend.jobs.cycle_job"
 EMBED_JOB = "ml_backend.jobs.embed_job"
-SERVICE_JOBS = frozenset({CYCLE_JOB, EMBED_JOB})
+RECONCILE_JOB = "ml_backend.jobs.reconcile_job"
+SERVICE_JOBS = frozenset({CYCLE_JOB, EMBED_JOB, RECONCILE_JOB})
 LOCK_TTL = 60  # seconds a cycle lock outlives its holder's last heartbeat
 CLAIM_GRACE = 30.0  # seconds between claiming a cycle and enqueueing its RQ job, at most
 ALIVE_TTL = 15  # seconds a cycle job's "alive" key outlives its last beat (it beats every ALIVE_TTL / 3)
@@ -351,6 +352,27 @@ class CycleQueue:
         state.incr("embed_jobs_enqueued")
         return str(job.id)
 
+    def request_reconciles(self, interval: int) -> list[str]:
+        """Enqueue a reconciliation of every project that had none for ``interval`` seconds; returns the
+        projects. Every worker's maintenance calls it: the per-project key (SET NX EX) lets exactly one
+        of them enqueue per interval."""
+        if interval < 1:
+            return []
+        out = []
+        for project in list_projects(self.redis):
+            if not self.redis.set(f"{KEY_PREFIX}:{project}:reconcile:due", "1", nx=True, ex=interval):
+                continue
+            self.queue.enqueue(
+                RECONCILE_JOB,
+                project,
+                job_timeout=self.job_timeout,
+                result_ttl=3600,
+                failure_ttl=7 * 24 * 3600,
+                description=f"reid-al reconciliation of project {project} with Label Studio",
+            )
+            out.append(project)
+        return out
+
     # --- called by the cycle job -----------------------------------------------------------------------
     def mark_running(self, project: str) -> None:
         """The job started: from now on a request sets the rerun flag instead of being absorbed."""
@@ -456,6 +478,8 @@ class CycleQueue:
 
     def status(self, project: str) -> dict[str, Any]:
         """Everything `GET /status?project=P` and `reid-al status` show for one project."""
+        from ml_backend.sync import reconcile_status  # sync requests cycles through this module
+
         state = ProjectState(self.redis, project)
         active_key, running_key, rerun_key = self._keys(state.project)
         claim = as_text(self.redis.get(active_key))
@@ -498,6 +522,7 @@ class CycleQueue:
                 if k.startswith("webhook_rejected:")
             },
             "unreadable_images": self._unreadable(state.project),
+            "reconcile": reconcile_status(state),
             "queue_depth": self.depth(),
         }
 
@@ -513,15 +538,22 @@ class CycleQueue:
     def status_all(self) -> dict[str, Any]:
         """Every project's status, plus the counters that belong to no project (rejected requests,
         ignored events and calls about unknown projects)."""
-        return {"queue": self.queue_name, "queue_depth": self.depth(),
-                "projects": [self.status(p) for p in list_projects(self.redis)],
-                "unregistered": global_counters(self.redis)}
+        return {
+            "queue": self.queue_name,
+            "queue_depth": self.depth(),
+            "projects": [self.status(p) for p in list_projects(self.redis)],
+            "unregistered": global_counters(self.redis),
+        }
 
 
 def review_status(state: ProjectState) -> dict[str, Any]:
     """The pairs under review as /status and `reid-al status` show them: open ones (most urgent first),
     by kind, and how many were pushed and resolved so far."""
     counters = state.counters()
-    return {"open": state.reviews.open(), "by_kind": state.reviews.counts(),
-            "contradictions_open": state.reviews.contradictions_open(),
-            "pushed": counters.get("reviews_pushed", 0), "resolved": counters.get("reviews_resolved", 0)}
+    return {
+        "open": state.reviews.open(),
+        "by_kind": state.reviews.counts(),
+        "contradictions_open": state.reviews.contradictions_open(),
+        "pushed": counters.get("reviews_pushed", 0),
+        "resolved": counters.get("reviews_resolved", 0),
+    }

@@ -193,6 +193,19 @@ class Settings:
     image_fetch_seconds: float = _setting(
         "REID_AL_IMAGE_FETCH_SECONDS", 10.0, "total time one image download may take"
     )
+    reconcile_seconds: int = _setting(
+        "REID_AL_RECONCILE_SECONDS",
+        60,
+        "seconds between a worker's reconciliations of each project with Label Studio's annotations "
+        "(what webhooks missed); 0 = off",
+        low=0,
+    )
+    reconcile_full_minutes: int = _setting(
+        "REID_AL_RECONCILE_FULL_MINUTES",
+        60,
+        "minutes between full reconciliations; the others read only tasks changed since the last one",
+        low=1,
+    )
     queue_name: str = _setting("REID_AL_QUEUE", "reid-al", "RQ queue name")
     extra_jobs: str = _setting(
         "REID_AL_EXTRA_JOBS",

@@ -3,6 +3,7 @@ served, the stopping rule, reviews, and every shortfall or refused event (nothin
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 __all__ = ["format_status", "project_problem_lines", "stopping_line"]
@@ -43,6 +44,24 @@ def project_problem_lines(p: dict[str, Any]) -> list[str]:
             for code, n in sorted(rejected.items())
         ]
         lines.append("  webhook events not recorded: " + ", ".join(parts))
+    reconciled = p.get("reconcile")
+    if reconciled:
+        ago = max(0.0, time.time() - float(reconciled["last_at"]))
+        line = (
+            f"  last reconciliation with Label Studio: {ago:.0f} s ago ({reconciled['kind']}, "
+            f"{reconciled['tasks_read']} task(s) read), "
+            f"{reconciled['recovered']} answer change(s) recovered; "
+            f"{reconciled['recovered_total']} recovered in {reconciled['passes']} pass(es)"
+        )
+        if reconciled.get("error"):
+            line = (
+                f"  last reconciliation with Label Studio FAILED {ago:.0f} s ago: {reconciled['error']} "
+                f"({reconciled['failures']} failure(s); {reconciled['recovered_total']} answer change(s) "
+                "recovered so far)"
+            )
+        if reconciled.get("invalid") and not reconciled.get("error"):
+            line += f"; {reconciled['invalid']} annotation(s) unreadable (see the worker's log)"
+        lines.append(line)
     unreadable = p.get("unreadable_images") or {}
     if unreadable.get("count"):
         shown = ", ".join(f"{u['id']} ({u['reason']})" for u in unreadable["examples"])
@@ -80,14 +99,18 @@ def format_status(status: dict[str, Any]) -> str:
             + (f" (a cycle starts at {every}, REID_AL_RETRAIN_EVERY, or on Start training)" if every else "")
         )
         if p.get("conflicts"):
-            lines.append(f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
-                         + ", ".join(c["pair_id"] for c in p["conflicts"][:5]))
+            lines.append(
+                f"  {len(p['conflicts'])} pair(s) with contradicting answers: "
+                + ", ".join(c["pair_id"] for c in p["conflicts"][:5])
+            )
         reviews = p.get("reviews") or {}
         if reviews.get("open") or reviews.get("pushed"):
             kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in reviews["by_kind"].items() if n)
-            lines.append(f"  under review: {len(reviews['open'])} pair(s) ({kinds or 'none'}), "
-                         f"{reviews['contradictions_open']} contradiction(s) open; {reviews['pushed']} "
-                         f"review task(s) pushed, {reviews['resolved']} resolved")
+            lines.append(
+                f"  under review: {len(reviews['open'])} pair(s) ({kinds or 'none'}), "
+                f"{reviews['contradictions_open']} contradiction(s) open; {reviews['pushed']} "
+                f"review task(s) pushed, {reviews['resolved']} resolved"
+            )
         if last:
             lines.append(
                 f"  last cycle: {last.get('status')} in {last.get('duration_s', 0):.1f} s"

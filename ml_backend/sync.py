@@ -15,6 +15,7 @@ a webhook recorded during the listing survives the sync.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,9 @@ class SyncReport:
     pairs_registered: int = 0
     pairs_closed: int = 0
     cycle: dict[str, Any] | None = None
+    kind: str = "full"  # "incremental": only the tasks Label Studio changed after ``since``
+    since: float | None = None
+    newest_update: float | None = None  # the newest task updated_at listed (the next watermark)
 
     @property
     def n_changes(self) -> int:
@@ -102,8 +106,14 @@ def sync(
     *,
     redis: Redis | None = None,
     request_cycle: bool = False,
+    since: float | None = None,
 ) -> SyncReport:
     """Bring the project's recorded annotations in line with Label Studio's; returns what changed.
+
+    With ``since`` (epoch seconds) only the tasks Label Studio updated after it are read (an
+    incremental pass: creating, changing or deleting an annotation moves its task's ``updated_at``);
+    removals are then limited to annotations of those tasks, and no open pair is closed (a task
+    missing from a partial listing is not gone).
 
     Every annotation Label Studio lists is recorded (a newer answer already stored, or a deletion
     already recorded, wins). A stored annotation is removed only when it was stored before the sync
@@ -129,7 +139,9 @@ def sync(
     state = ProjectState(redis, str(pid))
     ls_project = client.get_project(pid)
     from_name = state.meta().get("from_name") or choices_control(ls_project)
-    report = SyncReport(project=state.project, from_name=from_name)
+    report = SyncReport(project=state.project, from_name=from_name, since=since)
+    if since is not None:
+        report.kind = "incremental"
     # What was stored before the listing: only these may be removed, and only if still identical at the end.
     before = _stored(state)
     open_before = {pid_: r for pid_, r in state.pairs.all().items() if r.get("status") == "open"}
@@ -137,9 +149,17 @@ def sync(
     records: dict[str, dict[str, Any]] = {}
     listed: set[str] = set()
     pair_tasks: dict[int, tuple[str, str]] = {}
-    for task in client.iter_tasks(pid, fields="all"):
+    listed_tasks: set[int] = set()
+    listing = (
+        client.iter_tasks(pid, fields="all")
+        if since is None
+        else client.iter_tasks(pid, fields="all", updated_after=since)
+    )
+    for task in listing:
         report.tasks += 1
         task_id = int(task["id"])
+        listed_tasks.add(task_id)
+        report.newest_update = _newest(report.newest_update, task.get("updated_at"))
         try:
             image_a, image_b = image_ids_of(task.get("data") or {})
         except ValueError:
@@ -172,6 +192,9 @@ def sync(
                 "updated_at": updated_at,
             }
     report.pair_tasks = len(pair_tasks)
+    if since is not None:  # a partial listing speaks only for the tasks it listed
+        before = {k: r for k, r in before.items() if _task_of(r) in listed_tasks}
+        open_before = {}
     _apply(state, report, records, listed, before)
 
     # The pair registry follows Label Studio's tasks: every pair task is known (so it is never proposed
@@ -263,5 +286,113 @@ def _apply(
         report.answers[stored["answer"]] += 1
 
 
+def _task_of(record: Mapping[str, Any]) -> int | None:
+    try:
+        return int(record["task_id"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _newest(current: float | None, updated_at: Any) -> float | None:
+    """The later of ``current`` and a task's ``updated_at`` (one Label Studio cannot date is skipped:
+    the watermark then stays where it was and the next pass reads that task again)."""
+    try:
+        ts = parse_timestamp(updated_at)
+    except InputError:
+        return current
+    if ts is None:
+        return current
+    return ts if current is None else max(current, ts)
+
+
 def _pair_of(record: Mapping[str, Any]) -> str:
     return pair_id(str(record["image_a"]), str(record["image_b"]))
+
+
+# -- periodic reconciliation (the worker's maintenance enqueues it; ml_backend.jobs.reconcile_job) --------
+
+WATERMARK_OVERLAP_S = 60.0  # re-read this much before the watermark: a task saved in a transaction that
+# committed after a later-dated one was listed is still seen (re-reading is harmless: records are idempotent)
+
+
+def reconcile(
+    project: str | int,
+    settings: Settings,
+    client: LabelStudioClient | None = None,
+    *,
+    redis: Redis,
+    now: float | None = None,
+) -> SyncReport:
+    """One reconciliation pass: ``sync`` of only the tasks changed since the watermark, or of every task
+    when none was done for REID_AL_RECONCILE_FULL_MINUTES (deletions that touch no task, such as a
+    deleted task, show only there). Records when, what kind, what it recovered and any error, for
+    ``reid-al status`` and /metrics; requests a cycle as the webhook would (REID_AL_RETRAIN_EVERY)."""
+    state = ProjectState(redis, str(project))
+    now = time.time() if now is None else now
+    marks = state.reconcile_marks()
+    watermark = marks.get("watermark")
+    full_due = now - float(marks.get("last_full_at") or 0) >= settings.reconcile_full_minutes * 60
+    since = None if full_due or watermark is None else float(watermark) - WATERMARK_OVERLAP_S
+    try:
+        report = sync(project, settings, client, redis=redis, since=since)
+    except Exception as exc:
+        state.incr("reconcile_failures")
+        state.set_reconcile_marks(last_at=now, last_error=f"{type(exc).__name__}: {exc}"[:500])
+        log.warning("project %s: reconciliation with Label Studio failed: %s", state.project, exc)
+        raise
+    if report.newest_update is not None:
+        watermark = max(float(watermark or 0.0), report.newest_update)
+    marks_now: dict[str, Any] = {
+        "last_at": now,
+        "last_kind": report.kind,
+        "last_recovered": report.n_changes,
+        "last_tasks": report.tasks,
+        "last_invalid": len(report.invalid),
+        "last_error": "",
+        "watermark": watermark,
+    }
+    if report.kind == "full":
+        marks_now["last_full_at"] = now
+    state.set_reconcile_marks(**marks_now)
+    state.incr(f"reconciles:{report.kind}")
+    if report.n_changes:
+        state.incr("reconcile_recovered", report.n_changes)
+        log.warning(
+            "project %s: reconciliation recovered %d answer change(s) that no webhook delivered "
+            "(%d added, %d changed, %d removed)",
+            state.project,
+            report.n_changes,
+            report.added,
+            report.changed,
+            report.removed,
+        )
+        if state.pending.count() >= settings.retrain_every:
+            from ml_backend.queue import CycleQueue
+
+            queue = CycleQueue.for_settings(redis, settings)
+            request = queue.request_cycle(
+                state.project, reason=f"reconciliation: {report.n_changes} changed annotations"
+            )
+            report.cycle = {"outcome": request.outcome, "job_id": request.job_id}
+    return report
+
+
+def reconcile_status(state: ProjectState) -> dict[str, Any] | None:
+    """The last reconciliation as /status and `reid-al status` show it (None before the first)."""
+    marks = state.reconcile_marks()
+    if not marks.get("last_at"):
+        return None
+    counters = state.counters()
+    return {
+        "last_at": marks.get("last_at"),
+        "kind": marks.get("last_kind"),
+        "recovered": marks.get("last_recovered", 0),
+        "tasks_read": marks.get("last_tasks", 0),
+        "invalid": marks.get("last_invalid", 0),
+        "error": marks.get("last_error") or None,
+        "watermark": marks.get("watermark"),
+        "last_full_at": marks.get("last_full_at"),
+        "recovered_total": counters.get("reconcile_recovered", 0),
+        "passes": counters.get("reconciles:full", 0) + counters.get("reconciles:incremental", 0),
+        "failures": counters.get("reconcile_failures", 0),
+    }

@@ -58,6 +58,8 @@ def test_every_variable_is_read() -> None:
         "REID_AL_REDUNDANCY_K": "3",
         "REID_AL_REDUNDANCY_MIN_SIZE": "4",
         "REID_AL_REDUNDANCY_MAX_P_SAME": "0",
+        "REID_AL_RECONCILE_SECONDS": "0",
+        "REID_AL_RECONCILE_FULL_MINUTES": "5",
     }
     s = Settings.from_env(env)
     assert (s.label_studio_url, s.label_studio_api_key, s.model_dir) == (
@@ -82,6 +84,7 @@ def test_every_variable_is_read() -> None:
     assert Settings(port=9292).connect_url == "http://localhost:9292"
     assert (s.stop_window, s.stop_patience, s.stop_threshold, s.keep_pushing) == (10, 30, 0.2, 1)
     assert (s.redundancy_k, s.redundancy_min_size, s.redundancy_max_p_same) == (3, 4, 0.0)
+    assert (s.reconcile_seconds, s.reconcile_full_minutes) == (0, 5)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
 
@@ -101,6 +104,8 @@ def test_every_variable_is_read() -> None:
         ("REDIS_URL", "localhost:6379", "redis://"),
         ("REID_AL_MAX_BODY_BYTES", "10", ">= 1024"),
         ("REID_AL_TORCH_THREADS", "-1", ">= 0"),
+        ("REID_AL_RECONCILE_SECONDS", "-5", ">= 0"),
+        ("REID_AL_RECONCILE_FULL_MINUTES", "0", ">= 1"),
         ("REID_AL_BACKEND_URL", "localhost:9090", "http(s) URL"),
         ("REID_AL_BACKEND_URL", "http://reid-al:9090/?x=1", "http(s) URL"),
         ("REID_AL_BACKEND_URL", "http://u:secret@reid-al:9090/?x=1", "u:***@"),

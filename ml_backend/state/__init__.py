@@ -117,6 +117,16 @@ class ProjectState(KeyFamily):
     def meta(self) -> dict[str, Any]:
         return json_hash(self.redis.hgetall(self.key("meta")))
 
+    # --- reconciliation with Label Studio (ml_backend.sync.reconcile) ---------------------------------
+    def reconcile_marks(self) -> dict[str, Any]:
+        """The last reconciliation: when, which kind, what it recovered, its error, and the watermark
+        (the newest task ``updated_at`` seen, epoch seconds) the next incremental pass reads from."""
+        return json_hash(self.redis.hgetall(self.key("reconcile")))
+
+    def set_reconcile_marks(self, **values: Any) -> None:
+        if values:
+            self.redis.hset(self.key("reconcile"), mapping={k: json.dumps(v) for k, v in values.items()})
+
     # --- the constraints a cycle trains on -----------------------------------------------------------
     def constraint_graph(
         self,
