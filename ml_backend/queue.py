@@ -478,7 +478,6 @@ class CycleQueue:
 
     def status(self, project: str) -> dict[str, Any]:
         """Everything `GET /status?project=P` and `reid-al status` show for one project."""
-        from ml_backend.sync import reconcile_status  # sync requests cycles through this module
 
         state = ProjectState(self.redis, project)
         active_key, running_key, rerun_key = self._keys(state.project)
@@ -522,7 +521,7 @@ class CycleQueue:
                 if k.startswith("webhook_rejected:")
             },
             "unreadable_images": self._unreadable(state.project),
-            "reconcile": reconcile_status(state),
+            "reconcile": state.reconcile_status(),
             "queue_depth": self.depth(),
         }
 

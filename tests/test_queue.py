@@ -156,8 +156,7 @@ def test_constructor_validates(redis_client: redis.Redis) -> None:
 
 # --- jobs: pending count and embedding claims survive failures ---------------------------------------
 @pytest.fixture()
-def in_worker(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
-              tmp_path: Path) -> redis.Redis:
+def in_worker(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> redis.Redis:
     """Run ml_backend.jobs functions as if inside an RQ worker, on the test Redis and a temp MODEL_DIR."""
     from ml_backend import jobs
 
@@ -166,8 +165,9 @@ def in_worker(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
     return redis_client
 
 
-def test_failed_cycle_keeps_the_pending_count_that_triggered_it(in_worker: redis.Redis,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_cycle_keeps_the_pending_count_that_triggered_it(
+    in_worker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ml_backend import jobs
 
     state = ProjectState(in_worker, "7")
@@ -184,8 +184,9 @@ def test_failed_cycle_keeps_the_pending_count_that_triggered_it(in_worker: redis
     assert state.cycles.status()["status"] == "failed"
 
 
-def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finished_cycle_consumes_only_what_it_read(
+    in_worker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ml_backend import jobs
 
     state = ProjectState(in_worker, "7")
@@ -203,8 +204,9 @@ def test_finished_cycle_consumes_only_what_it_read(in_worker: redis.Redis,
     assert state.pending.count() == 4
 
 
-def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embeddings_that_fail_are_released_for_a_retry(
+    in_worker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ml_backend import fetch, jobs
 
     state = ProjectState(in_worker, "7")
@@ -219,8 +221,9 @@ def test_embeddings_that_fail_are_released_for_a_retry(in_worker: redis.Redis,
     assert state.images.claim(["a", "b"]) == ["a", "b"]  # requested again by the next event
 
 
-def test_a_crashed_embedding_job_releases_its_claims(in_worker: redis.Redis,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crashed_embedding_job_releases_its_claims(
+    in_worker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ml_backend import fetch, jobs
 
     state = ProjectState(in_worker, "7")
@@ -248,3 +251,19 @@ def test_a_stream_of_requests_checks_for_a_dead_job_at_most_every_interval(redis
     q.redis.set(q._keys("1")[0], f"{second.job_id}@0.0")
     assert q.request_cycle("1").outcome == "queued"  # checked less than 60 s ago: not again
     assert q.recover()[0].outcome == "enqueued"  # what a worker's maintenance does meanwhile
+
+
+def test_reconciliations_are_enqueued_once_per_interval_per_project(queue: CycleQueue) -> None:
+    """Every worker's maintenance asks; the per-project key lets one of them enqueue per interval."""
+    from ml_backend.queue import RECONCILE_JOB, SERVICE_JOBS
+
+    assert RECONCILE_JOB in SERVICE_JOBS  # a worker runs it (and refuses jobs not in the set)
+    for project in ("3", "12"):
+        ProjectState(queue.redis, project).touch()
+    assert queue.request_reconciles(0) == []  # off
+    assert queue.request_reconciles(30) == ["3", "12"]
+    assert queue.request_reconciles(30) == []  # a second worker, same interval: nothing more
+    jobs = [Job.fetch(i, connection=queue.redis, serializer=SERIALIZER) for i in queue.queue.job_ids]
+    assert [(j.func_name, j.args) for j in jobs] == [(RECONCILE_JOB, ["3"]), (RECONCILE_JOB, ["12"])]
+    queue.redis.delete("reid-al:3:reconcile:due")  # the interval passed for project 3
+    assert queue.request_reconciles(30) == ["3"]

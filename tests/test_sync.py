@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
+from ml_backend.errors import LabelStudioError
 from ml_backend.labelstudio import LabelStudioClient
 from ml_backend.pairs import pair_id, task_data
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
-from ml_backend.sync import choices_control, sync
+from ml_backend.state.annotations import parse_timestamp
+from ml_backend.status import project_problem_lines
+from ml_backend.sync import WATERMARK_OVERLAP_S, choices_control, reconcile, sync
 
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "ml_backend" / "label_config.xml").read_text()
 PARSED = {"answer": {"type": "Choices", "to_name": ["image_a"], "labels": ["same", "different", "unsure"]}}
@@ -200,6 +203,120 @@ def test_sync_keeps_answers_and_deletions_that_webhooks_record_during_the_listin
     assert again.n_changes == 0
 
 
+class ChangingClient(ListingClient):
+    """Label Studio's task listing with its ``updated_after`` filter: each task has an ``updated_at`` (epoch
+    seconds here), and a filtered listing returns only the later ones, as the Data Manager filter does."""
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        super().__init__(tasks)
+        self.calls: list[float | None] = []
+        self.fail: Exception | None = None
+
+    def iter_tasks(
+        self, pid: int, *, fields: str | None = None, updated_after: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        assert fields == "all"
+        self.calls.append(updated_after)
+        if self.fail is not None:
+            raise self.fail
+        yield from (t for t in self.tasks if updated_after is None or t["updated_at"] > updated_after)
+
+
+def at(t: float) -> str:
+    return f"2026-01-01T00:{int(t) // 60:02d}:{int(t) % 60:02d}Z"
+
+
+T0 = parse_timestamp(at(0))
+
+
+def test_reconcile_reads_only_what_changed_after_the_watermark_and_recovers_it(
+    redis_client: redis_lib.Redis, settings: Settings
+) -> None:
+    settings = replace(settings, reconcile_full_minutes=60, retrain_every=2)
+    tasks = [dict(pair(k, "a", f"x{k}", []), updated_at=T0 + k) for k in range(1, 4)]
+    tasks[0]["annotations"] = [ann(11, result("same"), ts=at(1))]
+    client = ChangingClient(tasks)
+    first = reconcile(5, settings, client, redis=redis_client, now=T0 + 100)
+    assert (first.kind, first.added, client.calls) == ("full", 1, [None])  # no watermark yet: every task
+    state = ProjectState(redis_client, "5")
+    assert state.reconcile_marks()["watermark"] == T0 + 3
+    # An answer and a deletion whose webhooks were lost: their tasks' updated_at moves on
+    tasks[1].update(annotations=[ann(12, result("different"), ts=at(200))], updated_at=T0 + 200)
+    tasks[0].update(annotations=[], updated_at=T0 + 201)
+    second = reconcile(5, settings, client, redis=redis_client, now=T0 + 300)
+    assert (second.kind, second.since, second.tasks) == ("incremental", T0 + 3 - WATERMARK_OVERLAP_S, 3)
+    assert (second.added, second.removed) == (1, 1)
+    assert {r["annotation_id"]: r["answer"] for r in state.annotations.all()} == {"12": "different"}
+    assert second.cycle is not None and second.cycle["outcome"] == "enqueued"  # 3 changes >= RETRAIN_EVERY
+    third = reconcile(5, settings, client, redis=redis_client, now=T0 + 400)
+    assert (third.kind, third.tasks, third.n_changes) == ("incremental", 2, 0)  # the overlap re-reads 2
+    assert client.calls[-1] == T0 + 201 - WATERMARK_OVERLAP_S
+    status = state.reconcile_status()
+    assert status is not None
+    assert (status["kind"], status["recovered"], status["recovered_total"], status["passes"]) == (
+        "incremental",
+        0,
+        3,
+        3,
+    )
+    assert state.counters()["reconciles:incremental"] == 2 and state.counters()["reconciles:full"] == 1
+
+
+def test_an_incremental_pass_removes_only_annotations_of_the_tasks_it_read(
+    redis_client: redis_lib.Redis, settings: Settings
+) -> None:
+    """A task missing from a partial listing is unchanged, not gone: its answers and open pair stay."""
+    tasks = [
+        dict(pair(1, "a", "b", [ann(11, result("same"))]), updated_at=T0 + 1),
+        dict(pair(2, "a", "c", [ann(12, result("same"))]), updated_at=T0 + 100),  # task 1: before the overlap
+    ]
+    client = ChangingClient(tasks)
+    reconcile(5, settings, client, redis=redis_client, now=T0 + 110)
+    tasks[1].update(annotations=[], updated_at=T0 + 500)  # 12 deleted; task 1 untouched (not listed)
+    report = reconcile(5, settings, client, redis=redis_client, now=T0 + 600)
+    assert (report.kind, report.tasks, report.removed, report.pairs_closed) == ("incremental", 1, 1, 0)
+    state = ProjectState(redis_client, "5")
+    assert [r["annotation_id"] for r in state.annotations.all()] == ["11"]
+
+
+def test_a_full_pass_comes_every_full_minutes_and_sees_a_deleted_task(
+    redis_client: redis_lib.Redis, settings: Settings
+) -> None:
+    settings = replace(settings, reconcile_full_minutes=5)
+    tasks = [
+        dict(pair(1, "a", "b", [ann(11, result("same"))]), updated_at=T0 + 1),
+        dict(pair(2, "a", "c", [ann(12, result("same"))]), updated_at=T0 + 2),
+    ]
+    client = ChangingClient(tasks)
+    reconcile(5, settings, client, redis=redis_client, now=T0 + 10)
+    del tasks[0]  # a deleted task moves no other task's updated_at: only a full pass notices
+    assert reconcile(5, settings, client, redis=redis_client, now=T0 + 200).n_changes == 0
+    full = reconcile(5, settings, client, redis=redis_client, now=T0 + 10 + 5 * 60)
+    assert (full.kind, full.removed, full.pairs_closed) == ("full", 1, 1)
+
+
+def test_a_failed_reconciliation_is_recorded_counted_and_shown(
+    redis_client: redis_lib.Redis, settings: Settings
+) -> None:
+    client = ChangingClient([dict(pair(1, "a", "b", [ann(11, result("same"))]), updated_at=T0 + 1)])
+    reconcile(5, settings, client, redis=redis_client, now=T0 + 10)
+    client.fail = LabelStudioError("GET", "http://ls/api/tasks", 503, "maintenance")
+    with pytest.raises(LabelStudioError):
+        reconcile(5, settings, client, redis=redis_client, now=T0 + 100)
+    state = ProjectState(redis_client, "5")
+    assert state.reconcile_marks()["watermark"] == T0 + 1  # unchanged: the next pass reads from there
+    status = state.reconcile_status()
+    assert status is not None and status["failures"] == 1 and "HTTP 503" in status["error"]
+    (line,) = [x for x in project_problem_lines({"reconcile": status}) if "reconciliation" in x]
+    assert "FAILED" in line and "HTTP 503: maintenance" in line and "1 answer change(s) recovered" in line
+    client.fail = None
+    reconcile(5, settings, client, redis=redis_client, now=T0 + 200)
+    status = state.reconcile_status()
+    assert status is not None and status["error"] is None
+    (line,) = [x for x in project_problem_lines({"reconcile": status}) if "reconciliation" in x]
+    assert "(incremental, 1 task(s) read), 0 answer change(s) recovered; 1 recovered in 2 pass(es)" in line
+
+
 @pytest.mark.e2e
 def test_sync_from_a_real_label_studio(
     ls_client: LabelStudioClient,
@@ -233,5 +350,13 @@ def test_sync_from_a_real_label_studio(
         assert (report.removed, report.changed, report.unchanged) == (1, 1, 1)
         assert state.annotations.get(same["id"])["answer"] == "different"
         assert state.annotations.get(diff["id"]) is None
+        # Label Studio's own updated_at filter: after the newest task, nothing; a changed answer moves its
+        # task past the watermark, and an incremental pass reads that task alone
+        assert report.newest_update is not None
+        assert list(ls_client.iter_tasks(project, updated_after=report.newest_update)) == []
+        ls_client.update_annotation(skip["id"], result=result("same"), was_cancelled=False)
+        changed = sync(project, settings, ls_client, redis=redis_client, since=report.newest_update)
+        assert (changed.kind, changed.tasks, changed.changed, changed.removed) == ("incremental", 1, 1, 0)
+        assert state.annotations.get(skip["id"])["answer"] == "same"
     finally:
         ls_client.delete_project(project)

@@ -127,6 +127,26 @@ class ProjectState(KeyFamily):
         if values:
             self.redis.hset(self.key("reconcile"), mapping={k: json.dumps(v) for k, v in values.items()})
 
+    def reconcile_status(self) -> dict[str, Any] | None:
+        """The last reconciliation as /status and `reid-al status` show it (None before the first)."""
+        marks = self.reconcile_marks()
+        if not marks.get("last_at"):
+            return None
+        counters = self.counters()
+        return {
+            "last_at": marks.get("last_at"),
+            "kind": marks.get("last_kind"),
+            "recovered": marks.get("last_recovered", 0),
+            "tasks_read": marks.get("last_tasks", 0),
+            "invalid": marks.get("last_invalid", 0),
+            "error": marks.get("last_error") or None,
+            "watermark": marks.get("watermark"),
+            "last_full_at": marks.get("last_full_at"),
+            "recovered_total": counters.get("reconcile_recovered", 0),
+            "passes": counters.get("reconciles:full", 0) + counters.get("reconciles:incremental", 0),
+            "failures": counters.get("reconcile_failures", 0),
+        }
+
     # --- the constraints a cycle trains on -----------------------------------------------------------
     def constraint_graph(
         self,

@@ -37,6 +37,7 @@ import requests
 from PIL import Image, ImageDraw
 
 from ml_backend.embedded import free_port
+from ml_backend.errors import LabelStudioError
 from ml_backend.labelstudio import LabelStudioClient
 from ml_backend.pairs import pair_id, task_data
 from ml_backend.pool import local_files_url
@@ -180,7 +181,16 @@ class Backend:
 
 @pytest.fixture(scope="module")
 def backend(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    work = tmp_path_factory.mktemp("reid-al-e2e")
+    server = make_backend(label_studio, tmp_path_factory.mktemp("reid-al-e2e"), label_studio.token)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_backend(label_studio: LabelStudioServer, work: Path, api_key: str, **extra: str) -> Backend:
+    """A `reid-al serve` (not started) against ``label_studio`` with ``api_key`` and settings ``extra``."""
     port = free_port()
     scrub = ("REDIS_URL", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "MODEL_DIR", "PORT", "HOST")
     env = {
@@ -197,7 +207,6 @@ def backend(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFa
             "THREADS": "4",
             "LOG_LEVEL": "INFO",
             "LABEL_STUDIO_URL": label_studio.url,
-            "LABEL_STUDIO_API_KEY": label_studio.token,
             "BASIC_AUTH_USER": AUTH[0],
             "BASIC_AUTH_PASS": AUTH[1],
             "REID_AL_ENCODER": "mobilenetv2",
@@ -209,14 +218,11 @@ def backend(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFa
             "REID_AL_STRATEGY": "uncertainty",
             "REID_AL_RETRAIN_EVERY": "1000",  # cycles in this test come from ingest and "Start training" only
             "PYTHONUNBUFFERED": "1",
+            "LABEL_STUDIO_API_KEY": api_key,
+            **extra,
         }
     )
-    server = Backend(env, f"http://127.0.0.1:{port}", work / "models", work / "serve.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return Backend(env, f"http://127.0.0.1:{port}", work / "models", work / "serve.log")
 
 
 def wait_for_version(backend: Backend, project: int, previous: str | None) -> str:
@@ -375,8 +381,9 @@ def test_active_learning_loop_through_label_studio(
     v3 = wait_for_version(backend, project, v2)
     reviews = backend.status(project)["reviews"]
     assert reviews["contradictions_open"] == 1 and reviews["by_kind"]["contradiction"] >= 1, reviews
-    review_tasks = [t for t in ls_client.iter_tasks(project, view=view, fields="all")
-                    if t["data"].get("review_key")]
+    review_tasks = [
+        t for t in ls_client.iter_tasks(project, view=view, fields="all") if t["data"].get("review_key")
+    ]
     contradiction = [t for t in review_tasks if t["data"]["review"] == "contradiction"]
     assert contradiction and {contradiction[0]["data"]["id_a"], contradiction[0]["data"]["id_b"]} <= {a, b, c}
     assert all(v3 in [p["model_version"] for p in t["predictions"]] for t in review_tasks)
@@ -423,3 +430,83 @@ def test_active_learning_loop_through_label_studio(
     )
     assert state.annotations.get(999_999) is None
     redis.close()
+
+
+RECONCILE_S = 10  # REID_AL_RECONCILE_SECONDS of the test below
+
+
+def test_personal_access_token_and_reconciliation_where_legacy_tokens_are_refused(
+    label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same loop with Label Studio's default token, a Personal Access Token, while Label Studio refuses
+    legacy tokens (its default since 1.20): connect, ingest, the worker's push, answers through the webhook,
+    `reid-al sync`. Then the webhook goes down (deactivated in Label Studio) and an answer given meanwhile
+    reaches the backend through the worker's periodic reconciliation, with nobody running `sync`."""
+    pat = label_studio.personal_access_token()
+    server = make_backend(
+        label_studio, tmp_path_factory.mktemp("reid-al-pat"), pat, REID_AL_RECONCILE_SECONDS=str(RECONCILE_S)
+    )
+    pool_root = label_studio.document_root / "pat-pool"
+    make_pool(pool_root, seed=1)
+    with label_studio.legacy_tokens_disabled():
+        ls = LabelStudioClient(label_studio.url, pat)
+        legacy = LabelStudioClient(label_studio.url, label_studio.token)
+        with pytest.raises(LabelStudioError, match="tried as a legacy token"):
+            legacy.current_user()  # what every call would get without the PAT
+        project = int(ls.create_project("reid-al e2e PAT", LABEL_CONFIG)["id"])
+        server.start()
+        try:
+            connect = server.cli("connect", "--project", str(project), timeout=120)
+            assert connect.returncode == 0, connect.stdout + connect.stderr[-4000:]
+            ingest = server.cli("ingest", str(pool_root), "--project", str(project))
+            assert ingest.returncode == 0, ingest.stderr[-4000:]
+            v1 = wait_for_version(server, project, None)
+            assert ls.get_project(project)["model_version"] == v1  # the worker pushed with the PAT
+            tasks = list(ls.iter_tasks(project, fields="all"))
+            assert len(tasks) == BUDGET and all(t["predictions"] for t in tasks)
+            state = ProjectState(server.redis(), str(project))
+
+            def recorded(annotation_id: int) -> Callable[[], bool]:
+                return lambda: state.annotations.get(annotation_id) is not None
+
+            first = ls.create_annotation(tasks[0]["id"], choice("different"))["id"]
+            wait_for("the answer at the webhook", recorded(first), 10, on_timeout=server.log_tail)
+
+            # -- the webhook goes down: Label Studio sends nothing; the answer is only in Label Studio
+            [hook] = ls.list_webhooks(project)
+            ls.update_webhook(int(hook["id"]), is_active=False)
+            missed = ls.create_annotation(tasks[1]["id"], choice("same"))["id"]
+            time.sleep(1.0)
+            assert state.annotations.get(missed) is None  # no webhook delivered it
+            given = time.monotonic()
+            # One interval, plus the worker's maintenance cadence (RQ's 10 s dequeue timeout) and the job
+            wait_for(
+                "reconciliation to recover the answer",
+                recorded(missed),
+                RECONCILE_S + 10 + 30,
+                on_timeout=server.log_tail,
+            )
+            delay = time.monotonic() - given
+            assert state.annotations.get(missed)["answer"] == "same"
+            print(f"answer recovered by reconciliation {delay:.1f} s after it was given")
+            status = server.cli("status", "--project", str(project))
+            assert status.returncode == 0, status.stderr[-4000:]
+            assert "last reconciliation with Label Studio:" in status.stdout, status.stdout
+            assert "FAILED" not in status.stdout and " 0 recovered in" not in status.stdout, status.stdout
+            reconciled = server.status(project)["reconcile"]
+            assert reconciled["recovered_total"] >= 1 and reconciled["failures"] == 0, reconciled
+            metrics = server.session.get(f"{server.url}/metrics", timeout=10).text
+            assert f'reid_al_reconcile_recovered_total{{project="{project}"}} ' in metrics
+            recovered_line = next(
+                x
+                for x in metrics.splitlines()
+                if x.startswith(f'reid_al_reconcile_recovered_total{{project="{project}"}}')
+            )
+            assert int(recovered_line.rsplit(" ", 1)[1]) >= 1
+
+            # -- `reid-al sync` with the PAT finds nothing left to do
+            sync = server.cli("sync", "--project", str(project), timeout=120)
+            assert sync.returncode == 0, sync.stderr[-4000:]
+            assert json.loads(sync.stdout)["n_changes"] == 0
+        finally:
+            server.stop()
