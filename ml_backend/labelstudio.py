@@ -256,7 +256,15 @@ class LabelStudioClient:
         attempt = 0
         reauthorised = False
         while True:
-            authorization = self.auth.header()
+            try:
+                authorization = self.auth.header()
+            except LabelStudioConnectionError:
+                # The token exchange did not get through, so the call was never sent: both may be retried.
+                if attempt >= self.retries:
+                    raise
+                self._pause(method, url, attempt)
+                attempt += 1
+                continue
             try:
                 resp = self.session.request(
                     method,
@@ -291,12 +299,16 @@ class LabelStudioClient:
                     )
                 if not (idempotent and resp.status_code in _RETRY_STATUSES and attempt < self.retries):
                     raise LabelStudioError(method, url, resp.status_code, resp.text)
-            delay = self.backoff * (2**attempt)
+            self._pause(method, url, attempt)
             attempt += 1
-            log.warning(
-                "Label Studio %s %s failed, retry %d/%d in %.1fs", method, url, attempt, self.retries, delay
-            )
-            time.sleep(delay)
+
+    def _pause(self, method: str, url: str, attempt: int) -> None:
+        """The back-off before retry ``attempt + 1``: ``backoff`` seconds, doubling."""
+        delay = self.backoff * (2**attempt)
+        log.warning(
+            "Label Studio %s %s failed, retry %d/%d in %.1fs", method, url, attempt + 1, self.retries, delay
+        )
+        time.sleep(delay)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self.request(method, path, **kwargs)

@@ -415,6 +415,34 @@ def test_a_refused_pat_fails_at_the_refresh_endpoint_and_says_so(
         LabelStudioAuth(url, jwt("refresh", expires_in=3e9)).header()
 
 
+def test_a_token_exchange_that_cannot_connect_is_retried_like_the_call(
+    scripted: tuple[str, type[_Scripted]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, handler = scripted
+    access = jwt("access")
+    handler.script = [(200, json.dumps({"access": access})), (200, "{}")]
+    real_post, refused = requests.post, [0]
+
+    def flaky_post(*args: Any, **kwargs: Any) -> requests.Response:
+        if not refused[0]:  # Label Studio restarting: the first exchange finds the port closed
+            refused[0] += 1
+            raise requests.ConnectionError("connection refused")
+        return real_post(*args, **kwargs)
+
+    monkeypatch.setattr(requests, "post", flaky_post)
+    client = LabelStudioClient(url, jwt("refresh", expires_in=3e9), retries=2, backoff=0.01)
+    client.create_annotation(7, choice("same"))
+    assert [(c[0], c[2].get("Authorization")) for c in handler.calls] == [
+        ("POST", None),
+        ("POST", f"Bearer {access}"),
+    ]
+    monkeypatch.setattr(
+        requests, "post", lambda *a, **k: (_ for _ in ()).throw(requests.ConnectionError("down"))
+    )
+    with pytest.raises(LabelStudioConnectionError, match="/api/token/refresh/ -> no response"):
+        LabelStudioClient(url, jwt("refresh", expires_in=3e9), retries=1, backoff=0.01).get_project(1)
+
+
 def test_a_refused_legacy_token_is_not_retried_and_the_error_says_legacy(
     scripted: tuple[str, type[_Scripted]],
 ) -> None:
