@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -426,22 +426,18 @@ class CycleQueue:
         ``recover`` and ``acquire_lock`` read to tell a dead job from a slow one."""
         key = cycle_alive_key(project, job_id)
         self.redis.set(key, "1", ex=ALIVE_TTL)
-        stop = threading.Event()
 
-        def beat() -> None:
-            while not stop.wait(ALIVE_TTL / 3):
-                try:
-                    self.redis.set(key, "1", ex=ALIVE_TTL)
-                except Exception as exc:  # Redis restarting: the next beat retries
-                    log.warning("project %s: heartbeat of %s failed: %s", project, job_id, exc)
+        def beat() -> bool:
+            try:
+                self.redis.set(key, "1", ex=ALIVE_TTL)
+            except Exception as exc:  # Redis restarting: the next beat retries
+                log.warning("project %s: heartbeat of %s failed: %s", project, job_id, exc)
+            return True
 
-        thread = threading.Thread(target=beat, name=f"reid-al-alive-{project}", daemon=True)
-        thread.start()
         try:
-            yield
+            with _beating(f"reid-al-alive-{project}", ALIVE_TTL / 3, beat):
+                yield
         finally:
-            stop.set()
-            thread.join(timeout=5)
             with contextlib.suppress(Exception):
                 self.redis.delete(key)
 
@@ -455,21 +451,17 @@ class CycleQueue:
     @contextlib.contextmanager
     def hold_lock(self, project: str, token: str) -> Iterator[None]:
         """Keep an acquired lock alive from a heartbeat thread; release it on exit."""
-        stop = threading.Event()
 
-        def beat() -> None:
-            while not stop.wait(self.lock_ttl / 3):
-                if not self.extend_lock(project, token):
-                    log.error("project %s: lost the cycle lock (expired); another cycle may start", project)
-                    return
+        def beat() -> bool:
+            if self.extend_lock(project, token):
+                return True
+            log.error("project %s: lost the cycle lock (expired); another cycle may start", project)
+            return False
 
-        thread = threading.Thread(target=beat, name=f"reid-al-lock-{project}", daemon=True)
-        thread.start()
         try:
-            yield
+            with _beating(f"reid-al-lock-{project}", self.lock_ttl / 3, beat):
+                yield
         finally:
-            stop.set()
-            thread.join(timeout=5)
             self.release_lock(project, token)
 
     # --- status --------------------------------------------------------------------------------------
@@ -478,7 +470,6 @@ class CycleQueue:
 
     def status(self, project: str) -> dict[str, Any]:
         """Everything `GET /status?project=P` and `reid-al status` show for one project."""
-
         state = ProjectState(self.redis, project)
         active_key, running_key, rerun_key = self._keys(state.project)
         claim = as_text(self.redis.get(active_key))
@@ -556,3 +547,23 @@ def review_status(state: ProjectState) -> dict[str, Any]:
         "pushed": counters.get("reviews_pushed", 0),
         "resolved": counters.get("reviews_resolved", 0),
     }
+
+
+@contextlib.contextmanager
+def _beating(name: str, interval: float, beat: Callable[[], bool]) -> Iterator[None]:
+    """Call ``beat`` every ``interval`` seconds from a daemon thread while the block runs (until it
+    returns False); the thread is stopped and joined on exit."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            if not beat():
+                return
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

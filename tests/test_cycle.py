@@ -318,3 +318,23 @@ def test_text_features_and_tracklets_reach_the_sampler(pool: dict[str, np.ndarra
     assert len(result.proposals) > 0
     with pytest.raises(ValueError, match="tracklets"):
         run_cycle(pool["x"], graph, config, tracklets=tracklets[:-1])
+
+
+def test_training_labels_keep_only_links_the_calibrator_trusts(pool: dict[str, np.ndarray]) -> None:
+    """A stricter ``train_min_p_same`` only cuts inferred links: every training identity is inside one
+    identity of the looser assignment, and every answered must-link still shares a label."""
+    from trainer.cycle import _label_source
+
+    x = apply_adapter(None, pool["x"])
+    graph = answered_graph(pool["ids"], 120)
+    loose_config = cycle_config(train_min_p_same=0.0)
+    view = loose_config.view(x, graph)
+    loose = _label_source(loose_config, x, graph, view, None).labels
+    strict = _label_source(cycle_config(train_min_p_same=0.9), x, graph, view, None).labels
+    assert len(np.unique(strict)) > len(np.unique(loose))
+    for label in np.unique(strict):
+        assert len(np.unique(loose[strict == label])) == 1
+    for c in graph.must_links():
+        assert strict[c.i] == strict[c.j]
+    with pytest.raises(ValueError, match="train_min_p_same"):
+        cycle_config(train_min_p_same=1.0)

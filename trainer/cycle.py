@@ -65,13 +65,13 @@ from strategies.defaults import (
     REDUNDANCY_MAX_P_SAME,
     REDUNDANCY_MIN_SIZE,
 )
-from strategies.identities import IdentityAssignment
+from strategies.identities import IdentityAssigner, IdentityAssignment
 from strategies.review import AnswerReview, Review, ReviewedAnswers
 from strategies.samplers import PairProposal, PoolExhaustedError, available_samplers, make_sampler
 from strategies.validation import check_features, check_per_item
 from strategies.view import ClusteringView, labelled_pairs
 from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
-from trainer.defaults import CYCLE_BUDGET, CYCLE_PSEUDO_LABELS, CYCLE_STRATEGY
+from trainer.defaults import CYCLE_BUDGET, CYCLE_PSEUDO_LABELS, CYCLE_STRATEGY, CYCLE_TRAIN_MIN_P_SAME
 from trainer.gate import GateDecision, Holdout, ValidationGate
 
 __all__ = [
@@ -111,6 +111,7 @@ class CycleConfig:
     train_when_fewer_than: int | None = None
     knn_k: int = KNN_K
     pseudo_labels: str = CYCLE_PSEUDO_LABELS
+    train_min_p_same: float = CYCLE_TRAIN_MIN_P_SAME
     redundancy_k: int = REDUNDANCY_K
     redundancy_min_size: int = REDUNDANCY_MIN_SIZE
     redundancy_max_p_same: float = REDUNDANCY_MAX_P_SAME
@@ -138,6 +139,8 @@ class CycleConfig:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
         if not 0.0 <= float(self.min_p_same) < 1.0:
             raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
+        if not 0.0 <= float(self.train_min_p_same) < 1.0:
+            raise ValueError(f"train_min_p_same must be in [0, 1), got {self.train_min_p_same!r}")
         if self.pseudo_labels not in PSEUDO_LABELS:
             raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABELS}, got {self.pseudo_labels!r}")
         self.answer_review().check_params()
@@ -332,11 +335,17 @@ def _training_labels(identities: IdentityAssignment, holdout: Holdout) -> np.nda
 
 def _label_source(config: CycleConfig, x: np.ndarray, graph: ConstraintGraph, view: ClusteringView,
                   in_service: dict[str, Any] | None) -> IdentityAssignment:
-    """The identities a candidate learns from (``CycleConfig.pseudo_labels``)."""
-    if config.pseudo_labels == "identities" or (config.pseudo_labels == "frozen" and in_service is None):
-        return view.identities
-    if config.pseudo_labels == "frozen":
-        return config.view(apply_adapter(None, x), graph).identities
+    """The identities a candidate learns from (``CycleConfig.pseudo_labels``), keeping only the inferred
+    links whose calibrated P(same) reaches ``train_min_p_same``: the assignment the team sees keeps
+    weaker links (recall), but a wrong link taught as a positive pulls two individuals together."""
+    if config.pseudo_labels == "frozen" and in_service is not None:
+        view = config.view(apply_adapter(None, x), graph)
+    if config.pseudo_labels in ("identities", "frozen"):
+        if config.train_min_p_same <= config.min_p_same:
+            return view.identities
+        assigner = IdentityAssigner(min_p_same=config.train_min_p_same,
+                                    contradiction_policy=config.contradiction_policy)
+        return assigner.assign(view.features, view.constraints, view.knn, view.calibrator)
     comp = graph.component_labels(x.shape[0])
     n = comp.shape[0]
     return IdentityAssignment(comp, np.bincount(comp)[comp] >= 2, np.ones(n), np.zeros(n, dtype=np.int64))

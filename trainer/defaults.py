@@ -38,6 +38,7 @@ UA_PAIRED_WEIGHT = 0.0  # [ours] weight of the feature-noise view as a UA positi
 CYCLE_STRATEGY = "hybrid"  # builds identities fastest and teaches the model most on real sets
 CYCLE_BUDGET = 50  # pairs proposed per cycle
 CYCLE_PSEUDO_LABELS = "identities"  # what a candidate learns from (trainer.cycle.PSEUDO_LABELS)
+CYCLE_TRAIN_MIN_P_SAME = 0.5  # inferred links a candidate learns from need this calibrated P(same)
 
 # encoders, extraction, model registry (trainer/encoders.py, extraction.py, registry.py)
 OPEN_CLIP_DEFAULT_MODEL = "ViT-B-32"
