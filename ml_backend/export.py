@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["COLUMNS", "EXPORT_FORMATS", "IdentityExport", "build_export", "export_format", "read_identities"]
 
 EXPORT_FORMATS = ("csv", "json")
-COLUMNS = ("image_id", "path", "url", "identity", "verified", "confidence", "answers")
+COLUMNS = ("image_id", "path", "url", "identity", "verified", "confidence", "answers", "new_individual")
 IDENTITIES_FILE = "identities.npz"
 
 
@@ -222,6 +222,7 @@ def build_export(
         return item.path, url
 
     rows: list[dict[str, Any]] = []
+    new = identities.new_individual
     for row, image_id in enumerate(ids[:n]):
         path, url = where(image_id)
         rows.append(
@@ -233,6 +234,7 @@ def build_export(
                 "verified": bool(identities.verified[row]),
                 "confidence": round(float(identities.confidence[row]), 4),
                 "answers": int(identities.answers[row]),
+                "new_individual": bool(new[row]),
             }
         )
     covered = set(rows_of)
@@ -250,6 +252,7 @@ def build_export(
                 "verified": False,
                 "confidence": None,
                 "answers": 0,
+                "new_individual": None,
             }
         )
     return IdentityExport(

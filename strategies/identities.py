@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strategies.constraints import ConstraintGraph, must_link_components
-from strategies.defaults import CONTRADICTION_POLICY, IDENTITY_MIN_P_SAME
+from strategies.defaults import CONTRADICTION_POLICY, IDENTITY_MIN_P_SAME, NEW_INDIVIDUAL_MIN
 from strategies.knn import KnnGraph
 from strategies.validation import check_features
 
@@ -40,6 +40,16 @@ class IdentityAssignment:
     def n_identities(self) -> int:
         return int(self.labels.max()) + 1 if self.labels.size else 0
 
+    @property
+    def new_individual(self) -> np.ndarray:
+        """Images proposed as individuals seen nowhere else in the pool: alone in their identity, and
+        their confidence (1 - calibrated P(same) to their most similar image) at least ``NEW_INDIVIDUAL_MIN``
+        — a team reviews these before opening a new identity (the open-set case)."""
+        if not self.labels.size:
+            return np.zeros(0, dtype=bool)
+        alone = np.bincount(self.labels)[self.labels] == 1
+        return alone & ~self.verified & (self.confidence >= NEW_INDIVIDUAL_MIN)
+
     def summary(self) -> dict[str, int]:
         """Counts a project lead reads: identities, how many are verified, images verified/inferred."""
         sizes = np.bincount(self.labels) if self.labels.size else np.zeros(0, dtype=np.int64)
@@ -50,6 +60,7 @@ class IdentityAssignment:
             "identities_single_image": int((sizes == 1).sum()),
             "images_verified": int(self.verified.sum()),
             "images_inferred": int((~self.verified).sum()),
+            "new_individuals": int(self.new_individual.sum()),
         }
 
 

@@ -73,6 +73,7 @@ def test_export_rows_equal_the_cycles_identity_assignment(tmp_path: Path, redis_
     assert [by_id[i]["verified"] for i in ids] == identities.verified.tolist()
     assert [by_id[i]["answers"] for i in ids] == identities.answers.tolist()
     assert [by_id[i]["confidence"] for i in ids] == pytest.approx(identities.confidence.tolist(), abs=1e-4)
+    assert [by_id[i]["new_individual"] for i in ids] == identities.new_individual.tolist()
     # the answers are there: 0, 1, 2 one verified identity, 0 and 4 apart
     assert by_id["im00"]["identity"] == by_id["im01"]["identity"] == by_id["im02"]["identity"]
     assert by_id["im00"]["verified"] and by_id["im00"]["answers"] == 3
@@ -85,6 +86,7 @@ def test_export_rows_equal_the_cycles_identity_assignment(tmp_path: Path, redis_
         "verified": False,
         "confidence": None,
         "answers": 0,
+        "new_individual": None,
     }
     assert (
         by_id["im05"]["path"] == str(tmp_path / "imgs" / "im05.jpg")

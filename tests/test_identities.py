@@ -156,3 +156,41 @@ def test_every_kept_constraint_holds(case: tuple[np.ndarray, ConstraintGraph], m
     comp = g.component_labels(len(x)) if len(effective.contradictions) == 0 else None
     if comp is not None:
         assert (result.verified == (np.bincount(comp)[comp] >= 2)).all()
+
+
+def test_new_individuals_are_lone_unverified_images_far_from_every_other() -> None:
+    from strategies.identities import IdentityAssignment
+
+    assignment = IdentityAssignment(
+        labels=np.array([0, 0, 1, 2, 3]),
+        verified=np.array([True, True, False, False, False]),
+        confidence=np.array([1.0, 1.0, 0.9, 0.3, 0.5]),
+        answers=np.zeros(5, dtype=np.int64),
+    )
+    assert assignment.new_individual.tolist() == [False, False, True, False, True]
+    assert assignment.summary()["new_individuals"] == 2
+    empty = IdentityAssignment(np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64))
+    assert empty.new_individual.shape == (0,) and empty.summary()["new_individuals"] == 0
+
+
+def test_an_image_unlike_the_pool_is_proposed_as_a_new_individual() -> None:
+    """Pairs of look-alike images and one image far from all of them: only that one is proposed."""
+    from strategies.calibration import PSameCalibrator
+    from strategies.constraints import ConstraintGraph
+    from strategies.identities import IdentityAssigner
+    from strategies.knn import build_knn
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 8))
+    x = np.vstack([centres.repeat(2, axis=0) + 0.05 * rng.normal(size=(12, 8)), -centres.sum(axis=0)[None]])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    graph = ConstraintGraph()
+    same, different = [(0, 1), (2, 3), (4, 5), (6, 7)], [(0, 2), (4, 6), (8, 10), (1, 9)]
+    for k, (i, j) in enumerate(same):
+        graph.add(k, i, j, "must_link")
+    for k, (i, j) in enumerate(different):
+        graph.add(10 + k, i, j, "cannot_link")
+    sims = np.array([float(x[i] @ x[j]) for i, j in same + different])
+    calibrator = PSameCalibrator().fit(sims, np.array([1] * 4 + [0] * 4))
+    result = IdentityAssigner().assign(x, graph, build_knn(x, 5), calibrator)
+    assert result.new_individual[12] and not result.new_individual[:12].any()
