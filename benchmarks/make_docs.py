@@ -36,11 +36,13 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("training_threads1.md", "adapter training at 2k images, one torch thread"),
     ("training_threads_default.md", "adapter training at 2k images, torch's default threads"),
     ("webhook.md", "webhook latency at 200 req/s and /predict for 100 tasks"),
-    ("simulate.md", "active learning: every strategy on synthetic data and ORL faces"),
+    ("simulate_real.md", "active learning on the real image sets: every strategy, 3 seeds, the checks"),
+    ("simulate.md", "active learning on synthetic data and ORL faces (the earlier loop: no gate)"),
 )
 
 # Plots shown for a result besides the one named like it (e.g. core.md -> core.png).
 EXTRA_PLOTS: dict[str, tuple[str, ...]] = {
+    "simulate_real.md": ("simulate/glyphs-plain/curves.png", "simulate/glyphs-mixed/curves.png"),
     "simulate.md": ("simulate/synthetic/curves.png", "simulate/orl/curves.png"),
 }
 # Commands of results without a write-up (their script prints them in its docstring).

@@ -62,6 +62,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "frozen_pool_f1": base["pairwise_f1"]["mean"],
         "skyline_mAP": sky,
         "command": results.get("command"),
+        "code_version": results.get("code_version"),
+        "wall_s": results.get("wall_s"),
         "strategies": {},
     }
     for name, block in results["strategies"].items():
@@ -112,7 +114,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def markdown(summaries: list[dict[str, Any]]) -> str:
+def markdown(summaries: list[dict[str, Any]], load: str | None = None) -> str:
     lines = [
         "# Active learning on real image sets",
         "",
@@ -143,13 +145,23 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['answers_per_image_to_f1_0.8'], '.2f')} | "
                 f"{_fmt(r['answers_per_image_to_f1_0.9'], '.2f')} |"
             )
-        lines += ["", f"Checks: `{json.dumps(sm['checks'])}`", "", f"`{sm['command']}`", ""]
+        wall = f"{sm['wall_s'] / 60:.0f} min" if sm.get("wall_s") else "—"
+        lines += [
+            "",
+            f"Checks: `{json.dumps(sm['checks'])}`",
+            "",
+            f"`{sm['command']}` (code {sm.get('code_version') or '—'}; wall {wall}"
+            + (f", {load}" if load else "")
+            + ")",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS))
+    parser.add_argument("--load", help="the machine's load while the runs ran, written beside the wall times")
     args = parser.parse_args(argv)
     summaries = []
     for name in args.sets:
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         summaries.append(summarise(json.loads(path.read_text())))
     (RESULTS / "simulate_real.json").write_text(json.dumps(summaries, indent=2) + "\n")
-    text = markdown(summaries)
+    text = markdown(summaries, args.load)
     (RESULTS / "simulate_real.md").write_text(text)
     print(text)
     return 0
