@@ -45,7 +45,11 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 
 # Plots shown for a result besides the one named like it (e.g. core.md -> core.png).
 EXTRA_PLOTS: dict[str, tuple[str, ...]] = {
-    "simulate_real.md": ("simulate/glyphs-plain/curves.png", "simulate/glyphs-mixed/curves.png"),
+    "simulate_real.md": (
+        "simulate/glyphs-plain/curves.png",
+        "simulate/glyphs-mixed/curves.png",
+        "simulate/icons/curves.png",
+    ),
     "simulate.md": ("simulate/synthetic/curves.png", "simulate/orl/curves.png"),
 }
 # Commands of results without a write-up (their script prints them in its docstring).
