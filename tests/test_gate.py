@@ -83,6 +83,24 @@ def test_candidate_must_beat_frozen_and_keep_up_with_the_model_in_service() -> N
     assert falls.served == "frozen"
 
 
+def test_an_identity_the_model_in_service_learned_from_is_not_scored_on_any_view() -> None:
+    x, must, cannot, ids = _pool()
+    gate = ValidationGate(folds=4)
+    everything = gate.split(x.shape[0], must, cannot)
+    held_ids = np.unique(ids[everything.images[: ids.size]])
+    learned, untouched = held_ids[0], held_ids[1]
+    unseen = np.ones(x.shape[0], dtype=bool)
+    unseen[np.flatnonzero(ids == learned)[0]] = False  # one view of it was trained on, earlier
+    split = gate.split(x.shape[0], must, cannot, unseen=unseen)
+    learned_rows = np.flatnonzero(ids == learned)
+    assert split.images[learned_rows].all() and not split.scored[learned_rows].any()
+    assert split.scored[np.flatnonzero(ids == untouched)].all()
+    for pairs in (split.positives, split.negatives):
+        assert not np.isin(pairs, learned_rows).any()
+    assert split.positives.shape[0] == everything.positives.shape[0] - 3
+    assert np.isin(everything.negatives, learned_rows).any()
+
+
 def test_too_few_held_out_answers_keep_the_model_in_service() -> None:
     x, must, cannot, _ = _pool(n_ids=3)
     gate = ValidationGate(folds=2, min_positives=50)

@@ -4,8 +4,10 @@ encoder on human answers it did not train on (ALGORITHMS.md §11).
 Held out: every must-link component (two or more images) whose smallest row falls in fold 0 of
 ``folds`` — a stable choice, so mostly the same identities stay held out from cycle to cycle. Training
 sees no answer that touches a held-out image and no pseudo-label of an identity holding one. Only the
-held-out images the model in service never trained on are scored (its version records what it saw), so
-a model that learned an identity in an earlier cycle is not judged on it. Scores:
+held-out identities the model in service never trained on are scored (its version records what it saw):
+an identity counts as seen when the model learned from any of its images, since components grow and
+merge, so a model that learned an identity in an earlier cycle is not judged on its other views, which
+it would retrieve unfairly well. Scores:
 
 * ``auc``: how often a held-out "same" pair (every pair inside a held-out component) is more similar
   than a held-out "different" pair (every cannot-link with an end in one) — the hard cases annotators
@@ -95,8 +97,8 @@ class ValidationGate:
               unseen: np.ndarray | None = None) -> Holdout:
         """Hold out fold 0 of the verified components; ``must_link``/``cannot_link`` are the answers the
         contradiction policy keeps (``ConstraintGraph.effective``). ``unseen``: the images the model in
-        service never trained on (None: all); only answers among those are scored, so no model is
-        judged on what it learned from."""
+        service never trained on (None: all); only identities none of whose images it trained on are
+        scored, so no model is judged on an identity it learned."""
         if self.folds < 2:
             raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
         ml = np.asarray(must_link, dtype=np.int64).reshape(-1, 2)
@@ -110,24 +112,28 @@ class ValidationGate:
             dtype=bool,
         )
         held = held_comp[comp] if n else np.zeros(0, dtype=bool)
-        fresh = np.ones(n, dtype=bool) if unseen is None else np.asarray(unseen, dtype=bool)
-        if fresh.shape != (n,):
-            raise ValueError(f"unseen: must be a boolean mask over the {n} rows, got shape {fresh.shape}")
+        seen = np.zeros(n, dtype=bool) if unseen is None else ~np.asarray(unseen, dtype=bool)
+        if seen.shape != (n,):
+            raise ValueError(f"unseen: must be a boolean mask over the {n} rows, got shape {seen.shape}")
+        seen_comp = np.zeros(sizes.size, dtype=bool)
+        seen_comp[comp[seen]] = True
+        fresh = ~seen_comp[comp] if n else np.zeros(0, dtype=bool)  # per identity, not per image
         scored = held & fresh
 
         def touches(pairs: np.ndarray) -> np.ndarray:
             return held[pairs[:, 0]] | held[pairs[:, 1]]
 
         def clean(pairs: np.ndarray) -> np.ndarray:
-            """No end is a held-out image that the model in service saw."""
+            """No end is a held-out image of an identity the model in service saw."""
             return ~((held & ~fresh)[pairs[:, 0]] | (held & ~fresh)[pairs[:, 1]])
 
         positives = []
         order = np.argsort(comp, kind="stable")
         starts = np.concatenate([[0], np.cumsum(sizes)])
         for c in np.flatnonzero(held_comp):
+            if seen_comp[c]:
+                continue
             rows = order[starts[c] : starts[c + 1]]
-            rows = rows[fresh[rows]]
             positives.extend((int(a), int(b)) for k, a in enumerate(rows) for b in rows[k + 1 :])
         negatives = cl[touches(cl) & clean(cl)] if cl.size else cl
         return Holdout(
