@@ -266,7 +266,8 @@ class WebhookHandler:
         from_name = self.from_name or state.meta().get("from_name")
         event = self._parse_annotation(payload, from_name)
         try:
-            outcome, old = state.annotations.record(
+            recorded = state.answer_events.record(
+                action,
                 event.annotation_id,
                 task_id=event.task_id,
                 image_a=event.image_a,
@@ -274,35 +275,26 @@ class WebhookHandler:
                 answer=event.answer,
                 completed_by=event.completed_by,
                 updated_at=event.updated_at,
-                created=action == "ANNOTATION_CREATED",
             )
         except InputError as exc:
             raise exc.at(f"annotation.{exc.field}") from None
-        state.incr(f"events:{action}")
         body: dict[str, Any] = {
             "status": "ok",
             "action": action,
             "project": project,
             "annotation": event.annotation_id,
             "answer": event.answer,
-            "outcome": outcome,
+            "outcome": recorded.outcome,
         }
-        if outcome == "unchanged":
-            state.incr("events_unchanged")
-            return body
-        state.incr("pairs_asked" if outcome == "created" else "annotations_updated")
-        pid = pair_id(event.image_a, event.image_b)
-        if event.answer in ("same", "different") and state.annotations.pair_in_conflict(pid):
+        if recorded.conflict:
             # Recorded, never overwritten: both answers stay; NP3's policy decides, /status lists it.
             body["conflict"] = True
-            state.incr("conflicts_detected")
+            pid = pair_id(event.image_a, event.image_b)
             log.warning(
                 "project %s: annotators disagree on pair %s: %s", project, pid, state.annotations.on_pair(pid)
             )
-        if not state.pairs.exists(pid):
-            state.pairs.register(pid, event.image_a, event.image_b, task_id=event.task_id)
-        if _constraint_of(old) != _constraint_of({"answer": event.answer, "pair_id": pid}):
-            body.update(self._count_changes(state, 1, "new constraints"))
+        if recorded.pending is not None and recorded.pending >= self.retrain_every:
+            body.update(self._request_cycle(project, f"{recorded.pending} new constraints"))
         return body
 
     def _deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -324,3 +324,26 @@ def test_answers_during_a_cycle_trigger_a_follow_up_only_after_retrain_every(
     assert queue.release_lock("3", "tok")  # the worker died (lock gone): its 5 changes count again
     assert handler.handle(annotation_event(9, "same", a="x9", b="y9"))["cycle"] == "queued"
     assert state.pending.count() == 9
+
+
+def test_an_answer_is_recorded_in_two_round_trips(redis_client: redis.Redis,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label Studio waits on every event: the label config's names and one script, nothing more."""
+    handler = WebhookHandler(redis_client, CycleQueue(redis_client), retrain_every=100)
+    handler.handle(annotation_event(1, "same"))  # loads the script into Redis once
+    calls: list[str] = []
+    execute, pipeline = redis_client.execute_command, redis_client.pipeline
+    monkeypatch.setattr(redis_client, "execute_command",
+                        lambda *args, **kw: calls.append(str(args[0])) or execute(*args, **kw))
+    monkeypatch.setattr(redis_client, "pipeline",
+                        lambda *args, **kw: calls.append("pipeline") or pipeline(*args, **kw))
+    for event in (annotation_event(2, "different", task_id=12, b="img-c"),
+                  annotation_event(2, "same", task_id=12, b="img-c", action="ANNOTATION_UPDATED",
+                                   updated_at="2024-05-01T11:00:00Z"),
+                  annotation_event(2, "same", task_id=12, b="img-c")):  # a repeat: unchanged
+        calls.clear()
+        handler.handle(event)
+        assert calls == ["HGETALL", "EVALSHA"]
+    state = ProjectState(redis_client, "3")
+    assert state.pending.count() == 3 and state.annotations.get(2)["answer"] == "same"
+    assert state.counters()["events_unchanged"] == 1 and state.pairs.exists(pair_id("img-a", "img-c"))

@@ -1,6 +1,7 @@
 """The backend's small per-project state in Redis, one object per key family (rq style).
 
-``ProjectState(redis, project)`` bundles them: ``annotations`` (answers by annotation id),
+``ProjectState(redis, project)`` bundles them: ``annotations`` (answers by annotation id; a webhook
+event's whole effect is recorded by ``answer_events`` in one round trip),
 ``pairs`` (the pair registry), ``images`` (embedded / requested images), ``pending`` (constraint
 changes not trained on yet), ``cycles`` (status, history, versions), ``reviews`` (pairs under review),
 plus the project's counters and the settings seen from Label Studio (``meta``). Everything here can be
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.state.annotations import ANSWERS, CONSTRAINT_ANSWERS, Annotations, parse_timestamp
+from ml_backend.state.answer_event import AnswerEvents, AnswerOutcome
 from ml_backend.state.base import (
     GLOBAL_COUNTERS_KEY,
     KEY_PREFIX,
@@ -50,6 +52,7 @@ __all__ = [
     "GLOBAL_COUNTERS_KEY",
     "KEY_PREFIX",
     "PROJECTS_KEY",
+    "AnswerOutcome",
     "ProjectState",
     "cycle_lock_key",
     "global_counters",
@@ -67,6 +70,7 @@ class ProjectState(KeyFamily):
         key = project_key(project)
         super().__init__(redis, key)
         self.annotations = Annotations(redis, key)
+        self.answer_events = AnswerEvents(redis, key)
         self.pairs = PairRegistry(redis, key)
         self.images = ImageRecords(redis, key)
         self.pending = PendingChanges(redis, key)

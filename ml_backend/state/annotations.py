@@ -30,22 +30,27 @@ CONSTRAINT_ANSWERS = ("same", "different")
 # '1' when the event is a creation. A stale event (older updated_at than the stored one), an event for a
 # deleted annotation, or a creation without a timestamp for an annotation already stored (a creation is
 # never newer than what followed it) changes nothing, so duplicated and reordered deliveries converge.
-_RECORD_LUA = """
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'unchanged', false} end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then
+# Sets `outcome` ('created', 'updated', 'unchanged') and `old` (the replaced record, or false), and
+# writes the record unless unchanged: shared with the webhook's one-script answer (answer_event.py).
+STORE_ANNOTATION_LUA = """
+local outcome, old = 'unchanged', false
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
+  local stored = redis.call('HGET', KEYS[1], ARGV[1])
+  if not stored then
+    outcome = 'created'
+  elseif stored ~= ARGV[2] and not (ARGV[3] == '' and ARGV[4] == '1') then
+    local old_ts = redis.call('HGET', KEYS[2], ARGV[1])
+    if not (old_ts and ARGV[3] ~= '' and tonumber(ARGV[3]) < tonumber(old_ts)) then
+      outcome, old = 'updated', stored
+    end
+  end
+end
+if outcome ~= 'unchanged' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
-  return {'created', false}
 end
-if old == ARGV[2] then return {'unchanged', false} end
-if ARGV[3] == '' and ARGV[4] == '1' then return {'unchanged', false} end
-local old_ts = redis.call('HGET', KEYS[2], ARGV[1])
-if old_ts and ARGV[3] ~= '' and tonumber(ARGV[3]) < tonumber(old_ts) then return {'unchanged', false} end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
-return {'updated', old}
 """
+_RECORD_LUA = STORE_ANNOTATION_LUA + "return {outcome, old}\n"
 
 
 def parse_timestamp(value: Any, *, now: float | None = None) -> float | None:
@@ -98,8 +103,8 @@ def sort_key(annotation_id: str) -> tuple[int, int | str]:
     return (0, int(annotation_id)) if numeric else (1, annotation_id)
 
 
-def _record(annotation_id: Any, task_id: Any, image_a: Any, image_b: Any, answer: Any, completed_by: Any,
-            updated_at: Any) -> tuple[str, dict[str, Any], float | None]:
+def record_fields(annotation_id: Any, task_id: Any, image_a: Any, image_b: Any, answer: Any,
+                  completed_by: Any, updated_at: Any) -> tuple[str, dict[str, Any], float | None]:
     """(key, stored record, timestamp) of one answer, every field checked."""
     key = annotation_key(annotation_id)
     if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
@@ -155,7 +160,8 @@ class Annotations(KeyFamily):
         without a timestamp for an annotation already stored. The replaced record (None unless
         "updated") tells a caller whether the constraint itself changed or only `updated_at` moved.
         """
-        key, record, ts = _record(annotation_id, task_id, image_a, image_b, answer, completed_by, updated_at)
+        key, record, ts = record_fields(annotation_id, task_id, image_a, image_b, answer, completed_by,
+                                        updated_at)
         raw_outcome, old = self._record(
             keys=[self.key("annotations"), self.key("annotation_ts"), self.key("deleted")],
             args=[key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts),
@@ -198,7 +204,7 @@ class Annotations(KeyFamily):
             if "annotation_id" not in raw:
                 raise InputError(f"records[{index}].annotation_id", "missing")
             try:
-                key, record, ts = _record(
+                key, record, ts = record_fields(
                     raw["annotation_id"], raw.get("task_id"), raw.get("image_a"), raw.get("image_b"),
                     raw.get("answer"), raw.get("completed_by"), raw.get("updated_at"))
             except InputError as exc:

@@ -26,9 +26,12 @@ def _check_task_id(task_id: Any, *, optional: bool) -> None:
         raise InputError("task_id", f"must be an integer{' or None' if optional else ''}, got {task_id!r}")
 
 
-def _new_record(pid: str, image_a: str, image_b: str, created_at: float) -> dict[str, Any]:
+def new_pair_record(pid: str, image_a: str, image_b: str, created_at: float,
+                    task_id: int | None = None) -> dict[str, Any]:
+    """The record of a pair registered for the first time (``PairRegistry.register``)."""
     low, high = ordered(image_a, image_b)
-    return {"pair_id": pid, "image_a": low, "image_b": high, "created_at": created_at, "status": "open"}
+    return {"pair_id": pid, "image_a": low, "image_b": high, "created_at": created_at, "status": "open",
+            "task_id": task_id, "model_version": None}
 
 
 class PairRegistry(KeyFamily):
@@ -55,7 +58,7 @@ class PairRegistry(KeyFamily):
             raise InputError("pair_id", f"{pair_id_!r} is not pair_id({image_a!r}, {image_b!r})")
         _check_task_id(task_id, optional=True)
         old_raw = self.redis.hget(self.key("pairs"), pair_id_)
-        record = json.loads(old_raw) if old_raw else _new_record(pair_id_, image_a, image_b, time.time())
+        record = json.loads(old_raw) if old_raw else new_pair_record(pair_id_, image_a, image_b, time.time())
         if task_id is not None:
             record["task_id"] = task_id
             self.redis.hset(self.key("task_pairs"), str(task_id), pair_id_)
@@ -96,7 +99,7 @@ class PairRegistry(KeyFamily):
         for (task_id, image_a, image_b, pid), current in zip(entries, mapped, strict=True):
             if as_text(current) == pid:
                 continue
-            record = records.setdefault(pid, _new_record(pid, image_a, image_b, now))
+            record = records.setdefault(pid, new_pair_record(pid, image_a, image_b, now))
             record["task_id"] = task_id
             record.setdefault("model_version", None)
             task_pairs[str(task_id)] = pid

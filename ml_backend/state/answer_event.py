@@ -1,0 +1,138 @@
+"""One annotation event's whole effect on the project state, in one Redis round trip.
+
+Why one script across key families: Label Studio posts each event inside the annotator's request and
+waits for the answer, so the webhook's cost is the annotator's wait and caps the event rate one core
+can take. Done key family by key family, an answer took eleven round trips (record, pair answers,
+counters, conflict check, pair registry, pending count); as one Lua script it is one, and atomic, so
+two gunicorn threads never see half an answer. The effects are exactly those of the separate steps:
+``Annotations.record``, the counters, ``PairRegistry.register`` of a pair seen for the first time and
+``PendingChanges.add`` when the constraint itself changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ml_backend.state.annotations import STORE_ANNOTATION_LUA, record_fields
+from ml_backend.state.base import PROJECTS_KEY, KeyFamily, as_text
+from ml_backend.state.pairs import new_pair_record
+from ml_backend.state.pending import cycle_lock_key
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+# KEYS: 1 annotations, 2 annotation_ts, 3 deleted, 4 pair_answer_keys, 5 projects, 6 meta, 7 counters,
+# 8 pairs, 9 task_pairs, 10 pending, 11 pending in flight, 12 cycle lock, 13 pair_answers:<pair>.
+# ARGV: 1 annotation id, 2 record JSON, 3 timestamp ('' = unknown), 4 '1' for a creation, 5 answer,
+# 6 pair id, 7 event counter, 8 project, 9 key prefix, 10 pair record JSON (if the pair is new),
+# 11 task id ('' = none).
+# Returns {outcome, replaced record or false, 1 when annotators now disagree on the pair, pending count
+# after this change or -1 when the constraint did not change}. The pair answers of a moved annotation
+# live under a key named from the replaced record, hence ARGV[9]: one Redis, not a cluster.
+_ANSWER_LUA = STORE_ANNOTATION_LUA + """
+local function constraint(answer, pid)
+  if answer == 'same' or answer == 'different' then return answer .. '|' .. pid end
+  return ''
+end
+redis.call('HINCRBY', KEYS[7], ARGV[7], 1)
+redis.call('SADD', KEYS[5], ARGV[8])
+redis.call('PERSIST', KEYS[6])
+if outcome == 'unchanged' then
+  redis.call('HINCRBY', KEYS[7], 'events_unchanged', 1)
+  return {outcome, false, 0, -1}
+end
+redis.call('HINCRBY', KEYS[7], outcome == 'created' and 'pairs_asked' or 'annotations_updated', 1)
+local old_constraint = ''
+if old then
+  local previous = cjson.decode(old)
+  if previous['pair_id'] ~= ARGV[6] then
+    redis.call('HDEL', ARGV[9] .. ':pair_answers:' .. previous['pair_id'], ARGV[1])
+  end
+  old_constraint = constraint(previous['answer'], previous['pair_id'])
+end
+redis.call('HSET', KEYS[13], ARGV[1], ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+local conflict = 0
+if ARGV[5] == 'same' or ARGV[5] == 'different' then
+  local seen = {}
+  for _, a in ipairs(redis.call('HVALS', KEYS[13])) do seen[a] = true end
+  if seen['same'] and seen['different'] then
+    conflict = 1
+    redis.call('HINCRBY', KEYS[7], 'conflicts_detected', 1)
+  end
+end
+if redis.call('HEXISTS', KEYS[8], ARGV[6]) == 0 then
+  redis.call('HSET', KEYS[8], ARGV[6], ARGV[10])
+  if ARGV[11] ~= '' then redis.call('HSET', KEYS[9], ARGV[11], ARGV[6]) end
+end
+local pending = -1
+if old_constraint ~= constraint(ARGV[5], ARGV[6]) then
+  pending = redis.call('INCRBY', KEYS[10], 1)
+  if redis.call('EXISTS', KEYS[12]) == 1 then
+    pending = pending - (tonumber(redis.call('GET', KEYS[11])) or 0)
+    if pending < 0 then pending = 0 end
+  end
+end
+return {outcome, old, conflict, pending}
+"""
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    """What one annotation event did: ``outcome`` ("created", "updated" or "unchanged"), the record it
+    replaced, whether annotators now disagree on the pair, and the pending constraint changes that may
+    trigger a cycle (None when this event changed no constraint)."""
+
+    outcome: str
+    replaced: dict[str, Any] | None
+    conflict: bool
+    pending: int | None
+
+
+class AnswerEvents(KeyFamily):
+    """Records annotation events (the webhook's hot path); see the module for why one script."""
+
+    def __init__(self, redis: Redis, project: str) -> None:
+        super().__init__(redis, project)
+        self._script = redis.register_script(_ANSWER_LUA)
+
+    def record(
+        self,
+        action: str,
+        annotation_id: int | str,
+        *,
+        task_id: int | None,
+        image_a: str,
+        image_b: str,
+        answer: str,
+        completed_by: int | str | None = None,
+        updated_at: str | float | None = None,
+    ) -> AnswerOutcome:
+        """Record one ANNOTATION_CREATED/UPDATED event; every field is checked before anything is written."""
+        key, record, ts = record_fields(annotation_id, task_id, image_a, image_b, answer, completed_by,
+                                        updated_at)
+        pid = record["pair_id"]
+        pair = new_pair_record(pid, image_a, image_b, time.time(), task_id=task_id)
+        outcome, old, conflict, pending = self._script(
+            keys=[
+                self.key("annotations"), self.key("annotation_ts"), self.key("deleted"),
+                self.key("pair_answer_keys"), PROJECTS_KEY, self.key("meta"), self.key("counters"),
+                self.key("pairs"), self.key("task_pairs"), self.key("pending_constraints"),
+                self.key("pending_in_flight"), cycle_lock_key(self.project), self.key(f"pair_answers:{pid}"),
+            ],
+            args=[
+                key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts),
+                "1" if action == "ANNOTATION_CREATED" else "", answer, pid, f"events:{action}",
+                self.project, self.prefix, json.dumps(pair, sort_keys=True),
+                "" if task_id is None else str(task_id),
+            ],
+        )
+        return AnswerOutcome(
+            outcome=str(as_text(outcome)),
+            replaced=json.loads(old) if old else None,
+            conflict=bool(conflict),
+            pending=None if int(pending) < 0 else int(pending),
+        )
