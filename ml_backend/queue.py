@@ -26,7 +26,14 @@ from rq.serializers import JSONSerializer
 
 from ml_backend.pool import UnreadableImages
 from ml_backend.settings import Settings
-from ml_backend.state import KEY_PREFIX, ProjectState, cycle_lock_key, global_counters, list_projects
+from ml_backend.state import (
+    KEY_PREFIX,
+    PROJECTS_KEY,
+    ProjectState,
+    cycle_lock_key,
+    global_counters,
+    list_projects,
+)
 from ml_backend.state.base import as_text
 from ml_backend.state.cycles import push_outcome
 from ml_backend.state.pending import cycle_alive_key
@@ -74,15 +81,23 @@ class ServiceJob(Job):
 SERIALIZER = JSONSerializer
 _DEAD = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
-# KEYS: active, running, rerun. ARGV: new job id, ttl.
-# Returns 'enqueue' (caller must enqueue ARGV[1]), 'queued' (a not-yet-started job covers it) or
-# 'coalesced' (the running job will enqueue one follow-up).
+# KEYS: active, running, rerun, the project's counters, the project set, its meta. ARGV: new job id,
+# ttl, project. Returns 'enqueue' (caller must enqueue ARGV[1]), 'queued' (a not-yet-started job covers
+# it) or 'coalesced' (the running job will enqueue one follow-up); the last two are counted here, so a
+# stream of answers while a cycle waits costs one round trip each.
 _REQUEST_LUA = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return {'enqueue', ARGV[1]} end
 local active = redis.call('GET', KEYS[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'queued', active} end
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
-return {'coalesced', active}
+local outcome = 'coalesced'
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  outcome = 'queued'
+else
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+end
+redis.call('HINCRBY', KEYS[4], 'cycles_' .. outcome, 1)
+redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('PERSIST', KEYS[6])
+return {outcome, active}
 """
 
 # KEYS: active, running, rerun. ARGV: follow-up job id, ttl. Called by the job when it ends.
@@ -216,7 +231,10 @@ class CycleQueue:
         state = ProjectState(self.redis, project)
         claim = _claim(f"{JOB_PREFIX}{state.project}-{uuid.uuid4().hex[:12]}")
         outcome, active = (
-            as_text(v) for v in self._request(keys=self._keys(state.project), args=[claim, self.ttl])
+            as_text(v) for v in self._request(
+                keys=[*self._keys(state.project), state.key("counters"), PROJECTS_KEY, state.key("meta")],
+                args=[claim, self.ttl, state.project],
+            )
         )
         # A claim whose job can no longer finish it (worker killed mid-cycle) is taken over. Checked at
         # most every DEAD_CHECK_S per project here (workers also recover dead cycles): under a stream of
@@ -238,7 +256,6 @@ class CycleQueue:
             state.touch()
             state.incr("cycles_enqueued")
             return CycleRequest(state.project, "enqueued", job_id)
-        state.incr(f"cycles_{outcome}")
         log.info("project %s: cycle request (%s) %s into %s", state.project, reason, outcome, job_id)
         return CycleRequest(state.project, str(outcome), job_id)
 

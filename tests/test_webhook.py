@@ -344,6 +344,14 @@ def test_an_answer_is_recorded_in_two_round_trips(redis_client: redis.Redis,
         calls.clear()
         handler.handle(event)
         assert calls == ["HGETALL", "EVALSHA"]
+    handler.retrain_every = 1  # from now on each new constraint also asks for a cycle, already queued
+    calls.clear()
+    assert handler.handle(annotation_event(3, "same", task_id=13, b="img-d"))["cycle"] == "enqueued"
+    handler.handle(annotation_event(4, "same", task_id=14, b="img-e"))  # also checks the job is alive
+    calls.clear()
+    assert handler.handle(annotation_event(5, "same", task_id=15, b="img-f"))["cycle"] == "queued"
+    assert calls == ["HGETALL", "EVALSHA", "EVALSHA"]
     state = ProjectState(redis_client, "3")
-    assert state.pending.count() == 3 and state.annotations.get(2)["answer"] == "same"
+    assert state.counters()["cycles_queued"] == 2
+    assert state.pending.count() == 6 and state.annotations.get(2)["answer"] == "same"
     assert state.counters()["events_unchanged"] == 1 and state.pairs.exists(pair_id("img-a", "img-c"))
