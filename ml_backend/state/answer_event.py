@@ -99,23 +99,15 @@ class AnswerEvents(KeyFamily):
         super().__init__(redis, project)
         self._script = redis.register_script(_ANSWER_LUA)
 
-    def record(
-        self,
-        action: str,
-        annotation_id: int | str,
-        *,
-        task_id: int | None,
-        image_a: str,
-        image_b: str,
-        answer: str,
-        completed_by: int | str | None = None,
-        updated_at: str | float | None = None,
-    ) -> AnswerOutcome:
-        """Record one ANNOTATION_CREATED/UPDATED event; every field is checked before anything is written."""
-        key, record, ts = record_fields(annotation_id, task_id, image_a, image_b, answer, completed_by,
-                                        updated_at)
+    def record(self, action: str, annotation_id: int | str, **fields: Any) -> AnswerOutcome:
+        """Record one ANNOTATION_CREATED/UPDATED event; ``fields`` are ``Annotations.record``'s (task_id,
+        image_a, image_b, answer, completed_by, updated_at), every one checked before anything is written."""
+        key, record, ts = record_fields(
+            annotation_id, fields.get("task_id"), fields.get("image_a"), fields.get("image_b"),
+            fields.get("answer"), fields.get("completed_by"), fields.get("updated_at"))
+        task_id, answer = record["task_id"], record["answer"]
         pid = record["pair_id"]
-        pair = new_pair_record(pid, image_a, image_b, time.time(), task_id=task_id)
+        pair = new_pair_record(pid, record["image_a"], record["image_b"], time.time(), task_id=task_id)
         outcome, old, conflict, pending = self._script(
             keys=[
                 self.key("annotations"), self.key("annotation_ts"), self.key("deleted"),
