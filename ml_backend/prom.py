@@ -71,190 +71,133 @@ def render(families: Iterable[MetricFamily]) -> str:
     return "\n".join(f.render() for f in families) + "\n"
 
 
+# Every metric family /metrics exports, in order: (key in collect, name, type, help).
+_FAMILIES: tuple[tuple[str, str, str, str], ...] = (
+    ("events", "reid_al_webhook_events_total", "counter",
+     "Webhook events received, by action"),
+    ("constraints", "reid_al_constraints", "gauge",
+     "Recorded annotations by answer (same = must-link, different = cannot-link)"),
+    ("asked", "reid_al_pairs_asked_total", "counter",
+     "Pairs answered by an annotator"),
+    ("saved", "reid_al_pairs_saved_total", "counter",
+     "Open pair tasks retired because the constraints imply their answer"),
+    ("pushed", "reid_al_pairs_pushed_total", "counter",
+     "Pair tasks created in Label Studio"),
+    ("conflicts", "reid_al_conflicts", "gauge",
+     "Pairs on which annotators gave contradicting answers"),
+    ("contradictions", "reid_al_contradictions", "gauge",
+     "Cannot-links inside a must-link component at the last cycle"),
+    ("contradictions_open", "reid_al_contradictions_open", "gauge",
+     "Contradictions under review at the last cycle (the group split at its weakest link until "
+     "resolved)"),
+    ("reviews_open", "reid_al_reviews_open", "gauge",
+     "Pairs asked again at the top of the queue, by kind, at the last cycle"),
+    ("reviews_pushed", "reid_al_reviews_pushed_total", "counter",
+     "Review tasks created"),
+    ("reviews_resolved", "reid_al_reviews_resolved_total", "counter",
+     "Reviews resolved by later answers"),
+    ("cycles", "reid_al_cycles_total", "counter",
+     "Cycle requests by outcome"),
+    ("duration", "reid_al_cycle_duration_seconds", "summary",
+     "Duration of finished cycles"),
+    ("last", "reid_al_last_cycle_duration_seconds", "gauge",
+     "Duration of the last cycle"),
+    ("pending", "reid_al_pending_constraints", "gauge",
+     "Constraint changes since the last cycle"),
+    ("running", "reid_al_cycle_running", "gauge",
+     "1 while a cycle of the project runs"),
+    ("stop_p", "reid_al_stop_p_any_change", "gauge",
+     "Stopping rule, last cycle: P(any of the next N answers changes the identities)"),
+    ("stop_rate", "reid_al_stop_label_changing_rate", "gauge",
+     "Exponentially weighted rate of answers that changed the identities"),
+    ("stop_changing", "reid_al_answers_label_changing", "gauge",
+     "Answers that changed the identities (merges, separations, contradictions)"),
+    ("stop_reached", "reid_al_stop_reached", "gauge",
+     "1 once the stopping rule is reached"),
+    ("stop_paused", "reid_al_new_pairs_paused", "gauge",
+     "1 while new pairs are not pushed because the stopping rule is reached"),
+    ("depth", "reid_al_queue_depth", "gauge",
+     "Jobs waiting in the RQ queue"),
+    ("rejected", "reid_al_requests_rejected_total", "counter",
+     "Requests answered 4xx (bad input, auth, unknown project), by route and status"),
+    ("webhook_rejected", "reid_al_webhook_rejected_total", "counter",
+     "Webhook events about a project that were refused and not recorded, by status (401: the "
+     "webhook lacks the Authorization header that `reid-al connect` sets; 4xx: bad input)"),
+    ("reconciles", "reid_al_reconciliations_total", "counter",
+     "Reconciliation passes with Label Studio by kind (incremental: tasks changed since the "
+     "watermark)"),
+    ("reconcile_recovered", "reid_al_reconcile_recovered_total", "counter",
+     "Answer changes (added, changed, removed) reconciliation recovered that no webhook delivered"),
+    ("reconcile_failures", "reid_al_reconcile_failures_total", "counter",
+     "Reconciliation passes that failed (see reid-al status)"),
+    ("reconcile_last", "reid_al_reconcile_last_timestamp_seconds", "gauge",
+     "When the last reconciliation pass ran (epoch)"),
+    ("unregistered", "reid_al_unregistered_calls_total", "counter",
+     "Calls about projects with no state (counted, not registered)"),
+)
+
+
 def collect(redis: Redis, queue: CycleQueue | None = None) -> list[MetricFamily]:
     """Every metric of every project that has state in this Redis."""
-    events = MetricFamily("reid_al_webhook_events_total", "counter", "Webhook events received, by action")
-    constraints = MetricFamily(
-        "reid_al_constraints",
-        "gauge",
-        "Recorded annotations by answer (same = must-link, different = cannot-link)",
-    )
-    asked = MetricFamily("reid_al_pairs_asked_total", "counter", "Pairs answered by an annotator")
-    saved = MetricFamily(
-        "reid_al_pairs_saved_total",
-        "counter",
-        "Open pair tasks retired because the constraints imply their answer",
-    )
-    pushed = MetricFamily("reid_al_pairs_pushed_total", "counter", "Pair tasks created in Label Studio")
-    conflicts = MetricFamily(
-        "reid_al_conflicts", "gauge", "Pairs on which annotators gave contradicting answers"
-    )
-    contradictions = MetricFamily(
-        "reid_al_contradictions", "gauge", "Cannot-links inside a must-link component at the last cycle"
-    )
-    contradictions_open = MetricFamily(
-        "reid_al_contradictions_open",
-        "gauge",
-        "Contradictions under review at the last cycle (the group split at its weakest link until resolved)",
-    )
-    reviews_open = MetricFamily(
-        "reid_al_reviews_open",
-        "gauge",
-        "Pairs asked again at the top of the queue, by kind, at the last cycle",
-    )
-    reviews_pushed = MetricFamily("reid_al_reviews_pushed_total", "counter", "Review tasks created")
-    reviews_resolved = MetricFamily(
-        "reid_al_reviews_resolved_total", "counter", "Reviews resolved by later answers"
-    )
-    cycles = MetricFamily("reid_al_cycles_total", "counter", "Cycle requests by outcome")
-    duration = MetricFamily("reid_al_cycle_duration_seconds", "summary", "Duration of finished cycles")
-    last = MetricFamily("reid_al_last_cycle_duration_seconds", "gauge", "Duration of the last cycle")
-    pending = MetricFamily("reid_al_pending_constraints", "gauge", "Constraint changes since the last cycle")
-    running = MetricFamily("reid_al_cycle_running", "gauge", "1 while a cycle of the project runs")
-    stop_p = MetricFamily(
-        "reid_al_stop_p_any_change",
-        "gauge",
-        "Stopping rule, last cycle: P(any of the next N answers changes the identities)",
-    )
-    stop_rate = MetricFamily(
-        "reid_al_stop_label_changing_rate",
-        "gauge",
-        "Exponentially weighted rate of answers that changed the identities",
-    )
-    stop_changing = MetricFamily(
-        "reid_al_answers_label_changing",
-        "gauge",
-        "Answers that changed the identities (merges, separations, contradictions)",
-    )
-    stop_reached = MetricFamily("reid_al_stop_reached", "gauge", "1 once the stopping rule is reached")
-    stop_paused = MetricFamily(
-        "reid_al_new_pairs_paused",
-        "gauge",
-        "1 while new pairs are not pushed because the stopping rule is reached",
-    )
-    depth = MetricFamily("reid_al_queue_depth", "gauge", "Jobs waiting in the RQ queue")
-    rejected = MetricFamily(
-        "reid_al_requests_rejected_total",
-        "counter",
-        "Requests answered 4xx (bad input, auth, unknown project), by route and status",
-    )
-    webhook_rejected = MetricFamily(
-        "reid_al_webhook_rejected_total",
-        "counter",
-        "Webhook events about a project that were refused and not recorded, by status (401: the webhook "
-        "lacks the Authorization header that `reid-al connect` sets; 4xx: bad input)",
-    )
-    reconciles = MetricFamily(
-        "reid_al_reconciliations_total",
-        "counter",
-        "Reconciliation passes with Label Studio by kind (incremental: tasks changed since the watermark)",
-    )
-    reconcile_recovered = MetricFamily(
-        "reid_al_reconcile_recovered_total",
-        "counter",
-        "Answer changes (added, changed, removed) reconciliation recovered that no webhook delivered",
-    )
-    reconcile_failures = MetricFamily(
-        "reid_al_reconcile_failures_total",
-        "counter",
-        "Reconciliation passes that failed (see reid-al status)",
-    )
-    reconcile_last = MetricFamily(
-        "reid_al_reconcile_last_timestamp_seconds", "gauge", "When the last reconciliation pass ran (epoch)"
-    )
-    unregistered = MetricFamily(
-        "reid_al_unregistered_calls_total",
-        "counter",
-        "Calls about projects with no state (counted, not registered)",
-    )
+    f = {key: MetricFamily(name, kind, help_text) for key, name, kind, help_text in _FAMILIES}
 
     for key, value in sorted(global_counters(redis).items()):
         if key.startswith("events:"):
-            events.add(value, "", project="", event=key.split(":", 1)[1])
+            f["events"].add(value, "", project="", event=key.split(":", 1)[1])
         elif key.startswith("rejected:"):
             _, route, status = key.rsplit(":", 2) if key.count(":") >= 2 else (key, "", "")
-            rejected.add(value, route=route, status=status)
+            f["rejected"].add(value, route=route, status=status)
         else:
-            unregistered.add(value, what=key)
+            f["unregistered"].add(value, what=key)
 
     for project in list_projects(redis):
         state = ProjectState(redis, project)
         counters = state.counters()
         for key, value in sorted(counters.items()):
             if key.startswith("events:"):
-                events.add(value, project=project, event=key.split(":", 1)[1])
+                f["events"].add(value, project=project, event=key.split(":", 1)[1])
             elif key.startswith("webhook_rejected:"):
-                webhook_rejected.add(value, project=project, status=key.split(":", 1)[1])
+                f["webhook_rejected"].add(value, project=project, status=key.split(":", 1)[1])
         for answer, count in state.annotations.counts().items():
-            constraints.add(count, project=project, answer=answer)
-        asked.add(counters.get("pairs_asked", 0), project=project)
-        saved.add(counters.get("pairs_saved", 0), project=project)
-        pushed.add(counters.get("pairs_pushed", 0), project=project)
-        conflicts.add(len(state.annotations.conflicts()), project=project)
+            f["constraints"].add(count, project=project, answer=answer)
+        f["asked"].add(counters.get("pairs_asked", 0), project=project)
+        f["saved"].add(counters.get("pairs_saved", 0), project=project)
+        f["pushed"].add(counters.get("pairs_pushed", 0), project=project)
+        f["conflicts"].add(len(state.annotations.conflicts()), project=project)
         status = state.cycles.status()
-        contradictions.add(int(status.get("contradictions", 0) or 0), project=project)
-        contradictions_open.add(state.reviews.contradictions_open(), project=project)
+        f["contradictions"].add(int(status.get("contradictions", 0) or 0), project=project)
+        f["contradictions_open"].add(state.reviews.contradictions_open(), project=project)
         for kind, count in state.reviews.counts().items():
-            reviews_open.add(count, project=project, kind=kind)
-        reviews_pushed.add(counters.get("reviews_pushed", 0), project=project)
-        reviews_resolved.add(counters.get("reviews_resolved", 0), project=project)
+            f["reviews_open"].add(count, project=project, kind=kind)
+        f["reviews_pushed"].add(counters.get("reviews_pushed", 0), project=project)
+        f["reviews_resolved"].add(counters.get("reviews_resolved", 0), project=project)
         for outcome in ("enqueued", "queued", "coalesced", "follow_up", "finished", "failed", "killed"):
-            cycles.add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
+            f["cycles"].add(counters.get(f"cycles_{outcome}", 0), project=project, outcome=outcome)
         total, count = state.cycles.seconds()
-        duration.add(total, "_sum", project=project).add(count, "_count", project=project)
+        f["duration"].add(total, "_sum", project=project).add(count, "_count", project=project)
         history = state.cycles.history()
         if history:
-            last.add(float(history[0].get("duration_s", 0.0)), project=project)
+            f["last"].add(float(history[0].get("duration_s", 0.0)), project=project)
         stopping = next((c["stopping"] for c in history if c.get("stopping")), None)
         if stopping:
-            stop_p.add(float(stopping["p_any_change"]), project=project)
-            stop_rate.add(float(stopping["rate"]), project=project)
-            stop_changing.add(int(stopping["label_changing"]), project=project)
-            stop_reached.add(int(bool(stopping["reached"])), project=project)
-            stop_paused.add(int(not stopping.get("pushing", True)), project=project)
+            f["stop_p"].add(float(stopping["p_any_change"]), project=project)
+            f["stop_rate"].add(float(stopping["rate"]), project=project)
+            f["stop_changing"].add(int(stopping["label_changing"]), project=project)
+            f["stop_reached"].add(int(bool(stopping["reached"])), project=project)
+            f["stop_paused"].add(int(not stopping.get("pushing", True)), project=project)
         for kind in ("full", "incremental"):
-            reconciles.add(counters.get(f"reconciles:{kind}", 0), project=project, kind=kind)
-        reconcile_recovered.add(counters.get("reconcile_recovered", 0), project=project)
-        reconcile_failures.add(counters.get("reconcile_failures", 0), project=project)
+            f["reconciles"].add(counters.get(f"reconciles:{kind}", 0), project=project, kind=kind)
+        f["reconcile_recovered"].add(counters.get("reconcile_recovered", 0), project=project)
+        f["reconcile_failures"].add(counters.get("reconcile_failures", 0), project=project)
         last_reconcile = state.reconcile_marks().get("last_at")
         if last_reconcile:
-            reconcile_last.add(float(last_reconcile), project=project)
-        pending.add(state.pending.count(), project=project)
-        running.add(1 if status.get("status") == "running" else 0, project=project)
+            f["reconcile_last"].add(float(last_reconcile), project=project)
+        f["pending"].add(state.pending.count(), project=project)
+        f["running"].add(1 if status.get("status") == "running" else 0, project=project)
 
     if queue is not None:
-        depth.add(queue.depth(), queue=queue.queue_name)
-    return [
-        events,
-        constraints,
-        asked,
-        saved,
-        pushed,
-        conflicts,
-        contradictions,
-        contradictions_open,
-        reviews_open,
-        reviews_pushed,
-        reviews_resolved,
-        cycles,
-        duration,
-        last,
-        pending,
-        running,
-        stop_p,
-        stop_rate,
-        stop_changing,
-        stop_reached,
-        stop_paused,
-        depth,
-        rejected,
-        webhook_rejected,
-        reconciles,
-        reconcile_recovered,
-        reconcile_failures,
-        reconcile_last,
-        unregistered,
-    ]
+        f["depth"].add(queue.depth(), queue=queue.queue_name)
+    return list(f.values())
 
 
 def render_metrics(redis: Redis, queue: CycleQueue | None = None) -> str:
