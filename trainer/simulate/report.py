@@ -117,24 +117,16 @@ def pairs_to_reach(
     }
     if target_map is None:
         return result
-    prev_pairs, prev_map = None, None
-    for row in curve:
-        m, p = _mean(row, "mAP"), _mean(row, "pairs_annotated")
-        if m is None or p is None:
-            continue
-        if m >= target_map:
-            interp = p
-            if prev_map is not None and prev_pairs is not None and m > prev_map:
-                interp = prev_pairs + (target_map - prev_map) / (m - prev_map) * (p - prev_pairs)
-            result.update(
-                reached=True,
-                cycle=row["cycle"],
-                pairs_at_cycle=p,
-                pairs_interpolated=float(interp),
-                identities_at_cycle=_mean(row, "identities_touched"),
-            )
-            break
-        prev_pairs, prev_map = p, m
+    crossing = _first_crossing(curve, "pairs_annotated", "mAP", target_map)
+    if crossing is not None:
+        row, interp = crossing
+        result.update(
+            reached=True,
+            cycle=row["cycle"],
+            pairs_at_cycle=_mean(row, "pairs_annotated"),
+            pairs_interpolated=interp,
+            identities_at_cycle=_mean(row, "identities_touched"),
+        )
     for seed_rows in per_seed:
         hit = next((r for r in seed_rows if r.get("mAP") is not None and r["mAP"] >= target_map), None)
         result["pairs_per_seed"].append(None if hit is None else hit["pairs_annotated"])
@@ -145,15 +137,23 @@ def pairs_to_reach(
 def answers_to_f1(curve: Sequence[dict[str, Any]], target: float) -> float | None:
     """Answers per pool image at which the mean pool identity F1 first reaches ``target`` (linearly
     interpolated between the two cycles around it); None if it never does."""
+    crossing = _first_crossing(curve, "answers_per_image", "pairwise_f1", target)
+    return None if crossing is None else crossing[1]
+
+
+def _first_crossing(curve: Sequence[dict[str, Any]], x_field: str, y_field: str,
+                    target: float) -> tuple[dict[str, Any], float] | None:
+    """The first row whose mean ``y_field`` reaches ``target``, and the mean ``x_field`` there, linearly
+    interpolated from the row before when ``y`` rose to it; None if no row does."""
     prev_x, prev_y = None, None
     for row in curve:
-        x, y = _mean(row, "answers_per_image"), _mean(row, "pairwise_f1")
+        x, y = _mean(row, x_field), _mean(row, y_field)
         if x is None or y is None:
             continue
         if y >= target:
             if prev_x is None or prev_y is None or y <= prev_y:
-                return float(x)
-            return float(prev_x + (target - prev_y) / (y - prev_y) * (x - prev_x))
+                return row, float(x)
+            return row, float(prev_x + (target - prev_y) / (y - prev_y) * (x - prev_x))
         prev_x, prev_y = x, y
     return None
 
