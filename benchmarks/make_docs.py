@@ -40,6 +40,10 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("simulate_real.md", "active learning on the real image sets: every strategy, 3 seeds, the checks"),
     ("simulate/glyphs-plain-long-hybrid/results.md", "hybrid for 13 cycles (1.02 answers per image), 1 seed"),
     ("simulate/glyphs-plain-long-match-first/results.md", "match-first for 13 cycles, one seed"),
+    ("simulate/glyphs-plain-hybrid-match-0.25/results.md",
+     "hybrid asking a quarter of each batch match-first instead of half, glyphs-plain, 3 seeds"),
+    ("simulate/glyphs-mixed-hybrid-match-0.25/results.md", "the same on glyphs-mixed"),
+    ("simulate/icons-hybrid-match-0.25/results.md", "the same on icons"),
     ("simulate.md", "active learning on synthetic data and ORL faces (the earlier loop: no gate)"),
 )
 
