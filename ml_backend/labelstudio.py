@@ -38,7 +38,7 @@ from ml_backend.errors import LabelStudioAuthError, LabelStudioConnectionError, 
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEW_TITLE = "Most informative first"
-DEFAULT_VIEW_ORDERING: tuple[str, ...] = ("tasks:predictions_score",)  # lowest score first
+DEFAULT_VIEW_ORDERING: tuple[str, ...] = ("tasks:data.queue",)  # lowest first: see ml_backend.push
 PAGE_SIZE = 100
 BULK_CHUNK = 500  # tasks / predictions / ids per request: keeps each request well under LS's body limits
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -379,6 +379,12 @@ class LabelStudioClient:
             ids.extend(int(i) for i in got)
         return ids
 
+    def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a task's ``data`` (Label Studio stores it whole: pass every field)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"data must be a mapping, got {type(data).__name__}")
+        return self._json("PATCH", f"/api/tasks/{_int_id(task_id, 'task_id')}", json={"data": dict(data)})
+
     def get_task(self, task_id: int) -> dict[str, Any]:
         return self._json("GET", f"/api/tasks/{_int_id(task_id, 'task_id')}")
 
@@ -508,7 +514,7 @@ class LabelStudioClient:
             raise ValueError("title must be a non-empty string")
         if isinstance(ordering, str) or not all(isinstance(o, str) for o in ordering):
             raise ValueError(
-                f"ordering must be a list of column names, e.g. ['tasks:predictions_score'], got {ordering!r}"
+                f"ordering must be a list of column names, e.g. ['tasks:data.queue'], got {ordering!r}"
             )
         wanted = list(ordering)
         for view in self.list_views(project):

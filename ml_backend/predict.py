@@ -1,13 +1,12 @@
-"""/predict: proposed choice, P(same) and an ordering score for each pair task.
+"""/predict: the proposed choice and its calibrated probability for each pair task.
 
-Why the score is 1 - priority: Label Studio's uncertainty ordering serves the LOWEST score first,
-and our samplers rank by priority (higher = more informative). Pairs the backend pushed itself
-carry the sampler's priority from the pair registry; any other pair is scored by how uncertain
-the current model is about it (P(same) near 0.5 = most informative); a review task (``data.review_key``:
-a pair asked again about a contradiction, a disagreement or a held merge) scores REVIEW_SCORE, before
-everything else. Images that users imported themselves are embedded on the fly, within a count and time
-bound, so one /predict call never blows Label Studio's 100 s timeout; what is left over is scored
-neutrally and queued for embedding.
+What Label Studio shows with a task is what the model believes: the choice it would make (pre-filled
+only once the calibrator has learned from answers) and, as the score, P(answer), the calibrated
+probability of that choice. The queue order is not this score but the task's ``data.queue``, written
+by each push (ml_backend.push). Pairs the backend pushed itself carry their P(same) from the pair
+registry; any other pair is scored by the current model. Images that users imported themselves are
+embedded on the fly, within a count and time bound, so one /predict call never blows Label Studio's
+100 s timeout; what is left over is answered without a choice and queued for embedding.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import numpy as np
 from ml_backend import fetch
 from ml_backend.errors import InputError
 from ml_backend.pairs import image_ids_of, pair_id
-from ml_backend.push import REVIEW_SCORE, p_same_of, prediction_result, score_of, uncertainty_priority
+from ml_backend.push import calibrated, p_same_of, prediction
 
 if TYPE_CHECKING:
     from ml_backend.settings import Settings
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNSCORED = 1.0  # a pair we could not score this call is served after every scored one
+UNSCORED = 0.5  # P(answer) of a pair we could not score this call: no idea either way, no choice shown
 
 
 def label_names(label_config: str) -> tuple[str, str]:
@@ -202,6 +201,7 @@ class Predictor:
         if model is not None:
             self._embed_missing(model, parsed, state, on_missing)
 
+        prefill = model is not None and calibrated(model.calibrator)
         results: list[dict[str, Any]] = []
         pending_rows: list[int] = []
         vec_a: list[np.ndarray] = []
@@ -212,8 +212,8 @@ class Predictor:
                 record = None  # its registry entry scores the first ask, not this one
             if (record is not None and record.get("model_version") == model_version
                     and record.get("p_same") is not None and record.get("priority") is not None):
-                results.append(self._result(float(record["p_same"]), float(record["priority"]),
-                                            model_version, from_name, to_name))
+                results.append(self._result(float(record["p_same"]), prefill, model_version, from_name,
+                                            to_name))
                 continue
             va = model.vector(a) if model is not None else None
             vb = model.vector(b) if model is not None else None
@@ -229,19 +229,15 @@ class Predictor:
             n = len(pending_rows)
             p = p_same_of(stacked, list(range(n)), list(range(n, 2 * n)), model.calibrator if model else None)
             for index, value in zip(pending_rows, p, strict=True):
-                results[index] = self._result(float(value), uncertainty_priority(float(value)), model_version,
-                                              from_name, to_name)
-        for index, (_a, _b, data) in enumerate(parsed):
-            if data.get("review_key"):
-                results[index]["score"] = REVIEW_SCORE
+                results[index] = self._result(float(value), prefill, model_version, from_name, to_name)
         state.count("predictions_served", len(results))
         return results
 
     @staticmethod
-    def _result(p_same: float, priority: float, model_version: str, from_name: str,
+    def _result(p_same: float, prefill: bool, model_version: str, from_name: str,
                 to_name: str) -> dict[str, Any]:
-        return {"result": prediction_result(p_same, from_name, to_name), "score": score_of(priority),
-                "model_version": model_version, "p_same": round(p_same, 6)}
+        return {**prediction(p_same, prefill=prefill, from_name=from_name, to_name=to_name,
+                             model_version=model_version), "p_same": round(p_same, 6)}
 
     def _embed_missing(self, model: ServingModel, parsed: list[tuple[str, str, Mapping[str, Any]]],
                        state: ProjectState,

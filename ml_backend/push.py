@@ -1,18 +1,24 @@
 """Push a finished cycle to Label Studio: new pair tasks, predictions, model version, view, retirements.
 
-Why each step: Label Studio orders tasks by prediction score only for predictions whose
-model_version equals the project's (LABEL_STUDIO.md), so every cycle imports predictions under its
-own new version and then PATCHes the project; re-importing under one version averages scores, so
-a retried push skips tasks it already scored. Task creation is keyed by the stable pair id, so a
-retried job creates no duplicate task. Open tasks whose answer the constraints now imply are
-deleted: no annotator is served a question the backend can already answer ("pairs saved").
+Why each step: the queue order and what an annotator reads are two different numbers. The order is
+the sampler's priority, written into each task as ``data.queue`` (``score_of(priority)`` as fixed-width
+text: lowest first, and text order equals number order), and the "Most informative first" view sorts
+by it; Label Studio serves the next task in that order (measured: 40 of 40). The prediction carries
+what the model believes: the proposed choice and, as its score, the calibrated probability of that
+choice (P(answer)), and no pre-filled choice while the calibrator is only its prior, so an annotator is
+never nudged by a guess. Predictions are imported under a new model_version per cycle and the
+project PATCHed to it, because Label Studio shows only the project's version and averages scores
+re-imported under one version; a retried push skips tasks it already scored. Task creation is keyed by
+the stable pair id, so a retried job creates no duplicate task. Open tasks whose answer the constraints
+now imply are deleted: no annotator is served a question the backend can already answer ("pairs
+saved"); every other open task gets its new place in the queue (one PATCH where it moved).
 
 Reviews (strategies.review: a contradiction's weakest link, a pair annotators disagree on, a merge
 waiting for a second opinion) are pairs already answered, asked again as a new task: keyed by
 ``<pair id>:<answers on the pair so far>`` (``data.review_key``), so a retried push finds it and an
-answer makes the next review of the same pair a new task. They are scored ``REVIEW_SCORE`` (0) and every
-other task at least ``MIN_SCORE``, so Label Studio serves reviews before anything else; an open review
-task whose review was resolved meanwhile is deleted.
+answer makes the next review of the same pair a new task. They are queued at ``REVIEW_SCORE`` (0) and
+every other task at least ``MIN_SCORE``, so Label Studio serves reviews before anything else; an open
+review task whose review was resolved meanwhile is deleted.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REVIEW_SCORE = 0.0  # Label Studio serves the lowest score first: reviews go to the top of the queue
-MIN_SCORE = 0.001  # every other task scores at least this, so no new pair ties with a review
+REVIEW_SCORE = 0.0  # the queue is served lowest first: reviews go to the top
+MIN_SCORE = 0.001  # every other task is queued at least this, so no new pair ties with a review
+QUEUE_FIELD = "queue"  # the task data field the view sorts by
 VIEW_TITLE = "Most informative first"
-VIEW_ORDERING = ("tasks:predictions_score",)
+VIEW_ORDERING = (f"tasks:data.{QUEUE_FIELD}",)
 
 
 class LabelStudioLike(Protocol):
@@ -48,6 +55,7 @@ class LabelStudioLike(Protocol):
     def patch_project(self, pid: int, **fields: Any) -> Any: ...
     def ensure_view(self, pid: int, title: str = ..., ordering: list[str] = ...) -> int: ...
     def delete_tasks(self, pid: int, task_ids: list[int]) -> Any: ...
+    def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> Any: ...
 
 
 @dataclass
@@ -61,6 +69,7 @@ class PushReport:
     unservable: int = 0
     predictions: int = 0
     rescored: int = 0
+    requeued: int = 0
     retired: int = 0
     view_id: int | None = None
     model_version_set: bool = False
@@ -77,6 +86,30 @@ def score_of(priority: float) -> float:
     """Label Studio serves the LOWEST score first, so the most informative pair gets the lowest score;
     never below MIN_SCORE, which only reviews go under."""
     return float(min(1.0, max(MIN_SCORE, 1.0 - float(priority))))
+
+
+def queue_key(score: float) -> str:
+    """A task's place in the queue (``data.queue``): fixed-width text, so sorting as text or as a number
+    agrees."""
+    return f"{min(1.0, max(0.0, float(score))):.6f}"
+
+
+def p_answer(p_same: float) -> float:
+    """The calibrated probability of the proposed choice ("same" when P(same) >= 0.5)."""
+    p = float(p_same)
+    return max(p, 1.0 - p)
+
+
+def calibrated(calibrator: Any | None) -> bool:
+    """True once the calibrator learned from answers: only then is a choice pre-filled."""
+    return calibrator is not None and not bool(getattr(calibrator, "is_prior", True))
+
+
+def prediction(p_same: float, *, prefill: bool, from_name: str, to_name: str,
+               model_version: str) -> dict[str, Any]:
+    """What Label Studio shows for a pair: the proposed choice (when ``prefill``) and P(answer)."""
+    return {"result": prediction_result(p_same, from_name, to_name) if prefill else [],
+            "score": round(p_answer(p_same), 6), "model_version": model_version}
 
 
 def review_key(pid: str, answers_on_pair: int) -> str:
@@ -153,7 +186,8 @@ def _push_reviews(
         data = task_data(id_a, id_b, url_a, url_b, caption_a=caption_for(id_a) or "",
                          caption_b=caption_for(id_b) or "", strategy="review", pool=str(review["kind"]),
                          reason=str(review["reason"]))
-        new_tasks.append({"data": {**data, "review": str(review["kind"]), "review_key": key}})
+        new_tasks.append({"data": {**data, "review": str(review["kind"]), "review_key": key,
+                                   QUEUE_FIELD: queue_key(REVIEW_SCORE)}})
     if new_tasks:
         task_ids = client.create_tasks(project_id, new_tasks)
         if len(task_ids) != len(new_tasks):
@@ -219,9 +253,10 @@ def push_cycle(
         if not url_a or not url_b:
             report.unservable += 1
             continue
-        new_tasks.append({"data": task_data(
+        new_tasks.append({"data": {**task_data(
             id_a, id_b, url_a, url_b, caption_a=caption_for(id_a) or "", caption_b=caption_for(id_b) or "",
-            strategy=meta["strategy"], pool=meta["pool"], reason=meta["reason"])})
+            strategy=meta["strategy"], pool=meta["pool"], reason=meta["reason"]),
+            QUEUE_FIELD: queue_key(score_of(meta["priority"]))}})
         new_meta.append({"pair_id": pid, "id_a": id_a, "id_b": id_b, **meta})
     if new_tasks:
         task_ids = client.create_tasks(project_id, new_tasks)
@@ -237,7 +272,7 @@ def push_cycle(
     wanted = _push_reviews(client, state, project_id, reviews, url_for, caption_for, report)
 
     # 2. every open task: retire it if implied, else (re-)score it under the new version
-    open_tasks: list[tuple[int, str, int, int]] = []
+    open_tasks: list[tuple[int, str, int, int, Mapping[str, Any]]] = []
     retire: list[tuple[int, str]] = []
     review_tasks: list[int] = []
     stale_reviews: list[int] = []
@@ -254,39 +289,43 @@ def push_cycle(
         if data.get("review_key"):  # answered before on purpose: never "implied", only resolved or not
             (review_tasks if data["review_key"] in wanted else stale_reviews).append(int(task["id"]))
             if data["review_key"] in wanted:
-                open_tasks.append((int(task["id"]), pid, i, j))
+                open_tasks.append((int(task["id"]), pid, i, j, data))
             continue
         if graph is not None and graph.relation(i, j).name != "UNKNOWN":
             retire.append((int(task["id"]), pid))
             continue
-        open_tasks.append((int(task["id"]), pid, i, j))
+        open_tasks.append((int(task["id"]), pid, i, j, data))
 
     already = state.pairs.pushed_tasks(model_version)
     todo = [t for t in open_tasks if t[0] not in already]
     p_same = p_same_of(embeddings, [t[2] for t in todo], [t[3] for t in todo], calibrator)
     predictions = []
     reviewing = set(review_tasks)
-    for (task_id, pid, _i, _j), p in zip(todo, p_same, strict=True):
+    prefill = calibrated(calibrator)
+    for (task_id, pid, _i, _j, data), p in zip(todo, p_same, strict=True):
         if task_id in reviewing:
-            predictions.append({"task": task_id, "result": prediction_result(float(p), from_name, to_name),
-                                "score": REVIEW_SCORE, "model_version": model_version})
-            continue
-        meta = proposal_meta.get(pid)
-        if meta is not None:
-            p_value, priority = meta["p_same"], meta["priority"]
+            p_value, key = float(p), queue_key(REVIEW_SCORE)
         else:
-            p_value, priority = float(p), uncertainty_priority(float(p))
-            report.rescored += 1
-        predictions.append({"task": task_id, "result": prediction_result(p_value, from_name, to_name),
-                            "score": score_of(priority), "model_version": model_version})
-        state.pairs.register(pid, *sorted((image_ids[_i], image_ids[_j])), task_id=task_id,
-                            model_version=model_version, p_same=p_value, priority=priority)
+            meta = proposal_meta.get(pid)
+            if meta is not None:
+                p_value, priority = meta["p_same"], meta["priority"]
+            else:
+                p_value, priority = float(p), uncertainty_priority(float(p))
+                report.rescored += 1
+            key = queue_key(score_of(priority))
+            state.pairs.register(pid, *sorted((image_ids[_i], image_ids[_j])), task_id=task_id,
+                                model_version=model_version, p_same=p_value, priority=priority)
+        predictions.append({"task": task_id, **prediction(p_value, prefill=prefill, from_name=from_name,
+                                                           to_name=to_name, model_version=model_version)})
+        if data.get(QUEUE_FIELD) != key:
+            client.update_task_data(task_id, {**data, QUEUE_FIELD: key})
+            report.requeued += 1
     if predictions:
         client.import_predictions(project_id, predictions)
         state.pairs.mark_pushed(model_version, [p["task"] for p in predictions])
     report.predictions = len(predictions)
 
-    # 3. the project serves this version's scores, through a view ordered by score.
+    # 3. the project shows this version's predictions, through a view ordered by the queue field.
     # Label Studio rejects a model_version that no prediction carries (and no connected backend is
     # titled): with no open task to score, the project keeps its version; nothing is left to order.
     if predictions or already:

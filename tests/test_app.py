@@ -21,10 +21,20 @@ LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_t
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ann:secret").decode()}
 
 
+class Learned:
+    """A calibrator that has learned from answers (so /predict pre-fills a choice): cosine to P(same)."""
+
+    is_prior = False
+
+    def predict(self, similarities: np.ndarray) -> np.ndarray:
+        return (np.asarray(similarities, dtype=np.float64) + 1.0) / 2.0
+
+
 def serving_model(_state: ProjectState) -> ServingModel:
     emb = np.eye(3, dtype=np.float32)
     emb[1] = np.array([0.8, 0.6, 0.0], dtype=np.float32)
-    return ServingModel(version="v0001-20260101T0000", row_of={"a": 0, "b": 1, "c": 2}, embeddings=emb)
+    return ServingModel(version="v0001-20260101T0000", row_of={"a": 0, "b": 1, "c": 2}, embeddings=emb,
+                        calibrator=Learned())
 
 
 def make_app(client: redis.Redis, tmp_path: Path, **overrides: Any) -> Flask:
@@ -163,7 +173,7 @@ def test_predict_answers_every_task_in_order(http: FlaskClient) -> None:
     for r in results:
         assert r["model_version"] == "v0001-20260101T0000"
         assert r["result"][0]["from_name"] == "answer" and r["result"][0]["to_name"] == "image_a"
-        assert 0.0 <= r["score"] <= 1.0
+        assert 0.5 <= r["score"] <= 1.0  # P(answer)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import random
 import re
 import socket
 import threading
@@ -241,7 +242,7 @@ def test_connection_refused_is_retried_then_raises() -> None:
 def test_ensure_view_is_idempotent_by_title(scripted: tuple[str, type[_Scripted]]) -> None:
     """push_cycle calls it on every push: an existing view costs one GET, a deleted one is recreated."""
     url, handler = scripted
-    mine = {"id": 4, "data": {"title": "Most informative first", "ordering": ["tasks:predictions_score"]}}
+    mine = {"id": 4, "data": {"title": "Most informative first", "ordering": ["tasks:data.queue"]}}
     other = {"id": 2, "data": {"title": "Default", "ordering": []}}
     handler.script[:] = [(200, json.dumps([other, mine]))]
     client = LabelStudioClient(url, "k", backoff=0)
@@ -539,37 +540,50 @@ def test_create_tasks_returns_ids_in_order_and_listing_pages(
 
 
 @pytest.mark.e2e
-def test_lowest_score_is_served_first_once_model_version_and_view_are_set(
+def test_the_view_serves_by_the_queue_field_whatever_the_prediction_scores(
     ls_client: LabelStudioClient, project: int
 ) -> None:
-    ids = ls_client.create_tasks(project, [pair_task(k) for k in range(4)])
-    scores = [0.7, 0.2, 0.9, 0.4]
-    preds = [
-        {"task": tid, "result": choice("same"), "score": s, "model_version": "m1"}
-        for tid, s in zip(ids, scores, strict=True)
-    ]
+    """The order is data.queue (fixed-width text, lowest first); the score shown is P(answer) and does
+    not reorder anything; moving a task is one PATCH of its data."""
+    queue = ["0.700000", "0.200000", "0.900000", "0.400000"]
+    tasks = [{"data": {**pair_task(k)["data"], "queue": q}} for k, q in enumerate(queue)]
+    ids = ls_client.create_tasks(project, tasks)
+    confident = [0.99, 0.51, 0.6, 0.95]  # P(answer): unrelated to the order on purpose
+    preds = [{"task": tid, "result": choice("same"), "score": s, "model_version": "m1"}
+             for tid, s in zip(ids, confident, strict=True)]
     assert ls_client.import_predictions(project, preds) == 4
-    # a task created with an inline prediction keeps it (and its model_version)
-    [inline] = ls_client.create_tasks(
-        project,
-        [
-            {
-                **pair_task(9),
-                "predictions": [{"result": choice("different"), "score": 0.05, "model_version": "m1"}],
-            }
-        ],
-    )
     ls_client.patch_project(project, model_version="m1")
     view = ls_client.ensure_view(project)
     assert ls_client.ensure_view(project) == view  # idempotent by title
     assert [v["data"]["title"] for v in ls_client.list_views(project)].count("Most informative first") == 1
-    ordered = [t["id"] for t in ls_client.iter_tasks(project, view=view)]
-    assert ordered == [inline, ids[1], ids[3], ids[0], ids[2]]
+    listed = list(ls_client.iter_tasks(project, view=view, fields="all"))
+    assert [t["id"] for t in listed] == [ids[1], ids[3], ids[0], ids[2]]
+    assert [t["predictions_score"] for t in listed] == [0.51, 0.95, 0.99, 0.6]  # what annotators read
     served = ls_client.get_next_task(project, view=view)
-    assert served is not None and served["id"] == inline
-    # a changed ordering is repaired, not duplicated
-    assert ls_client.ensure_view(project, ordering=["-tasks:predictions_score"]) == view
+    assert served is not None and served["id"] == ids[1]
+    data = ls_client.get_task(ids[2])["data"]
+    ls_client.update_task_data(ids[2], {**data, "queue": "0.000000"})  # a review: to the top
     assert next(t["id"] for t in ls_client.iter_tasks(project, view=view)) == ids[2]
+    assert ls_client.get_task(ids[2])["data"] == {**data, "queue": "0.000000"}
+    # a changed ordering is repaired, not duplicated
+    assert ls_client.ensure_view(project, ordering=["-tasks:data.queue"]) == view
+    assert next(t["id"] for t in ls_client.iter_tasks(project, view=view)) == ids[0]
+
+
+@pytest.mark.e2e
+def test_next_task_follows_the_queue_field_answer_after_answer(ls_client: LabelStudioClient,
+                                                               project: int) -> None:
+    """40 tasks in random queue places: Label Studio serves them one by one in exactly that order."""
+    rng = random.Random(0)
+    queue = [f"{rng.random():.6f}" for _ in range(40)]
+    ids = ls_client.create_tasks(project, [{"data": {**pair_task(k)["data"], "queue": q}}
+                                           for k, q in enumerate(queue)])
+    view = ls_client.ensure_view(project)
+    served = []
+    while (task := ls_client.get_next_task(project, view=view)) is not None:
+        served.append(task["id"])
+        ls_client.create_annotation(task["id"], choice("same"))
+    assert served == [ids[k] for k in sorted(range(40), key=lambda k: queue[k])]
 
 
 @pytest.mark.e2e

@@ -18,7 +18,6 @@ from ml_backend.predict import (
     label_names,
     load_serving_model,
 )
-from ml_backend.push import REVIEW_SCORE, score_of, uncertainty_priority
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
 
@@ -47,48 +46,69 @@ def test_label_names_errors(config: str, needle: str) -> None:
     assert info.value.field == "label_config"
 
 
-def _model(_state: ProjectState) -> ServingModel:
+class _Learned:
+    """A calibrator that has learned from answers: cosine mapped linearly to P(same)."""
+
+    is_prior = False
+
+    def predict(self, similarities: np.ndarray) -> np.ndarray:
+        return (np.asarray(similarities, dtype=np.float64) + 1.0) / 2.0
+
+
+def _model(_state: ProjectState, calibrator: object | None = None) -> ServingModel:
     emb = np.zeros((3, 2), dtype=np.float32)
     emb[0] = [1, 0]
     emb[1] = [0.6, 0.8]
     emb[2] = [-1, 0]
-    return ServingModel(version="v0003-x", row_of={"a": 0, "b": 1, "c": 2}, embeddings=emb)
+    return ServingModel(version="v0003-x", row_of={"a": 0, "b": 1, "c": 2}, embeddings=emb,
+                        calibrator=_Learned() if calibrator is None else calibrator)
 
 
 def _task(a: str, b: str) -> dict:
     return {"id": 1, "data": {"id_a": a, "id_b": b, "image_a": f"/{a}.jpg", "image_b": f"/{b}.jpg"}}
 
 
-def test_predict_scores_by_uncertainty_and_registry(redis_client: redis.Redis, tmp_path: Path) -> None:
+def test_the_score_shown_is_the_probability_of_the_proposed_answer(redis_client: redis.Redis,
+                                                                     tmp_path: Path) -> None:
     state = ProjectState(redis_client, "3")
     state.cycles.add_version("v0003-x")
     state.pairs.register(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.2, priority=0.95)
     predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
     results = predictor.predict([_task("a", "b"), _task("a", "c"), _task("a", "zz")], None, state)
     p_ab = (0.6 + 1) / 2
-    assert results[0]["score"] == pytest.approx(score_of(uncertainty_priority(p_ab)))
+    assert results[0]["score"] == pytest.approx(p_ab) and results[0]["p_same"] == pytest.approx(p_ab)
     assert results[0]["result"][0]["value"]["choices"] == ["same"]
-    assert results[1]["score"] == pytest.approx(0.05)  # the sampler's priority, from the pair registry
+    assert results[1]["score"] == pytest.approx(0.8)  # P(different) of the registry's P(same) 0.2
     assert results[1]["result"][0]["value"]["choices"] == ["different"]
     assert results[2] == {"result": [], "score": UNSCORED, "model_version": "v0003-x"}  # zz: no image file
     assert {r["model_version"] for r in results} == {"v0003-x"}
     assert results[0]["result"][0]["from_name"] == "answer"  # defaults before any label config was seen
 
 
-def test_a_review_task_is_scored_first(redis_client: redis.Redis, tmp_path: Path) -> None:
+def test_a_review_task_gets_the_models_own_answer(redis_client: redis.Redis, tmp_path: Path) -> None:
     state = ProjectState(redis_client, "3")
     state.cycles.add_version("v0003-x")
-    state.pairs.register(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.2, priority=0.95)
+    state.pairs.register(pair_id("a", "c"), "a", "c", model_version="v0003-x", p_same=0.4, priority=0.95)
     predictor = Predictor(Settings(model_dir=tmp_path), load_model=_model)
     review = _task("a", "c")
     review["data"]["review_key"] = f"{pair_id('a', 'c')}:1"
     unscorable = _task("a", "zz")
     unscorable["data"]["review_key"] = f"{pair_id('a', 'zz')}:1"
     results = predictor.predict([_task("a", "c"), review, unscorable], None, state)
-    assert results[0]["score"] == pytest.approx(0.05)  # the first ask keeps the sampler's priority
-    assert results[1]["score"] == REVIEW_SCORE < min(r["score"] for r in (results[0],))
-    assert results[1]["result"][0]["value"]["choices"] == ["different"]  # P(same) of the model, not stored
-    assert results[2]["score"] == REVIEW_SCORE  # even with no image to score it by
+    assert results[0]["score"] == pytest.approx(0.6)  # the first ask: the registry's P(same) 0.4
+    assert results[1]["score"] == pytest.approx(1.0)  # the model now: cosine -1, P(same) 0, not stored
+    assert results[1]["result"][0]["value"]["choices"] == ["different"]
+    assert results[2] == {"result": [], "score": UNSCORED, "model_version": "v0003-x"}
+
+
+def test_no_choice_is_pre_filled_while_the_calibrator_is_its_prior(redis_client: redis.Redis,
+                                                                    tmp_path: Path) -> None:
+    class Prior(_Learned):
+        is_prior = True
+
+    predictor = Predictor(Settings(model_dir=tmp_path), load_model=lambda s: _model(s, Prior()))
+    (result,) = predictor.predict([_task("a", "b")], None, ProjectState(redis_client, "3"))
+    assert result["result"] == [] and result["score"] == pytest.approx(0.8)  # still says how sure
 
 
 def test_predict_without_any_model(redis_client: redis.Redis, tmp_path: Path) -> None:
@@ -236,5 +256,6 @@ def test_predict_embeds_a_new_image_with_the_real_encoder(redis_client: redis.Re
     task = {"id": 1, "data": {"id_a": "im0", "id_b": new, "image_a": "/data/local-files/?d=im0.png",
                               "image_b": new}}
     (result,) = Predictor(settings).predict([task], None, state)
-    assert result["result"] and 0.0 <= result["score"] <= 1.0 and result["model_version"] == "initial"
+    assert 0.5 <= result["score"] <= 1.0 and result["model_version"] == "initial" and "p_same" in result
+    assert result["result"] == []  # no answer yet: the calibrator is its prior, nothing is pre-filled
     assert state.counters()["predict_embedded"] == 1

@@ -12,7 +12,16 @@ import pytest
 import redis
 
 from ml_backend.pairs import pair_id
-from ml_backend.push import MIN_SCORE, REVIEW_SCORE, push_cycle, score_of, uncertainty_priority, version_id
+from ml_backend.push import (
+    MIN_SCORE,
+    REVIEW_SCORE,
+    p_answer,
+    push_cycle,
+    queue_key,
+    score_of,
+    uncertainty_priority,
+    version_id,
+)
 from ml_backend.state import ProjectState
 from strategies.constraints import ConstraintGraph, ConstraintKind
 
@@ -77,6 +86,24 @@ class LabelStudioDouble:
         for tid in task_ids:
             self.tasks.pop(tid)
 
+    def update_task_data(self, task_id: int, data: dict[str, Any]) -> None:
+        self.calls.append("update_task_data")
+        self.tasks[task_id]["data"] = dict(data)
+
+    def queue(self) -> list[int]:
+        """Task ids as the "Most informative first" view serves them (by data.queue, lowest first)."""
+        tasks = sorted(self.tasks.values(), key=lambda t: (t["data"].get("queue", ""), t["id"]))
+        return [t["id"] for t in tasks]
+
+
+class Learned:
+    """A calibrator that has learned from answers (so choices are pre-filled): cosine mapped to P(same)."""
+
+    is_prior = False
+
+    def predict(self, similarities: np.ndarray) -> np.ndarray:
+        return (np.asarray(similarities, dtype=np.float64) + 1.0) / 2.0
+
 
 IDS = ["a", "b", "c", "d", "e"]
 
@@ -88,11 +115,12 @@ def embeddings() -> np.ndarray:
 
 
 def push(client: LabelStudioDouble, state: ProjectState, version: str, proposals: list[Proposal],
-         graph: ConstraintGraph | None = None) -> Any:
+         graph: ConstraintGraph | None = None, calibrator: Any = None) -> Any:
     return push_cycle(client, state, project_id=3, version=version, proposals=proposals,
                       embeddings=embeddings(),
                       image_ids=IDS, url_for=lambda i: f"/data/local-files/?d={i}.jpg",
-                      caption_for=lambda i: f"cap {i}", graph=graph, from_name="answer", to_name="image_a")
+                      caption_for=lambda i: f"cap {i}", graph=graph, from_name="answer", to_name="image_a",
+                      calibrator=Learned() if calibrator is None else calibrator)
 
 
 def test_first_push_creates_tasks_predictions_view_and_version(redis_client: redis.Redis) -> None:
@@ -102,13 +130,16 @@ def test_first_push_creates_tasks_predictions_view_and_version(redis_client: red
     datas = sorted((t["data"] for t in client.tasks.values()), key=lambda d: d["id_a"])
     assert datas[0] == {"image_a": "/data/local-files/?d=a.jpg", "image_b": "/data/local-files/?d=b.jpg",
                         "id_a": "a", "id_b": "b", "pair_id": pair_id("a", "b"), "caption_a": "cap a",
-                        "caption_b": "cap b", "strategy": "aas", "pool": "U_os", "reason": "test"}
+                        "caption_b": "cap b", "strategy": "aas", "pool": "U_os", "reason": "test",
+                        "queue": "0.100000"}
     by_task = {p["task"]: p for p in client.predictions}
-    first = by_task[next(t for t, v in client.tasks.items() if v["data"]["id_a"] == "a")]
-    assert first["score"] == pytest.approx(0.1) and first["model_version"] == "v0001-x"
+    first_id = next(t for t, v in client.tasks.items() if v["data"]["id_a"] == "a")
+    first = by_task[first_id]
+    assert first["score"] == pytest.approx(0.7) and first["model_version"] == "v0001-x"  # P(answer)
     assert first["result"] == [{"from_name": "answer", "to_name": "image_a", "type": "choices",
                                 "value": {"choices": ["same"]}}]
-    assert min(client.predictions, key=lambda p: p["score"]) is first  # most informative served first
+    assert by_task[client.queue()[1]]["score"] == pytest.approx(0.9)  # P(different) with P(same) 0.1
+    assert client.queue()[0] == first_id  # most informative served first
     assert client.project == {"model_version": "v0001-x"}
     assert report.view_id == 1 and state.cycles.versions() == ["v0001-x"]
     assert state.pairs.get(pair_id("a", "b"))["task_id"] in client.tasks
@@ -165,7 +196,30 @@ def test_open_tasks_from_users_are_rescored_by_uncertainty(redis_client: redis.R
     (pred,) = client.predictions
     emb = embeddings()
     p = (float(emb[2] @ emb[4]) + 1) / 2
-    assert pred["score"] == pytest.approx(score_of(uncertainty_priority(p)))
+    assert pred["score"] == pytest.approx(p_answer(p))
+    (task,) = client.tasks.values()
+    assert task["data"]["queue"] == queue_key(score_of(uncertainty_priority(p))) and report.requeued == 1
+
+
+def test_no_choice_is_pre_filled_while_the_calibrator_is_its_prior(redis_client: redis.Redis) -> None:
+    class Prior(Learned):
+        is_prior = True
+
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    push(client, state, "v0001-x", [Proposal(0, 1, 0.9, 0.7)], calibrator=Prior())
+    (pred,) = client.predictions
+    assert pred["result"] == [] and pred["score"] == pytest.approx(0.7)
+
+
+def test_a_task_is_moved_in_the_queue_only_when_its_place_changes(redis_client: redis.Redis) -> None:
+    client, state = LabelStudioDouble(), ProjectState(redis_client, "3")
+    push(client, state, "v0001-x", [Proposal(0, 1, 0.9, 0.7), Proposal(2, 3, 0.2, 0.1)])
+    assert client.calls.count("update_task_data") == 0  # created in place
+    report = push(client, state, "v0002-x", [Proposal(0, 1, 0.9, 0.7), Proposal(2, 3, 0.95, 0.1)])
+    assert report.requeued == 1 and client.calls.count("update_task_data") == 1
+    moved = next(t for t in client.tasks.values() if t["data"]["id_a"] == "c")
+    assert moved["data"]["queue"] == queue_key(score_of(0.95)) and client.queue()[0] == moved["id"]
+    assert moved["data"]["caption_a"] == "cap c"  # the rest of the task's data is kept
 
 
 def test_user_imported_tasks_with_urls_only_are_rescored_once_embedded(redis_client: redis.Redis) -> None:
@@ -207,6 +261,8 @@ def test_shape_mismatch_is_rejected(redis_client: redis.Redis) -> None:
 
 def test_helpers() -> None:
     assert score_of(0.9) == pytest.approx(0.1) and score_of(2.0) == MIN_SCORE > REVIEW_SCORE == 0.0
+    assert queue_key(REVIEW_SCORE) == "0.000000" < queue_key(MIN_SCORE) < queue_key(0.25) < queue_key(1.0)
+    assert p_answer(0.2) == pytest.approx(0.8) and p_answer(0.9) == pytest.approx(0.9)
     assert uncertainty_priority(0.5) == 1.0 and uncertainty_priority(1.0) == 0.0
     assert version_id("v1") == "v1"
 
@@ -293,16 +349,16 @@ def test_a_review_is_a_new_task_served_before_every_other(redis_client: redis.Re
     task = next(t for t in client.tasks.values() if t["data"].get("review"))
     assert task["data"]["review_key"] == f"{pair_id('a', 'b')}:1" and task["data"]["strategy"] == "review"
     assert task["data"]["pool"] == "contradiction" and task["data"]["reason"] == "weakest link"
-    latest = [p for p in client.predictions if p["model_version"] == "v0002-x"]
-    first = min(latest, key=lambda p: p["score"])
-    assert first["task"] == task["id"] and first["score"] == REVIEW_SCORE
-    assert all(p["score"] >= MIN_SCORE for p in latest if p["task"] != task["id"])
+    assert client.queue()[0] == task["id"] and task["data"]["queue"] == queue_key(REVIEW_SCORE)
+    assert all(t["data"]["queue"] >= queue_key(MIN_SCORE) for t in client.tasks.values() if t is not task)
+    assert task["id"] in {p["task"] for p in client.predictions if p["model_version"] == "v0002-x"}
     assert state.counters()["reviews_pushed"] == 1 and report.retired == 0  # the review is never "implied"
 
     again = push_reviews(client, state, "v0003-x", [review("a", "b")], graph=graph)
     assert (again.reviews_created, again.reviews_existing) == (0, 1)  # a retried push finds it
-    assert [p["score"] for p in client.predictions if p["model_version"] == "v0003-x"
-            and p["task"] == task["id"]] == [REVIEW_SCORE]  # re-scored under the new version
+    assert [p["task"] for p in client.predictions if p["model_version"] == "v0003-x"
+            and p["task"] == task["id"]] == [task["id"]]  # predicted again under the new version
+    assert client.queue()[0] == task["id"]
 
 
 def test_an_answer_makes_the_next_review_of_the_pair_a_new_task(redis_client: redis.Redis) -> None:

@@ -15,7 +15,7 @@ from ml_backend.app import create_app
 from ml_backend.jobs import review_records, run_project_cycle
 from ml_backend.pairs import pair_id
 from ml_backend.pool import Pool, PoolItem
-from ml_backend.push import MIN_SCORE, REVIEW_SCORE
+from ml_backend.push import MIN_SCORE, REVIEW_SCORE, queue_key
 from ml_backend.queue import CycleQueue
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
@@ -69,9 +69,9 @@ def test_a_contradiction_is_reviewed_first_and_resolved_by_later_answers(redis_c
     suspect = (task["data"]["id_a"], task["data"]["id_b"])
     assert pair_id(*suspect) == open_review["pair_id"]
     assert set(suspect) <= {ids[0], ids[1], ids[2]}
-    scores = {p["task"]: p["score"] for p in client.predictions if p["model_version"] == first["version"]}
-    assert scores[task["id"]] == REVIEW_SCORE
-    assert all(s >= MIN_SCORE for t, s in scores.items() if t != task["id"])  # the review is served first
+    assert client.queue()[0] == task["id"] and task["data"]["queue"] == queue_key(REVIEW_SCORE)
+    assert all(t["data"]["queue"] >= queue_key(MIN_SCORE) for t in client.tasks.values()
+               if t["id"] != task["id"])  # the review is served first
 
     # while open, the identities keep images 0 and 2 apart
     from ml_backend.export import read_identities

@@ -280,7 +280,7 @@ def test_active_learning_loop_through_label_studio(
     assert [s["path"] for s in ls_client.list_local_storages(project)] == [str(pool_root.resolve())]
     v1 = wait_for_version(backend, project, None)
 
-    # -- what an annotator sees: tasks with predictions of v1, served lowest score first
+    # -- what an annotator sees: tasks with predictions of v1, served in the order of data.queue
     assert ls_client.get_project(project)["model_version"] == v1
     view = ls_client.ensure_view(project)  # the push created it; this finds it, creates nothing
     assert [v["data"]["title"] for v in ls_client.list_views(project)] == ["Most informative first"]
@@ -292,10 +292,11 @@ def test_active_learning_loop_through_label_studio(
         assert data["image_a"] == local_files_url(pool_root / data["id_a"], label_studio.document_root)
         assert [p["model_version"] for p in task["predictions"]] == [v1]
         prediction = task["predictions"][0]
-        assert prediction["result"][0]["from_name"] == "answer"
-        assert prediction["result"][0]["value"]["choices"][0] in ("same", "different")
-    scores = [t["predictions_score"] for t in tasks]
-    assert None not in scores and scores == sorted(scores), scores
+        assert prediction["result"] == []  # no answer yet: the calibrator is its prior, nothing pre-filled
+        p_same = state.pairs.get(data["pair_id"])["p_same"]
+        assert prediction["score"] == pytest.approx(max(p_same, 1.0 - p_same), abs=1e-5)  # P(answer)
+    queue = [t["data"]["queue"] for t in tasks]
+    assert queue == sorted(queue), queue
     image = requests.get(
         label_studio.url + tasks[0]["data"]["image_a"],
         auth=None,
@@ -368,8 +369,8 @@ def test_active_learning_loop_through_label_studio(
     assert new_pairs, "the second cycle must push new pairs"
     open_tasks = [t for t in after_tasks if not t["total_annotations"] and not t["cancelled_annotations"]]
     assert open_tasks and all(v2 in [p["model_version"] for p in t["predictions"]] for t in open_tasks)
-    open_scores = [t["predictions_score"] for t in after_tasks if t["predictions_score"] is not None]
-    assert open_scores == sorted(open_scores)
+    open_queue = [t["data"]["queue"] for t in open_tasks]
+    assert open_queue == sorted(open_queue)
     assert ls_client.get_next_task(project, view=view)["id"] == open_tasks[0]["id"]
 
     # -- a contradiction: (a, c) answered "different" against a = b = c. The next cycle splits the group at
@@ -387,7 +388,7 @@ def test_active_learning_loop_through_label_studio(
     contradiction = [t for t in review_tasks if t["data"]["review"] == "contradiction"]
     assert contradiction and {contradiction[0]["data"]["id_a"], contradiction[0]["data"]["id_b"]} <= {a, b, c}
     assert all(v3 in [p["model_version"] for p in t["predictions"]] for t in review_tasks)
-    assert {t["predictions_score"] for t in review_tasks} == {0.0}
+    assert {t["data"]["queue"] for t in review_tasks} == {"0.000000"}
     # Label Studio first hands back the task this annotator holds a lock on (served before the cycle);
     # once they answer it, the review comes next, before every pair the sampler proposed
     held = ls_client.get_next_task(project, view=view)
