@@ -4,7 +4,8 @@
 
 Starts Label Studio 1.23.2 from the test suite's cached venv (installed on first use, as the tests do),
 creates a project from ml_backend/label_config.xml, imports pair tasks and predictions built by the
-backend's own helpers (task data, proposed choice, queue score, the "Most informative first" view),
+backend's own helpers (task data and its queue place, proposed choice and P(answer), the "Most
+informative first" view),
 logs in and photographs the first task of that view in headless Chromium from Debian's packages
 (`apt-get install chromium`). Chromium is driven over its DevTools protocol, with a small WebSocket
 client below, because its command line cannot log in.
@@ -37,7 +38,14 @@ from e2e.label_studio import start_label_studio  # noqa: E402
 
 from ml_backend.pairs import task_data  # noqa: E402
 from ml_backend.pool import local_files_url  # noqa: E402
-from ml_backend.push import VIEW_ORDERING, VIEW_TITLE, prediction_result, score_of  # noqa: E402
+from ml_backend.push import (  # noqa: E402
+    QUEUE_FIELD,
+    VIEW_ORDERING,
+    VIEW_TITLE,
+    prediction,
+    queue_key,
+    score_of,
+)
 
 LABEL_CONFIG = (REPO / "ml_backend" / "label_config.xml").read_text()
 # (shape, colour) per individual; two views of each differ in size, angle and position
@@ -215,18 +223,19 @@ def main(argv: list[str] | None = None) -> int:
                 (ids[0], ids[4], 0.07, 0.14, "uncertainty", "uncertainty", "far apart: P(same) 0.07"),
             ]
             client.add_local_storage(pid, pool)  # what `reid-al ingest` adds: Label Studio serves the pool
-            tasks = [{"data": task_data(a, b, local_files_url(pool / a, ls.document_root),
-                                        local_files_url(pool / b, ls.document_root),
-                                        strategy=strategy, pool=why, reason=reason)}
-                     for a, b, _, _, strategy, why, reason in pairs]
+            tasks = [{"data": {**task_data(a, b, local_files_url(pool / a, ls.document_root),
+                                           local_files_url(pool / b, ls.document_root),
+                                           strategy=strategy, pool=why, reason=reason),
+                               QUEUE_FIELD: queue_key(score_of(priority))}}
+                     for a, b, _, priority, strategy, why, reason in pairs]
             task_ids = client.create_tasks(pid, tasks)
-            client.import_predictions(pid, [
-                {"task": t, "result": prediction_result(p, "answer", "image_a"), "score": score_of(priority),
-                 "model_version": "v0001"}
-                for t, (_, _, p, priority, *_rest) in zip(task_ids, pairs, strict=True)])
+            client.import_predictions(pid, [  # a calibrator that has learned from answers: pre-filled
+                {"task": t, **prediction(p, prefill=True, from_name="answer", to_name="image_a",
+                                         model_version="v0001")}
+                for t, (_, _, p, *_rest) in zip(task_ids, pairs, strict=True)])
             client.patch_project(pid, model_version="v0001", show_collab_predictions=True)
             view = client.ensure_view(pid, title=VIEW_TITLE, ordering=list(VIEW_ORDERING))
-            first = task_ids[0]  # the lowest score: served first
+            first = task_ids[0]  # the lowest queue value: served first
             page = f"{ls.url}/projects/{pid}/data?tab={view}&task={first}"
             print(f"photographing {page} ...", flush=True)
             photograph(ls.url, login_cookies(ls.url, ls.username, ls.password), page, args.out,
