@@ -37,8 +37,11 @@ from ml_backend.errors import LabelStudioAuthError, LabelStudioConnectionError, 
 
 log = logging.getLogger(__name__)
 
+# The queue: tasks carry their place as data.queue (ml_backend.push writes it), and the backend's view
+# serves the lowest first.
+QUEUE_FIELD = "queue"
 DEFAULT_VIEW_TITLE = "Most informative first"
-DEFAULT_VIEW_ORDERING: tuple[str, ...] = ("tasks:data.queue",)  # lowest first: see ml_backend.push
+DEFAULT_VIEW_ORDERING: tuple[str, ...] = (f"tasks:data.{QUEUE_FIELD}",)
 PAGE_SIZE = 100
 BULK_CHUNK = 500  # tasks / predictions / ids per request: keeps each request well under LS's body limits
 _RETRY_STATUSES = frozenset({502, 503, 504})

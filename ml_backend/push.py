@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ml_backend.labelstudio import DEFAULT_VIEW_ORDERING, DEFAULT_VIEW_TITLE, QUEUE_FIELD
 from ml_backend.pairs import image_ids_of, pair_id, task_data
 from ml_backend.state import ProjectState
 
@@ -40,9 +41,7 @@ log = logging.getLogger(__name__)
 
 REVIEW_SCORE = 0.0  # the queue is served lowest first: reviews go to the top
 MIN_SCORE = 0.001  # every other task is queued at least this, so no new pair ties with a review
-QUEUE_FIELD = "queue"  # the task data field the view sorts by
-VIEW_TITLE = "Most informative first"
-VIEW_ORDERING = (f"tasks:data.{QUEUE_FIELD}",)
+VIEW_TITLE, VIEW_ORDERING = DEFAULT_VIEW_TITLE, DEFAULT_VIEW_ORDERING  # the view sorts by QUEUE_FIELD
 
 
 class LabelStudioLike(Protocol):
