@@ -37,6 +37,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("training_threads_default.md", "adapter training at 2k images, torch's default threads"),
     ("webhook.md", "webhook latency at 200 req/s and /predict for 100 tasks, quiet machine"),
     ("webhook_check.md", "the same with 12 slowloris connections open during the load"),
+    ("cycle.md", "one whole production cycle at 20k and 50k images on real-structured embeddings"),
     ("simulate_real.md", "active learning on the real image sets: every strategy, 3 seeds, the checks"),
     ("simulate/glyphs-plain-long-hybrid/results.md", "hybrid for 13 cycles (1.02 answers per image), 1 seed"),
     ("simulate/glyphs-plain-long-match-first/results.md", "match-first for 13 cycles, one seed"),
