@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml_backend.errors import InputError
 from ml_backend.pairs import ordered, pair_id
-from ml_backend.state.base import KeyFamily, as_text, preview, register, text_hash, text_list
+from ml_backend.state.base import PROJECTS_KEY, KeyFamily, as_text, preview, register, text_hash, text_list
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -26,12 +26,15 @@ ANSWERS = ("same", "different", "unsure", "skip")
 TIMESTAMP_FUTURE_SLACK = 86400.0  # Label Studio's clock may run ahead of ours; a day covers any sane skew
 CONSTRAINT_ANSWERS = ("same", "different")
 
-# KEYS: annotations hash, timestamps hash, tombstone set. ARGV: id, json, timestamp ('' = unknown),
-# '1' when the event is a creation. A stale event (older updated_at than the stored one), an event for a
+# KEYS: 1 annotations hash, 2 timestamps hash, 3 tombstone set, 4 pair_answer_keys, 5 pair_answers:<pair>.
+# ARGV: 1 id, 2 json, 3 timestamp ('' = unknown), 4 '1' when the event is a creation, 5 answer, 6 pair id,
+# 7 the project's key prefix. A stale event (older updated_at than the stored one), an event for a
 # deleted annotation, or a creation without a timestamp for an annotation already stored (a creation is
 # never newer than what followed it) changes nothing, so duplicated and reordered deliveries converge.
-# Sets `outcome` ('created', 'updated', 'unchanged') and `old` (the replaced record, or false), and
-# writes the record unless unchanged: shared with the webhook's one-script answer (answer_event.py).
+# Sets `outcome` ('created', 'updated', 'unchanged') and `old` (the replaced record, or false); unless
+# unchanged, writes the record and the answers on its pair (moving it off its old pair's, whose key is
+# named from the replaced record, hence ARGV[7]: one Redis, not a cluster). Shared with the webhook's
+# one-script answer (answer_event.py).
 STORE_ANNOTATION_LUA = """
 local outcome, old = 'unchanged', false
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 0 then
@@ -48,9 +51,35 @@ end
 if outcome ~= 'unchanged' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+  if old then
+    local old_pair = cjson.decode(old)['pair_id']
+    if old_pair ~= ARGV[6] then redis.call('HDEL', ARGV[7] .. ':pair_answers:' .. old_pair, ARGV[1]) end
+  end
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[5])
+  redis.call('SADD', KEYS[4], ARGV[6])
 end
 """
-_RECORD_LUA = STORE_ANNOTATION_LUA + "return {outcome, old}\n"
+# KEYS 6, 7: the project set and the project's meta; ARGV[8]: the project. A change registers it.
+_RECORD_LUA = STORE_ANNOTATION_LUA + """
+if outcome ~= 'unchanged' then
+  redis.call('SADD', KEYS[6], ARGV[8])
+  redis.call('PERSIST', KEYS[7])
+end
+return {outcome, old}
+"""
+
+
+def store_annotation_keys(family: KeyFamily, pair: str) -> list[str]:
+    """KEYS 1-5 of STORE_ANNOTATION_LUA for one project (``family``) and the answer's pair."""
+    return [family.key("annotations"), family.key("annotation_ts"), family.key("deleted"),
+            family.key("pair_answer_keys"), family.key(f"pair_answers:{pair}")]
+
+
+def store_annotation_args(family: KeyFamily, key: str, record: dict[str, Any], ts: float | None,
+                          created: bool) -> list[str]:
+    """ARGV 1-7 of STORE_ANNOTATION_LUA for one checked record (``record_fields``)."""
+    return [key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts), "1" if created else "",
+            record["answer"], record["pair_id"], family.prefix]
 
 
 def parse_timestamp(value: Any, *, now: float | None = None) -> float | None:
@@ -163,21 +192,10 @@ class Annotations(KeyFamily):
         key, record, ts = record_fields(annotation_id, task_id, image_a, image_b, answer, completed_by,
                                         updated_at)
         raw_outcome, old = self._record(
-            keys=[self.key("annotations"), self.key("annotation_ts"), self.key("deleted")],
-            args=[key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts),
-                  "1" if created else ""],
+            keys=[*store_annotation_keys(self, record["pair_id"]), PROJECTS_KEY, self.key("meta")],
+            args=[*store_annotation_args(self, key, record, ts, created), self.project],
         )
         outcome = as_text(raw_outcome)
-        if outcome != "unchanged":
-            pipe = self.redis.pipeline(transaction=True)
-            if old:
-                old_pid = json.loads(old)["pair_id"]
-                if old_pid != record["pair_id"]:
-                    pipe.hdel(self.key(f"pair_answers:{old_pid}"), key)
-            pipe.hset(self.key(f"pair_answers:{record['pair_id']}"), key, answer)
-            pipe.sadd(self.key("pair_answer_keys"), record["pair_id"])
-            register(pipe, self.project)
-            pipe.execute()
         return str(outcome), (json.loads(old) if old else None)
 
     def remove(self, annotation_id: int | str) -> dict[str, Any] | None:

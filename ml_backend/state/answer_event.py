@@ -16,7 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ml_backend.state.annotations import STORE_ANNOTATION_LUA, record_fields
+from ml_backend.state.annotations import (
+    STORE_ANNOTATION_LUA,
+    record_fields,
+    store_annotation_args,
+    store_annotation_keys,
+)
 from ml_backend.state.base import PROJECTS_KEY, KeyFamily, as_text
 from ml_backend.state.pairs import new_pair_record
 from ml_backend.state.pending import cycle_lock_key
@@ -24,55 +29,47 @@ from ml_backend.state.pending import cycle_lock_key
 if TYPE_CHECKING:
     from redis import Redis
 
-# KEYS: 1 annotations, 2 annotation_ts, 3 deleted, 4 pair_answer_keys, 5 projects, 6 meta, 7 counters,
-# 8 pairs, 9 task_pairs, 10 pending, 11 pending in flight, 12 cycle lock, 13 pair_answers:<pair>.
-# ARGV: 1 annotation id, 2 record JSON, 3 timestamp ('' = unknown), 4 '1' for a creation, 5 answer,
-# 6 pair id, 7 event counter, 8 project, 9 key prefix, 10 pair record JSON (if the pair is new),
-# 11 task id ('' = none).
+# KEYS 1-5 and ARGV 1-7: STORE_ANNOTATION_LUA's (the answer and its pair's answers). KEYS: 6 projects,
+# 7 meta, 8 counters, 9 pairs, 10 task_pairs, 11 pending, 12 pending in flight, 13 cycle lock. ARGV: 8 event
+# counter, 9 project, 10 pair record JSON (if the pair is new), 11 task id ('' = none).
 # Returns {outcome, replaced record or false, 1 when annotators now disagree on the pair, pending count
-# after this change or -1 when the constraint did not change}. The pair answers of a moved annotation
-# live under a key named from the replaced record, hence ARGV[9]: one Redis, not a cluster.
+# after this change or -1 when the constraint did not change}.
 _ANSWER_LUA = STORE_ANNOTATION_LUA + """
 local function constraint(answer, pid)
   if answer == 'same' or answer == 'different' then return answer .. '|' .. pid end
   return ''
 end
-redis.call('HINCRBY', KEYS[7], ARGV[7], 1)
-redis.call('SADD', KEYS[5], ARGV[8])
-redis.call('PERSIST', KEYS[6])
+redis.call('HINCRBY', KEYS[8], ARGV[8], 1)
+redis.call('SADD', KEYS[6], ARGV[9])
+redis.call('PERSIST', KEYS[7])
 if outcome == 'unchanged' then
-  redis.call('HINCRBY', KEYS[7], 'events_unchanged', 1)
+  redis.call('HINCRBY', KEYS[8], 'events_unchanged', 1)
   return {outcome, false, 0, -1}
 end
-redis.call('HINCRBY', KEYS[7], outcome == 'created' and 'pairs_asked' or 'annotations_updated', 1)
+redis.call('HINCRBY', KEYS[8], outcome == 'created' and 'pairs_asked' or 'annotations_updated', 1)
 local old_constraint = ''
 if old then
   local previous = cjson.decode(old)
-  if previous['pair_id'] ~= ARGV[6] then
-    redis.call('HDEL', ARGV[9] .. ':pair_answers:' .. previous['pair_id'], ARGV[1])
-  end
   old_constraint = constraint(previous['answer'], previous['pair_id'])
 end
-redis.call('HSET', KEYS[13], ARGV[1], ARGV[5])
-redis.call('SADD', KEYS[4], ARGV[6])
 local conflict = 0
 if ARGV[5] == 'same' or ARGV[5] == 'different' then
   local seen = {}
-  for _, a in ipairs(redis.call('HVALS', KEYS[13])) do seen[a] = true end
+  for _, a in ipairs(redis.call('HVALS', KEYS[5])) do seen[a] = true end
   if seen['same'] and seen['different'] then
     conflict = 1
-    redis.call('HINCRBY', KEYS[7], 'conflicts_detected', 1)
+    redis.call('HINCRBY', KEYS[8], 'conflicts_detected', 1)
   end
 end
-if redis.call('HEXISTS', KEYS[8], ARGV[6]) == 0 then
-  redis.call('HSET', KEYS[8], ARGV[6], ARGV[10])
-  if ARGV[11] ~= '' then redis.call('HSET', KEYS[9], ARGV[11], ARGV[6]) end
+if redis.call('HEXISTS', KEYS[9], ARGV[6]) == 0 then
+  redis.call('HSET', KEYS[9], ARGV[6], ARGV[10])
+  if ARGV[11] ~= '' then redis.call('HSET', KEYS[10], ARGV[11], ARGV[6]) end
 end
 local pending = -1
 if old_constraint ~= constraint(ARGV[5], ARGV[6]) then
-  pending = redis.call('INCRBY', KEYS[10], 1)
-  if redis.call('EXISTS', KEYS[12]) == 1 then
-    pending = pending - (tonumber(redis.call('GET', KEYS[11])) or 0)
+  pending = redis.call('INCRBY', KEYS[11], 1)
+  if redis.call('EXISTS', KEYS[13]) == 1 then
+    pending = pending - (tonumber(redis.call('GET', KEYS[12])) or 0)
     if pending < 0 then pending = 0 end
   end
 end
@@ -105,22 +102,16 @@ class AnswerEvents(KeyFamily):
         key, record, ts = record_fields(
             annotation_id, fields.get("task_id"), fields.get("image_a"), fields.get("image_b"),
             fields.get("answer"), fields.get("completed_by"), fields.get("updated_at"))
-        task_id, answer = record["task_id"], record["answer"]
+        task_id = record["task_id"]
         pid = record["pair_id"]
         pair = new_pair_record(pid, record["image_a"], record["image_b"], time.time(), task_id=task_id)
         outcome, old, conflict, pending = self._script(
-            keys=[
-                self.key("annotations"), self.key("annotation_ts"), self.key("deleted"),
-                self.key("pair_answer_keys"), PROJECTS_KEY, self.key("meta"), self.key("counters"),
-                self.key("pairs"), self.key("task_pairs"), self.key("pending_constraints"),
-                self.key("pending_in_flight"), cycle_lock_key(self.project), self.key(f"pair_answers:{pid}"),
-            ],
-            args=[
-                key, json.dumps(record, sort_keys=True), "" if ts is None else repr(ts),
-                "1" if action == "ANNOTATION_CREATED" else "", answer, pid, f"events:{action}",
-                self.project, self.prefix, json.dumps(pair, sort_keys=True),
-                "" if task_id is None else str(task_id),
-            ],
+            keys=[*store_annotation_keys(self, pid), PROJECTS_KEY, self.key("meta"), self.key("counters"),
+                  self.key("pairs"), self.key("task_pairs"), self.key("pending_constraints"),
+                  self.key("pending_in_flight"), cycle_lock_key(self.project)],
+            args=[*store_annotation_args(self, key, record, ts, action == "ANNOTATION_CREATED"),
+                  f"events:{action}", self.project, json.dumps(pair, sort_keys=True),
+                  "" if task_id is None else str(task_id)],
         )
         return AnswerOutcome(
             outcome=str(as_text(outcome)),
