@@ -83,17 +83,9 @@ def answers(labels: np.ndarray, knn_indices: np.ndarray, n_answers: int, seed: i
 
 
 def identity_recall(indices: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> float:
-    """Share of each query's same-identity images (up to k - 1 of them) that its neighbour list holds."""
-    sizes = np.bincount(labels)
-    k = indices.shape[1] - 1
-    found = wanted = 0
-    for q in queries:
-        mates = min(int(sizes[labels[q]]) - 1, k)
-        if mates <= 0:
-            continue
-        found += min(int((labels[indices[q, 1:]] == labels[q]).sum()), mates)
-        wanted += mates
-    return found / wanted if wanted else float("nan")
+    """Share of each query's same-identity images (up to k - 1 of them) that its neighbour list holds;
+    ``indices``: a kNN graph over every row (column 0: the row itself)."""
+    return _recall_rows(indices[queries], labels, queries)
 
 
 def run_size(n: int, source_name: str, seed: int, n_answers: int, recall_sample: int) -> dict[str, Any]:
@@ -150,7 +142,8 @@ def run_size(n: int, source_name: str, seed: int, n_answers: int, recall_sample:
 
 
 def _recall_rows(rows: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> float:
-    """identity_recall for neighbour lists given only for the query rows (column 0: the query)."""
+    """identity_recall for neighbour lists given only for the query rows (``rows[r]`` belongs to
+    ``queries[r]``; the query itself, wherever it stands, is not counted)."""
     sizes = np.bincount(labels)
     k = rows.shape[1] - 1
     found = wanted = 0
