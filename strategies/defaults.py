@@ -5,10 +5,15 @@ Training, encoder and service defaults live in trainer/defaults.py.
 
 # §1 kNN graph and k-reciprocal Jaccard similarity (Zhong et al. 2017; SpCL defaults)
 KNN_K = 30
-# Exact IndexFlatIP up to this many points, approximate above. Measured at 100k, d=512
-# (docs/benchmarks.md): exact 80 s; HNSW 923 s with recall@30 0.66 (DBSCAN ARI 0.42 vs 0.99 exact).
-EXACT_KNN_MAX = 200_000
-APPROXIMATE_INDEX = "hnsw"  # or "ivf"
+# Exact IndexFlatIP up to this many points, approximate above (strategies/knn.py). Exact search costs
+# n^2 d: 38 s at 50k and d=1280, about 150 s at 100k. The approximate path (IVF-Flat on a 128-d PCA
+# projection, neighbours scored in full dimension) kept as many true same-identity neighbours as exact
+# search on real-structured features at 100k and 400k (benchmarks/bench_cycle.py, docs/benchmarks.md).
+EXACT_KNN_MAX = 50_000
+# IVF rather than HNSW: seeded and deterministic, and the same index runs on a GPU
+APPROXIMATE_INDEX = "ivf"  # or "hnsw"
+APPROXIMATE_DIM = 128  # PCA width the approximate index searches
+APPROXIMATE_PCA_SAMPLE = 50_000  # rows the PCA is fit on (seeded sample)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16

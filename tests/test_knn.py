@@ -107,6 +107,30 @@ def test_approximate_path_structure_and_recall(approximate: str) -> None:
     assert approximate_recall(x, exact, n_queries=300) == 1.0
 
 
+def test_wide_features_are_searched_projected_and_scored_in_full_dimension() -> None:
+    from strategies.defaults import APPROXIMATE_DIM
+
+    # identities of 4 views on a low-dimensional manifold inside 4 x APPROXIMATE_DIM dimensions
+    rng = np.random.default_rng(8)
+    d = 4 * APPROXIMATE_DIM
+    basis = rng.normal(size=(48, d))
+    centres = rng.normal(size=(500, 48)) @ basis
+    x = np.repeat(centres, 4, axis=0) + 4.0 * rng.normal(size=(2000, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.repeat(np.arange(500), 4)
+    approx = build_knn(x, 10, exact_max=100, approximate="ivf")
+    exact = build_knn(x, 10)
+    # similarities are full-dimension cosines, sorted as the contract says
+    cos = np.einsum("id,ijd->ij", x, x[approx.indices])
+    np.testing.assert_allclose(approx.similarities, cos, atol=1e-5)
+    assert (np.diff(approx.similarities[:, 1:], axis=1) <= 1e-6).all()
+    # and the true same-identity neighbours survive the projection
+    def mates(g: KnnGraph) -> float:
+        return float((labels[g.indices[:, 1:4]] == labels[:, None]).mean())
+    assert mates(exact) > 0.5
+    assert mates(approx) >= 0.95 * mates(exact)
+
+
 def test_recall_counts_missed_neighbours() -> None:
     exact = KnnGraph(np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]]), np.ones((3, 3)))
     approx = KnnGraph(np.array([[0, 2, 1], [1, 2, 0], [2, 0, 1]]), np.ones((3, 3)))
