@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from ml_backend.cli import COMMANDS
-from ml_backend.settings import SETTINGS_HELP
+from ml_backend.settings import SETTINGS_HELP, Settings
+from trainer.defaults import CYCLE_STRATEGY
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -99,6 +100,23 @@ def test_label_studio_environment_follows_label_studio_md(compose: dict[str, Any
     token_var = re.match(r"\$\{(\w+)", ls_env["LABEL_STUDIO_USER_TOKEN"])
     key_var = re.match(r"\$\{(\w+)", compose["services"]["backend"]["environment"]["LABEL_STUDIO_API_KEY"])
     assert token_var and key_var and token_var.group(1) == key_var.group(1) == "LABEL_STUDIO_API_KEY"
+
+
+def test_compose_restates_no_default_of_the_backend(compose: dict[str, Any]) -> None:
+    """A REID_AL_* variable left unset in .env reaches the backend empty, which Settings reads as its
+    own default (trainer/defaults.py): a default written here would drift from the code's."""
+    example = dict(
+        line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines() if "=" in line
+    )
+    defaults = Settings.from_env({})
+    for name in ("backend", "worker"):
+        for variable, value in compose["services"][name]["environment"].items():
+            if not variable.startswith("REID_AL_") or "${" not in str(value):
+                continue
+            assert value == f"${{{variable}:-}}", f"{variable}: {value} restates a default"
+            assert Settings.from_env({variable: ""}) == defaults, f"{variable}: empty is not the default"
+            assert example.get(variable, "") == "", f".env.example sets {variable}={example[variable]}"
+    assert defaults.strategy == CYCLE_STRATEGY  # what an unset REID_AL_STRATEGY runs
 
 
 def test_env_example_sets_every_required_variable(compose: dict[str, Any]) -> None:
