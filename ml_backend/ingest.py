@@ -32,10 +32,14 @@ from ml_backend.pool import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis import Redis
 
     from ml_backend.labelstudio import LabelStudioClient
     from ml_backend.settings import Settings
+    from trainer.encoders import Encoder
+    from trainer.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class IngestReport:
     n_new: int
     n_pool: int
     n_without_url: int = 0
+    n_text_changed: int = 0
     embedded: int = 0
     already_embedded: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -62,6 +67,7 @@ class IngestReport:
     connect: dict[str, Any] | None = None
     embed_seconds: float = 0.0
     images_per_second: float = 0.0
+    text: dict[str, Any] | None = None
     storages: list[str] = field(default_factory=list)
     cycle: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
@@ -109,6 +115,7 @@ def ingest(
         Pool.load(settings.model_dir, project_key) if Pool.exists(settings.model_dir, project_key) else Pool()
     )
     pool, n_new = existing.merged(items)
+    n_text_changed = sum(old.text != pool.items[row].text for row, old in enumerate(existing.items))
     pool, n_without_url = attach_urls(pool, settings.document_root or None)
     pool_path = pool.save(settings.model_dir, project_key)
     report = IngestReport(
@@ -119,6 +126,7 @@ def ingest(
         n_new=n_new,
         n_pool=len(pool),
         n_without_url=n_without_url,
+        n_text_changed=n_text_changed,
         n_skipped=len(scanned.skipped),
         skipped=scanned.skipped[:SKIPPED_SHOWN],
     )
@@ -299,20 +307,61 @@ def _embed(
     batch_size: int | None,
     num_workers: int | None,
 ) -> None:
+    from ml_backend.text_features import lazy_encoder
     from trainer.store import EmbeddingStore
 
     store = EmbeddingStore(settings.features_dir(project))
     unreadable = UnreadableImages(settings.model_dir, project)
+    encoder = lazy_encoder(settings)
     # Images found unreadable before are tried again: ingesting is when a fixed file comes back.
     missing = set(store.missing(item.id for item in pool.items))
     report.already_embedded = len(pool) - len(missing)
-    if not missing:
+    if missing:
+        _embed_images(pool, store, encoder(), missing, unreadable, report, progress, batch_size, num_workers)
+    else:
         report.n_unreadable = len(unreadable.ids())
-        return
-    from trainer.encoders import encoder_from_spec
+    _embed_text(pool, settings, project, store.encoder, encoder, report)
+
+
+def _embed_text(
+    pool: Pool,
+    settings: Settings,
+    project: str,
+    image_encoder: str | None,
+    encoder: Callable[[], Encoder],
+    report: IngestReport,
+) -> None:
+    """Embed the captions the text store lacks (new or changed); say so when they will not be used."""
+    from ml_backend.text_features import pool_text_features, pool_texts
+
+    text = pool_text_features(
+        settings,
+        project,
+        pool_texts(pool, pool.ids),
+        image_encoder=image_encoder,
+        encoder=encoder,
+        load=False,
+    )
+    report.text = text.to_dict()
+    if text.reason is not None:
+        report.warnings.append(
+            f"the text of {text.n_items} image(s) is not used by the cycles: {text.reason}"
+        )
+
+
+def _embed_images(
+    pool: Pool,
+    store: EmbeddingStore,
+    encoder: Encoder,
+    missing: set[str],
+    unreadable: UnreadableImages,
+    report: IngestReport,
+    progress: bool,
+    batch_size: int | None,
+    num_workers: int | None,
+) -> None:
     from trainer.extraction import extract_embeddings
 
-    encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None)
     todo = [(item.id, item.path) for item in pool.items if item.id in missing]
     kwargs: dict[str, Any] = {"progress": progress, "num_workers": num_workers}
     if batch_size is not None:

@@ -19,7 +19,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from ml_backend.push import push_cycle
 from ml_backend.queue import JOB_PREFIX, CycleQueue
 from ml_backend.settings import Settings
 from ml_backend.state import ProjectState
+from ml_backend.text_features import PoolText
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -48,13 +49,15 @@ def _connection() -> Redis:
 
 @dataclass
 class ProjectData:
-    """Frozen features in store row order plus the pool's side information aligned to those rows."""
+    """Frozen features in store row order plus the pool's side information aligned to those rows
+    (``text``: the captions' features, all-zero rows for images without one)."""
 
     ids: list[str]
     features: np.ndarray
     cameras: np.ndarray | None
     tracklets: np.ndarray | None
     pool: Pool | None
+    text: PoolText = field(default_factory=PoolText)
 
     def row_of(self, image_id: str) -> int | None:
         return self._rows.get(image_id)
@@ -77,27 +80,27 @@ def _side_info(pool: Pool | None, ids: list[str], attr: str) -> np.ndarray | Non
 
 
 def load_project_data(settings: Settings, project: str, *, embed_missing: bool = True) -> ProjectData:
-    """The store's features; pool images not embedded yet are embedded first (resumable).
+    """The store's features; pool images (and texts) not embedded yet are embedded first (resumable).
 
     An image that cannot be read is recorded as unreadable and left out of later cycles (an ingest
     retries it): retrying it every cycle would reload the encoder and fail the same way each time."""
     from ml_backend.pool import Pool, UnreadableImages
+    from ml_backend.text_features import lazy_encoder, pool_text_features, pool_texts
     from trainer.store import EmbeddingStore
 
     store = EmbeddingStore(settings.features_dir(project))
     pool = Pool.load(settings.model_dir, project) if Pool.exists(settings.model_dir, project) else None
+    encoder = lazy_encoder(settings)
     if pool is not None and embed_missing:
         unreadable = UnreadableImages(settings.model_dir, project)
         known_bad = unreadable.ids()
         missing = [i for i in store.missing(item.id for item in pool.items) if i not in known_bad]
         if missing:
-            from trainer.encoders import encoder_from_spec
             from trainer.extraction import extract_embeddings
 
-            encoder = encoder_from_spec(settings.encoder, checkpoint=settings.encoder_checkpoint or None)
             wanted = set(missing)
             items = [(item.id, item.path) for item in pool.items if item.id in wanted]
-            report = extract_embeddings(encoder, items, store, progress=False)
+            report = extract_embeddings(encoder(), items, store, progress=False)
             log.info("project %s: embedded %d images (%d failed)", project, report.n_done, report.n_failed)
             if report.failures:
                 unreadable.record((i, pool.item(i).path, why) for i, why in report.failures)
@@ -112,13 +115,38 @@ def load_project_data(settings: Settings, project: str, *, embed_missing: bool =
             store.refresh()
     ids = store.ids()
     features = np.asarray(store.features(), dtype=np.float32)
+    text = pool_text_features(
+        settings,
+        project,
+        pool_texts(pool, ids),
+        image_encoder=store.encoder,
+        encoder=encoder,
+        embed_missing=embed_missing,
+    )
     return ProjectData(
         ids=ids,
         features=features,
         cameras=_side_info(pool, ids, "camera"),
         tracklets=_side_info(pool, ids, "tracklet"),
         pool=pool,
+        text=text,
     )
+
+
+def _say_text(state: ProjectState, text: PoolText) -> None:
+    """Log why a pool's text is not used once, and again only when the reason changes (the reason is
+    kept in the project's meta, so every work horse of every worker agrees on what was said)."""
+    said = state.meta().get("text_not_used")
+    if text.reason == said:
+        return
+    if text.reason is not None:
+        log.warning(
+            "project %s: the text of %d image(s) is not used by the cycle (text_dim 0): %s",
+            state.project,
+            text.n_items,
+            text.reason,
+        )
+    state.set_meta(text_not_used=text.reason)
 
 
 def _url_resolver(settings: Settings, state: ProjectState, data: ProjectData) -> Any:
@@ -161,6 +189,12 @@ def run_project_cycle(
             f"(reid-al ingest <folder> --project {project})"
         )
     graph, unmapped = state.constraint_graph(data.row_of)
+    text = data.text
+    _say_text(state, text)
+    if text.used:
+        log.info(
+            "project %s: %d-d text features of %d image(s) go to the cycle", project, text.dim, text.n_items
+        )
     config = CycleConfig(
         strategy=settings.strategy,
         budget=settings.budget,
@@ -177,6 +211,7 @@ def run_project_cycle(
         registry=ModelRegistry(settings.model_dir, project),
         cameras=data.cameras,
         tracklets=data.tracklets,
+        text_features=text.features,
     )
     timings["cycle_s"] = time.perf_counter() - t1
     if result.version is None:
@@ -203,6 +238,7 @@ def run_project_cycle(
         "served": result.metrics.get("served"),
         "gate": None if result.gate is None else result.gate.to_dict(),
         "identities": result.identities.summary(),
+        "text": text.to_dict(),
     }
     reviews = review_records(result.reviews, data.ids)
     review = result.reviewed.summary() if result.reviewed is not None else {}

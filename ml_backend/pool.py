@@ -44,6 +44,7 @@ _MANIFEST_ALIASES: dict[str, str] = {
     "track_id": "tracklet",
     "text": "text",
     "caption": "text",
+    "attributes": "text",
     "url": "url",
     "identity": "identity",
     "label": "identity",
@@ -56,7 +57,9 @@ class PoolItem:
     """One image of the pool; everything but ``id`` and ``path`` is optional side information.
 
     ``identity`` is ground truth when the source provides it (``<root>/<identity>/<image>`` or an
-    ``identity`` column); it is kept for evaluation only and never shown to the sampler.
+    ``identity`` column); it is kept for evaluation only and never shown to the sampler. ``text`` is a
+    caption, or an attribute list joined by ", ": shown to annotators and embedded by the encoder's text
+    tower (ml_backend/text_features.py).
     """
 
     id: str
@@ -84,9 +87,10 @@ class PoolItem:
         kwargs = {k: v for k, v in obj.items() if k in known}
         if kwargs.get("timestamp") is not None:
             kwargs["timestamp"] = _parse_timestamp(kwargs["timestamp"], where=f"pool item {obj['id']!r}")
-        for key in ("camera", "tracklet", "text", "url", "identity"):
+        for key in ("camera", "tracklet", "url", "identity"):
             if kwargs.get(key) is not None:
                 kwargs[key] = str(kwargs[key])
+        kwargs["text"] = text_value(kwargs.get("text"), where=f"pool item {obj['id']!r}")
         return cls(**kwargs)
 
 
@@ -170,13 +174,18 @@ class Pool:
     def merged(self, new_items: Iterable[PoolItem]) -> tuple[Pool, int]:
         """Append the items whose id is new (existing rows keep their place); returns (pool, n_added).
 
-        An id already present keeps its stored record: its embedding was computed from that record.
+        An id already present keeps its stored record (its image embedding was computed from it), except
+        its text: a new item's text replaces the stored one (its text features are keyed by the text, so
+        the new one is embedded); a new item without text leaves the stored text as it is.
         """
         items = list(self.items)
         seen = set(self._rows)
         added = 0
         for item in new_items:
             if item.id in seen:
+                row = self._rows.get(item.id)
+                if row is not None and item.text is not None and items[row].text != item.text:
+                    items[row] = replace(items[row], text=item.text)
                 continue
             seen.add(item.id)
             items.append(item)
@@ -350,7 +359,8 @@ def walk_folder(root: str | os.PathLike[str]) -> Source:
 
 def read_manifest(path: str | os.PathLike[str]) -> list[PoolItem]:
     """Read a CSV (header row) or JSONL manifest: ``image`` required; ``id``, ``camera``, ``timestamp``,
-    ``tracklet``, ``text``, ``url``, ``identity`` optional (common aliases accepted).
+    ``tracklet``, ``text``, ``url``, ``identity`` optional (common aliases accepted). ``text`` (also
+    ``caption`` or ``attributes``) is a string, or in JSONL a list of attribute strings.
 
     Relative image paths are resolved against the manifest's folder; every image must exist, so a typo
     fails here with its line number rather than later as a silently missing embedding.
@@ -407,7 +417,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[PoolItem]:
                 camera=_optional_str(row.get("camera")),
                 timestamp=None if _blank(timestamp) else _parse_timestamp(timestamp, where=where),
                 tracklet=_optional_str(row.get("tracklet")),
-                text=_optional_str(row.get("text")),
+                text=text_value(row.get("text"), where=where),
                 url=_optional_str(row.get("url")),
                 identity=_optional_str(row.get("identity")),
             )
@@ -492,6 +502,28 @@ def _optional_str(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+def text_value(value: Any, *, where: str) -> str | None:
+    """A manifest's ``text``: a caption (str), or a list of attributes joined by ", "; None when blank.
+
+    A list reads as one caption ("male, red coat, backpack"): the text tower embeds it whole, and
+    annotators see it the same way."""
+    if isinstance(value, list | tuple):
+        parts = []
+        for k, part in enumerate(value):
+            if isinstance(part, bool) or not isinstance(part, str | int | float):
+                raise ValueError(
+                    f"{where}: text[{k}] must be a string (an attribute), got {type(part).__name__}"
+                )
+            if not _blank(part):
+                parts.append(_optional_str(part))
+        return ", ".join(p for p in parts if p) or None
+    if isinstance(value, bool) or not (value is None or isinstance(value, str | int | float)):
+        raise ValueError(
+            f"{where}: text must be a caption (string) or a list of attributes, got {type(value).__name__}"
+        )
+    return _optional_str(value)
 
 
 def _parse_timestamp(value: Any, *, where: str) -> float:

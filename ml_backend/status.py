@@ -1,5 +1,6 @@
-"""What `reid-al status` prints: per project the cycle, the answers pending, the identities, the model
-served, the stopping rule, reviews, and every shortfall or refused event (nothing is dropped quietly)."""
+"""What `reid-al status` prints: per project the cycle, the answers pending, the identities, whether the
+pool's text is used, the model served, the stopping rule, reviews, and every shortfall or refused event
+(nothing is dropped quietly)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,17 @@ def project_problem_lines(p: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _text_line(text: dict[str, Any] | None) -> str | None:
+    """The captions/attributes of the pool: used by the cycle (and how wide), or why not; nothing for a
+    pool without text."""
+    if not text or not text.get("items_with_text"):
+        return None
+    head = f"  text: {text['items_with_text']} image(s) with captions/attributes"
+    if text.get("used"):
+        return f"{head}, {text['text_dim']}-d text features used by the cycle"
+    return f"{head}, not used (text_dim 0): {text.get('reason') or 'unknown reason'}"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for `reid-al status`."""
     from ml_backend.supervise import status_lines
@@ -123,6 +135,9 @@ def format_status(status: dict[str, Any]) -> str:
                     f"  identities: {ids['identities']} ({ids['identities_verified']} verified); "
                     f"images verified {ids['images_verified']}, inferred {ids['images_inferred']}"
                 )
+            text_line = _text_line(last.get("text"))
+            if text_line:
+                lines.append(text_line)
             if last.get("served"):
                 gate = last.get("gate") or {}
                 lines.append(

@@ -102,6 +102,38 @@ def test_read_jsonl_manifest_with_explicit_ids(tmp_path: Path) -> None:
     assert (y.id, y.text) == ("42", "y")
 
 
+def test_text_is_a_caption_or_a_list_of_attributes(tmp_path: Path) -> None:
+    for name in ("x.png", "y.png", "z.png", "w.png"):
+        _img(tmp_path / name)
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"image": "x.png", "caption": "  man in a red coat "},
+        {"image": "y.png", "attributes": ["male", " backpack ", "", 3]},
+        {"image": "z.png", "text": []},
+        {"image": "w.png", "text": "   "},
+    ]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [i.text for i in read_manifest(manifest)] == ["man in a red coat", "male, backpack, 3", None, None]
+    # the pool file keeps the joined text; an API payload's list is read the same way
+    assert items_from_dicts([{"id": "a", "path": "/a", "text": ["hat", "scarf"]}])[0].text == "hat, scarf"
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"image": "ok.png", "text": {"colour": "red"}}, r"m\.jsonl:1: text must be a caption"),
+        ({"image": "ok.png", "attributes": ["red", ["nested"]]}, r"m\.jsonl:1: text\[1\] must be a string"),
+        ({"image": "ok.png", "caption": True}, r"m\.jsonl:1: text must be a caption"),
+    ],
+)
+def test_bad_text_names_the_field(tmp_path: Path, row: dict[str, object], match: str) -> None:
+    _img(tmp_path / "ok.png")
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=match):
+        read_manifest(path)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "exc", "match"),
     [
@@ -195,6 +227,17 @@ def test_merged_appends_only_new_ids_and_keeps_rows(tree: Path) -> None:
     assert merged.ids[:2] == first.ids and merged.row_of("loose.webp") == 3
     again, added_again = merged.merged(scan_folder(tree))
     assert added_again == 0 and again.ids == merged.ids
+
+
+def test_merged_takes_a_new_text_and_keeps_a_text_the_new_item_lacks() -> None:
+    pool = Pool([PoolItem("a", "/a", camera="c1", text="red coat"), PoolItem("b", "/b", text="hat")])
+    merged, added = pool.merged(
+        [PoolItem("a", "/elsewhere", camera="c9", text="blue coat"), PoolItem("b", "/b"), PoolItem("c", "/c")]
+    )
+    assert added == 1 and merged.ids == ["a", "b", "c"]
+    a = merged.item("a")
+    assert (a.text, a.path, a.camera) == ("blue coat", "/a", "c1")  # only the text is replaced
+    assert merged.item("b").text == "hat"  # a folder ingest (no text) leaves the captions as they are
 
 
 def test_pool_rejects_duplicates_and_wrong_types() -> None:

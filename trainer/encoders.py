@@ -301,6 +301,22 @@ _KIND_PARAMS = {
 }
 
 
+_CLASSES: dict[str, type[Encoder]] = {
+    "open_clip": OpenClipEncoder,
+    "mobilenetv2": MobileNetV2Encoder,
+}
+
+
+def encoder_has_text(name: str) -> bool:
+    """Whether the encoder a spec (``REID_AL_ENCODER``) or a store's encoder name denotes has a text
+    tower, told without building it (loading weights to learn that a pool's captions go unused would
+    cost seconds each cycle); False for a name no registered encoder gives."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    cfg = ENCODERS.get(name.strip().split(":", 1)[0])
+    return cfg is not None and _CLASSES[cfg.kind].has_text
+
+
 def create_encoder(name: str, **overrides: Any) -> Encoder:
     """Build a registered encoder, with any of its parameters overridden.
 
