@@ -111,11 +111,13 @@ def run_size(n: int, source_name: str, seed: int, n_answers: int, recall_sample:
     exact = faiss.IndexFlatIP(x.shape[1])
     exact.add(x)
     _, exact_idx = exact.search(x[queries], config.knn_k)
+    del exact  # a pool-sized copy of the features: not part of the cycle's memory
     recall_exact = _recall_rows(np.asarray(exact_idx), labels, queries)
     recall_graph = identity_recall(knn.indices, labels, queries)
     with tempfile.TemporaryDirectory(prefix="bench-cycle-") as tmp:
         t2 = time.perf_counter()
-        result = run_cycle(x, graph, config, registry=ModelRegistry(Path(tmp), "1"))
+        result = run_cycle(x, graph, config, registry=ModelRegistry(Path(tmp), "1"),
+                           log=lambda message: print(f"  {message}", file=sys.stderr, flush=True))
         cycle_s = time.perf_counter() - t2
     from ml_backend.push import p_same_of
 
@@ -134,6 +136,8 @@ def run_size(n: int, source_name: str, seed: int, n_answers: int, recall_sample:
         "push_prepare_s": round(push_s, 3),
         "stages_s": {k: round(float(v), 2) for k, v in result.timings.items()},
         "served": result.gate.served if result.gate is not None else None,
+        "train_steps": result.train_result.steps if result.train_result is not None else 0,
+        "train_clusters": result.train_result.clusters if result.train_result is not None else 0,
         "proposals": len(proposals),
         "identity_neighbour_recall": {"graph": round(recall_graph, 4), "exact": round(recall_exact, 4),
                                       "queries": int(queries.size), "k": int(config.knn_k)},
@@ -226,9 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cycle at {n} images ...", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--one", str(n), "--source", args.source,
                                "--answers", str(args.answers), "--recall-sample", str(args.recall_sample),
-                               "--seed", str(args.seed)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
+                               "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True, check=False)
+        if proc.returncode != 0:  # the child's log and traceback went to stderr as it ran
             return proc.returncode
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)

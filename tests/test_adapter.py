@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -209,6 +210,88 @@ def test_degenerate_label_sets_stay_finite(labels: np.ndarray) -> None:
             assert torch.isfinite(weights).all()
 
 
+def test_steps_per_run_are_bounded_whatever_the_pool_size(split: dict[str, np.ndarray]) -> None:
+    # 240 rows, 8 anchors per step: 30 steps make a pass, the cap makes it 3 per epoch
+    capped = train_adapter(split["xtr"], split["idtr"], [], [],
+                           small_config(epochs=2, batch_size=16, max_steps_per_epoch=3))
+    assert capped.steps == 6
+    full = train_adapter(split["xtr"], split["idtr"], [], [],
+                         small_config(epochs=2, batch_size=16, max_steps_per_epoch=None))
+    assert full.steps == 60
+
+
+def test_cluster_cap_keeps_answered_identities_first() -> None:
+    from trainer.adapter import _keep_clusters
+
+    labels = np.repeat(np.arange(10), 3)
+    labels[-2:] = -1
+    answered = np.array([0, 1, 27, 28, 29])  # rows of identities 0 and 9 (rows 28, 29 are outliers)
+    kept = _keep_clusters(labels, answered, 4, np.random.default_rng(0))
+    assert int(kept.max()) + 1 == 4
+    assert (kept[:3] >= 0).all() and kept[27] >= 0  # the answered identities stay
+    assert (kept[28:] == -1).all()  # outliers stay outliers
+    assert len({int(v) for v in kept[kept >= 0]}) == 4
+    same = _keep_clusters(labels, answered, 4, np.random.default_rng(0))
+    assert np.array_equal(kept, same)  # seeded
+    # members of one identity keep one label
+    for identity in range(10):
+        assert len(set(kept[labels == identity].tolist())) == 1
+
+
+def test_cluster_cap_bounds_the_memory_and_is_a_no_op_when_it_does_not_bite(
+    split: dict[str, np.ndarray],
+) -> None:
+    ml = ml_pairs_across_cameras(split["idtr"], split["camtr"])[:5]
+    cfg = small_config(epochs=1, batch_size=16, max_steps_per_epoch=None)
+    capped = train_adapter(split["xtr"], split["idtr"], ml, [], dataclasses.replace(cfg, max_clusters=5))
+    assert capped.steps == 5  # 5 identities x 8 rows walked, 8 anchors per step
+    loose = train_adapter(split["xtr"], split["idtr"], ml, [], dataclasses.replace(cfg, max_clusters=30))
+    uncapped = train_adapter(split["xtr"], split["idtr"], ml, [], dataclasses.replace(cfg, max_clusters=None))
+    assert loose.steps == uncapped.steps == 30
+    assert loose.losses_per_epoch == uncapped.losses_per_epoch
+    assert _weights_equal(loose.adapter_state["weights"], uncapped.adapter_state["weights"])
+
+
+def _captions(labels: np.ndarray, n_captions: int, width: int, seed: int = 0) -> np.ndarray:
+    """Attribute-like caption features: one of ``n_captions`` per identity, shared by many identities."""
+    table = np.random.default_rng(seed).normal(size=(n_captions, width))
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    return table[labels % n_captions].astype(np.float32)
+
+
+def test_text_features_add_image_text_terms_and_change_the_model(split: dict[str, np.ndarray]) -> None:
+    ml = ml_pairs_across_cameras(split["idtr"], split["camtr"])
+    texts = _captions(split["idtr"], 6, 16)
+    texts[::5] = 0.0  # some images have no caption
+    cfg = small_config(epochs=2)
+    image_only = train_adapter(split["xtr"], split["idtr"], ml, [], cfg)
+    with_text = train_adapter(split["xtr"], split["idtr"], ml, [], cfg, text_features=texts)
+    assert image_only.text_dim == 0 and with_text.text_dim == 16
+    assert {"text_ua", "text_gm"} <= set(with_text.terms_per_epoch[-1])
+    assert all(np.isfinite(v) for v in with_text.losses_per_epoch)
+    assert not _weights_equal(image_only.adapter_state["weights"], with_text.adapter_state["weights"])
+    # the text head is not part of the served adapter: same architecture, same keys
+    assert image_only.adapter_state["weights"].keys() == with_text.adapter_state["weights"].keys()
+    again = train_adapter(split["xtr"], split["idtr"], ml, [], cfg, text_features=texts)
+    assert _weights_equal(with_text.adapter_state["weights"], again.adapter_state["weights"])  # seeded
+
+
+def test_no_text_trains_exactly_as_before(split: dict[str, np.ndarray]) -> None:
+    cfg = small_config(epochs=2)
+    base = train_adapter(split["xtr"], split["idtr"], [], [], cfg)
+    empty = np.zeros((split["xtr"].shape[0], 16), dtype=np.float32)
+    for result in (
+        train_adapter(split["xtr"], split["idtr"], [], [], cfg, text_features=empty),
+        train_adapter(split["xtr"], split["idtr"], [], [], dataclasses.replace(cfg, text_terms=()),
+                      text_features=_captions(split["idtr"], 6, 16)),
+    ):
+        assert result.text_dim == 0
+        assert result.losses_per_epoch == base.losses_per_epoch
+        assert _weights_equal(result.adapter_state["weights"], base.adapter_state["weights"])
+    with pytest.raises(ValueError, match="text_features"):
+        train_adapter(split["xtr"], split["idtr"], [], [], cfg, text_features=empty[:10])
+
+
 def test_warm_start_continues_from_init_state(split: dict[str, np.ndarray]) -> None:
     first = train_adapter(split["xtr"], split["idtr"], [], [], small_config(epochs=2))
     frozen = small_config(epochs=1, lr=1e-12, weight_decay=0.0)
@@ -303,6 +386,9 @@ def test_train_adapter_rejects_bad_input() -> None:
         ("view_dropout", 1.0),
         ("hard_negatives", 0),
         ("max_steps_per_epoch", 0),
+        ("max_clusters", 0),
+        ("text_terms", ("ua", "itm")),
+        ("text_weight", -1.0),
         ("gm_weight", -1.0),
         ("num_threads", 0),
         ("ua_paired_weight", -0.5),

@@ -290,3 +290,50 @@ def test_gm_rejects_bad_arguments() -> None:
         GroupMatchingLoss()(_emb(2), _emb(3), torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="width"):
         GroupMatchingLoss()(_emb(2), _emb(2, d=4), torch.ones(2, 2, dtype=torch.bool))
+
+
+# ---- image-text (seed 004 across modalities) ----------------------------------------------------------
+
+
+def test_image_text_loss_value_on_a_hand_made_case() -> None:
+    from trainer.losses import ImageTextContrastiveLoss
+
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    captions = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = ImageTextContrastiveLoss(temperature=1.0, alpha=0.0)
+    value = loss(images, captions, torch.tensor([0, 1]))
+    expected = -math.log(math.e / (math.e + 1.0))  # own caption at cosine 1, the other at 0
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    # the wrong caption as "own" costs more
+    assert float(loss(images, captions, torch.tensor([1, 0]))) == pytest.approx(float(value) + 1.0, rel=1e-5)
+
+
+def test_image_text_weak_positives_are_down_weighted_by_uncertainty() -> None:
+    from trainer.losses import ImageTextContrastiveLoss
+
+    images = torch.tensor([[1.0, 0.0]])
+    captions = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.2]]), dim=1)
+    loss = ImageTextContrastiveLoss(temperature=1.0, alpha=0.0)
+    alone = float(loss(images, captions, torch.tensor([0])))
+    weak = torch.tensor([[False, True, False]])
+    with_weak = float(loss(images, captions, torch.tensor([0]), weak))
+    # a weak positive farther than the own caption adds a (down-weighted) term with higher loss
+    assert with_weak > alone
+    reg = float(ImageTextContrastiveLoss(temperature=1.0, alpha=1.0)(images, captions, torch.tensor([0]), weak))
+    assert reg == pytest.approx(with_weak + 1.0, rel=1e-5)  # u = s_own - s_weak = 1 - 0
+
+
+def test_image_text_loss_backpropagates_and_rejects_bad_input() -> None:
+    from trainer.losses import ImageTextContrastiveLoss
+
+    images, captions = _emb(5), _emb(3, seed=1)
+    loss = ImageTextContrastiveLoss()
+    _grad_ok(loss(images, captions, torch.tensor([0, 1, 2, 0, 1])), images, captions)
+    with pytest.raises(ValueError, match="own"):
+        loss(_emb(2), _emb(3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="width"):
+        loss(_emb(2), _emb(3, d=4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="weak"):
+        loss(_emb(2), _emb(3), torch.tensor([0, 1]), torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="temperature"):
+        ImageTextContrastiveLoss(temperature=0.0)

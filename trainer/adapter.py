@@ -16,6 +16,10 @@ default — ``outliers="instance"`` gives each its own memory entry as SpCL does
 row per outlier); ``pair`` margin loss on the human pairs; ``ua`` seed 004 uncertainty-aware
 contrastive loss (human must-links strong positives, co-cluster members weak positives, cannot-links
 forced negatives); ``gm`` seed 004 group-wise matching loss with ``K`` sampled hard negatives.
+
+Cost per cycle is bounded whatever the pool size: at most ``epochs x max_steps_per_epoch`` steps, and at
+most ``max_clusters`` pseudo-identities (answered ones first) in the cluster memory every step scores
+against; when that cap bites, anchors are drawn from the kept identities' rows only.
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ from trainer.defaults import (
     TRAIN_BATCH_SIZE,
     TRAIN_EPOCHS,
     TRAIN_LR,
+    TRAIN_MAX_CLUSTERS,
     TRAIN_PAIRS_PER_BATCH,
     TRAIN_STEPS_PER_EPOCH_MAX,
     TRAIN_TEMPERATURE,
     TRAIN_TERMS,
+    TRAIN_TEXT_TERMS,
+    TRAIN_TEXT_WEIGHT,
     TRAIN_WEIGHT_DECAY,
     UA_ALPHA,
     UA_PAIRED_WEIGHT,
@@ -55,6 +62,7 @@ from trainer.defaults import (
 from trainer.losses import (
     ClusterContrastiveLoss,
     GroupMatchingLoss,
+    ImageTextContrastiveLoss,
     PairContrastiveLoss,
     UncertaintyAwareContrastiveLoss,
 )
@@ -74,6 +82,7 @@ __all__ = [
 ]
 
 ADAPTER_KINDS = ("residual_mlp", "linear")
+TEXT_TERMS = ("ua", "gm")
 STATE_FORMAT = "reid-al-adapter/1"
 
 
@@ -174,7 +183,11 @@ class TrainConfig:
     lr: float = TRAIN_LR
     weight_decay: float = TRAIN_WEIGHT_DECAY
     max_steps_per_epoch: int | None = TRAIN_STEPS_PER_EPOCH_MAX  # None: a full pass over the rows
+    max_clusters: int | None = TRAIN_MAX_CLUSTERS  # None: learn from every pseudo-identity
     terms: tuple[str, ...] = TRAIN_TERMS
+    # seed 004's terms across modalities, used only when text features are given ("ua", "gm")
+    text_terms: tuple[str, ...] = TRAIN_TEXT_TERMS
+    text_weight: float = TRAIN_TEXT_WEIGHT
     cluster_weight: float = 1.0
     pair_weight: float = 1.0
     ua_weight: float = 1.0
@@ -197,12 +210,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.terms = tuple(self.terms)
+        self.text_terms = tuple(self.text_terms)
+        if any(t not in TEXT_TERMS for t in self.text_terms):
+            raise ValueError(f"text_terms must be a subset of {TEXT_TERMS}, got {self.text_terms!r}")
+        if not self.text_weight >= 0:
+            raise ValueError(f"text_weight must be >= 0, got {self.text_weight!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         check_training_settings(self)
         if not 0.0 <= self.view_dropout < 1.0:
             raise ValueError(f"view_dropout must be in [0, 1), got {self.view_dropout!r}")
+        if self.max_clusters is not None and self.max_clusters < 1:
+            raise ValueError(f"max_clusters must be >= 1 or None, got {self.max_clusters!r}")
         if self.hard_negatives < 1:
             raise ValueError(f"hard_negatives must be >= 1, got {self.hard_negatives!r}")
         if self.adapter not in ADAPTER_KINDS:
@@ -219,6 +239,8 @@ class TrainResult:
     terms_per_epoch: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     device: str = "cpu"
+    clusters: int = 0  # pseudo-identities learned from (at most TrainConfig.max_clusters)
+    text_dim: int = 0  # width of the text features the run learned from (0: none)
 
 
 TrainReport = TrainResult  # name used in docs/architecture.md
@@ -264,13 +286,17 @@ def train_adapter(
     *,
     init_state: dict[str, Any] | None = None,
     cameras: np.ndarray | None = None,
+    text_features: np.ndarray | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train (or continue training, with ``init_state``) the adapter on frozen ``features``.
 
     ``pseudo_labels``: NP3-refined cluster ids per row, ``-1`` = outlier. ``ml_pairs``/``cl_pairs``: human
     must-link / cannot-link row pairs. ``cameras``: optional camera id per row, used to prefer
-    cross-camera co-cluster partners. ``init_state``: a previous :meth:`Adapter.to_state` to continue
+    cross-camera co-cluster partners. ``text_features``: optional caption/attribute embedding per row
+    (zero rows: no text); with ``config.text_terms`` each image also learns against the distinct captions
+    of its batch through a text head that starts as the identity when the widths match (CLIP's shared
+    space) and is discarded after training. ``init_state``: a previous :meth:`Adapter.to_state` to continue
     from (its architecture wins over ``config.adapter`` / ``config.hidden_dim``). A fixed ``config.seed``
     gives bit-identical results on CPU (same thread count).
     """
@@ -283,6 +309,11 @@ def train_adapter(
     ml = check_pairs(ml_pairs, n, "ml_pairs")
     cl = check_pairs(cl_pairs, n, "cl_pairs")
     cams = check_per_item(cameras, n, "cameras")
+    texts = None
+    if text_features is not None:
+        texts = check_features(text_features, "text_features", unit_norm="any", rows=n, allow_zero_rows=True)
+        if not config.text_terms or not np.abs(texts).sum(axis=1).any():
+            texts = None
     device = resolve_device(config.device)
     started = time.perf_counter()
 
@@ -299,11 +330,18 @@ def train_adapter(
         x = tensor_of(x_np).to(device)
 
         train_labels = compact_labels(labels, config.outliers)
+        # rows an epoch walks as anchors: all of them, or only the kept identities' when capped
+        anchor_rows: np.ndarray | None = None
+        if config.max_clusters is not None and int(train_labels.max()) + 1 > config.max_clusters:
+            train_labels = _keep_clusters(train_labels, np.concatenate([ml, cl]).ravel(),
+                                          config.max_clusters, rng)
+            anchor_rows = np.flatnonzero(train_labels >= 0)
         n_clusters = int(train_labels.max()) + 1
         builder = BatchBuilder(labels, must_link_components(ml, n), ml, cl, cams, rng)
         terms = set(config.terms)
         memory: ClusterContrastiveLoss | None = None
         labels_t = torch.from_numpy(train_labels).to(device)
+        labelled_t = torch.from_numpy(np.flatnonzero(train_labels >= 0)).to(device)
         if "cluster" in terms and n_clusters >= 1:
             memory = ClusterContrastiveLoss(
                 n_clusters, model.out_dim, temperature=config.temperature, momentum=config.momentum
@@ -318,9 +356,15 @@ def train_adapter(
         use_pairs = "pair" in terms and pairs.shape[0] > 0 and config.pairs_per_batch > 0
         need_view = bool(terms & {"ua", "gm"})
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        params = list(model.parameters())
+        text_part: _TextPart | None = None
+        if texts is not None:
+            text_part = _TextPart(texts, model.out_dim, config, device)
+            params += list(text_part.head.parameters())
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         n_anchor = max(1, config.batch_size // 2)
-        steps = math.ceil(n / n_anchor)
+        n_walk = n if anchor_rows is None else anchor_rows.size
+        steps = math.ceil(n_walk / n_anchor)
         if config.max_steps_per_epoch is not None:
             steps = min(steps, config.max_steps_per_epoch)
         losses: list[float] = []
@@ -336,10 +380,11 @@ def train_adapter(
                 # Cluster-Contrast style: centroids re-extracted with the current adapter every epoch,
                 # momentum-updated within it (an epoch sees at most max_steps_per_epoch batches, so on a
                 # large pool most centroids would otherwise go stale).
+                # (only the labelled rows: an outlier's or a dropped identity's row adds nothing)
                 with torch.no_grad():
-                    memory.initialise(_embed_all(model, x), labels_t)
-            perm = rng.permutation(n)
-            sums = {t: 0.0 for t in (*config.terms, "total")}
+                    memory.initialise(_embed_all(model, x[labelled_t]), labels_t[labelled_t])
+            perm = rng.permutation(n) if anchor_rows is None else anchor_rows[rng.permutation(n_walk)]
+            sums = {t: 0.0 for t in (*config.terms, *(text_part.names if text_part else ()), "total")}
             for step in range(steps):
                 anchors = perm[step * n_anchor : (step + 1) * n_anchor]
                 if anchors.size == 0:
@@ -370,6 +415,8 @@ def train_adapter(
                     if "gm" in terms:
                         gm = gm_loss(z, view, strong | weak, negative, generator=gen)
                         parts["gm"] = config.gm_weight * gm
+                if text_part is not None:
+                    parts.update(text_part.losses(z, rows, builder, gm_loss, gen))
                 total = sum(parts.values(), start=z.sum() * 0.0)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -395,7 +442,79 @@ def train_adapter(
         terms_per_epoch=term_log,
         steps=total_steps,
         device=str(device),
+        clusters=n_clusters,
+        text_dim=0 if texts is None else int(texts.shape[1]),
     )
+
+
+class _TextPart:
+    """The text side of a run: the head that maps captions into the adapter's space and the seed-004
+    terms between each image of a batch and the batch's distinct captions."""
+
+    def __init__(self, texts: np.ndarray, out_dim: int, config: TrainConfig, device: torch.device) -> None:
+        self.has_text = np.abs(texts).sum(axis=1) > 0
+        # identical rows are one caption: a copy of an image's own caption is never its negative
+        _, self.caption = np.unique(texts, axis=0, return_inverse=True)
+        self.caption = self.caption.reshape(-1)
+        t = texts.shape[1]
+        head = nn.Linear(t, out_dim, bias=False)
+        with torch.no_grad():
+            if t == out_dim:
+                head.weight.copy_(torch.eye(out_dim))
+            else:
+                gen = torch.Generator().manual_seed(int(config.seed) + 1)
+                head.weight.copy_(torch.randn(head.weight.shape, generator=gen) / math.sqrt(t))
+        self.head = head.to(device).train()
+        self.texts = tensor_of(texts).to(device)
+        self.device = device
+        self.config = config
+        self.names = tuple(f"text_{term}" for term in config.text_terms)
+        self.contrast = ImageTextContrastiveLoss(config.temperature, config.ua_alpha)
+
+    def losses(self, z: Tensor, rows: np.ndarray, builder: BatchBuilder, gm_loss: GroupMatchingLoss,
+               gen: torch.Generator) -> dict[str, Tensor]:
+        sel = np.flatnonzero(self.has_text[rows])
+        if sel.size == 0:
+            return {}
+        image_rows = rows[sel]
+        caps, first, own = np.unique(self.caption[image_rows], return_index=True, return_inverse=True)
+        first_rows = torch.from_numpy(image_rows[first]).to(self.device)
+        captions = F.normalize(self.head(self.texts[first_rows]), dim=1)
+        strong, weak, negative = builder.masks(image_rows)
+        onehot = np.zeros((sel.size, caps.size), dtype=np.int64)
+        onehot[np.arange(sel.size), own] = 1
+        same = ((strong | weak) & ~negative).astype(np.int64) @ onehot > 0
+        forced = (negative.astype(np.int64) @ onehot > 0) & ~same
+        zi = z[torch.from_numpy(sel).to(self.device)]
+        own_t = torch.from_numpy(own.reshape(-1)).to(self.device)
+        cfg = self.config
+        out: dict[str, Tensor] = {}
+        if "ua" in cfg.text_terms:
+            weak_t = torch.from_numpy(same).to(self.device)
+            out["text_ua"] = cfg.text_weight * cfg.ua_weight * self.contrast(zi, captions, own_t, weak_t)
+        if "gm" in cfg.text_terms:
+            same_t = torch.from_numpy(same | (onehot > 0)).to(self.device)
+            forced_t = torch.from_numpy(forced).to(self.device)
+            gm = gm_loss(zi, captions, same_t, forced_t, generator=gen)
+            out["text_gm"] = cfg.text_weight * cfg.gm_weight * gm
+        return out
+
+
+def _keep_clusters(labels: np.ndarray, answered: np.ndarray, max_clusters: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Compact labels keeping at most ``max_clusters`` clusters: those holding an end of a human answer
+    first, then a seeded sample of the rest; rows of the others become ``-1``."""
+    n_clusters = int(labels.max()) + 1
+    touched = np.unique(labels[answered[labels[answered] >= 0]]) if answered.size else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(n_clusters), touched)
+    if touched.size >= max_clusters:
+        keep = rng.choice(touched, size=max_clusters, replace=False)
+    else:
+        keep = np.concatenate([touched, rng.choice(rest, size=max_clusters - touched.size, replace=False)])
+    remap = np.full(n_clusters, -1, dtype=np.int64)
+    remap[np.sort(keep)] = np.arange(keep.size)
+    out = np.where(labels >= 0, remap[np.maximum(labels, 0)], -1)
+    return out.astype(np.int64)
 
 
 def _embed_all(model: Adapter, x: Tensor, batch_size: int = 16_384) -> Tensor:

@@ -382,6 +382,7 @@ def _train_metrics(result: TrainResult | None) -> dict[str, float | int]:
         return {}
     out: dict[str, float | int] = {
         "train_steps": result.steps,
+        "train_clusters": result.clusters,
         "train_epochs": len(result.losses_per_epoch),
         "loss_first": float(result.losses_per_epoch[0]),
         "loss_last": float(result.losses_per_epoch[-1]),
@@ -535,12 +536,12 @@ def run_cycle(
     if not any(skipped.values()):
         train_result = train_adapter(
             x, labels, holdout.train_must_link, holdout.train_cannot_link, config.train,
-            cameras=cameras, progress=progress,
+            cameras=cameras, text_features=text_features, progress=progress,
         )
         say(f"cycle: trained {train_result.steps} steps in {train_result.seconds:.1f}s, "
             f"loss {train_result.losses_per_epoch[0]:.4f} -> {train_result.losses_per_epoch[-1]:.4f}")
         stages.done("train")
-        frozen = apply_adapter(None, x)
+        frozen = emb if in_service is None else apply_adapter(None, x)  # one pool-sized copy, not two
         models = {
             "candidate": (train_result.adapter_state, apply_adapter(train_result.adapter_state, x,
                                                                     device=config.train.device)),
@@ -574,6 +575,7 @@ def run_cycle(
     metrics: dict[str, Any] = {
         "n_images": n,
         "dim": int(emb.shape[1]),
+        "text_dim": 0 if text_features is None else int(text_features.shape[1]),
         "n_constraints": len(graph),
         "n_must_links": len(graph.must_links()),
         "n_cannot_links": len(graph.cannot_links()),

@@ -21,13 +21,24 @@ TRAIN_EPOCHS = 30
 TRAIN_BATCH_SIZE = 256  # rows per step: half anchors, half their sampled partners
 TRAIN_LR = 1e-3
 TRAIN_TERMS = ("cluster", "pair")
+# seed 004's terms between images and their captions/attributes, used only when a pool has text
+TRAIN_TEXT_TERMS = ("ua", "gm")
+TRAIN_TEXT_WEIGHT = 1.0
 # The adapter's contrastive temperature: softer than SpCL's 0.05 (CONTRAST_TEMPERATURE, kept for full
 # fine-tuning). With a few hundred answers, 0.1 gave +1.9 and +0.8 held-out mAP on glyphs-plain and
 # glyphs-mixed and -0.9 on icons with the same answers; 0.2 was best on glyphs-plain only
 # (docs/benchmarks.md).
 TRAIN_TEMPERATURE = 0.1
 TRAIN_WEIGHT_DECAY = 1e-4
-TRAIN_STEPS_PER_EPOCH_MAX = 100  # SpCL-style fixed iterations: caps the CPU cost per cycle on large pools
+# SpCL-style fixed iterations: 30 epochs x 10 steps = at most 300 steps per candidate, whatever the pool
+# size. A step costs the same at any pool size (the cluster memory is bounded below), so this bounds the
+# cycle's training time: 3,000 steps took 283 s of a 292 s cycle at 20k images (docs/benchmarks.md).
+# Pools under 1,280 images (every real-set simulation) take fewer steps per epoch and are unaffected.
+TRAIN_STEPS_PER_EPOCH_MAX = 10
+# Pseudo-identities one candidate learns from: those with a human answer first, then a seeded sample of
+# the rest. The cluster memory is one row per identity and every step scores its batch against all of
+# them, so without a cap a step's cost grows with the pool.
+TRAIN_MAX_CLUSTERS = 2048
 TRAIN_PAIRS_PER_BATCH = 64  # human ML/CL pairs drawn into every step
 ADAPTER_HIDDEN_DIM = 256
 VIEW_NOISE = 0.01  # std of the Gaussian noise that makes the second "view" of a frozen feature

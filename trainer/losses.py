@@ -11,6 +11,8 @@ attached to the graph, so a weighted sum of terms can always be back-propagated.
   pair-level uncertainty ``u_ij = max(0, s_ii - s_ij)``.
 - :class:`GroupMatchingLoss` — seed 004: cross-entropy over a group of all same-identity candidates
   plus ``K`` hard negatives sampled ∝ ``softmax(s / τ)``.
+- :class:`ImageTextContrastiveLoss` — seed 004's uncertainty-aware loss across modalities: each image
+  against the distinct captions of its batch, its own caption the strong positive.
 
 Embeddings passed in are expected to be L2-normalised (cosine similarity = dot product).
 """
@@ -32,6 +34,7 @@ from trainer.defaults import (
 __all__ = [
     "ClusterContrastiveLoss",
     "GroupMatchingLoss",
+    "ImageTextContrastiveLoss",
     "PairContrastiveLoss",
     "UncertaintyAwareContrastiveLoss",
     "zero_loss",
@@ -318,3 +321,48 @@ class GroupMatchingLoss(nn.Module):
         pos = same_m[valid]
         per_anchor = -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / pos.sum(dim=1)
         return per_anchor.mean()
+
+
+class ImageTextContrastiveLoss(nn.Module):
+    """Seed 004's uncertainty-aware contrastive loss between images and captions (ALGORITHMS.md §8).
+
+    ``captions`` are the *distinct* caption embeddings of a batch: attribute captions ("red jacket,
+    backpack") are shared by many individuals, so a copy of an image's own caption must not count as a
+    negative of it. ``own[i]`` indexes image ``i``'s caption (the strong positive); ``weak[i, c]`` marks
+    captions of images believed to be the same individual (weight ``exp(-u_ic)``, ``u_ic = max(0,
+    s_i,own - s_ic)``, detached, plus ``α · mean(u)``); every other caption is a negative.
+    """
+
+    def __init__(self, temperature: float = CONTRAST_TEMPERATURE, alpha: float = UA_ALPHA) -> None:
+        super().__init__()
+        _check_positive("temperature", temperature)
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+
+    def forward(self, images: Tensor, captions: Tensor, own: Tensor, weak: Tensor | None = None) -> Tensor:
+        _check_embeddings("images", images)
+        _check_embeddings("captions", captions)
+        if images.shape[1] != captions.shape[1]:
+            raise ValueError(f"images and captions must have the same width, got {images.shape[1]} and "
+                             f"{captions.shape[1]}")
+        n, m = images.shape[0], captions.shape[0]
+        if own.shape != (n,) or (n and (int(own.min()) < 0 or int(own.max()) >= m)):
+            raise ValueError(f"own must hold one caption index in [0, {m}) per image")
+        _check_square_mask("weak", weak, n, m)
+        if n == 0:
+            return zero_loss(images) + zero_loss(captions)
+        strong = torch.zeros(n, m, dtype=torch.bool, device=images.device)
+        strong[torch.arange(n, device=images.device), own] = True
+        weak_m = torch.zeros_like(strong) if weak is None else weak.bool() & ~strong
+        sim = images @ captions.t()
+        paired = sim.gather(1, own.unsqueeze(1))
+        uncertainty = F.relu(paired - sim)
+        weights = torch.where(strong, torch.ones_like(sim), torch.exp(-uncertainty).detach())
+        weights = weights * (strong | weak_m).to(sim.dtype)
+        log_prob = F.log_softmax(sim / self.temperature, dim=1)
+        loss = (-(weights * log_prob).sum(dim=1) / weights.sum(dim=1)).mean()
+        if self.alpha > 0 and bool(weak_m.any()):
+            loss = loss + self.alpha * F.relu(paired.detach() - sim)[weak_m].mean()
+        return loss
