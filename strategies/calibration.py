@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ CALIBRATION_METHODS = ("logistic", "isotonic")
 _DICT_VERSION = 1
 
 
+@dataclass(eq=False, repr=False)
 class PSameCalibrator:
     """Maps cosine similarity to P(same identity); fitted on human-labelled pairs.
 
@@ -42,21 +44,12 @@ class PSameCalibrator:
     (isotonic). Before `fit`, `predict` answers with the prior curve.
     """
 
-    def __init__(
-        self,
-        method: str = CALIBRATION_METHOD,
-        min_labels: int = CALIBRATION_MIN_LABELS,
-        min_per_class: int = CALIBRATION_MIN_PER_CLASS,
-        prior_center: float = CALIBRATION_PRIOR_CENTER,
-        prior_slope: float = CALIBRATION_PRIOR_SLOPE,
-        C: float = CALIBRATION_LOGISTIC_C,
-    ) -> None:
-        self.method = method
-        self.min_labels = min_labels
-        self.min_per_class = min_per_class
-        self.prior_center = prior_center
-        self.prior_slope = prior_slope
-        self.C = C
+    method: str = CALIBRATION_METHOD
+    min_labels: int = CALIBRATION_MIN_LABELS
+    min_per_class: int = CALIBRATION_MIN_PER_CLASS
+    prior_center: float = CALIBRATION_PRIOR_CENTER
+    prior_slope: float = CALIBRATION_PRIOR_SLOPE
+    C: float = CALIBRATION_LOGISTIC_C
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -143,14 +136,8 @@ class PSameCalibrator:
         if not isinstance(d, dict) or d.get("version") != _DICT_VERSION:
             raise ValueError(f"d: not a PSameCalibrator dict of version {_DICT_VERSION}")
         try:
-            calibrator = cls(
-                method=d["method"],
-                min_labels=d["min_labels"],
-                min_per_class=d.get("min_per_class", 1),
-                prior_center=d["prior_center"],
-                prior_slope=d["prior_slope"],
-                C=d["C"],
-            )
+            params = {"min_per_class": 1, **d}  # dicts written before min_per_class existed
+            calibrator = cls(**{f.name: params[f.name] for f in fields(cls)})
             calibrator._check_params()
             mode = d["mode"]
             if mode is not None:

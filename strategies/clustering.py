@@ -21,7 +21,7 @@ BLAS rounding and ties resolve by index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -110,28 +110,20 @@ def _unit(vectors: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
     return v / (_norms(v) if norms is None else norms)[:, None]
 
 
+@dataclass(eq=False)
 class FINCH:
     """FINCH clustering (Sarfraz et al. CVPR 2019), exact cosine first neighbours; see the module doc.
 
     ``random_state`` seeds the approximate index used above ``exact_max`` points.
     """
 
-    def __init__(
-        self,
-        random_state: int = 0,
-        *,
-        exact_max: int = EXACT_KNN_MAX,
-        approximate: str = APPROXIMATE_INDEX,
-        use_gpu: bool | None = None,
-        n_threads: int | None = None,
-        n_candidates: int = FINCH_CANDIDATES,
-    ):
-        self.random_state = random_state
-        self.exact_max = exact_max
-        self.approximate = approximate
-        self.use_gpu = use_gpu
-        self.n_threads = n_threads
-        self.n_candidates = n_candidates
+    random_state: int = 0
+    _: KW_ONLY
+    exact_max: int = EXACT_KNN_MAX
+    approximate: str = APPROXIMATE_INDEX
+    use_gpu: bool | None = None
+    n_threads: int | None = None
+    n_candidates: int = FINCH_CANDIDATES
 
     def _first_neighbours(
         self, vectors: np.ndarray, candidates: np.ndarray | None = None, sims: np.ndarray | None = None

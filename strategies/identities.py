@@ -20,7 +20,7 @@ import numpy as np
 from strategies.constraints import ConstraintGraph, must_link_components
 from strategies.defaults import CONTRADICTION_POLICY, IDENTITY_MIN_P_SAME, NEW_INDIVIDUAL_MIN
 from strategies.knn import KnnGraph
-from strategies.validation import check_features
+from strategies.validation import check_features, check_unit_interval
 
 __all__ = ["IdentityAssigner", "IdentityAssignment"]
 
@@ -134,8 +134,7 @@ class IdentityAssigner:
         n = x.shape[0]
         if knn.n != n:
             raise ValueError(f"knn: covers {knn.n} rows but features has {n}")
-        if not 0.0 <= float(self.min_p_same) < 1.0:
-            raise ValueError(f"min_p_same: must be in [0, 1), got {self.min_p_same!r}")
+        check_unit_interval(self.min_p_same, "min_p_same", "[0, 1)")
         effective = constraints.effective(self.contradiction_policy)
         comp = must_link_components(np.asarray(effective.must_link, dtype=np.int64).reshape(-1, 2), n)
         cannot = [(int(comp[i]), int(comp[j])) for i, j in effective.cannot_link]

@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import maximum_flow
 
 from strategies.constraints import ConstraintGraph, ConstraintKind
 from strategies.defaults import REDUNDANCY_K, REDUNDANCY_MAX_P_SAME, REDUNDANCY_MIN_SIZE
+from strategies.validation import check_counts, check_unit_interval
 
 __all__ = ["REVIEW_KINDS", "AnswerReview", "Review", "ReviewedAnswers"]
 
@@ -132,6 +133,7 @@ class _Groups:
         self.size.pop(rb, None)
 
 
+@dataclass(kw_only=True, eq=False)
 class AnswerReview:
     """Votes, redundancy and contradiction review over a ConstraintGraph (module docstring).
 
@@ -140,25 +142,14 @@ class AnswerReview:
     ``redundancy_max_p_same``: ... or when the model's calibrated P(same) is below this (0: never).
     """
 
-    def __init__(
-        self,
-        *,
-        redundancy_k: int = REDUNDANCY_K,
-        redundancy_min_size: int = REDUNDANCY_MIN_SIZE,
-        redundancy_max_p_same: float = REDUNDANCY_MAX_P_SAME,
-    ) -> None:
-        self.redundancy_k = redundancy_k
-        self.redundancy_min_size = redundancy_min_size
-        self.redundancy_max_p_same = redundancy_max_p_same
+    redundancy_k: int = REDUNDANCY_K
+    redundancy_min_size: int = REDUNDANCY_MIN_SIZE
+    redundancy_max_p_same: float = REDUNDANCY_MAX_P_SAME
 
     def check_params(self) -> None:
         """Refuse a bad parameter, naming it (run by resolve; callers may check a config early)."""
-        for name in ("redundancy_k", "redundancy_min_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-        if not 0.0 <= float(self.redundancy_max_p_same) <= 1.0:
-            raise ValueError(f"redundancy_max_p_same: must be in [0, 1], got {self.redundancy_max_p_same!r}")
+        check_counts(self, "redundancy_k", "redundancy_min_size")
+        check_unit_interval(self.redundancy_max_p_same, "redundancy_max_p_same")
 
     def resolve(
         self,

@@ -21,6 +21,7 @@ import numpy as np
 
 from strategies.constraints import ConstraintGraph, ConstraintKind, Relation
 from strategies.defaults import STOP_PATIENCE, STOP_THRESHOLD, STOP_WINDOW
+from strategies.validation import check_counts, check_unit_interval
 
 __all__ = ["RefreshCriterion", "StoppingEstimate", "label_changing"]
 
@@ -104,31 +105,22 @@ class StoppingEstimate:
         }
 
 
+@dataclass(kw_only=True, eq=False)
 class RefreshCriterion:
     """Stop when P(any of the next ``patience`` answers changes the identities) < ``threshold``.
 
     ``window``: the span of the exponentially weighted rate (alpha = 2 / (window + 1)).
     """
 
-    def __init__(
-        self, *, window: int = STOP_WINDOW, patience: int = STOP_PATIENCE, threshold: float = STOP_THRESHOLD
-    ) -> None:
-        self.window = window
-        self.patience = patience
-        self.threshold = threshold
-
-    def _check(self) -> None:
-        for name in ("window", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-        if not 0.0 < float(self.threshold) < 1.0:
-            raise ValueError(f"threshold: must be in (0, 1), got {self.threshold!r}")
+    window: int = STOP_WINDOW
+    patience: int = STOP_PATIENCE
+    threshold: float = STOP_THRESHOLD
 
     def estimate(self, changing: Any) -> StoppingEstimate:
         """The rule's state after the answers whose effects are ``changing`` (bool per answer, in
         arrival order; see ``label_changing``)."""
-        self._check()
+        check_counts(self, "window", "patience")
+        check_unit_interval(self.threshold, "threshold", "(0, 1)")
         flags = np.asarray(changing)
         if flags.ndim != 1 or (flags.size and flags.dtype != bool):
             raise ValueError(

@@ -15,12 +15,14 @@ from strategies.defaults import NORM_TOLERANCE
 __all__ = [
     "UNIT_NORM_MODES",
     "InvalidParameterError",
+    "check_counts",
     "check_features",
     "check_int",
     "check_labels",
     "check_pairs",
     "check_per_item",
     "check_random_state",
+    "check_unit_interval",
 ]
 
 # "require": rows must already be L2-normalised; "normalise": rows that are not are divided by their norm
@@ -98,6 +100,24 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise InvalidParameterError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_counts(owner: Any, *names: str) -> None:
+    """Each named parameter of ``owner`` is an integer >= 1 (numpy integers accepted, bools refused)."""
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+
+
+def check_unit_interval(value: Any, name: str, interval: str = "[0, 1]") -> None:
+    """``value`` lies in the part of [0, 1] that ``interval`` writes ("[0, 1]", "(0, 1)", "[0, 1)" or
+    "(0, 1]"); the same text names it in the message."""
+    v = float(value)
+    low_ok = v >= 0.0 if interval.startswith("[") else v > 0.0
+    high_ok = v <= 1.0 if interval.endswith("]") else v < 1.0
+    if not (low_ok and high_ok):
+        raise ValueError(f"{name}: must be in {interval}, got {value!r}")
 
 
 def check_random_state(random_state: int | None) -> np.random.Generator:

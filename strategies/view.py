@@ -12,6 +12,7 @@ keyword arguments and are then never recomputed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -20,7 +21,7 @@ import scipy.sparse as sp
 
 from strategies.calibration import PSameCalibrator
 from strategies.clustering import FINCH, DBSCANClusterer, FinchResult
-from strategies.constraints import ConstraintGraph
+from strategies.constraints import CONTRADICTION_POLICIES, ConstraintGraph
 from strategies.defaults import (
     CONTRADICTION_POLICY,
     DBSCAN_EPS,
@@ -36,7 +37,7 @@ from strategies.knn import KnnGraph, build_knn
 from strategies.np3 import NP3, NP3Result
 from strategies.validation import check_features, check_int
 
-__all__ = ["PRECOMPUTABLE", "ClusteringView", "labelled_pairs"]
+__all__ = ["PRECOMPUTABLE", "ClusteringView", "ViewParams", "labelled_pairs"]
 
 # the pieces a caller may hand in already computed
 PRECOMPUTABLE = ("knn", "jaccard", "dbscan_labels", "finch", "calibrator", "identities")
@@ -52,6 +53,51 @@ def labelled_pairs(constraints: ConstraintGraph) -> tuple[np.ndarray, np.ndarray
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=bool)
     arr = np.asarray(rows, dtype=np.int64)
     return arr[:, :2], arr[:, 2].astype(bool)
+
+
+@dataclass
+class ViewParams:
+    """A ClusteringView's parameters, declared once for whoever builds views with the same settings
+    (the retraining cycle's config inherits them); ClusteringView documents each."""
+
+    k1: int = K1
+    k2: int = K2
+    knn_k: int = KNN_K
+    eps: float = DBSCAN_EPS
+    min_samples: int = DBSCAN_MIN_SAMPLES
+    contradiction_policy: str = CONTRADICTION_POLICY
+    min_p_same: float = IDENTITY_MIN_P_SAME
+    random_state: int = 0
+
+    def check_view_params(self) -> None:
+        """Refuse a bad parameter before any view is built, naming it."""
+        if self.contradiction_policy not in CONTRADICTION_POLICIES:
+            raise ValueError(
+                f"contradiction_policy must be one of {CONTRADICTION_POLICIES}, "
+                f"got {self.contradiction_policy!r}"
+            )
+        for name in ("k1", "k2", "min_samples", "knn_k"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 < float(self.eps) <= 1.0:
+            raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
+        if not 0.0 <= float(self.min_p_same) < 1.0:
+            raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
+
+    def view(self, features: np.ndarray, constraints: ConstraintGraph | None = None) -> ClusteringView:
+        """The clustering view of ``features`` under ``constraints`` with these parameters."""
+        return ClusteringView(
+            features,
+            constraints,
+            k1=int(self.k1),
+            k2=int(self.k2),
+            knn_k=int(self.knn_k),
+            eps=self.eps,
+            min_samples=self.min_samples,
+            contradiction_policy=self.contradiction_policy,
+            min_p_same=self.min_p_same,
+            random_state=self.random_state,
+        )
 
 
 class ClusteringView:

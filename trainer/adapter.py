@@ -67,7 +67,7 @@ from trainer.losses import (
     UncertaintyAwareContrastiveLoss,
 )
 from trainer.runtime import deterministic, resolve_device, tensor_of
-from trainer.training import LOSS_TERMS, BatchBuilder, check_training_settings, compact_labels
+from trainer.training import LOSS_TERMS, BatchBuilder, TermLog, check_training_settings, compact_labels
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -367,14 +367,12 @@ def train_adapter(
         steps = math.ceil(n_walk / n_anchor)
         if config.max_steps_per_epoch is not None:
             steps = min(steps, config.max_steps_per_epoch)
-        losses: list[float] = []
-        term_log: list[dict[str, float]] = []
+        term_log = TermLog()
         epochs: Any = range(config.epochs)
         if progress:
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, desc="adapter", unit="epoch")
-        total_steps = 0
         for _ in epochs:
             if memory is not None:
                 # Cluster-Contrast style: centroids re-extracted with the current adapter every epoch,
@@ -384,7 +382,7 @@ def train_adapter(
                 with torch.no_grad():
                     memory.initialise(_embed_all(model, x[labelled_t]), labels_t[labelled_t])
             perm = rng.permutation(n) if anchor_rows is None else anchor_rows[rng.permutation(n_walk)]
-            sums = {t: 0.0 for t in (*config.terms, *(text_part.names if text_part else ()), "total")}
+            term_log.start_epoch((*config.terms, *(text_part.names if text_part else ())))
             for step in range(steps):
                 anchors = perm[step * n_anchor : (step + 1) * n_anchor]
                 if anchors.size == 0:
@@ -423,24 +421,16 @@ def train_adapter(
                 optimizer.step()
                 if memory is not None:
                     memory.update(z.detach(), labels_t[rows_t])
-                for name, value in parts.items():
-                    sums[name] += float(value.detach())
-                sums["total"] += float(total.detach())
-                total_steps += 1
-            done = max(1, steps)
-            epoch_terms = {name: value / done for name, value in sums.items()}
-            term_log.append(epoch_terms)
-            losses.append(epoch_terms["total"])
-            if progress and hasattr(epochs, "set_postfix"):
-                epochs.set_postfix(loss=f"{epoch_terms['total']:.4f}")
+                term_log.add(parts, total)
+            term_log.end_epoch(steps, epochs)
 
         state = model.cpu().to_state()
     return TrainResult(
         adapter_state=state,
-        losses_per_epoch=losses,
+        losses_per_epoch=term_log.losses,
         seconds=time.perf_counter() - started,
-        terms_per_epoch=term_log,
-        steps=total_steps,
+        terms_per_epoch=term_log.epochs,
+        steps=term_log.steps,
         device=str(device),
         clusters=n_clusters,
         text_dim=0 if texts is None else int(texts.shape[1]),

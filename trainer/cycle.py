@@ -52,24 +52,13 @@ from typing import Any
 import numpy as np
 
 from strategies.calibration import PSameCalibrator
-from strategies.constraints import CONTRADICTION_POLICIES, ConstraintGraph
-from strategies.defaults import (
-    CONTRADICTION_POLICY,
-    DBSCAN_EPS,
-    DBSCAN_MIN_SAMPLES,
-    IDENTITY_MIN_P_SAME,
-    K1,
-    K2,
-    KNN_K,
-    REDUNDANCY_K,
-    REDUNDANCY_MAX_P_SAME,
-    REDUNDANCY_MIN_SIZE,
-)
+from strategies.constraints import ConstraintGraph
+from strategies.defaults import REDUNDANCY_K, REDUNDANCY_MAX_P_SAME, REDUNDANCY_MIN_SIZE
 from strategies.identities import IdentityAssigner, IdentityAssignment
 from strategies.review import AnswerReview, Review, ReviewedAnswers
 from strategies.samplers import PairProposal, PoolExhaustedError, available_samplers, make_sampler
 from strategies.validation import check_features, check_per_item
-from strategies.view import ClusteringView, labelled_pairs
+from strategies.view import ClusteringView, ViewParams, labelled_pairs
 from trainer.adapter import TrainConfig, TrainResult, apply_adapter, train_adapter
 from trainer.defaults import CYCLE_BUDGET, CYCLE_PSEUDO_LABELS, CYCLE_STRATEGY, CYCLE_TRAIN_MIN_P_SAME
 from trainer.gate import GateDecision, Holdout, ValidationGate
@@ -87,9 +76,11 @@ LogTarget = Callable[[str], Any] | logging.Logger | None
 
 
 @dataclass
-class CycleConfig:
+class CycleConfig(ViewParams):
     """Everything one cycle needs besides the data; defaults from strategies/ and trainer/defaults.py.
 
+    The view's parameters (``k1``, ``k2``, ``knn_k``, ``eps``, ``min_samples``, ``contradiction_policy``,
+    ``min_p_same``, ``random_state``) are ViewParams'; :meth:`view` builds a view with them.
     ``train.seed`` seeds the adapter training, ``random_state`` everything else (kNN index, NP3,
     sampler). ``train_when_fewer_than``: train only while the pool has fewer images than this
     (``None``: always). ``gate``: the validation gate that decides which model is served.
@@ -101,15 +92,7 @@ class CycleConfig:
     strategy_params: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: ValidationGate = field(default_factory=ValidationGate)
-    contradiction_policy: str = CONTRADICTION_POLICY
-    k1: int = K1
-    k2: int = K2
-    eps: float = DBSCAN_EPS
-    min_samples: int = DBSCAN_MIN_SAMPLES
-    min_p_same: float = IDENTITY_MIN_P_SAME
-    random_state: int = 0
     train_when_fewer_than: int | None = None
-    knn_k: int = KNN_K
     pseudo_labels: str = CYCLE_PSEUDO_LABELS
     train_min_p_same: float = CYCLE_TRAIN_MIN_P_SAME
     redundancy_k: int = REDUNDANCY_K
@@ -127,18 +110,7 @@ class CycleConfig:
             raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         if not isinstance(self.gate, ValidationGate):
             raise ValueError(f"gate must be a ValidationGate, got {type(self.gate).__name__}")
-        if self.contradiction_policy not in CONTRADICTION_POLICIES:
-            raise ValueError(
-                f"contradiction_policy must be one of {CONTRADICTION_POLICIES}, "
-                f"got {self.contradiction_policy!r}"
-            )
-        for name in ("k1", "k2", "min_samples", "knn_k"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 < float(self.eps) <= 1.0:
-            raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
-        if not 0.0 <= float(self.min_p_same) < 1.0:
-            raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
+        self.check_view_params()
         if not 0.0 <= float(self.train_min_p_same) < 1.0:
             raise ValueError(f"train_min_p_same must be in [0, 1), got {self.train_min_p_same!r}")
         if self.pseudo_labels not in PSEUDO_LABELS:
@@ -151,24 +123,7 @@ class CycleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (what the registry stores as the version's config)."""
-        out = asdict(self)
-        out["gate"] = dict(vars(self.gate))
-        return json.loads(json.dumps(out, default=str))
-
-    def view(self, embeddings: np.ndarray, graph: ConstraintGraph) -> ClusteringView:
-        """The clustering view of one embedding under this cycle's parameters."""
-        return ClusteringView(
-            embeddings,
-            graph,
-            k1=int(self.k1),
-            k2=int(self.k2),
-            knn_k=int(self.knn_k),
-            eps=self.eps,
-            min_samples=self.min_samples,
-            contradiction_policy=self.contradiction_policy,
-            min_p_same=self.min_p_same,
-            random_state=self.random_state,
-        )
+        return json.loads(json.dumps(asdict(self), default=str))
 
     def answer_review(self) -> AnswerReview:
         """What decides which answers are trusted and which pairs are asked again."""

@@ -71,7 +71,7 @@ from trainer.losses import (
     UncertaintyAwareContrastiveLoss,
 )
 from trainer.runtime import deterministic, resolve_device
-from trainer.training import BatchBuilder, check_training_settings, compact_labels
+from trainer.training import BatchBuilder, TermLog, check_training_settings, compact_labels
 
 __all__ = [
     "DEFAULT_FINETUNE_TERMS",
@@ -361,9 +361,7 @@ def finetune_encoder(
     eval_batches.batches = [list(range(s, min(n, s + config.batch_size)))
                             for s in range(0, n, config.batch_size)]
 
-    losses: list[float] = []
-    term_log: list[dict[str, float]] = []
-    total_steps = 0
+    term_log = TermLog()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with deterministic(config.num_threads), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(int(config.seed))
@@ -420,7 +418,7 @@ def finetune_encoder(
                 batches.append(rows.tolist())
                 takes.append(take)
             train_batches.batches = batches
-            sums = {t: 0.0 for t in (*config.terms, "total")}
+            term_log.start_epoch(config.terms)
             for step, (images, rows_t) in enumerate(train_loader):
                 take = takes[step]
                 k = take.shape[0]
@@ -461,16 +459,8 @@ def finetune_encoder(
                     optimizer.step()
                 if memory is not None:
                     memory.update(z.detach(), labels_t[rows_main])
-                for name, value in parts.items():
-                    sums[name] += float(value.detach())
-                sums["total"] += float(total.detach())
-                total_steps += 1
-            done = max(1, len(batches))
-            epoch_terms = {name: value / done for name, value in sums.items()}
-            term_log.append(epoch_terms)
-            losses.append(epoch_terms["total"])
-            if progress and hasattr(epochs, "set_postfix"):
-                epochs.set_postfix(loss=f"{epoch_terms['total']:.4f}")
+                term_log.add(parts, total)
+            term_log.end_epoch(len(batches), epochs)
         del train_loader, eval_loader
 
     model.eval().requires_grad_(False)
@@ -482,12 +472,12 @@ def finetune_encoder(
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return FinetuneResult(
         checkpoint=saved,
-        losses_per_epoch=losses,
+        losses_per_epoch=term_log.losses,
         seconds=time.perf_counter() - started,
         device=str(device),
         precision=precision,
-        steps=total_steps,
+        steps=term_log.steps,
         n_images=n,
-        terms_per_epoch=term_log,
+        terms_per_epoch=term_log.epochs,
         state_dict=state,
     )

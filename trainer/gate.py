@@ -77,21 +77,14 @@ def _stable_fold(row: int, folds: int) -> int:
     return zlib.crc32(str(int(row)).encode()) % folds
 
 
+@dataclass(kw_only=True, eq=False)
 class ValidationGate:
     """Splits the answers once per cycle (:meth:`split`) and picks the model to serve (:meth:`decide`)."""
 
-    def __init__(
-        self,
-        *,
-        folds: int = GATE_FOLDS,
-        min_gain: float = GATE_MIN_GAIN,
-        min_positives: int = GATE_MIN_POSITIVES,
-        min_negatives: int = GATE_MIN_NEGATIVES,
-    ) -> None:
-        self.folds = folds
-        self.min_gain = min_gain
-        self.min_positives = min_positives
-        self.min_negatives = min_negatives
+    folds: int = GATE_FOLDS
+    min_gain: float = GATE_MIN_GAIN
+    min_positives: int = GATE_MIN_POSITIVES
+    min_negatives: int = GATE_MIN_NEGATIVES
 
     def split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
               unseen: np.ndarray | None = None) -> Holdout:

@@ -12,10 +12,44 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOSS_TERMS", "OUTLIER_MODES", "BatchBuilder", "check_training_settings", "compact_labels"]
+__all__ = [
+    "LOSS_TERMS", "OUTLIER_MODES", "BatchBuilder", "TermLog", "check_training_settings", "compact_labels",
+]
 
 LOSS_TERMS = ("cluster", "pair", "ua", "gm")
 OUTLIER_MODES = ("exclude", "instance")
+
+
+class TermLog:
+    """Each epoch's mean loss terms, summed step by step; both trainings report it as
+    ``terms_per_epoch`` (and its totals as ``losses_per_epoch``), so they keep it the same way."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.steps = 0
+        self._sums: dict[str, float] = {}
+
+    def start_epoch(self, terms: Any) -> None:
+        self._sums = dict.fromkeys((*terms, "total"), 0.0)
+
+    def add(self, parts: dict[str, Any], total: Any) -> None:
+        """One step's weighted terms and their sum (tensors; detached here)."""
+        for name, value in parts.items():
+            self._sums[name] += float(value.detach())
+        self._sums["total"] += float(total.detach())
+        self.steps += 1
+
+    def end_epoch(self, steps: int, bar: Any = None) -> None:
+        """Close the epoch as the mean over its ``steps`` planned steps; ``bar``: a progress bar to show
+        the epoch's loss on (anything without ``set_postfix`` is ignored)."""
+        done = max(1, steps)
+        self.epochs.append({name: value / done for name, value in self._sums.items()})
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{self.epochs[-1]['total']:.4f}")
+
+    @property
+    def losses(self) -> list[float]:
+        return [terms["total"] for terms in self.epochs]
 
 
 def check_training_settings(config: Any) -> None:

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strategies.samplers.numeric import unique_pairs
+from strategies.defaults import CANDIDATE_NEIGHBORS, MAX_PAIRS_PER_IMAGE
+from strategies.samplers.base import PairSampler
+from strategies.samplers.numeric import predict_p_same, unique_pairs
 from strategies.samplers.pool import PairPool
+from strategies.validation import check_int
 
-__all__ = ["Batch", "ComponentPairs", "component_pairs"]
+__all__ = ["Batch", "ComponentPairs", "ComponentSampler", "component_pairs"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,19 @@ class Batch:
             self._rows.add(t)
             added.append(t)
         return added
+
+
+@dataclass(eq=False, repr=False)
+class ComponentSampler(PairSampler):
+    """The parameters match-first and hybrid share: ``n_neighbors`` kNN columns give the candidate
+    edges, and an image stands in at most ``max_per_image`` pairs of one batch."""
+
+    n_neighbors: int = CANDIDATE_NEIGHBORS
+    max_per_image: int = MAX_PAIRS_PER_IMAGE
+    random_state: int | None = 0
+
+    def _candidates(self, pool: PairPool) -> tuple[ComponentPairs, np.ndarray, Batch]:
+        """The pool's component pairs, their calibrated P(same) and an empty batch to fill."""
+        per_image = check_int(self.max_per_image, "max_per_image", 1)
+        cand = component_pairs(pool, check_int(self.n_neighbors, "n_neighbors", 1))
+        return cand, predict_p_same(pool.view.calibrator, cand.similarity), Batch(cand.i, cand.j, per_image)

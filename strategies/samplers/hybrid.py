@@ -16,33 +16,26 @@ from typing import ClassVar
 
 import numpy as np
 
-from strategies.defaults import CANDIDATE_NEIGHBORS, HYBRID_MATCH_FRACTION, MAX_PAIRS_PER_IMAGE
-from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
-from strategies.samplers.components import Batch, component_pairs
-from strategies.samplers.numeric import predict_p_same
+from strategies.defaults import HYBRID_MATCH_FRACTION
+from strategies.samplers.base import SamplingResult, register_sampler
+from strategies.samplers.components import ComponentSampler
 from strategies.samplers.pool import PairPool
-from strategies.validation import check_int
 
 
 @register_sampler
 @dataclass(eq=False, repr=False)
-class HybridSampler(PairSampler):
+class HybridSampler(ComponentSampler):
     """``match_fraction`` of the batch match-first, the rest at the boundary (module docstring)."""
 
     name: ClassVar[str] = "hybrid"
 
     match_fraction: float = HYBRID_MATCH_FRACTION
-    n_neighbors: int = CANDIDATE_NEIGHBORS
-    max_per_image: int = MAX_PAIRS_PER_IMAGE
-    random_state: int | None = 0
 
     def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
         if not 0.0 <= float(self.match_fraction) <= 1.0:
             raise ValueError(f"match_fraction must be in [0, 1], got {self.match_fraction!r}")
-        per_image = check_int(self.max_per_image, "max_per_image", 1)
-        cand = component_pairs(pool, check_int(self.n_neighbors, "n_neighbors", 1))
+        cand, p, batch = self._candidates(pool)
         calibrator = pool.view.calibrator
-        p = predict_p_same(calibrator, cand.similarity)
         n_match = budget if calibrator.is_prior else round(float(self.match_fraction) * budget)
 
         labels = pool.view.identities.labels
@@ -53,7 +46,6 @@ class HybridSampler(PairSampler):
         m = np.int64(max(int(labels.max()), int(cand.cb.max(initial=0))) + 1)
         groups = np.where(merged, -(cand.ca * m + cand.cb) - 1, np.minimum(a, b) * m + np.maximum(a, b))
 
-        batch = Batch(cand.i, cand.j, per_image)
         first = set(batch.fill(np.arange(cand.size), n_match))
         batch.fill(np.argsort(-change, kind="stable"), budget, groups=groups)
         if len(batch.rows) < budget:  # too few boundary pairs: the next most likely matches

@@ -13,29 +13,20 @@ from typing import ClassVar
 
 import numpy as np
 
-from strategies.defaults import CANDIDATE_NEIGHBORS, MAX_PAIRS_PER_IMAGE
-from strategies.samplers.base import PairSampler, SamplingResult, register_sampler
-from strategies.samplers.components import Batch, component_pairs
-from strategies.samplers.numeric import predict_p_same
+from strategies.samplers.base import SamplingResult, register_sampler
+from strategies.samplers.components import ComponentSampler
 from strategies.samplers.pool import PairPool
-from strategies.validation import check_int
 
 
 @register_sampler
 @dataclass(eq=False, repr=False)
-class MatchFirstSampler(PairSampler):
-    """Most likely matches first. ``n_neighbors``: kNN columns whose edges are candidates."""
+class MatchFirstSampler(ComponentSampler):
+    """Most likely matches first; parameters as ComponentSampler's."""
 
     name: ClassVar[str] = "match_first"
 
-    n_neighbors: int = CANDIDATE_NEIGHBORS
-    max_per_image: int = MAX_PAIRS_PER_IMAGE
-    random_state: int | None = 0
-
     def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
-        cand = component_pairs(pool, check_int(self.n_neighbors, "n_neighbors", 1))
-        p = predict_p_same(pool.view.calibrator, cand.similarity)
-        batch = Batch(cand.i, cand.j, check_int(self.max_per_image, "max_per_image", 1))
+        cand, p, batch = self._candidates(pool)
         kept = batch.fill(np.arange(cand.size), budget)  # candidates come by descending similarity
         pairs = [(int(cand.i[t]), int(cand.j[t])) for t in kept]
         reasons = [
