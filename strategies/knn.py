@@ -155,7 +155,9 @@ def _project(x: np.ndarray, random_state: int) -> np.ndarray:
         return x
     pca = faiss.PCAMatrix(d, APPROXIMATE_DIM)
     rng = np.random.default_rng(random_state)
-    sample = x if n <= APPROXIMATE_PCA_SAMPLE else x[np.sort(rng.choice(n, APPROXIMATE_PCA_SAMPLE, replace=False))]
+    sample = x
+    if n > APPROXIMATE_PCA_SAMPLE:
+        sample = x[np.sort(rng.choice(n, APPROXIMATE_PCA_SAMPLE, replace=False))]
     pca.train(np.ascontiguousarray(sample))
     y = pca.apply(x)
     y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
@@ -241,7 +243,8 @@ def build_knn(
     """k nearest neighbours (self included, in column 0) of every row of L2-normalised ``features``.
 
     ``k`` is clamped to ``n``. Exact inner-product search up to ``exact_max`` points, ``approximate``
-    ("hnsw" or "ivf") above, on a PCA projection, its neighbours scored in full dimension (module doc). ``use_gpu=None`` uses a faiss GPU index when faiss was built with GPU support
+    ("hnsw" or "ivf") above, on a PCA projection, its neighbours scored in full dimension (module doc).
+    ``use_gpu=None`` uses a faiss GPU index when faiss was built with GPU support
     and a GPU is present. Rows the approximate index could not fill (IVF probes too few lists) are
     searched exactly, so every row always has ``k`` valid neighbours. ``check_input=False`` skips the
     checks for a caller that validated its inputs once already (``features`` float32 C-contiguous).

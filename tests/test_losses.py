@@ -319,7 +319,8 @@ def test_image_text_weak_positives_are_down_weighted_by_uncertainty() -> None:
     with_weak = float(loss(images, captions, torch.tensor([0]), weak))
     # a weak positive farther than the own caption adds a (down-weighted) term with higher loss
     assert with_weak > alone
-    reg = float(ImageTextContrastiveLoss(temperature=1.0, alpha=1.0)(images, captions, torch.tensor([0]), weak))
+    regularised = ImageTextContrastiveLoss(temperature=1.0, alpha=1.0)
+    reg = float(regularised(images, captions, torch.tensor([0]), weak))
     assert reg == pytest.approx(with_weak + 1.0, rel=1e-5)  # u = s_own - s_weak = 1 - 0
 
 
