@@ -37,8 +37,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("training_threads_default.md", "adapter training at 2k images, torch's default threads"),
     ("webhook.md", "webhook latency at 200 req/s and /predict for 100 tasks, quiet machine"),
     ("webhook_check.md", "the same with 12 slowloris connections open during the load"),
-    ("cycle.md", "one whole production cycle at 20k, 50k, 100k and 400k images on real-structured embeddings"),
-    ("gpu_cpu_fallback.md", "the GPU benchmark's CPU fallback: embedding, kNN and a fine-tuning epoch (no GPU)"),
+    ("cycle.md", "one whole production cycle at 20k-400k images on real-structured embeddings"),
+    ("gpu_cpu_fallback.md", "the GPU benchmark's CPU fallback: embedding, kNN, a fine-tuning epoch"),
     ("simulate_real.md", "active learning on the real image sets: every strategy, 3 seeds, the checks"),
     ("simulate/glyphs-plain-long-hybrid/results.md", "hybrid for 13 cycles (1.02 answers per image), 1 seed"),
     ("simulate/glyphs-plain-long-match-first/results.md", "match-first for 13 cycles, one seed"),
@@ -46,6 +46,10 @@ SECTIONS: tuple[tuple[str, str], ...] = (
      "hybrid asking a quarter of each batch match-first instead of half, glyphs-plain, 3 seeds"),
     ("simulate/glyphs-mixed-hybrid-match-0.25/results.md", "the same on glyphs-mixed"),
     ("simulate/icons-hybrid-match-0.25/results.md", "the same on icons"),
+    ("simulate_text.md", "the real sets with and without attribute captions, 3 seeds"),
+    ("simulate/glyphs-plain-text/results.md", "glyphs-plain with captions: uncertainty and hybrid, 3 seeds"),
+    ("simulate/glyphs-plain-text-sampler-only/results.md", "the same, captions seen by the samplers only"),
+    ("simulate/icons-text/results.md", "icons with captions: uncertainty and hybrid, 3 seeds"),
     ("simulate.md", "active learning on synthetic data and ORL faces (the earlier loop: no gate)"),
 )
 

@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=cfg.torch_threads,
         help="torch threads while simulating (default %(default)s: small adapters train faster that way)",
     )
+    p.add_argument(
+        "--text",
+        action="store_true",
+        help="give every image its identity's attribute caption (glyph script/case/diacritic, icon "
+        "family; shared by many identities) as text features: the uncertainty sampler's text term and "
+        "training's image-text terms use them (real sets only)",
+    )
     p.add_argument("--no-skyline", action="store_true", help="skip the all-labels skyline")
     p.add_argument("--no-plots", action="store_true", help="write results.json only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -206,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             synthetic_params=_key_values(args.synthetic, "--synthetic"),
             progress=not args.no_progress,
         )
+        if args.text:
+            from trainer.simulate.captions import with_captions
+
+            dataset = with_captions(dataset)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
         print(f"reid-al simulate: error: {exc}", file=sys.stderr)
         return 2

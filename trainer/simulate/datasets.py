@@ -41,6 +41,8 @@ class SimulationDataset:
     names: list[str] | None = None  # per-row image name/path
     identity_names: list[str] | None = None  # label id -> original identity name
     meta: dict[str, Any] = field(default_factory=dict)
+    captions: list[str] | None = None  # per-row caption/attributes (trainer.simulate.captions)
+    text_features: np.ndarray | None = None  # (n, t) caption features, zero rows = no text
 
     @property
     def n(self) -> int:
@@ -66,6 +68,7 @@ class SimulationDataset:
             },
             "n_cameras": None if self.cameras is None else int(np.unique(self.cameras).size),
             "n_tracklets": None if self.tracklets is None else int(np.unique(self.tracklets).size),
+            "text_dim": 0 if self.text_features is None else int(self.text_features.shape[1]),
             **{k: v for k, v in self.meta.items() if isinstance(v, (str, int, float, bool, dict, list))},
         }
 

@@ -137,6 +137,7 @@ class _Pool:
     labels: np.ndarray
     cameras: np.ndarray | None
     tracklets: np.ndarray | None
+    text_features: np.ndarray | None = None
 
 
 def _pool_of(dataset: SimulationDataset, split: Split) -> _Pool:
@@ -146,6 +147,8 @@ def _pool_of(dataset: SimulationDataset, split: Split) -> _Pool:
         labels=dataset.labels[rows],
         cameras=None if dataset.cameras is None else dataset.cameras[rows],
         tracklets=None if dataset.tracklets is None else dataset.tracklets[rows],
+        text_features=None if dataset.text_features is None
+        else np.ascontiguousarray(dataset.text_features[rows]),
     )
 
 
@@ -313,6 +316,7 @@ class Simulation:
                 registry=registry,
                 cameras=pool.cameras,
                 tracklets=pool.tracklets,
+                text_features=pool.text_features,
             )
             proposals = list(result.proposals)
             reviews = list(result.reviews)
@@ -346,6 +350,7 @@ class Simulation:
                 "served": metrics["served"],
                 "serving_adapter": int(registry.load(result.version).adapter_state is not None),
                 "gate_reason": metrics.get("gate_reason", "no candidate trained"),
+                "text_dim": int(metrics.get("text_dim", 0)),
                 "wall_s": time.perf_counter() - t0,
                 "cycle_timings": {k: float(v) for k, v in dict(result.timings).items()},
             }
