@@ -1,3 +1,4 @@
+# Long on purpose: a cycle job loads a project, embeds what is missing, runs the cycle and pushes: one path.
 """The jobs: one cycle of a project, and embedding images that arrived with user-imported tasks.
 
 Why the shape: a cycle job takes the project's lock (two workers never run one project at once),

@@ -1,3 +1,4 @@
+# Long on purpose: the adapter, its seeded training loop and the text head share one set of tensors.
 """Adapter training on frozen backbone features (ALGORITHMS.md §8).
 
 A cycle never runs the backbone: it trains a small projection head on the cached features, then
