@@ -440,8 +440,9 @@ def test_personal_access_token_and_reconciliation_where_legacy_tokens_are_refuse
     label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The same loop with Label Studio's default token, a Personal Access Token, while Label Studio refuses
-    legacy tokens (its default since 1.20): connect, ingest, the worker's push, answers through the webhook,
-    `reid-al sync`. Then the webhook goes down (deactivated in Label Studio) and an answer given meanwhile
+    legacy tokens (its default since 1.20): connect, ingest of a manifest with captions (shown in the
+    tasks), the worker's push, answers through the webhook, `reid-al sync`. Then the webhook goes down
+    (deactivated in Label Studio) and an answer given meanwhile
     reaches the backend through the worker's periodic reconciliation, with nobody running `sync`."""
     pat = label_studio.personal_access_token()
     server = make_backend(
@@ -449,6 +450,15 @@ def test_personal_access_token_and_reconciliation_where_legacy_tokens_are_refuse
     )
     pool_root = label_studio.document_root / "pat-pool"
     make_pool(pool_root, seed=1)
+    # this pool comes as a manifest with a caption per image (an attribute two identities share)
+    captions = {
+        f"id{ident:02d}/{k:02d}.png": f"{shape}, {'warm' if colour[0] > 150 else 'cool'}"
+        for ident, (shape, colour) in enumerate(IDENTITIES)
+        for k in range(PER_IDENTITY)
+    }
+    manifest = pool_root / "pool.jsonl"
+    rows = [json.dumps({"id": i, "image": i, "caption": c}) for i, c in captions.items()]
+    manifest.write_text("\n".join(rows) + "\n")
     with label_studio.legacy_tokens_disabled():
         ls = LabelStudioClient(label_studio.url, pat)
         legacy = LabelStudioClient(label_studio.url, label_studio.token)
@@ -459,12 +469,17 @@ def test_personal_access_token_and_reconciliation_where_legacy_tokens_are_refuse
         try:
             connect = server.cli("connect", "--project", str(project), timeout=120)
             assert connect.returncode == 0, connect.stdout + connect.stderr[-4000:]
-            ingest = server.cli("ingest", str(pool_root), "--project", str(project))
+            ingest = server.cli("ingest", str(manifest), "--project", str(project))
             assert ingest.returncode == 0, ingest.stderr[-4000:]
             v1 = wait_for_version(server, project, None)
             assert ls.get_project(project)["model_version"] == v1  # the worker pushed with the PAT
             tasks = list(ls.iter_tasks(project, fields="all"))
             assert len(tasks) == BUDGET and all(t["predictions"] for t in tasks)
+            # the annotator sees each crop's caption under it (label_config.xml's $caption_a/$caption_b)
+            for task in tasks:
+                data = task["data"]
+                shown = (data["caption_a"], data["caption_b"])
+                assert shown == (captions[data["id_a"]], captions[data["id_b"]])
             state = ProjectState(server.redis(), str(project))
 
             def recorded(annotation_id: int) -> Callable[[], bool]:
