@@ -4,8 +4,8 @@
 
 Starts Label Studio 1.23.2 from the test suite's cached venv (installed on first use, as the tests do),
 creates a project from ml_backend/label_config.xml, imports pair tasks and predictions built by the
-backend's own helpers (task data and its queue place, proposed choice and P(answer), the "Most
-informative first" view),
+backend's own helpers (task data with each crop's caption and its queue place, proposed choice and
+P(answer), the "Most informative first" view),
 logs in and photographs the first task of that view in headless Chromium from Debian's packages
 (`apt-get install chromium`). Chromium is driven over its DevTools protocol, with a small WebSocket
 client below, because its command line cannot log in.
@@ -50,6 +50,7 @@ from ml_backend.push import (  # noqa: E402
 LABEL_CONFIG = (REPO / "ml_backend" / "label_config.xml").read_text()
 # (shape, colour) per individual; two views of each differ in size, angle and position
 INDIVIDUALS = [("ellipse", (220, 40, 40)), ("triangle", (50, 70, 220)), ("rectangle", (40, 180, 60))]
+COLOUR_WORDS = {(220, 40, 40): "red", (50, 70, 220): "blue", (40, 180, 60): "green"}
 
 
 def draw_view(shape: str, colour: tuple[int, int, int], view: int) -> Image.Image:
@@ -223,8 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                 (ids[0], ids[4], 0.07, 0.14, "uncertainty", "uncertainty", "far apart: P(same) 0.07"),
             ]
             client.add_local_storage(pid, pool)  # what `reid-al ingest` adds: Label Studio serves the pool
+
+            def caption_of(name: str) -> str:
+                """A manifest's caption for the image: the attributes a camera operator would note."""
+                shape, colour = INDIVIDUALS[int(name[3])]
+                return f"{COLOUR_WORDS[colour]} {shape}"
             tasks = [{"data": {**task_data(a, b, local_files_url(pool / a, ls.document_root),
                                            local_files_url(pool / b, ls.document_root),
+                                           caption_a=caption_of(a), caption_b=caption_of(b),
                                            strategy=strategy, pool=why, reason=reason),
                                QUEUE_FIELD: queue_key(score_of(priority))}}
                      for a, b, _, priority, strategy, why, reason in pairs]
