@@ -49,6 +49,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("simulate_text.md", "the real sets with and without attribute captions, 3 seeds"),
     ("simulate/glyphs-plain-text/results.md", "glyphs-plain with captions: uncertainty and hybrid, 3 seeds"),
     ("simulate/glyphs-plain-text-sampler-only/results.md", "the same, captions seen by the samplers only"),
+    ("simulate/glyphs-mixed-text/results.md", "glyphs-mixed with captions: uncertainty and hybrid, 3 seeds"),
     ("simulate/icons-text/results.md", "icons with captions: uncertainty and hybrid, 3 seeds"),
     ("simulate.md", "active learning on synthetic data and ORL faces (the earlier loop: no gate)"),
 )

@@ -10,7 +10,7 @@ training does not), its rows separate what the sampler and what training make of
 
     reid-al simulate --dataset glyphs-plain --text --strategies uncertainty,hybrid --no-skyline \\
         --out benchmarks/results/simulate/glyphs-plain-text
-    python benchmarks/simulate_text.py [--sets glyphs-plain icons]
+    python benchmarks/simulate_text.py [--sets glyphs-plain glyphs-mixed icons]
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def plot(sets: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=["glyphs-plain", "icons"])
+    parser.add_argument("--sets", nargs="+", default=["glyphs-plain", "glyphs-mixed", "icons"])
     args = parser.parse_args(argv)
     sets = []
     for name in args.sets:
