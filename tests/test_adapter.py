@@ -432,3 +432,16 @@ print("ok")
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_caption_ids_number_distinct_rows_as_numpy_unique_does() -> None:
+    from trainer.adapter import _row_ids
+
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(7, 5)).astype(np.float32)
+    table[2, 0] = table[4, 0]  # rows sharing a first column are ordered by the next
+    rows = table[rng.integers(0, 7, size=200)]
+    rows[::9] = 0.0
+    rows[1] = -0.0  # a zero row written as -0.0 is the same (empty) caption
+    _, expected = np.unique(rows + 0.0, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(_row_ids(rows), expected.reshape(-1))
