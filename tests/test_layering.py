@@ -110,11 +110,10 @@ def test_no_two_modules_import_each_other() -> None:
 
 def test_a_long_module_says_why_at_its_top() -> None:
     """docs/architecture.md: a product module over about 500 lines states its reason on its first line."""
+    texts = {path: path.read_text() for package in ("strategies", "trainer", "ml_backend")
+             for path in sorted((ROOT / package).rglob("*.py"))}
     long_without_reason = [
-        str(path.relative_to(ROOT))
-        for package in ("strategies", "trainer", "ml_backend")
-        for path in sorted((ROOT / package).rglob("*.py"))
-        if len(path.read_text().splitlines()) > 500
-        and not path.read_text().startswith("# Long on purpose: ")
+        str(path.relative_to(ROOT)) for path, text in texts.items()
+        if len(text.splitlines()) > 500 and not text.startswith("# Long on purpose: ")
     ]
     assert long_without_reason == []

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.simulate.datasets import SimulationDataset
+from trainer.simulate.datasets import SimulationDataset, default_cache_dir
 
 __all__ = ["CAPTION_DIM", "caption_for", "embed_captions", "icon_contexts", "with_captions"]
 
@@ -120,8 +120,6 @@ def with_captions(dataset: SimulationDataset, *, icons_root: Path | None = None)
     set_name = dataset.name
     names = dataset.identity_names
     if set_name == "icons":
-        from trainer.simulate.datasets import default_cache_dir
-
         root = icons_root if icons_root is not None else default_cache_dir() / "debs-root" / "usr/share/icons"
         contexts = icon_contexts(root)
         words = Counter(name.split("-")[0].lower() for name in names)
