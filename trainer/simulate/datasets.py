@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainer.defaults import SIMULATION_ENCODER
+from trainer.files import locked
 from trainer.simulate.realsets import REAL_SETS, build_real_set
 
 IMAGE_EXTENSIONS = frozenset(
@@ -453,6 +454,20 @@ def embed_folder(
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _cache_key(encoder, items)
     entry = cache_root / f"{encoder.replace('/', '_').replace(':', '_')}-{key}"
+    with locked(entry):  # a simulation beside this one waits for the features instead of embedding twice
+        return _embed_cached(items, entry, encoder=encoder, batch_size=batch_size, progress=progress,
+                             embedder=embedder)
+
+
+def _embed_cached(
+    items: Sequence[tuple[str, Path]],
+    entry: Path,
+    *,
+    encoder: str,
+    batch_size: int,
+    progress: bool,
+    embedder: Callable[[Sequence[tuple[str, Path]], Path], np.ndarray] | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     feats_path = entry / "features.npy"
     info = {"encoder": encoder, "cache": str(entry), "cache_hit": feats_path.is_file()}
     if feats_path.is_file():
@@ -460,7 +475,6 @@ def embed_folder(
         if feats.shape[0] == len(items):
             return feats, info
         info["cache_hit"] = False
-    entry.mkdir(parents=True, exist_ok=True)
     if embedder is None:
         feats = _embed_with_trainer(
             items, entry / "store", encoder=encoder, batch_size=batch_size, progress=progress

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.files import locked
+
 __all__ = ["REAL_SETS", "build_real_set", "real_set_root"]
 
 SIZE = 96  # pixels per side of every written image
@@ -79,10 +81,18 @@ def real_set_root(name: str, cache_dir: Path) -> Path:
 
 
 def build_real_set(name: str, cache_dir: Path) -> Path:
-    """Build set ``name`` under ``cache_dir`` unless it is already there; returns its image root."""
+    """Build set ``name`` under ``cache_dir`` unless it is already there; returns its image root.
+
+    Two simulations started side by side on a fresh machine would otherwise build into the same
+    folder and one would delete the other's half-written images: builds take a lock on the cache."""
     if name not in REAL_SETS:
         raise ValueError(f"dataset: unknown real set {name!r}; one of {', '.join(REAL_SETS)}")
     out = real_set_root(name, cache_dir)
+    with locked(out.parent):
+        return _build_unlocked(name, cache_dir, out)
+
+
+def _build_unlocked(name: str, cache_dir: Path, out: Path) -> Path:
     done = out / ".complete"
     if done.is_file():
         return out
