@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(s) for s in args.seeds.split(",")]:
             probe.reset(f"{strategy} seed {seed}")
             config = SimulationConfig(strategies=(strategy,), seeds=(seed,), skyline=False,
-                                      cycle_params={f"gate.{k}": int(v) for k, v in
+                                      cycle_params={f"gate.{k}": int(v) if v.isdigit() else v for k, v in
                                                     (item.split("=", 1) for item in args.gate)})
             with tempfile.TemporaryDirectory() as work:
                 curve = Simulation(config, work_dir=work).run(dataset)["strategies"][strategy]["curve"]
