@@ -54,6 +54,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("gate_probe_glyphs-mixed_oracle.md", "the same on glyphs-mixed"),
     ("gate_probe_glyphs-plain_min_negatives3.md", "hybrid, the gate's AUC from 3 held-out 'different' pairs"),
     ("gate_probe_glyphs-mixed_min_negatives3.md", "the same on glyphs-mixed"),
+    ("gate_probe_icons.md", "the gate's decisions on icons: AAS, uncertainty and hybrid, 3 seeds"),
+    ("gate_probe_icons_oracle.md", "the same served by the oracle judge"),
     ("simulate_text.md", "the real sets with and without attribute captions, 3 seeds"),
     ("simulate/glyphs-plain-text/results.md", "glyphs-plain with captions: uncertainty and hybrid, 3 seeds"),
     ("simulate/glyphs-plain-text-sampler-only/results.md", "the same, captions seen by the samplers only"),
