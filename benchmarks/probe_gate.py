@@ -111,20 +111,6 @@ def _likely_matches(x: np.ndarray, comp: np.ndarray, apart: set[tuple[int, int]]
     return out
 
 
-def _verified_only_map(x: np.ndarray, holdout: gate_module.Holdout) -> float:
-    comp = holdout.components
-    verified = np.bincount(comp)[comp] >= 2
-    gallery = np.flatnonzero(verified)
-    aps = []
-    for q in np.flatnonzero(holdout.scored):
-        g = gallery[gallery != q]
-        order = np.argsort(-(x[g] @ x[q]), kind="stable")
-        hits = np.flatnonzero(comp[g[order]] == comp[q])
-        if hits.size:
-            aps.append(float(np.mean((np.arange(hits.size) + 1) / (hits + 1))))
-    return float(np.mean(aps)) if aps else math.nan
-
-
 def _install(probe: Probe) -> None:
     run_cycle, decide = cycle_module.run_cycle, gate_module.ValidationGate.decide
     train, in_service, evaluate = cycle_module.train_adapter, cycle_module._in_service, runner.evaluate
@@ -169,7 +155,8 @@ def _install(probe: Probe) -> None:
             x = embeddings[name]
             scores = self.score(x, holdout)
             row[name] = {"test_map": probe.test_map(state), "score": scores["score"], "map": scores["map"],
-                         "auc": scores.get("auc", math.nan), "map_verified": _verified_only_map(x, holdout),
+                         "auc": scores.get("auc", math.nan),
+                         "map_verified": gate_module._verified_map(x, holdout, max_gallery=0),
                          "map_fair": gate_module._verified_map(x, fair),
                          "match_precision": probe.match_precision(x, holdout)}
         probe.rows.append(row)
