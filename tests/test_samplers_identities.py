@@ -88,11 +88,14 @@ def test_hybrid_splits_the_batch_and_asks_at_the_boundary() -> None:
         _answer(g, make_sampler("match_first").select(x, g, 8).pairs(), truth, f"c{cycle}")
     _answer(g, [(0, 4), (8, 12), (16, 20), (24, 28)], truth, "d")  # a few "different" answers
     assert g.must_links() and g.cannot_links()
-    result = make_sampler("hybrid", match_fraction=0.5).select(x, g, 10)
+    assert sum(c.is_must_link for c in g) / len(g) >= 0.5  # mostly "same": the smaller share
+    result = make_sampler("hybrid").select(x, g, 12)
+    assert [p.pool for p in result.proposals].count("match_first") == 3
+    result = make_sampler("hybrid", match_fraction=0.5, confirmed_same_rate=1.0).select(x, g, 10)
     pools = [p.pool for p in result.proposals]
     assert pools.count("match_first") == 5
     assert all(p.startswith("boundary:") for p in pools if p != "match_first")
-    only_boundary = make_sampler("hybrid", match_fraction=0.0).select(x, g, 10)
+    only_boundary = make_sampler("hybrid", match_fraction=0.0, confirmed_match_fraction=0.0).select(x, g, 10)
     assert all(p.pool.startswith("boundary:") for p in only_boundary.proposals)
     # the boundary is ranked by the chance the answer changes the identity assignment
     change = [p.priority for p in only_boundary.proposals]
@@ -103,3 +106,25 @@ def test_hybrid_rejects_a_bad_fraction() -> None:
     x, _ = _pool()
     with pytest.raises(ValueError, match="match_fraction"):
         make_sampler("hybrid", match_fraction=1.5).select(x, ConstraintGraph(), 4)
+    with pytest.raises(ValueError, match="confirmed_same_rate"):
+        make_sampler("hybrid", confirmed_same_rate=-0.1).select(x, ConstraintGraph(), 4)
+
+
+def _answers(same: int, different: int) -> ConstraintGraph:
+    g = ConstraintGraph()
+    for t in range(same):
+        g.add(f"s{t}", 2 * t, 2 * t + 1, "must_link")
+    for t in range(different):
+        g.add(f"d{t}", 100 + 2 * t, 101 + 2 * t, "cannot_link")
+    return g
+
+
+def test_hybrid_asks_fewer_likely_matches_once_most_answers_confirm_them() -> None:
+    hybrid = make_sampler("hybrid")
+    assert hybrid.match_share(_answers(0, 0)) == 0.5  # nothing answered yet
+    assert hybrid.match_share(_answers(9, 0)) == 0.5  # too few answers to tell
+    assert hybrid.match_share(_answers(6, 4)) == 0.25  # most likely matches are right
+    assert hybrid.match_share(_answers(5, 5)) == 0.25  # the rate is "at least"
+    assert hybrid.match_share(_answers(4, 6)) == 0.5  # most are wrong: verifying them builds identities
+    fixed = make_sampler("hybrid", match_fraction=0.4, confirmed_match_fraction=0.4)
+    assert fixed.match_share(_answers(10, 0)) == fixed.match_share(_answers(0, 10)) == 0.4

@@ -7,16 +7,30 @@ chance it is "different" (1 - P(same)). Those answers fix the assignment where i
 and they are the hard positives and hard negatives a model learns from, which the near-duplicate pairs
 match-first finds first teach little (measured: docs/benchmarks.md). Until the calibrator has answers
 of both kinds there is no boundary to ask about, and the whole batch is match-first.
+
+How much to ask match-first is read from the project's own answers. Once at least
+``confirmed_same_rate`` of them are "same", the embedding already groups most individuals: the
+likeliest matches mostly confirm links the identity assignment infers anyway, so only
+``confirmed_match_fraction`` of the batch asks them and the rest goes to the boundary. Where most
+answers are "different", most likely matches are wrong, and verifying them is what builds identities.
+The rate counts answers as they were given, so no retraining of the embedding can bias it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from strategies.defaults import HYBRID_MATCH_FRACTION
+from strategies.constraints import Constraint
+from strategies.defaults import (
+    HYBRID_CONFIRMED_MATCH_FRACTION,
+    HYBRID_CONFIRMED_MIN_ANSWERS,
+    HYBRID_CONFIRMED_SAME_RATE,
+    HYBRID_MATCH_FRACTION,
+)
 from strategies.samplers.base import SamplingResult, register_sampler
 from strategies.samplers.components import ComponentSampler
 from strategies.samplers.pool import PairPool
@@ -25,18 +39,31 @@ from strategies.samplers.pool import PairPool
 @register_sampler
 @dataclass(eq=False, repr=False)
 class HybridSampler(ComponentSampler):
-    """``match_fraction`` of the batch match-first, the rest at the boundary (module docstring)."""
+    """``match_fraction`` of the batch match-first (``confirmed_match_fraction`` once at least
+    ``confirmed_same_rate`` of the answers are "same"), the rest at the boundary (module docstring)."""
 
     name: ClassVar[str] = "hybrid"
 
     match_fraction: float = HYBRID_MATCH_FRACTION
+    confirmed_match_fraction: float = HYBRID_CONFIRMED_MATCH_FRACTION
+    confirmed_same_rate: float = HYBRID_CONFIRMED_SAME_RATE
+
+    def match_share(self, constraints: Iterable[Constraint]) -> float:
+        """The share of the batch asked match-first, given the answers so far."""
+        for name in ("match_fraction", "confirmed_match_fraction", "confirmed_same_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        same = [c.is_must_link for c in constraints]
+        if len(same) >= HYBRID_CONFIRMED_MIN_ANSWERS and np.mean(same) >= float(self.confirmed_same_rate):
+            return float(self.confirmed_match_fraction)
+        return float(self.match_fraction)
 
     def _propose(self, pool: PairPool, budget: int) -> SamplingResult:
-        if not 0.0 <= float(self.match_fraction) <= 1.0:
-            raise ValueError(f"match_fraction must be in [0, 1], got {self.match_fraction!r}")
+        share = self.match_share(pool.constraints)
         cand, p, batch = self._candidates(pool)
         calibrator = pool.view.calibrator
-        n_match = budget if calibrator.is_prior else round(float(self.match_fraction) * budget)
+        n_match = budget if calibrator.is_prior else round(share * budget)
 
         labels = pool.view.identities.labels
         a, b = labels[cand.i], labels[cand.j]
