@@ -2,7 +2,10 @@
 encoder on human answers it did not train on (ALGORITHMS.md §11).
 
 Held out: every must-link component (two or more images) whose smallest row falls in fold 0 of
-``folds`` — a stable choice, so mostly the same identities stay held out from cycle to cycle. Training
+``folds`` — a stable choice, so mostly the same identities stay held out from cycle to cycle. While
+fold 0 holds fewer than ``min_positives`` "same" pairs, folds 1, 2, … join it, up to
+``max_held_folds``: answers that hold few matches can then judge a candidate on as many pairs as any
+other, at the cost of training on fewer; once fold 0 suffices, the other folds train again. Training
 sees no answer that touches a held-out image and no pseudo-label of an identity holding one. Only the
 held-out identities the model in service never trained on are scored (its version records what it saw):
 an identity counts as seen when the model learned from any of its images, since components grow and
@@ -35,6 +38,7 @@ from strategies.constraints import must_link_components
 from trainer.defaults import (
     GATE_FOLDS,
     GATE_MAX_GALLERY,
+    GATE_MAX_HELD_FOLDS,
     GATE_MAX_QUERIES,
     GATE_MIN_GAIN,
     GATE_MIN_NEGATIVES,
@@ -56,6 +60,7 @@ class Holdout:
     train_cannot_link: np.ndarray  # (k, 2)
     positives: np.ndarray  # (p, 2) held-out "same" pairs
     negatives: np.ndarray  # (q, 2) held-out "different" pairs
+    held_folds: int = 1  # folds 0..held_folds-1 are held out
 
 
 @dataclass
@@ -68,6 +73,7 @@ class GateDecision:
     held_out_images: int = 0
     held_out_positives: int = 0
     held_out_negatives: int = 0
+    held_out_folds: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,15 +91,29 @@ class ValidationGate:
     min_gain: float = GATE_MIN_GAIN
     min_positives: int = GATE_MIN_POSITIVES
     min_negatives: int = GATE_MIN_NEGATIVES
+    max_held_folds: int = GATE_MAX_HELD_FOLDS
 
     def split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
               unseen: np.ndarray | None = None) -> Holdout:
-        """Hold out fold 0 of the verified components; ``must_link``/``cannot_link`` are the answers the
-        contradiction policy keeps (``ConstraintGraph.effective``). ``unseen``: the images the model in
-        service never trained on (None: all); only identities none of whose images it trained on are
-        scored, so no model is judged on an identity it learned."""
+        """Hold out fold 0 of the verified components (more folds while it has too few "same" pairs);
+        ``must_link``/``cannot_link`` are the answers the contradiction policy keeps
+        (``ConstraintGraph.effective``). ``unseen``: the images the model in service never trained on
+        (None: all); only identities none of whose images it trained on are scored, so no model is
+        judged on an identity it learned."""
         if self.folds < 2:
             raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
+        if self.max_held_folds < 1:
+            raise ValueError(f"max_held_folds: must be >= 1, got {self.max_held_folds!r}")
+        first = self._split(n, must_link, cannot_link, unseen, 1)
+        holdout = first
+        for held_folds in range(2, min(self.max_held_folds, self.folds - 1) + 1):
+            if self.can_validate(holdout):
+                break
+            holdout = self._split(n, must_link, cannot_link, unseen, held_folds)
+        return holdout if self.can_validate(holdout) else first
+
+    def _split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
+               unseen: np.ndarray | None, held_folds: int) -> Holdout:
         ml = np.asarray(must_link, dtype=np.int64).reshape(-1, 2)
         cl = np.asarray(cannot_link, dtype=np.int64).reshape(-1, 2)
         comp = must_link_components(ml, n)
@@ -101,7 +121,8 @@ class ValidationGate:
         first_row = np.full(sizes.size, n, dtype=np.int64)
         np.minimum.at(first_row, comp, np.arange(n))
         held_comp = np.array(
-            [sizes[c] >= 2 and _stable_fold(first_row[c], self.folds) == 0 for c in range(sizes.size)],
+            [sizes[c] >= 2 and _stable_fold(first_row[c], self.folds) < held_folds
+             for c in range(sizes.size)],
             dtype=bool,
         )
         held = held_comp[comp] if n else np.zeros(0, dtype=bool)
@@ -137,6 +158,7 @@ class ValidationGate:
             train_cannot_link=cl[~touches(cl)] if cl.size else cl,
             positives=np.asarray(positives, dtype=np.int64).reshape(-1, 2),
             negatives=negatives,
+            held_folds=held_folds,
         )
 
     def can_validate(self, holdout: Holdout) -> bool:
@@ -163,6 +185,7 @@ class ValidationGate:
             "held_out_images": int(holdout.scored.sum()),
             "held_out_positives": n_pos,
             "held_out_negatives": n_neg,
+            "held_out_folds": int(holdout.held_folds),
         }
         if not self.can_validate(holdout):
             return GateDecision(
