@@ -112,23 +112,25 @@ def test_too_few_held_out_answers_keep_the_model_in_service() -> None:
 def test_a_second_fold_is_held_out_only_while_the_first_has_too_few_matches() -> None:
     x, must, cannot, _ = _pool(n_ids=30)
     n = x.shape[0]
-    one = ValidationGate(folds=5, max_held_folds=1).split(n, must, cannot)
+    one = ValidationGate(folds=5).split(n, must, cannot)
+    assert one.held_folds == 1  # the default holds out one fold whatever it holds
     enough = one.positives.shape[0]
     assert enough > 0
+    assert ValidationGate(folds=5, min_positives=enough + 1).split(n, must, cannot).held_folds == 1
     # fold 0 suffices: nothing more is held out
-    same = ValidationGate(folds=5, min_positives=enough).split(n, must, cannot)
+    same = ValidationGate(folds=5, min_positives=enough, max_held_folds=2).split(n, must, cannot)
     assert same.held_folds == 1 and np.array_equal(same.images, one.images)
     # fold 0 falls short: folds 0 and 1, a superset, and training sees none of their answers
-    more = ValidationGate(folds=5, min_positives=enough + 1).split(n, must, cannot)
+    more = ValidationGate(folds=5, min_positives=enough + 1, max_held_folds=2).split(n, must, cannot)
     assert more.held_folds == 2 and more.positives.shape[0] > enough
     assert (more.images >= one.images).all() and more.images.sum() > one.images.sum()
     for pairs in (more.train_must_link, more.train_cannot_link):
         assert not (more.images[pairs[:, 0]] | more.images[pairs[:, 1]]).any()
-    decision = ValidationGate(folds=5, min_positives=enough + 1).decide(
+    decision = ValidationGate(folds=5, min_positives=enough + 1, max_held_folds=2).decide(
         more, {"candidate": x, "frozen": x}, "frozen")
     assert decision.held_out_folds == 2
     # no number of folds suffices: the one-fold split, and no candidate can be judged
-    never = ValidationGate(folds=5, min_positives=10**6)
+    never = ValidationGate(folds=5, min_positives=10**6, max_held_folds=3)
     held = never.split(n, must, cannot)
     assert held.held_folds == 1 and not never.can_validate(held)
 
