@@ -86,8 +86,8 @@ GATE_MIN_POSITIVES = 10  # held-out "same" pairs needed before any candidate can
 GATE_MIN_NEGATIVES = 10  # held-out "different" pairs needed likewise
 # while fold 0 alone holds too few "same" pairs, folds 0..k-1 are held out, up to this many, so that
 # answers with few matches can train and judge a candidate at all. Off (1): on the icon set AAS and
-# uncertainty then train and beat random, but on glyphs-mixed hybrid lost 7 points of pool F1 with 3
-# (docs/benchmarks.md). `--cycle-param gate.max_held_folds=N` turns it on.
+# uncertainty then train and beat random, but on glyphs-mixed hybrid lost 7 points of pool F1 with 2
+# or 3 (docs/benchmarks.md). `--cycle-param gate.max_held_folds=N` turns it on.
 GATE_MAX_HELD_FOLDS = 1
 GATE_MAX_QUERIES = 2_000  # held-out images that query the pool gallery (evenly spaced beyond this)
 GATE_MAX_GALLERY = 50_000  # verified images plus pool distractors a query ranks (bounds the gate's cost)
