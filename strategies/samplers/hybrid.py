@@ -18,13 +18,12 @@ The rate counts answers as they were given, so no retraining of the embedding ca
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from strategies.constraints import Constraint
+from strategies.constraints import ConstraintGraph
 from strategies.defaults import (
     HYBRID_CONFIRMED_MATCH_FRACTION,
     HYBRID_CONFIRMED_MIN_ANSWERS,
@@ -48,14 +47,15 @@ class HybridSampler(ComponentSampler):
     confirmed_match_fraction: float = HYBRID_CONFIRMED_MATCH_FRACTION
     confirmed_same_rate: float = HYBRID_CONFIRMED_SAME_RATE
 
-    def match_share(self, constraints: Iterable[Constraint]) -> float:
+    def match_share(self, constraints: ConstraintGraph) -> float:
         """The share of the batch asked match-first, given the answers so far."""
         for name in ("match_fraction", "confirmed_match_fraction", "confirmed_same_rate"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        same = [c.is_must_link for c in constraints]
-        if len(same) >= HYBRID_CONFIRMED_MIN_ANSWERS and np.mean(same) >= float(self.confirmed_same_rate):
+        answers = len(constraints)
+        same = len(constraints.must_links())
+        if answers >= HYBRID_CONFIRMED_MIN_ANSWERS and same >= float(self.confirmed_same_rate) * answers:
             return float(self.confirmed_match_fraction)
         return float(self.match_fraction)
 
