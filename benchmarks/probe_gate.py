@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle", action="store_true", help="serve the model with the best test mAP")
     ap.add_argument("--gate", action="append", default=[], metavar="FIELD=VALUE",
                     help="a ValidationGate parameter for the run, repeatable (e.g. min_negatives=5)")
+    ap.add_argument("--noise-rate", type=float, default=0.0, help="share of wrong answers (as in simulate)")
+    ap.add_argument("--unsure-rate", type=float, default=0.0, help="share of unsure answers (as in simulate)")
     ap.add_argument("--out", type=Path, default=None, help="default: results/gate_probe_<dataset>[_oracle]")
     args = ap.parse_args(argv)
     suffix = "_oracle" if args.oracle else "".join(f"_{item.replace('=', '')}" for item in args.gate)
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(s) for s in args.seeds.split(",")]:
             probe.reset(f"{strategy} seed {seed}")
             config = SimulationConfig(strategies=(strategy,), seeds=(seed,), skyline=False,
+                                      noise_rate=args.noise_rate, unsure_rate=args.unsure_rate,
                                       cycle_params={f"gate.{k}": int(v) if v.isdigit() else v for k, v in
                                                     (item.split("=", 1) for item in args.gate)})
             with tempfile.TemporaryDirectory() as work:

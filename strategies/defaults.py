@@ -38,6 +38,10 @@ EXACT_COLOURING_MAX_NODES = 15
 # [ours] a first-neighbour link whose calibrated P(same) is below this is not made (the image stays a new
 # individual); 0.05 changed nothing on two glyph sets and helped the icon set a little (docs/benchmarks.md)
 IDENTITY_MIN_P_SAME = 0.05
+# [ours] an image whose most similar image a cannot-link separates from it makes no first-neighbour link
+# (it is joined only by links of others): its next image is as likely another individual as its own, and a
+# wrong "different" answer would otherwise also merge it into a stranger (docs/benchmarks.md)
+IDENTITY_LINK_PAST_CANNOT_LINK = False
 NEW_INDIVIDUAL_MIN = 0.5  # alone, and P(same) to its nearest image <= 1 - this: proposed as a new individual
 CANDIDATE_NEIGHBORS = 10  # kNN columns whose edges are candidate pairs for match-first / hybrid
 MAX_PAIRS_PER_IMAGE = 2  # an image appears in at most this many proposals of one batch

@@ -8,7 +8,11 @@ cannot-link separates. Why first neighbours and not a similarity threshold: with
 individual a global threshold over-merges dense regions and under-merges sparse ones (measured on real
 sets, docs/benchmarks.md), while "my nearest image is probably me" holds at every density and needs no
 parameter that the first answers would have to estimate. ``min_p_same`` drops links whose calibrated
-P(same) is below it, so an image unlike everything else stays a new individual.
+P(same) is below it, so an image unlike everything else stays a new individual. An image whose most
+similar image is cannot-linked to it makes no link of its own unless ``link_past_cannot_link``: the
+answer says its best evidence is wrong, and the next image is no better a guess (others may still link
+to it). Why: a wrong "different" answer would otherwise split the image from its individual *and* merge
+it into a stranger.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from strategies.constraints import ConstraintGraph, must_link_components
-from strategies.defaults import CONTRADICTION_POLICY, IDENTITY_MIN_P_SAME, NEW_INDIVIDUAL_MIN
+from strategies.defaults import (
+    CONTRADICTION_POLICY,
+    IDENTITY_LINK_PAST_CANNOT_LINK,
+    IDENTITY_MIN_P_SAME,
+    NEW_INDIVIDUAL_MIN,
+)
 from strategies.knn import KnnGraph
 from strategies.validation import check_features, check_unit_interval
 
@@ -108,14 +117,21 @@ class IdentityAssigner:
 
     ``min_p_same``: a link whose calibrated P(same) is below this is not made (0 keeps every first
     neighbour, FINCH's rule). ``contradiction_policy``: how a cannot-link inside a must-link component is
-    resolved before assigning (strategies.constraints).
+    resolved before assigning (strategies.constraints). ``link_past_cannot_link``: an image whose most
+    similar image a cannot-link separates from it links to its next image instead (FINCH under
+    constraints); off by default (module docstring).
     """
 
     def __init__(
-        self, *, min_p_same: float = IDENTITY_MIN_P_SAME, contradiction_policy: str = CONTRADICTION_POLICY
+        self,
+        *,
+        min_p_same: float = IDENTITY_MIN_P_SAME,
+        contradiction_policy: str = CONTRADICTION_POLICY,
+        link_past_cannot_link: bool = IDENTITY_LINK_PAST_CANNOT_LINK,
     ) -> None:
         self.min_p_same = min_p_same
         self.contradiction_policy = contradiction_policy
+        self.link_past_cannot_link = link_past_cannot_link
 
     def assign(
         self,
@@ -146,7 +162,7 @@ class IdentityAssigner:
                 return np.clip(s, 0.0, 1.0)
             return np.clip(np.asarray(calibrator.predict(s), dtype=np.float64).reshape(s.shape), 0.0, 1.0)
 
-        # each image's first neighbour outside its component that no cannot-link separates it from
+        # each image's first neighbour outside its component (past cannot-linked ones only if allowed)
         idx, sim = knn.indices[:, 1:], knn.similarities[:, 1:]
         links: list[tuple[float, int, int]] = []
         for i in range(n):
@@ -157,6 +173,8 @@ class IdentityAssigner:
                     break  # nearest is a verified mate: the image is where it belongs
                 if not clusters.separated(ci, cj):
                     links.append((float(s), ci, cj))
+                    break
+                if not self.link_past_cannot_link:
                     break
         if links and self.min_p_same > 0:
             keep = p_same(np.array([s for s, _, _ in links])) >= self.min_p_same

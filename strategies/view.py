@@ -26,6 +26,7 @@ from strategies.defaults import (
     CONTRADICTION_POLICY,
     DBSCAN_EPS,
     DBSCAN_MIN_SAMPLES,
+    IDENTITY_LINK_PAST_CANNOT_LINK,
     IDENTITY_MIN_P_SAME,
     K1,
     K2,
@@ -67,6 +68,7 @@ class ViewParams:
     min_samples: int = DBSCAN_MIN_SAMPLES
     contradiction_policy: str = CONTRADICTION_POLICY
     min_p_same: float = IDENTITY_MIN_P_SAME
+    link_past_cannot_link: bool = IDENTITY_LINK_PAST_CANNOT_LINK
     random_state: int = 0
 
     def check_view_params(self) -> None:
@@ -83,6 +85,10 @@ class ViewParams:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
         if not 0.0 <= float(self.min_p_same) < 1.0:
             raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
+        if not isinstance(self.link_past_cannot_link, bool):
+            raise ValueError(
+                f"link_past_cannot_link must be true or false, got {self.link_past_cannot_link!r}"
+            )
 
     def view(self, features: np.ndarray, constraints: ConstraintGraph | None = None) -> ClusteringView:
         """The clustering view of ``features`` under ``constraints`` with these parameters."""
@@ -96,6 +102,7 @@ class ViewParams:
             min_samples=self.min_samples,
             contradiction_policy=self.contradiction_policy,
             min_p_same=self.min_p_same,
+            link_past_cannot_link=self.link_past_cannot_link,
             random_state=self.random_state,
         )
 
@@ -105,8 +112,9 @@ class ClusteringView:
 
     Parameters keep the papers' names: ``k1``/``k2`` (k-reciprocal Jaccard, clamped to the pool),
     ``knn_k`` (columns of the kNN graph, at least ``k1``), ``eps``/``min_samples`` (DBSCAN),
-    ``contradiction_policy`` (NP3 and the identities), ``min_p_same`` (the identities' weakest link)
-    and ``random_state`` (approximate kNN index, FINCH, NP3).
+    ``contradiction_policy`` (NP3 and the identities), ``min_p_same`` (the identities' weakest link),
+    ``link_past_cannot_link`` (strategies.identities) and ``random_state`` (approximate kNN index,
+    FINCH, NP3).
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class ClusteringView:
         min_samples: int = DBSCAN_MIN_SAMPLES,
         contradiction_policy: str = CONTRADICTION_POLICY,
         min_p_same: float = IDENTITY_MIN_P_SAME,
+        link_past_cannot_link: bool = IDENTITY_LINK_PAST_CANNOT_LINK,
         random_state: int = 0,
         **precomputed: Any,
     ) -> None:
@@ -134,6 +143,7 @@ class ClusteringView:
         self.min_samples = min_samples
         self.contradiction_policy = contradiction_policy
         self.min_p_same = min_p_same
+        self.link_past_cannot_link = bool(link_past_cannot_link)
         self.random_state = check_int(random_state, "random_state", 0)
         unknown = sorted(set(precomputed) - set(PRECOMPUTABLE))
         if unknown:
@@ -223,7 +233,8 @@ class ClusteringView:
         """Every row's individual: must-link components joined by first-neighbour links under the
         constraints (strategies.identities). What the team exports and what training learns from."""
         assigner = IdentityAssigner(
-            min_p_same=self.min_p_same, contradiction_policy=self.contradiction_policy
+            min_p_same=self.min_p_same, contradiction_policy=self.contradiction_policy,
+            link_past_cannot_link=self.link_past_cannot_link,
         )
         return assigner.assign(self.features, self.constraints, self.knn, self.calibrator)
 

@@ -58,10 +58,33 @@ def test_cannot_link_keeps_mutual_neighbours_apart_and_they_join_their_next_choi
     x = _line([0, 1, 1.2, 2.5])  # 1 and 2 are each other's first neighbour
     g = ConstraintGraph()
     g.add("a", 1, 2, "cannot_link")
-    labels = _assign(x, g, min_p_same=0.0)
+    labels = _assign(x, g, min_p_same=0.0, link_past_cannot_link=True)
     assert labels[1] != labels[2]
     assert labels[0] == labels[1]  # 1's next allowed neighbour
     assert labels[2] == labels[3]  # 2's next allowed neighbour
+
+
+def test_an_image_whose_nearest_is_cannot_linked_makes_no_link_of_its_own() -> None:
+    # 0 and 1 are each other's nearest but answered "different"; 2 and 3 are each other's nearest.
+    # Linking past the answer would put 0 or 1 with 2 and 3, whom neither is close to.
+    x = _line([0, 0.3, 1.5, 1.8])
+    g = ConstraintGraph()
+    g.add("c", 0, 1, "cannot_link")
+    labels = _assign(x, g, min_p_same=0.0)
+    assert labels[2] == labels[3]
+    assert len({int(labels[0]), int(labels[1]), int(labels[2])}) == 3  # 0 and 1 stay alone
+    past = _assign(x, g, min_p_same=0.0, link_past_cannot_link=True)
+    assert past[0] != past[1]
+    assert past[2] in (past[0], past[1])  # one of them was linked to a stranger
+
+
+def test_others_may_still_link_to_an_image_whose_nearest_is_cannot_linked() -> None:
+    # 1's nearest is 2 (answered "different"); 0's nearest is 1, so 0 and 1 are one identity
+    x = _line([0, 1, 1.2, 2.5])
+    g = ConstraintGraph()
+    g.add("a", 1, 2, "cannot_link")
+    labels = _assign(x, g, min_p_same=0.0)
+    assert labels[0] == labels[1] != labels[2] == labels[3]
 
 
 def test_a_verified_component_does_not_absorb_its_neighbours() -> None:
@@ -140,11 +163,12 @@ def scenarios(draw: st.DrawFn) -> tuple[np.ndarray, ConstraintGraph]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios(), st.sampled_from([0.0, 0.3]))
-def test_every_kept_constraint_holds(case: tuple[np.ndarray, ConstraintGraph], min_p_same: float) -> None:
+@given(scenarios(), st.sampled_from([0.0, 0.3]), st.booleans())
+def test_every_kept_constraint_holds(case: tuple[np.ndarray, ConstraintGraph], min_p_same: float,
+                                     link_past_cannot_link: bool) -> None:
     x, g = case
-    result = IdentityAssigner(min_p_same=min_p_same).assign(x, g, build_knn(x, min(len(x), 6)),
-                                                            PSameCalibrator())
+    assigner = IdentityAssigner(min_p_same=min_p_same, link_past_cannot_link=link_past_cannot_link)
+    result = assigner.assign(x, g, build_knn(x, min(len(x), 6)), PSameCalibrator())
     labels = result.labels
     effective = g.effective()
     for i, j in effective.must_link:
@@ -194,3 +218,17 @@ def test_an_image_unlike_the_pool_is_proposed_as_a_new_individual() -> None:
     calibrator = PSameCalibrator().fit(sims, np.array([1] * 4 + [0] * 4))
     result = IdentityAssigner().assign(x, graph, build_knn(x, 5), calibrator)
     assert result.new_individual[12] and not result.new_individual[:12].any()
+
+
+def test_the_view_and_cycle_settings_carry_link_past_cannot_link() -> None:
+    from strategies.view import ViewParams
+
+    x = _line([0, 0.3, 1.5, 1.8])
+    g = ConstraintGraph()
+    g.add("c", 0, 1, "cannot_link")
+    alone = ViewParams(min_p_same=0.0).view(x, g).identities.labels
+    past = ViewParams(min_p_same=0.0, link_past_cannot_link=True).view(x, g).identities.labels
+    assert np.bincount(alone)[alone[0]] == 1 and np.bincount(alone)[alone[1]] == 1
+    assert past[2] in (past[0], past[1])
+    with pytest.raises(ValueError, match="link_past_cannot_link"):
+        ViewParams(link_past_cannot_link="yes").check_view_params()

@@ -80,7 +80,8 @@ class CycleConfig(ViewParams):
     """Everything one cycle needs besides the data; defaults from strategies/ and trainer/defaults.py.
 
     The view's parameters (``k1``, ``k2``, ``knn_k``, ``eps``, ``min_samples``, ``contradiction_policy``,
-    ``min_p_same``, ``random_state``) are ViewParams'; :meth:`view` builds a view with them.
+    ``min_p_same``, ``link_past_cannot_link``, ``random_state``) are ViewParams'; :meth:`view` builds a
+    view with them.
     ``train.seed`` seeds the adapter training, ``random_state`` everything else (kNN index, NP3,
     sampler). ``train_when_fewer_than``: train only while the pool has fewer images than this
     (``None``: always). ``gate``: the validation gate that decides which model is served.
@@ -299,7 +300,8 @@ def _label_source(config: CycleConfig, x: np.ndarray, graph: ConstraintGraph, vi
         if config.train_min_p_same <= config.min_p_same:
             return view.identities
         assigner = IdentityAssigner(min_p_same=config.train_min_p_same,
-                                    contradiction_policy=config.contradiction_policy)
+                                    contradiction_policy=config.contradiction_policy,
+                                    link_past_cannot_link=config.link_past_cannot_link)
         return assigner.assign(view.features, view.constraints, view.knn, view.calibrator)
     comp = graph.component_labels(x.shape[0])
     n = comp.shape[0]
