@@ -338,3 +338,32 @@ def test_training_labels_keep_only_links_the_calibrator_trusts(pool: dict[str, n
         assert strict[c.i] == strict[c.j]
     with pytest.raises(ValueError, match="train_min_p_same"):
         cycle_config(train_min_p_same=1.0)
+
+
+def test_cross_validation_trains_when_only_the_pooled_folds_hold_enough_matches(
+    pool: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    graph = answered_graph(pool["ids"], 80)
+    effective = graph.effective()
+    folds = ValidationGate().split_folds(pool["x"].shape[0], effective.must_link, effective.cannot_link)
+    first = folds[0].positives.shape[0]
+    pooled = sum(h.positives.shape[0] for h in folds)
+    assert 0 < first < pooled
+    gate = {"min_positives": first + 1, "min_negatives": 1}
+    plain = run_cycle(pool["x"], graph, cycle_config(gate=ValidationGate(**gate), redundancy_k=1),
+                      registry=ModelRegistry(tmp_path, "one-fold"))
+    assert plain.metrics["trained"] == 0 and plain.metrics["skipped_unvalidated"] == 1
+    crossed = run_cycle(pool["x"], graph,
+                        cycle_config(gate=ValidationGate(cross_validate=True, **gate), redundancy_k=1),
+                        registry=ModelRegistry(tmp_path, "crossed"))
+    m = crossed.metrics
+    assert m["trained"] == 1 and m["skipped_unvalidated"] == 0
+    assert m["gate_pooled_folds"] >= 2 and "pooled over" in m["gate_reason"]
+    assert m["gate_held_out_positives"] > first
+    assert crossed.gate is not None and crossed.gate.pooled_folds == m["gate_pooled_folds"]
+    # pooled folds that still hold too few: nothing is trained
+    never = run_cycle(pool["x"], graph,
+                      cycle_config(gate=ValidationGate(cross_validate=True, min_positives=pooled + 1,
+                                                       min_negatives=1), redundancy_k=1),
+                      registry=ModelRegistry(tmp_path, "never"))
+    assert never.metrics["trained"] == 0 and never.metrics["skipped_unvalidated"] == 1

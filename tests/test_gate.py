@@ -142,3 +142,70 @@ def test_split_rejects_bad_input() -> None:
         ValidationGate(folds=1).split(4, np.zeros((0, 2)), np.zeros((0, 2)))
     with pytest.raises(ValueError, match="unseen"):
         ValidationGate().split(4, np.zeros((0, 2)), np.zeros((0, 2)), unseen=np.ones(3, dtype=bool))
+
+
+def test_cross_validation_holds_out_every_fold_once() -> None:
+    x, must, cannot, _ = _pool(n_ids=30)
+    n = x.shape[0]
+    gate = ValidationGate(folds=5)
+    folds = gate.split_folds(n, must, cannot)
+    assert len(folds) == 5 and [h.fold_ids for h in folds] == [(f,) for f in range(5)]
+    assert np.array_equal(folds[0].images, gate.split(n, must, cannot).images)  # fold 0 is split()'s
+    held = np.stack([h.images for h in folds])
+    assert (held.sum(axis=0) <= 1).all()  # disjoint
+    assert np.array_equal(held.any(axis=0), np.arange(n) < 90)  # together: every verified image
+    for h in folds:
+        for pairs in (h.train_must_link, h.train_cannot_link):
+            assert not (h.images[pairs[:, 0]] | h.images[pairs[:, 1]]).any()
+    assert sum(h.positives.shape[0] for h in folds) == must.shape[0]
+
+
+def _fold_scores(gate: ValidationGate, folds, candidate: float, frozen: float, previous: float | None = None):
+    """Every fold scored with the same per-model score."""
+    out = []
+    for h in folds:
+        scores = {"candidate": {"score": candidate, "map": candidate},
+                  "frozen": {"score": frozen, "map": frozen}}
+        if previous is not None:
+            scores["previous"] = {"score": previous, "map": previous}
+        out.append((h, scores))
+    return out
+
+
+def test_pooled_decision_weighs_folds_by_their_matches_and_keeps_the_rule() -> None:
+    x, must, cannot, _ = _pool(n_ids=30)
+    gate = ValidationGate(folds=5, min_positives=10)
+    folds = gate.split_folds(x.shape[0], must, cannot)
+    assert not gate.can_validate(folds[0]) or folds[0].positives.shape[0] >= 10
+    wins = gate.decide_pooled(_fold_scores(gate, folds, 0.8, 0.7), "frozen")
+    assert wins.served == "candidate" and "pooled over 5 folds" in wins.reason
+    assert wins.pooled_folds == 5 and wins.held_out_positives == must.shape[0]
+    behind = gate.decide_pooled(_fold_scores(gate, folds, 0.8, 0.7, previous=0.9), "previous")
+    assert behind.served == "previous"
+    worse = gate.decide_pooled(_fold_scores(gate, folds, 0.6, 0.7, previous=0.65), "previous")
+    assert worse.served == "frozen"
+    # a fold with many matches outweighs one with few: 0.8 on the big one wins over 0.6 on the small
+    ranked = sorted(folds, key=lambda h: -h.positives.shape[0])
+    big, small = ranked[0], ranked[-1]
+    assert big.positives.shape[0] > small.positives.shape[0] > 0
+    mixed = [(big, {"candidate": {"score": 0.8}, "frozen": {"score": 0.7}}),
+             (small, {"candidate": {"score": 0.6}, "frozen": {"score": 0.75}})]
+    decision = ValidationGate(folds=5, min_positives=1).decide_pooled(mixed, "frozen")
+    expected = np.average([0.8, 0.6], weights=[big.positives.shape[0], small.positives.shape[0]])
+    assert decision.scores["candidate"]["score"] == pytest.approx(expected)
+    assert decision.served == ("candidate" if expected > np.average(
+        [0.7, 0.75], weights=[big.positives.shape[0], small.positives.shape[0]]) else "frozen")
+
+
+def test_pooled_decision_needs_enough_matches_and_the_served_candidates_own_fold() -> None:
+    x, must, cannot, _ = _pool(n_ids=30)
+    gate = ValidationGate(folds=5, min_positives=10**6)
+    folds = gate.split_folds(x.shape[0], must, cannot)
+    assert not gate.can_validate_pooled(folds)
+    few = gate.decide_pooled(_fold_scores(gate, folds, 0.9, 0.1), "frozen")
+    assert few.served == "frozen" and "too few" in few.reason
+    ok = ValidationGate(folds=5, min_positives=1)
+    scored = _fold_scores(ok, folds, 0.9, 0.1)
+    scored[0] = (folds[0], {"candidate": {"score": float("nan")}, "frozen": {"score": 0.1}})
+    unscored = ok.decide_pooled(scored, "frozen")
+    assert unscored.served == "frozen" and "own held-out fold" in unscored.reason

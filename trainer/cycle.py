@@ -318,8 +318,9 @@ def _trained_images(n: int, labels: np.ndarray, holdout: Holdout) -> np.ndarray:
 
 
 def _why_not_train(config: CycleConfig, n: int, holdout: Holdout, labels: np.ndarray,
-                   same_answers: bool) -> dict[str, int]:
-    """The skip flags of the metrics; all zero means "train a candidate"."""
+                   same_answers: bool, pooled: bool = False) -> dict[str, int]:
+    """The skip flags of the metrics; all zero means "train a candidate" (``pooled``: the folds of
+    cross-validation hold enough "same" pairs together)."""
     skipped = {"skipped_no_new_answers": 0, "skipped_unvalidated": 0, "skipped_few_clusters": 0,
                "skipped_pool_size": 0}
     gate = config.gate
@@ -327,11 +328,30 @@ def _why_not_train(config: CycleConfig, n: int, holdout: Holdout, labels: np.nda
         skipped["skipped_no_new_answers"] = 1
     elif config.train_when_fewer_than is not None and n >= config.train_when_fewer_than:
         skipped["skipped_pool_size"] = 1
-    elif not gate.can_validate(holdout):
+    elif not (pooled or gate.can_validate(holdout)):
         skipped["skipped_unvalidated"] = 1
     elif np.unique(labels[labels >= 0]).size < 2:
         skipped["skipped_few_clusters"] = 1
     return skipped
+
+
+def _cross_validate(config: CycleConfig, x: np.ndarray, source: IdentityAssignment, folds: list[Holdout],
+                    embeddings: dict[str, np.ndarray], incumbent: str, **train_kw: Any) -> GateDecision:
+    """The gate's decision pooled over the folds (ValidationGate.cross_validate): ``embeddings`` hold
+    fold 0's candidate, the frozen encoder and the model in service; every other fold with held-out
+    "same" pairs gets a candidate trained without it, scored beside the same two on that fold."""
+    gate = config.gate
+    fold_scores = [(folds[0], {k: gate.score(e, folds[0]) for k, e in embeddings.items()})]
+    for holdout in folds[1:]:
+        labels = _training_labels(source, holdout)
+        if not holdout.positives.shape[0] or np.unique(labels[labels >= 0]).size < 2:
+            continue
+        result = train_adapter(x, labels, holdout.train_must_link, holdout.train_cannot_link, config.train,
+                               **train_kw)
+        candidate = apply_adapter(result.adapter_state, x, device=config.train.device)
+        fold_scores.append((holdout, {k: gate.score(candidate if k == "candidate" else e, holdout)
+                                      for k, e in embeddings.items()}))
+    return gate.decide_pooled(fold_scores, incumbent)
 
 
 def _train_metrics(result: TrainResult | None) -> dict[str, float | int]:
@@ -359,6 +379,7 @@ def _gate_metrics(decision: GateDecision | None, served: str) -> dict[str, Any]:
     out["gate_held_out_images"] = decision.held_out_images
     out["gate_held_out_positives"] = decision.held_out_positives
     out["gate_held_out_negatives"] = decision.held_out_negatives
+    out["gate_pooled_folds"] = decision.pooled_folds
     for model, scores in decision.scores.items():
         for name, value in scores.items():
             out[f"gate_{model}_{name}"] = float(value)
@@ -484,9 +505,16 @@ def run_cycle(
     if service.trained_on is not None and service.trained_on.shape == (n,):
         unseen = ~service.trained_on
     holdout = config.gate.split(n, effective.must_link, effective.cannot_link, unseen=unseen)
-    labels = _training_labels(_label_source(config, x, trusted, view, in_service), holdout)
+    source = _label_source(config, x, trusted, view, in_service)
+    labels = _training_labels(source, holdout)
+    folds = None
+    if config.gate.cross_validate and not config.gate.can_validate(holdout):
+        folds = config.gate.split_folds(n, effective.must_link, effective.cannot_link, unseen=unseen)
+        if not (folds[0].positives.shape[0] and config.gate.can_validate_pooled(folds)):
+            folds = None
     fingerprint = answers_fingerprint(answered.must_link, answered.cannot_link)
-    skipped = _why_not_train(config, n, holdout, labels, same_answers=fingerprint == service.answers)
+    skipped = _why_not_train(config, n, holdout, labels, same_answers=fingerprint == service.answers,
+                             pooled=folds is not None)
     train_result: TrainResult | None = None
     decision: GateDecision | None = None
     state, trained_on = in_service, service.trained_on
@@ -506,7 +534,12 @@ def run_cycle(
         }
         if in_service is not None:
             models["previous"] = (in_service, emb)
-        decision = config.gate.decide(holdout, {k: e for k, (_, e) in models.items()}, incumbent)
+        embeddings = {k: e for k, (_, e) in models.items()}
+        if folds is None:
+            decision = config.gate.decide(holdout, embeddings, incumbent)
+        else:
+            decision = _cross_validate(config, x, source, folds, embeddings, incumbent,
+                                       cameras=cameras, text_features=text_features)
         say(f"cycle: gate: {decision.reason}")
         stages.done("validate")
         if decision.served != incumbent:

@@ -5,7 +5,10 @@ Held out: every must-link component (two or more images) whose smallest row fall
 ``folds`` — a stable choice, so mostly the same identities stay held out from cycle to cycle. While
 fold 0 holds fewer than ``min_positives`` "same" pairs, folds 1, 2, … join it, up to
 ``max_held_folds``: answers that hold few matches can then judge a candidate on as many pairs as any
-other, at the cost of training on fewer; once fold 0 suffices, the other folds train again. Training
+other, at the cost of training on fewer; once fold 0 suffices, the other folds train again. With
+``cross_validate``, while fold 0 holds too few, every fold is held out in turn instead, each with its own
+candidate, and the decision is taken on the scores pooled over the folds (weighted by their "same"
+pairs); the candidate that may be served is fold 0's, so it trains on as many answers as ever. Training
 sees no answer that touches a held-out image and no pseudo-label of an identity holding one. Only the
 held-out identities the model in service never trained on are scored (its version records what it saw):
 an identity counts as seen when the model learned from any of its images, since components grow and
@@ -36,6 +39,7 @@ import numpy as np
 
 from strategies.constraints import must_link_components
 from trainer.defaults import (
+    GATE_CROSS_VALIDATE,
     GATE_FOLDS,
     GATE_MAX_GALLERY,
     GATE_MAX_HELD_FOLDS,
@@ -60,7 +64,8 @@ class Holdout:
     train_cannot_link: np.ndarray  # (k, 2)
     positives: np.ndarray  # (p, 2) held-out "same" pairs
     negatives: np.ndarray  # (q, 2) held-out "different" pairs
-    held_folds: int = 1  # folds 0..held_folds-1 are held out
+    held_folds: int = 1  # how many folds are held out
+    fold_ids: tuple[int, ...] = (0,)  # which
 
 
 @dataclass
@@ -74,6 +79,7 @@ class GateDecision:
     held_out_positives: int = 0
     held_out_negatives: int = 0
     held_out_folds: int = 1
+    pooled_folds: int = 0  # folds whose scores were pooled (cross-validation); 0: one held-out split
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +98,7 @@ class ValidationGate:
     min_positives: int = GATE_MIN_POSITIVES
     min_negatives: int = GATE_MIN_NEGATIVES
     max_held_folds: int = GATE_MAX_HELD_FOLDS
+    cross_validate: bool = GATE_CROSS_VALIDATE
 
     def split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
               unseen: np.ndarray | None = None) -> Holdout:
@@ -104,16 +111,23 @@ class ValidationGate:
             raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
         if self.max_held_folds < 1:
             raise ValueError(f"max_held_folds: must be >= 1, got {self.max_held_folds!r}")
-        first = self._split(n, must_link, cannot_link, unseen, 1)
+        first = self._split(n, must_link, cannot_link, unseen, (0,))
         holdout = first
         for held_folds in range(2, min(self.max_held_folds, self.folds - 1) + 1):
             if self.can_validate(holdout):
                 break
-            holdout = self._split(n, must_link, cannot_link, unseen, held_folds)
+            holdout = self._split(n, must_link, cannot_link, unseen, tuple(range(held_folds)))
         return holdout if self.can_validate(holdout) else first
 
+    def split_folds(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
+                    unseen: np.ndarray | None = None) -> list[Holdout]:
+        """Every fold held out on its own (:meth:`split`'s fold 0 first): the splits of cross-validation."""
+        if self.folds < 2:
+            raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
+        return [self._split(n, must_link, cannot_link, unseen, (f,)) for f in range(self.folds)]
+
     def _split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
-               unseen: np.ndarray | None, held_folds: int) -> Holdout:
+               unseen: np.ndarray | None, fold_ids: tuple[int, ...]) -> Holdout:
         ml = np.asarray(must_link, dtype=np.int64).reshape(-1, 2)
         cl = np.asarray(cannot_link, dtype=np.int64).reshape(-1, 2)
         comp = must_link_components(ml, n)
@@ -121,7 +135,7 @@ class ValidationGate:
         first_row = np.full(sizes.size, n, dtype=np.int64)
         np.minimum.at(first_row, comp, np.arange(n))
         held_comp = np.array(
-            [sizes[c] >= 2 and _stable_fold(first_row[c], self.folds) < held_folds
+            [sizes[c] >= 2 and _stable_fold(first_row[c], self.folds) in fold_ids
              for c in range(sizes.size)],
             dtype=bool,
         )
@@ -158,7 +172,8 @@ class ValidationGate:
             train_cannot_link=cl[~touches(cl)] if cl.size else cl,
             positives=np.asarray(positives, dtype=np.int64).reshape(-1, 2),
             negatives=negatives,
-            held_folds=held_folds,
+            held_folds=len(fold_ids),
+            fold_ids=tuple(fold_ids),
         )
 
     def can_validate(self, holdout: Holdout) -> bool:
@@ -177,24 +192,66 @@ class ValidationGate:
         auc = _auc(pos, neg)
         return {"auc": auc, "map": mean_ap, "score": (auc + mean_ap) / 2.0}
 
+    def can_validate_pooled(self, holdouts: list[Holdout]) -> bool:
+        """Enough held-out "same" answers over all the folds of cross-validation."""
+        return sum(int(h.positives.shape[0]) for h in holdouts) >= self.min_positives
+
     def decide(self, holdout: Holdout, embeddings: dict[str, np.ndarray], incumbent: str) -> GateDecision:
         """Pick among ``embeddings`` (keys ``candidate``, ``frozen`` and possibly ``previous``);
         ``incumbent`` is the key of the model in service now."""
-        n_pos, n_neg = int(holdout.positives.shape[0]), int(holdout.negatives.shape[0])
-        base = {
-            "held_out_images": int(holdout.scored.sum()),
-            "held_out_positives": n_pos,
-            "held_out_negatives": n_neg,
-            "held_out_folds": int(holdout.held_folds),
-        }
+        base = self._counts([holdout])
         if not self.can_validate(holdout):
             return GateDecision(
                 incumbent,
-                f"too few held-out answers to validate ({n_pos} same; need {self.min_positives}): "
-                f"{incumbent} stays",
+                f"too few held-out answers to validate ({base['held_out_positives']} same; need "
+                f"{self.min_positives}): {incumbent} stays",
                 **base,
             )
         scores = {name: self.score(emb, holdout) for name, emb in embeddings.items()}
+        return self._pick(scores, incumbent, base)
+
+    def decide_pooled(self, fold_scores: list[tuple[Holdout, dict[str, dict[str, float]]]],
+                      incumbent: str) -> GateDecision:
+        """Cross-validation's decision: ``fold_scores`` pairs each fold's holdout with every model's
+        :meth:`score` on it (``candidate``: the one trained without that fold); the first fold's candidate
+        is the one that may be served, so that fold must be scored. Folds where some model has no score
+        are left out; the others are pooled, weighted by their held-out "same" pairs."""
+        used = [(h, sc) for h, sc in fold_scores
+                if h.positives.shape[0] and all(np.isfinite(v["score"]) for v in sc.values())]
+        base = {**self._counts([h for h, _ in used]), "pooled_folds": len(used)}
+        if not used or used[0][0] is not fold_scores[0][0]:
+            return GateDecision(incumbent, f"the candidate's own held-out fold cannot be scored: {incumbent} "
+                                "stays", **base)
+        if not self.can_validate_pooled([h for h, _ in used]):
+            return GateDecision(
+                incumbent,
+                f"too few held-out answers to validate over {len(used)} folds ("
+                f"{base['held_out_positives']} same; need {self.min_positives}): {incumbent} stays",
+                **base,
+            )
+        weights = np.array([h.positives.shape[0] for h, _ in used], dtype=np.float64)
+        scores: dict[str, dict[str, float]] = {}
+        for name in used[0][1]:
+            parts = {key for _, sc in used for key in sc[name]}
+            scores[name] = {key: float(np.average([sc[name][key] for _, sc in used], weights=weights))
+                            for key in sorted(parts) if all(key in sc[name] for _, sc in used)}
+        decision = self._pick(scores, incumbent, base)
+        decision.reason += f" [pooled over {len(used)} folds]"
+        return decision
+
+    @staticmethod
+    def _counts(holdouts: list[Holdout]) -> dict[str, int]:
+        return {
+            "held_out_images": int(sum(h.scored.sum() for h in holdouts)),
+            "held_out_positives": int(sum(h.positives.shape[0] for h in holdouts)),
+            "held_out_negatives": int(sum(h.negatives.shape[0] for h in holdouts)),
+            "held_out_folds": int(sum(h.held_folds for h in holdouts)),
+        }
+
+    def _pick(self, scores: dict[str, dict[str, float]], incumbent: str,
+              base: dict[str, int]) -> GateDecision:
+        """The rule: a candidate beats the frozen encoder by more than ``min_gain`` and is no lower than
+        the model in service; otherwise the better of the model in service and the frozen encoder."""
         score = {name: v["score"] for name, v in scores.items()}
         if "candidate" in score:
             c = score["candidate"]
