@@ -38,10 +38,11 @@ EXACT_COLOURING_MAX_NODES = 15
 # [ours] a first-neighbour link whose calibrated P(same) is below this is not made (the image stays a new
 # individual); 0.05 changed nothing on two glyph sets and helped the icon set a little (docs/benchmarks.md)
 IDENTITY_MIN_P_SAME = 0.05
-# [ours] an image whose most similar image a cannot-link separates from it makes no first-neighbour link
-# (it is joined only by links of others): its next image is as likely another individual as its own, and a
-# wrong "different" answer would otherwise also merge it into a stranger (docs/benchmarks.md)
-IDENTITY_LINK_PAST_CANNOT_LINK = False
+# [ours] an image whose most similar image a cannot-link separates from it links to its next image (True),
+# or makes no link of its own (False: a wrong "different" then cannot also merge it into a stranger). False
+# gained 1.4 points of pool F1 for a 10%-wrong annotator but cost hybrid 3.1 on glyphs-mixed, where the next
+# image is often the right one (docs/benchmarks.md)
+IDENTITY_LINK_PAST_CANNOT_LINK = True
 NEW_INDIVIDUAL_MIN = 0.5  # alone, and P(same) to its nearest image <= 1 - this: proposed as a new individual
 CANDIDATE_NEIGHBORS = 10  # kNN columns whose edges are candidate pairs for match-first / hybrid
 MAX_PAIRS_PER_IMAGE = 2  # an image appears in at most this many proposals of one batch

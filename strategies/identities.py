@@ -9,10 +9,10 @@ individual a global threshold over-merges dense regions and under-merges sparse 
 sets, docs/benchmarks.md), while "my nearest image is probably me" holds at every density and needs no
 parameter that the first answers would have to estimate. ``min_p_same`` drops links whose calibrated
 P(same) is below it, so an image unlike everything else stays a new individual. An image whose most
-similar image is cannot-linked to it makes no link of its own unless ``link_past_cannot_link``: the
-answer says its best evidence is wrong, and the next image is no better a guess (others may still link
-to it). Why: a wrong "different" answer would otherwise split the image from its individual *and* merge
-it into a stranger.
+similar image is cannot-linked to it links to its next image (``link_past_cannot_link``, the default), or
+makes no link of its own (others may still link to it): a wrong "different" answer then cannot split the
+image from its individual *and* merge it into a stranger, but where first neighbours are often wrong the
+next image is often the right one (docs/benchmarks.md measures both).
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class IdentityAssigner:
     ``min_p_same``: a link whose calibrated P(same) is below this is not made (0 keeps every first
     neighbour, FINCH's rule). ``contradiction_policy``: how a cannot-link inside a must-link component is
     resolved before assigning (strategies.constraints). ``link_past_cannot_link``: an image whose most
-    similar image a cannot-link separates from it links to its next image instead (FINCH under
-    constraints); off by default (module docstring).
+    similar image a cannot-link separates from it links to its next image (FINCH under constraints);
+    False: it makes no link of its own (module docstring).
     """
 
     def __init__(

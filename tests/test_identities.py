@@ -58,24 +58,24 @@ def test_cannot_link_keeps_mutual_neighbours_apart_and_they_join_their_next_choi
     x = _line([0, 1, 1.2, 2.5])  # 1 and 2 are each other's first neighbour
     g = ConstraintGraph()
     g.add("a", 1, 2, "cannot_link")
-    labels = _assign(x, g, min_p_same=0.0, link_past_cannot_link=True)
+    labels = _assign(x, g, min_p_same=0.0)
     assert labels[1] != labels[2]
     assert labels[0] == labels[1]  # 1's next allowed neighbour
     assert labels[2] == labels[3]  # 2's next allowed neighbour
 
 
-def test_an_image_whose_nearest_is_cannot_linked_makes_no_link_of_its_own() -> None:
+def test_without_linking_past_a_cannot_link_the_image_makes_no_link_of_its_own() -> None:
     # 0 and 1 are each other's nearest but answered "different"; 2 and 3 are each other's nearest.
-    # Linking past the answer would put 0 or 1 with 2 and 3, whom neither is close to.
+    # Linking past the answer (the default) puts 0 or 1 with 2 and 3, whom neither is close to.
     x = _line([0, 0.3, 1.5, 1.8])
     g = ConstraintGraph()
     g.add("c", 0, 1, "cannot_link")
-    labels = _assign(x, g, min_p_same=0.0)
+    labels = _assign(x, g, min_p_same=0.0, link_past_cannot_link=False)
     assert labels[2] == labels[3]
     assert len({int(labels[0]), int(labels[1]), int(labels[2])}) == 3  # 0 and 1 stay alone
-    past = _assign(x, g, min_p_same=0.0, link_past_cannot_link=True)
+    past = _assign(x, g, min_p_same=0.0)
     assert past[0] != past[1]
-    assert past[2] in (past[0], past[1])  # one of them was linked to a stranger
+    assert past[2] in (past[0], past[1])  # one of them was linked to its next image
 
 
 def test_others_may_still_link_to_an_image_whose_nearest_is_cannot_linked() -> None:
@@ -83,7 +83,7 @@ def test_others_may_still_link_to_an_image_whose_nearest_is_cannot_linked() -> N
     x = _line([0, 1, 1.2, 2.5])
     g = ConstraintGraph()
     g.add("a", 1, 2, "cannot_link")
-    labels = _assign(x, g, min_p_same=0.0)
+    labels = _assign(x, g, min_p_same=0.0, link_past_cannot_link=False)
     assert labels[0] == labels[1] != labels[2] == labels[3]
 
 
@@ -226,8 +226,8 @@ def test_the_view_and_cycle_settings_carry_link_past_cannot_link() -> None:
     x = _line([0, 0.3, 1.5, 1.8])
     g = ConstraintGraph()
     g.add("c", 0, 1, "cannot_link")
-    alone = ViewParams(min_p_same=0.0).view(x, g).identities.labels
-    past = ViewParams(min_p_same=0.0, link_past_cannot_link=True).view(x, g).identities.labels
+    alone = ViewParams(min_p_same=0.0, link_past_cannot_link=False).view(x, g).identities.labels
+    past = ViewParams(min_p_same=0.0).view(x, g).identities.labels
     assert np.bincount(alone)[alone[0]] == 1 and np.bincount(alone)[alone[1]] == 1
     assert past[2] in (past[0], past[1])
     with pytest.raises(ValueError, match="link_past_cannot_link"):
