@@ -203,6 +203,7 @@ def run_project_cycle(
         redundancy_k=settings.redundancy_k,
         redundancy_min_size=settings.redundancy_min_size,
         redundancy_max_p_same=settings.redundancy_max_p_same,
+        link_past_cannot_link=bool(settings.link_past_cannot_link),
     )
     t1 = time.perf_counter()
     result = run_cycle(

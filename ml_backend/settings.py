@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from ml_backend.errors import SettingsError
 from strategies.defaults import (
+    IDENTITY_LINK_PAST_CANNOT_LINK,
     REDUNDANCY_K,
     REDUNDANCY_MAX_P_SAME,
     REDUNDANCY_MIN_SIZE,
@@ -260,6 +261,14 @@ class Settings:
         "REID_AL_REDUNDANCY_MAX_P_SAME",
         REDUNDANCY_MAX_P_SAME,
         "... or when the model's calibrated P(same) of the pair is below this (0 = never)",
+    )
+    link_past_cannot_link: int = _setting(
+        "REID_AL_LINK_PAST_CANNOT_LINK",
+        int(IDENTITY_LINK_PAST_CANNOT_LINK),
+        "1: an image whose nearest image was answered 'different' joins its next one; 0: it makes no link "
+        "of its own (fewer wrong merges from wrong 'different' answers; costs where neighbours are poor)",
+        low=0,
+        high=1,
     )
 
     def __post_init__(self) -> None:

@@ -126,3 +126,26 @@ def test_the_open_set_is_replaced_and_what_left_it_counts_as_resolved(redis_clie
     with pytest.raises(ValueError, match="lacks"):
         state.reviews.replace([{"pair_id": "x"}])
     assert [r["pair_id"] for r in state.reviews.open()] == [one[1]["pair_id"]]  # a bad call changed nothing
+
+
+def test_the_identity_link_setting_reaches_the_cycle(redis_client: redis.Redis, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.cycle as cycle
+
+    ids = _pool(tmp_path)
+    state = ProjectState(redis_client, "3")
+    state.set_meta(from_name="answer", to_name="image_a")
+    _answer(state, 1, ids[0], ids[1], "different")
+    seen: list[bool] = []
+    real = cycle.run_cycle
+
+    def spy(features, graph, config, **kw):  # type: ignore[no-untyped-def]
+        seen.append(config.link_past_cannot_link)
+        return real(features, graph, config, **kw)
+
+    monkeypatch.setattr(cycle, "run_cycle", spy)  # the job imports it when it runs
+    for value in (0, 1):
+        settings = Settings(model_dir=tmp_path, budget=2, strategy="random", torch_threads=1,
+                            link_past_cannot_link=value)
+        run_project_cycle(settings, redis_client, "3", client=LabelStudioDouble())
+    assert seen == [False, True]
