@@ -12,7 +12,8 @@ P(same) is below it, so an image unlike everything else stays a new individual. 
 similar image is cannot-linked to it links to its next image (``link_past_cannot_link``, the default), or
 makes no link of its own (others may still link to it): a wrong "different" answer then cannot split the
 image from its individual *and* merge it into a stranger, but where first neighbours are often wrong the
-next image is often the right one (docs/benchmarks.md measures both).
+next image is often the right one (docs/benchmarks.md measures both). ``"auto"`` (see
+:func:`resolve_link_rule`) links past a cannot-link until the answers show that annotators err.
 """
 
 from __future__ import annotations
@@ -31,7 +32,22 @@ from strategies.defaults import (
 from strategies.knn import KnnGraph
 from strategies.validation import check_features, check_unit_interval
 
-__all__ = ["IdentityAssigner", "IdentityAssignment"]
+__all__ = ["LINK_AUTO", "IdentityAssigner", "IdentityAssignment", "resolve_link_rule"]
+
+LINK_AUTO = "auto"
+
+
+def resolve_link_rule(setting: bool | str, *, conflicts: int) -> bool:
+    """``link_past_cannot_link`` for this cycle. ``"auto"``: link past a cannot-link while no answers
+    conflict, stop once some do (``conflicts``: pairs answered both ways plus open contradictions,
+    strategies.review). Why: a careful annotator's "different" next to an image's best match is a hard
+    negative, and its next match is often right; once answers conflict, a "different" may be a wrong
+    one, and linking past it would also put the image with a stranger."""
+    if setting == LINK_AUTO:
+        return conflicts == 0
+    if not isinstance(setting, bool):
+        raise ValueError(f"link_past_cannot_link must be true, false or {LINK_AUTO!r}, got {setting!r}")
+    return setting
 
 
 @dataclass(frozen=True)

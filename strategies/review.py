@@ -83,12 +83,14 @@ class ReviewedAnswers:
     disagreements: int = 0  # pairs with as many "same" as "different" answers
     held: int = 0  # "same" verdicts waiting for a second opinion
     split_edges: tuple[tuple[int, int], ...] = field(default=())  # must-links cut until resolved
+    conflicts: int = 0  # pairs answered both ways plus open contradictions: evidence that annotators err
 
     def summary(self) -> dict[str, int]:
         by_kind = {kind: sum(r.kind == kind for r in self.reviews) for kind in REVIEW_KINDS}
         return {"contradictions_open": self.contradictions, "disagreements_open": self.disagreements,
                 "merges_held": self.held, "reviews_open": len(self.reviews),
                 "answers_set_aside": len(self.set_aside), "edges_split": len(self.split_edges),
+                "answers_in_conflict": self.conflicts,
                 **{f"reviews_{kind}": n for kind, n in by_kind.items()}}
 
 
@@ -207,6 +209,7 @@ class AnswerReview:
             graph=graph, reviews=tuple(ordered), set_aside=tuple(set_aside),
             contradictions=n_contradictions, disagreements=len(disputed), held=len(held),
             split_edges=tuple(sorted(cut)),
+            conflicts=n_contradictions + sum(bool(v.same and v.different) for v in votes.values()),
         )
 
     # ------------------------------------------------------------------ steps

@@ -32,7 +32,7 @@ from strategies.defaults import (
     K2,
     KNN_K,
 )
-from strategies.identities import IdentityAssigner, IdentityAssignment
+from strategies.identities import LINK_AUTO, IdentityAssigner, IdentityAssignment, resolve_link_rule
 from strategies.jaccard import jaccard_distance
 from strategies.knn import KnnGraph, build_knn
 from strategies.np3 import NP3, NP3Result
@@ -68,7 +68,7 @@ class ViewParams:
     min_samples: int = DBSCAN_MIN_SAMPLES
     contradiction_policy: str = CONTRADICTION_POLICY
     min_p_same: float = IDENTITY_MIN_P_SAME
-    link_past_cannot_link: bool = IDENTITY_LINK_PAST_CANNOT_LINK
+    link_past_cannot_link: bool | str = IDENTITY_LINK_PAST_CANNOT_LINK  # or "auto" (strategies.identities)
     random_state: int = 0
 
     def check_view_params(self) -> None:
@@ -85,10 +85,9 @@ class ViewParams:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {self.eps!r}")
         if not 0.0 <= float(self.min_p_same) < 1.0:
             raise ValueError(f"min_p_same must be in [0, 1), got {self.min_p_same!r}")
-        if not isinstance(self.link_past_cannot_link, bool):
-            raise ValueError(
-                f"link_past_cannot_link must be true or false, got {self.link_past_cannot_link!r}"
-            )
+        if not (isinstance(self.link_past_cannot_link, bool) or self.link_past_cannot_link == LINK_AUTO):
+            raise ValueError(f"link_past_cannot_link must be true, false or {LINK_AUTO!r}, "
+                             f"got {self.link_past_cannot_link!r}")
 
     def view(self, features: np.ndarray, constraints: ConstraintGraph | None = None) -> ClusteringView:
         """The clustering view of ``features`` under ``constraints`` with these parameters."""
@@ -102,7 +101,7 @@ class ViewParams:
             min_samples=self.min_samples,
             contradiction_policy=self.contradiction_policy,
             min_p_same=self.min_p_same,
-            link_past_cannot_link=self.link_past_cannot_link,
+            link_past_cannot_link=resolve_link_rule(self.link_past_cannot_link, conflicts=0),
             random_state=self.random_state,
         )
 

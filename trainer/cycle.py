@@ -46,7 +46,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,7 @@ import numpy as np
 from strategies.calibration import PSameCalibrator
 from strategies.constraints import ConstraintGraph
 from strategies.defaults import REDUNDANCY_K, REDUNDANCY_MAX_P_SAME, REDUNDANCY_MIN_SIZE
-from strategies.identities import IdentityAssigner, IdentityAssignment
+from strategies.identities import IdentityAssigner, IdentityAssignment, resolve_link_rule
 from strategies.review import AnswerReview, Review, ReviewedAnswers
 from strategies.samplers import PairProposal, PoolExhaustedError, available_samplers, make_sampler
 from strategies.validation import check_features, check_per_item
@@ -490,6 +490,9 @@ def run_cycle(
 
     reviewed = review_answers(config, emb, graph)
     trusted = reviewed.graph
+    link = resolve_link_rule(config.link_past_cannot_link, conflicts=reviewed.conflicts)
+    if link != config.link_past_cannot_link:
+        config = replace(config, link_past_cannot_link=link)
     if reviewed.reviews:
         say(f"cycle: {len(reviewed.reviews)} pair(s) to ask again ({reviewed.summary()})")
     stages.done("review")
@@ -571,6 +574,7 @@ def run_cycle(
         "n_cannot_links": len(graph.cannot_links()),
         "contradictions": len(answered.contradictions),
         **reviewed.summary(),
+        "identity_link_past_cannot_link": int(config.link_past_cannot_link),
         "answers_fingerprint": fingerprint,
         **identities.summary(),
         "trained": int(train_result is not None),
