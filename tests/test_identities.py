@@ -232,3 +232,13 @@ def test_the_view_and_cycle_settings_carry_link_past_cannot_link() -> None:
     assert past[2] in (past[0], past[1])
     with pytest.raises(ValueError, match="link_past_cannot_link"):
         ViewParams(link_past_cannot_link="yes").check_view_params()
+
+
+def test_auto_links_past_a_cannot_link_until_answers_conflict() -> None:
+    from strategies.identities import LINK_AUTO, resolve_link_rule
+
+    assert resolve_link_rule(LINK_AUTO, conflicts=0) is True
+    assert resolve_link_rule(LINK_AUTO, conflicts=2) is False
+    assert resolve_link_rule(False, conflicts=0) is False and resolve_link_rule(True, conflicts=5) is True
+    with pytest.raises(ValueError, match="link_past_cannot_link"):
+        resolve_link_rule("sometimes", conflicts=0)

@@ -282,3 +282,26 @@ def test_who_answered_a_pair_first_does_not_matter(answers, table, k, data):
     a, b = review.resolve(_graph(answers), _p(table)), review.resolve(_graph(shuffled), _p(table))
     assert ml_pairs(a) == ml_pairs(b) and cl_pairs(a) == cl_pairs(b)
     assert [(r.pair, r.kind) for r in a.reviews] == [(r.pair, r.kind) for r in b.reviews]
+
+
+# ---------------------------------------------------------------------- conflicts
+def test_conflicts_count_pairs_answered_both_ways_and_open_contradictions():
+    consistent = NO_REDUNDANCY.resolve(graph_of(("1", 0, 1, ML), ("2", 1, 2, ML), ("3", 2, 3, CL)))
+    assert consistent.conflicts == 0 and consistent.summary()["answers_in_conflict"] == 0
+    both_ways = NO_REDUNDANCY.resolve(graph_of(("1", 0, 1, ML), ("2", 0, 1, CL), ("3", 0, 1, ML)))
+    assert both_ways.conflicts == 1  # settled by the majority, but someone erred
+    contradiction = NO_REDUNDANCY.resolve(graph_of(("1", 0, 1, ML), ("2", 1, 2, ML), ("3", 0, 2, CL)))
+    assert contradiction.contradictions == 1 and contradiction.conflicts == 1
+    assert contradiction.summary()["answers_in_conflict"] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), max_size=20), st.integers(0, 3))
+def test_answers_from_one_truth_never_conflict(pairs, seed):
+    """A perfect annotator (answers from fixed identities) never produces a conflict."""
+    truth = np.random.default_rng(seed).integers(0, 3, size=8)
+    g = ConstraintGraph()
+    for k, (i, j) in enumerate(pairs):
+        if i != j:
+            g.add(str(k), i, j, ML if truth[i] == truth[j] else CL)
+    assert AnswerReview().resolve(g).conflicts == 0
