@@ -90,7 +90,9 @@ GATE_MIN_NEGATIVES = 10  # held-out "different" pairs needed likewise
 # or 3 (docs/benchmarks.md). `--cycle-param gate.max_held_folds=N` turns it on.
 GATE_MAX_HELD_FOLDS = 1
 # [ours] while fold 0 alone holds too few "same" pairs, hold out every fold in turn (one candidate each) and
-# decide on the scores pooled over the folds: answers that hold few matches can still judge a candidate
+# decide on the scores pooled over the folds: answers that hold few matches can still judge a candidate.
+# Off: on the icon set AAS and uncertainty then beat random, but hybrid on glyphs-mixed lost 6 points of
+# pool F1, served a model trained on two cycles' answers (docs/benchmarks.md)
 GATE_CROSS_VALIDATE = False
 GATE_MAX_QUERIES = 2_000  # held-out images that query the pool gallery (evenly spaced beyond this)
 GATE_MAX_GALLERY = 50_000  # verified images plus pool distractors a query ranks (bounds the gate's cost)
