@@ -293,6 +293,7 @@ def test_tiny_simulation_honours_budget_and_counts(tiny_results: dict[str, Any])
                 # perfect oracle, no unsure: every answer constrains a pair, a review one asked before
                 assert rec["pairs_constrained"] == rec["pairs_annotated"] - rec["reviews_answered"]
                 assert rec["contradictions"] == 0 and rec["answers_wrong"] == 0
+                assert rec["answers_in_conflict"] == 0 and rec["identity_link_past_cannot_link"] == 1
                 assert rec["identities_touched"] <= 2 * rec["pairs_annotated"]
                 assert rec["pairs_by_transitivity"] >= 0
                 prev = rec["pairs_annotated"]
@@ -316,7 +317,7 @@ def test_noisy_oracle_contradictions_are_counted(tmp_path: Path) -> None:
     last = r["strategies"]["random"]["per_seed"][0][-1]
     assert last["answers_wrong"] > 0 and last["answers_unsure"] > 0
     assert last["pairs_constrained"] <= last["pairs_annotated"] - last["answers_unsure"]
-    assert last["contradictions"] > 0
+    assert last["contradictions"] > 0 and last["answers_in_conflict"] > 0
     assert last["reviews_answered"] > 0 and last["pairs_annotated"] <= 2 * 60  # reviews spend the budget
     assert r["skyline"] is None and r["summary"]["target_mAP"] is None
 

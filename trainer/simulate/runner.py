@@ -341,6 +341,8 @@ class Simulation:
                 "reviews_open": int(metrics.get("reviews_open", 0)),
                 "contradictions_open": int(metrics.get("contradictions_open", 0)),
                 "merges_held": int(metrics.get("merges_held", 0)),
+                "answers_in_conflict": int(metrics.get("answers_in_conflict", 0)),
+                "identity_link_past_cannot_link": int(metrics.get("identity_link_past_cannot_link", 1)),
                 "shortfall": shortfall,
                 "next_proposals": len(proposals),
                 **scores,
