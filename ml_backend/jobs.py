@@ -27,7 +27,7 @@ import numpy as np
 
 from ml_backend.push import push_cycle
 from ml_backend.queue import JOB_PREFIX, CycleQueue
-from ml_backend.settings import Settings
+from ml_backend.settings import Settings, link_rule
 from ml_backend.state import ProjectState
 from ml_backend.text_features import PoolText
 
@@ -203,7 +203,7 @@ def run_project_cycle(
         redundancy_k=settings.redundancy_k,
         redundancy_min_size=settings.redundancy_min_size,
         redundancy_max_p_same=settings.redundancy_max_p_same,
-        link_past_cannot_link=bool(settings.link_past_cannot_link),
+        link_past_cannot_link=link_rule(settings.link_past_cannot_link),
     )
     t1 = time.perf_counter()
     result = run_cycle(

@@ -41,6 +41,17 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LINK_CHOICES = ("auto", "1", "0")  # REID_AL_LINK_PAST_CANNOT_LINK
+
+
+def _link_setting(value: bool | str) -> str:
+    """strategies' ``link_past_cannot_link`` as the setting spells it."""
+    return value if isinstance(value, str) else str(int(value))
+
+
+def link_rule(setting: str) -> bool | str:
+    """The setting as the cycle takes it: True, False or "auto"."""
+    return {"1": True, "0": False}.get(setting, setting)
 _MODEL_DIR = Path("./model_dir")
 
 
@@ -262,13 +273,11 @@ class Settings:
         REDUNDANCY_MAX_P_SAME,
         "... or when the model's calibrated P(same) of the pair is below this (0 = never)",
     )
-    link_past_cannot_link: int = _setting(
+    link_past_cannot_link: str = _setting(
         "REID_AL_LINK_PAST_CANNOT_LINK",
-        int(IDENTITY_LINK_PAST_CANNOT_LINK),
-        "1: an image whose nearest image was answered 'different' joins its next one; 0: it makes no link "
-        "of its own (fewer wrong merges from wrong 'different' answers; costs where neighbours are poor)",
-        low=0,
-        high=1,
+        _link_setting(IDENTITY_LINK_PAST_CANNOT_LINK),
+        "auto, 1 or 0. 1: an image whose nearest image was answered 'different' joins its next one; 0: it "
+        "makes no link of its own; auto: 1 until answers conflict (an annotator erred), then 0",
     )
 
     def __post_init__(self) -> None:
@@ -301,6 +310,11 @@ class Settings:
             except ValueError as exc:  # a JWT access token: expires within minutes
                 reason = str(exc).removeprefix("LABEL_STUDIO_API_KEY ")
                 raise SettingsError("LABEL_STUDIO_API_KEY", reason) from None
+        if self.link_past_cannot_link not in LINK_CHOICES:
+            raise SettingsError(
+                "REID_AL_LINK_PAST_CANNOT_LINK",
+                f"must be one of {', '.join(LINK_CHOICES)}, got {self.link_past_cannot_link!r}",
+            )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"

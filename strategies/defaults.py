@@ -39,10 +39,11 @@ EXACT_COLOURING_MAX_NODES = 15
 # individual); 0.05 changed nothing on two glyph sets and helped the icon set a little (docs/benchmarks.md)
 IDENTITY_MIN_P_SAME = 0.05
 # [ours] an image whose most similar image a cannot-link separates from it links to its next image (True),
-# or makes no link of its own (False: a wrong "different" then cannot also merge it into a stranger). False
-# gained 1.4 points of pool F1 for a 10%-wrong annotator but cost hybrid 3.1 on glyphs-mixed, where the next
-# image is often the right one (docs/benchmarks.md)
-IDENTITY_LINK_PAST_CANNOT_LINK = True
+# or makes no link of its own (False: a wrong "different" then cannot also merge it into a stranger).
+# "auto": True until answers conflict (an annotator erred), then False. False throughout gained 2.4 points of
+# pool F1 for a 10%-wrong annotator but cost hybrid 3.1 on glyphs-mixed with a perfect one, where the next
+# image is often the right one; "auto" never changes a consistent annotator's identities (docs/benchmarks.md)
+IDENTITY_LINK_PAST_CANNOT_LINK = "auto"
 NEW_INDIVIDUAL_MIN = 0.5  # alone, and P(same) to its nearest image <= 1 - this: proposed as a new individual
 CANDIDATE_NEIGHBORS = 10  # kNN columns whose edges are candidate pairs for match-first / hybrid
 MAX_PAIRS_PER_IMAGE = 2  # an image appears in at most this many proposals of one batch

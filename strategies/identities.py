@@ -9,11 +9,11 @@ individual a global threshold over-merges dense regions and under-merges sparse 
 sets, docs/benchmarks.md), while "my nearest image is probably me" holds at every density and needs no
 parameter that the first answers would have to estimate. ``min_p_same`` drops links whose calibrated
 P(same) is below it, so an image unlike everything else stays a new individual. An image whose most
-similar image is cannot-linked to it links to its next image (``link_past_cannot_link``, the default), or
-makes no link of its own (others may still link to it): a wrong "different" answer then cannot split the
+similar image is cannot-linked to it links to its next image (``link_past_cannot_link``), or makes no
+link of its own (others may still link to it): a wrong "different" answer then cannot split the
 image from its individual *and* merge it into a stranger, but where first neighbours are often wrong the
-next image is often the right one (docs/benchmarks.md measures both). ``"auto"`` (see
-:func:`resolve_link_rule`) links past a cannot-link until the answers show that annotators err.
+next image is often the right one (docs/benchmarks.md measures both). The cycle's default, ``"auto"``
+(:func:`resolve_link_rule`), links past a cannot-link until the answers show that annotators err.
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strategies.constraints import ConstraintGraph, must_link_components
-from strategies.defaults import (
-    CONTRADICTION_POLICY,
-    IDENTITY_LINK_PAST_CANNOT_LINK,
-    IDENTITY_MIN_P_SAME,
-    NEW_INDIVIDUAL_MIN,
-)
+from strategies.defaults import CONTRADICTION_POLICY, IDENTITY_MIN_P_SAME, NEW_INDIVIDUAL_MIN
 from strategies.knn import KnnGraph
 from strategies.validation import check_features, check_unit_interval
 
@@ -143,7 +138,7 @@ class IdentityAssigner:
         *,
         min_p_same: float = IDENTITY_MIN_P_SAME,
         contradiction_policy: str = CONTRADICTION_POLICY,
-        link_past_cannot_link: bool = IDENTITY_LINK_PAST_CANNOT_LINK,
+        link_past_cannot_link: bool = True,
     ) -> None:
         self.min_p_same = min_p_same
         self.contradiction_policy = contradiction_policy
@@ -167,6 +162,9 @@ class IdentityAssigner:
         if knn.n != n:
             raise ValueError(f"knn: covers {knn.n} rows but features has {n}")
         check_unit_interval(self.min_p_same, "min_p_same", "[0, 1)")
+        if not isinstance(self.link_past_cannot_link, bool):
+            raise ValueError(f"link_past_cannot_link: must be true or false here (the cycle resolves "
+                             f"{LINK_AUTO!r}), got {self.link_past_cannot_link!r}")
         effective = constraints.effective(self.contradiction_policy)
         comp = must_link_components(np.asarray(effective.must_link, dtype=np.int64).reshape(-1, 2), n)
         cannot = [(int(comp[i]), int(comp[j])) for i, j in effective.cannot_link]

@@ -68,7 +68,9 @@ class ViewParams:
     min_samples: int = DBSCAN_MIN_SAMPLES
     contradiction_policy: str = CONTRADICTION_POLICY
     min_p_same: float = IDENTITY_MIN_P_SAME
-    link_past_cannot_link: bool | str = IDENTITY_LINK_PAST_CANNOT_LINK  # or "auto" (strategies.identities)
+    # True, False or "auto" (strategies.identities); a view knows no review, so it takes "auto" as True:
+    # the cycle resolves it from the review of the answers before building any view
+    link_past_cannot_link: bool | str = IDENTITY_LINK_PAST_CANNOT_LINK
     random_state: int = 0
 
     def check_view_params(self) -> None:
@@ -128,7 +130,7 @@ class ClusteringView:
         min_samples: int = DBSCAN_MIN_SAMPLES,
         contradiction_policy: str = CONTRADICTION_POLICY,
         min_p_same: float = IDENTITY_MIN_P_SAME,
-        link_past_cannot_link: bool = IDENTITY_LINK_PAST_CANNOT_LINK,
+        link_past_cannot_link: bool = True,
         random_state: int = 0,
         **precomputed: Any,
     ) -> None:

@@ -371,14 +371,14 @@ def test_cross_validation_trains_when_only_the_pooled_folds_hold_enough_matches(
 
 def test_auto_link_rule_follows_the_answers(pool: dict[str, np.ndarray], tmp_path: Path) -> None:
     graph = answered_graph(pool["ids"], 30)
-    clean = run_cycle(pool["x"], graph, cycle_config(link_past_cannot_link="auto"))
+    clean = run_cycle(pool["x"], graph, cycle_config())  # "auto" is the default
     assert clean.metrics["answers_in_conflict"] == 0 and clean.metrics["identity_link_past_cannot_link"] == 1
     c = next(iter(graph.must_links()))
     graph.add("wrong", c.i, c.j, "cannot_link")  # the same pair answered both ways: someone erred
     erring = run_cycle(pool["x"], graph, cycle_config(link_past_cannot_link="auto"))
     assert erring.metrics["answers_in_conflict"] >= 1
     assert erring.metrics["identity_link_past_cannot_link"] == 0
-    fixed = run_cycle(pool["x"], graph, cycle_config())
-    assert fixed.metrics["identity_link_past_cannot_link"] == 1  # the default ignores conflicts
+    fixed = run_cycle(pool["x"], graph, cycle_config(link_past_cannot_link=True))
+    assert fixed.metrics["identity_link_past_cannot_link"] == 1  # a fixed rule ignores conflicts
     with pytest.raises(ValueError, match="link_past_cannot_link"):
         cycle_config(link_past_cannot_link="sometimes")

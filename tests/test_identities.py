@@ -242,3 +242,6 @@ def test_auto_links_past_a_cannot_link_until_answers_conflict() -> None:
     assert resolve_link_rule(False, conflicts=0) is False and resolve_link_rule(True, conflicts=5) is True
     with pytest.raises(ValueError, match="link_past_cannot_link"):
         resolve_link_rule("sometimes", conflicts=0)
+    x = _line([0, 1, 2])
+    with pytest.raises(ValueError, match="link_past_cannot_link"):  # the assigner takes a resolved rule
+        IdentityAssigner(link_past_cannot_link=LINK_AUTO).assign(x, ConstraintGraph(), build_knn(x, 3))

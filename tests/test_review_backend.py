@@ -136,7 +136,7 @@ def test_the_identity_link_setting_reaches_the_cycle(redis_client: redis.Redis, 
     state = ProjectState(redis_client, "3")
     state.set_meta(from_name="answer", to_name="image_a")
     _answer(state, 1, ids[0], ids[1], "different")
-    seen: list[bool] = []
+    seen: list[bool | str] = []
     real = cycle.run_cycle
 
     def spy(features, graph, config, **kw):  # type: ignore[no-untyped-def]
@@ -144,8 +144,8 @@ def test_the_identity_link_setting_reaches_the_cycle(redis_client: redis.Redis, 
         return real(features, graph, config, **kw)
 
     monkeypatch.setattr(cycle, "run_cycle", spy)  # the job imports it when it runs
-    for value in (0, 1):
+    for value in ("0", "1", "auto"):
         settings = Settings(model_dir=tmp_path, budget=2, strategy="random", torch_threads=1,
                             link_past_cannot_link=value)
         run_project_cycle(settings, redis_client, "3", client=LabelStudioDouble())
-    assert seen == [False, True]
+    assert seen == [False, True, "auto"]

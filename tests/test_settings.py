@@ -85,7 +85,7 @@ def test_every_variable_is_read() -> None:
     assert Settings(port=9292).connect_url == "http://localhost:9292"
     assert (s.stop_window, s.stop_patience, s.stop_threshold, s.keep_pushing) == (10, 30, 0.2, 1)
     assert (s.redundancy_k, s.redundancy_min_size, s.redundancy_max_p_same) == (3, 4, 0.0)
-    assert s.link_past_cannot_link == 0 and Settings().link_past_cannot_link == 1
+    assert s.link_past_cannot_link == "0" and Settings().link_past_cannot_link == "auto"
     assert (s.reconcile_seconds, s.reconcile_full_minutes) == (0, 5)
     assert set(env) == {v for v, *_ in SETTINGS_HELP}
     assert Settings.from_env(s.to_env()) == s
@@ -98,7 +98,7 @@ def test_every_variable_is_read() -> None:
         ("REID_AL_REDUNDANCY_K", "0", "between"),
         ("REID_AL_REDUNDANCY_MIN_SIZE", "0", ">="),
         ("REID_AL_REDUNDANCY_MAX_P_SAME", "1.5", "between 0 and 1"),
-        ("REID_AL_LINK_PAST_CANNOT_LINK", "2", "between"),
+        ("REID_AL_LINK_PAST_CANNOT_LINK", "2", "one of auto, 1, 0"),
         ("PORT", "70000", "between"),
         ("WORKERS", "0", ">= 1"),
         ("REID_AL_BUDGET", "-1", ">= 1"),

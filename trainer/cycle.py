@@ -301,7 +301,7 @@ def _label_source(config: CycleConfig, x: np.ndarray, graph: ConstraintGraph, vi
             return view.identities
         assigner = IdentityAssigner(min_p_same=config.train_min_p_same,
                                     contradiction_policy=config.contradiction_policy,
-                                    link_past_cannot_link=config.link_past_cannot_link)
+                                    link_past_cannot_link=view.link_past_cannot_link)
         return assigner.assign(view.features, view.constraints, view.knn, view.calibrator)
     comp = graph.component_labels(x.shape[0])
     n = comp.shape[0]
