@@ -144,7 +144,10 @@ class ClusteringView:
         self.min_samples = min_samples
         self.contradiction_policy = contradiction_policy
         self.min_p_same = min_p_same
-        self.link_past_cannot_link = bool(link_past_cannot_link)
+        if not isinstance(link_past_cannot_link, bool):
+            raise ValueError(f"link_past_cannot_link: a view takes true or false (ViewParams resolves "
+                             f"{LINK_AUTO!r}), got {link_past_cannot_link!r}")
+        self.link_past_cannot_link = link_past_cannot_link
         self.random_state = check_int(random_state, "random_state", 0)
         unknown = sorted(set(precomputed) - set(PRECOMPUTABLE))
         if unknown:

@@ -232,6 +232,9 @@ def test_the_view_and_cycle_settings_carry_link_past_cannot_link() -> None:
     assert past[2] in (past[0], past[1])
     with pytest.raises(ValueError, match="link_past_cannot_link"):
         ViewParams(link_past_cannot_link="yes").check_view_params()
+    with pytest.raises(ValueError, match="link_past_cannot_link"):
+        ClusteringView(x, g, link_past_cannot_link="auto")
+    assert ViewParams(link_past_cannot_link="auto").view(x, g).link_past_cannot_link is True
 
 
 def test_auto_links_past_a_cannot_link_until_answers_conflict() -> None:
