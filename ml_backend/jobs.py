@@ -239,7 +239,8 @@ def run_project_cycle(
         "sampler_pools": {str(k): int(v) for k, v in dict(getattr(result, "pool_sizes", {}) or {}).items()},
         "served": result.metrics.get("served"),
         "gate": None if result.gate is None else result.gate.to_dict(),
-        "identities": result.identities.summary(),
+        "identities": {**result.identities.summary(),
+                       "link_past_cannot_link": int(result.metrics.get("identity_link_past_cannot_link", 1))},
         "text": text.to_dict(),
     }
     reviews = review_records(result.reviews, data.ids)

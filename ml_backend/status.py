@@ -135,6 +135,12 @@ def format_status(status: dict[str, Any]) -> str:
                     f"  identities: {ids['identities']} ({ids['identities_verified']} verified); "
                     f"images verified {ids['images_verified']}, inferred {ids['images_inferred']}"
                 )
+                if ids.get("link_past_cannot_link") == 0:
+                    conflicts = (last.get("review") or {}).get("answers_in_conflict", 0)
+                    lines.append(
+                        f"  {conflicts} answer conflict(s): an image whose nearest image was answered "
+                        "'different' makes no link of its own (REID_AL_LINK_PAST_CANNOT_LINK)"
+                    )
             text_line = _text_line(last.get("text"))
             if text_line:
                 lines.append(text_line)

@@ -149,3 +149,17 @@ def test_the_identity_link_setting_reaches_the_cycle(redis_client: redis.Redis, 
                             link_past_cannot_link=value)
         run_project_cycle(settings, redis_client, "3", client=LabelStudioDouble())
     assert seen == [False, True, "auto"]
+
+    def status_text(summary: dict[str, Any]) -> str:
+        state.cycles.record({**summary, "status": "finished", "duration_s": 0.0})  # as the cycle job does
+        status = CycleQueue.for_settings(redis_client, settings).status("3")
+        return format_status({"queue": "q", "queue_depth": 0, "projects": [status]})
+
+    agreed = run_project_cycle(settings, redis_client, "3", client=LabelStudioDouble())
+    assert agreed["identities"]["link_past_cannot_link"] == 1  # auto, and the answers agree
+    assert "makes no link of its own" not in status_text(agreed)
+    _answer(state, 2, ids[0], ids[1], "same")  # another annotator says the opposite: someone erred
+    erred = run_project_cycle(settings, redis_client, "3", client=LabelStudioDouble())
+    assert erred["review"]["answers_in_conflict"] == 1 and erred["identities"]["link_past_cannot_link"] == 0
+    assert ("1 answer conflict(s): an image whose nearest image was answered 'different' makes no link"
+            in status_text(erred))
