@@ -64,8 +64,11 @@ class Holdout:
     train_cannot_link: np.ndarray  # (k, 2)
     positives: np.ndarray  # (p, 2) held-out "same" pairs
     negatives: np.ndarray  # (q, 2) held-out "different" pairs
-    held_folds: int = 1  # how many folds are held out
-    fold_ids: tuple[int, ...] = (0,)  # which
+    fold_ids: tuple[int, ...] = (0,)  # the folds held out
+
+    @property
+    def held_folds(self) -> int:
+        return len(self.fold_ids)
 
 
 @dataclass
@@ -107,8 +110,6 @@ class ValidationGate:
         (``ConstraintGraph.effective``). ``unseen``: the images the model in service never trained on
         (None: all); only identities none of whose images it trained on are scored, so no model is
         judged on an identity it learned."""
-        if self.folds < 2:
-            raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
         if self.max_held_folds < 1:
             raise ValueError(f"max_held_folds: must be >= 1, got {self.max_held_folds!r}")
         first = self._split(n, must_link, cannot_link, unseen, (0,))
@@ -122,12 +123,12 @@ class ValidationGate:
     def split_folds(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
                     unseen: np.ndarray | None = None) -> list[Holdout]:
         """Every fold held out on its own (:meth:`split`'s fold 0 first): the splits of cross-validation."""
-        if self.folds < 2:
-            raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
         return [self._split(n, must_link, cannot_link, unseen, (f,)) for f in range(self.folds)]
 
     def _split(self, n: int, must_link: np.ndarray, cannot_link: np.ndarray,
                unseen: np.ndarray | None, fold_ids: tuple[int, ...]) -> Holdout:
+        if self.folds < 2:
+            raise ValueError(f"folds: must be >= 2, got {self.folds!r}")
         ml = np.asarray(must_link, dtype=np.int64).reshape(-1, 2)
         cl = np.asarray(cannot_link, dtype=np.int64).reshape(-1, 2)
         comp = must_link_components(ml, n)
@@ -172,7 +173,6 @@ class ValidationGate:
             train_cannot_link=cl[~touches(cl)] if cl.size else cl,
             positives=np.asarray(positives, dtype=np.int64).reshape(-1, 2),
             negatives=negatives,
-            held_folds=len(fold_ids),
             fold_ids=tuple(fold_ids),
         )
 
